@@ -1,0 +1,110 @@
+"""The API application factory and its error → HTTP status table.
+
+Serve with ``uvicorn --factory api.app:create_app``. Clients (Redis, HTTP, Celery message builder)
+are built in the lifespan and live on ``app.state``; nothing is global.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.auth import ApiKeys
+from api.callbacks import AcsTokenVerifier
+from api.notify import Notifier
+from api.routes import BODY_MODELS, routes
+from tasks.app import create_celery
+from workers import ledger
+from workers.errors import (
+    CallEnded,
+    CallqError,
+    CommandNotFound,
+    ConfigError,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    InvalidCommand,
+    Unauthorized,
+)
+from workers.settings import Settings
+
+log = logging.getLogger("callq.api")
+
+STATUS: dict[type[CallqError], int] = {
+    Unauthorized: 401,
+    IdempotencyKeyMissing: 400,
+    IdempotencyKeyInvalid: 400,
+    IdempotencyKeyReused: 422,
+    InvalidCommand: 422,
+    CommandNotFound: 404,
+    CallEnded: 409,
+}
+# Some validation codes are about the envelope rather than the content.
+CODE_STATUS = {"invalid_json": 400, "body_too_large": 413, "unsupported_media_type": 415, "invalid_event": 400}
+
+
+def _error(status: int, code: str, message: str, details: list[dict[str, object]] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def callq_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CallqError)
+    status = CODE_STATUS.get(exc.code) or next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+    if status >= 500:
+        log.error("unhandled callq error %s on %s", exc.code, request.url.path)
+    return _error(status, exc.code, exc.message, exc.details)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail))
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return _error(500, "internal", "Something went wrong inside callq; the request may be retried.")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.api_keys:
+        raise ConfigError("CALLQ_API_KEYS is empty: set name:key pairs (callq up generates a dev key)")
+    app.state.redis = app.state.redis_override or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    app.state.http = httpx.AsyncClient(timeout=10.0)
+    app.state.api_keys = ApiKeys(settings.api_keys)
+    app.state.celery = create_celery(settings)
+    app.state.accept_script = app.state.redis.register_script(ledger.ACCEPT_LUA)
+    app.state.body_models = BODY_MODELS
+    app.state.verifier = AcsTokenVerifier(settings, app.state.http)
+    app.state.notifier = Notifier(app.state.redis)
+    await app.state.notifier.start()
+    try:
+        yield
+    finally:
+        await app.state.notifier.stop()
+        await app.state.http.aclose()
+        await app.state.redis.aclose()
+
+
+def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:
+    """Build the API; ``redis`` lets tests hand in a (fake) client instead of one from settings."""
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={CallqError: callq_error, HTTPException: http_error, Exception: internal_error},
+    )
+    app.state.settings = settings or Settings.from_env()
+    app.state.redis_override = redis
+    return app

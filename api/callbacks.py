@@ -1,0 +1,106 @@
+"""ACS's callbacks: verify the JWT on every POST, then record and correlate the events.
+
+Keys come from the OpenID configuration (real ACS's, or the simulator's at the same path) and are
+cached; a token signed with an unknown ``kid`` triggers one refresh (key rotation), at most every
+``REFRESH_MIN_S`` so forged kids cannot make us hammer the JWKS endpoint.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+import jwt
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from workers import correlation
+from workers.errors import InvalidCommand, Unauthorized
+from workers.settings import Settings
+
+log = logging.getLogger("callq.api.callbacks")
+REFRESH_MIN_S = 30.0
+KEYS_TTL_S = 3600.0
+MAX_EVENTS_BODY = 1_048_576
+
+
+class AcsTokenVerifier:
+    """Verifies ACS callback JWTs (RS256, issuer from the OpenID document, audience = resource id)."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._http = http
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._issuer = ""
+        self._fetched_at = 0.0
+
+    async def _refresh(self) -> None:
+        config = (await self._http.get(self._settings.openid_url)).raise_for_status().json()
+        jwks = (await self._http.get(config["jwks_uri"])).raise_for_status().json()
+        self._keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwks).keys if k.key_id}
+        self._issuer = config["issuer"]
+        self._fetched_at = time.monotonic()
+
+    async def _key(self, kid: str) -> jwt.PyJWK:
+        age = time.monotonic() - self._fetched_at
+        if (kid not in self._keys and age > REFRESH_MIN_S) or age > KEYS_TTL_S:
+            try:
+                await self._refresh()
+            except (httpx.HTTPError, KeyError, ValueError, jwt.PyJWKError) as exc:
+                log.warning("could not fetch ACS signing keys from %s: %s", self._settings.openid_url, exc)
+        if kid not in self._keys:
+            raise Unauthorized("The callback token is signed with an unknown key.")
+        return self._keys[kid]
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise Unauthorized("The callback token is malformed.") from None
+        if header.get("alg") != "RS256":
+            raise Unauthorized("The callback token must be signed with RS256.")
+        key = await self._key(str(header.get("kid", "")))
+        try:
+            return jwt.decode(token, key=key.key, algorithms=["RS256"], audience=self._settings.acs_resource_id,
+                              issuer=self._issuer, options={"require": ["exp", "iss", "aud"]})
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"The callback token is not valid: {type(exc).__name__}.") from None
+
+
+def _check_query_token(request: Request, settings: Settings) -> None:
+    if settings.callback_token and not hmac.compare_digest(request.query_params.get("token", ""),
+                                                           settings.callback_token):
+        raise Unauthorized("The callback URL token is missing or wrong.")
+
+
+async def acs_events(request: Request) -> Response:
+    """``POST /v1/acs/events``: CloudEvents arrays from ACS (and the Event Grid validation handshake)."""
+    state = request.app.state
+    settings: Settings = state.settings
+    _check_query_token(request, settings)
+    body = await request.body()
+    if len(body) > MAX_EVENTS_BODY:
+        raise InvalidCommand("Callback body too large.", code="body_too_large")
+    try:
+        events = json.loads(body)
+    except ValueError:
+        raise InvalidCommand("Callback body is not JSON.", code="invalid_json") from None
+    events = events if isinstance(events, list) else [events]
+    if not all(isinstance(e, dict) for e in events):
+        raise InvalidCommand("Callback body must be a JSON array of CloudEvents.", code="invalid_event")
+    validation = next((e for e in events if e.get("eventType", e.get("type")) ==
+                       "Microsoft.EventGrid.SubscriptionValidationEvent"), None)
+    if validation is not None:
+        # Event Grid's handshake carries no ACS token; the URL token (when configured) guards it.
+        return JSONResponse({"validationResponse": (validation.get("data") or {}).get("validationCode")})
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("ACS callbacks must carry 'Authorization: Bearer <jwt>'.")
+    await state.verifier.verify(token.strip())
+    report = await correlation.ingest(state.redis, events, dedup_ttl_s=settings.event_dedup_ttl_s,
+                                      ttl_s=settings.command_ttl_s)
+    return JSONResponse({"stored": report.stored, "duplicates": report.duplicates})

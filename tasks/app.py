@@ -1,0 +1,56 @@
+"""The Celery application: all Celery configuration lives here.
+
+``celery -A tasks.app worker`` / ``beat`` / ``flower`` load the module-level ``app``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from workers.settings import Settings
+
+# The longest a command can legitimately be unacked (add participant waits up to 180 s for the callee,
+# plus ACS and retry margins). The visibility timeout must exceed it or Redis redelivers live tasks.
+VISIBILITY_TIMEOUT_S = 900
+
+
+def task_name(command_type: str) -> str:
+    """The Celery task that runs commands of this type (``callq.connect``, ``callq.hang_up``, ...)."""
+    return f"callq.{command_type}"
+
+
+def create_celery(settings: Settings) -> Celery:
+    """Build the Celery app for these settings (tests build their own)."""
+    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls"])
+    exchange = Exchange(settings.queue, type="direct")
+    app.conf.update(
+        task_queues=[Queue(settings.queue, exchange, routing_key=settings.queue)],
+        task_default_queue=settings.queue,
+        task_default_exchange=settings.queue,
+        task_default_routing_key=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # the command record in Redis is the result; no result backend needed
+        # A worker killed mid-task (SIGKILL, OOM) must not lose the command: ack only after the task
+        # returns, and requeue when the child dies. Tasks are idempotent by command id.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix="callq:redbeat",
+        # Beat fail-over: a standby beat takes over when the lock is not renewed for this long.
+        beat_max_loop_interval=5,
+        redbeat_lock_timeout=25,
+        enable_utc=True,
+    )
+    app.conf.callq_settings = settings
+    return app
+
+
+app = create_celery(Settings.from_env())

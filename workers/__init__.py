@@ -1,0 +1,1 @@
+"""The worker runtime: settings, ledger, ACS client, operations and event correlation."""

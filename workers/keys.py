@@ -1,0 +1,37 @@
+"""Every Redis key callq uses, in one place, all under ``callq:``."""
+
+from __future__ import annotations
+
+# Terminal commands publish their id here; API processes hold one subscription each for long-polls.
+COMMAND_DONE_CHANNEL = "callq:notify:command-done"
+WORKERS_ZSET = "callq:workers"
+
+
+def command_key(command_id: str) -> str:
+    return f"callq:cmd:{command_id}"
+
+
+def idempotency_key(client: str, key: str) -> str:
+    # Scoped per client: two clients choosing the same key never see each other's commands.
+    return f"callq:idem:{client}:{key}"
+
+
+def call_key(call_connection_id: str) -> str:
+    return f"callq:call:{call_connection_id}"
+
+
+def call_commands_key(call_connection_id: str) -> str:
+    return f"callq:call:{call_connection_id}:commands"
+
+
+def call_events_key(call_connection_id: str) -> str:
+    return f"callq:call:{call_connection_id}:events"
+
+
+def event_seen_key(event_id: str) -> str:
+    return f"callq:evt:{event_id}"
+
+
+def queue_key(queue: str) -> str:
+    """The Redis list kombu's Redis transport uses for a queue at priority 0."""
+    return queue

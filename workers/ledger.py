@@ -1,0 +1,116 @@
+"""The command ledger: command records in Redis are the truth; idempotency keys point at them.
+
+A command moves ``queued → running → waiting → succeeded | failed`` and only forward: once terminal it
+never changes status again (a late event is kept in the call's timeline, not applied). Both moves that
+matter for exactly-once are single Lua scripts, so they are atomic whichever process runs them:
+
+* ``ACCEPT``: record the idempotency key, create the command and push its Celery message onto the
+  broker list — all three or none. A concurrent duplicate sees the key and gets the same command.
+* ``TRANSITION``: move a command to a new status only from a non-terminal one (optionally only from a
+  given set), and announce terminal moves on one pub/sub channel for long-polling API requests.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from workers import keys
+
+TERMINAL = frozenset({"succeeded", "failed"})
+STATUSES = ("queued", "running", "waiting", "succeeded", "failed")
+
+# KEYS: idempotency hash, command hash, broker queue list, call's command list (or "" when none yet)
+# ARGV: fingerprint, command id, idempotency ttl, command ttl, broker message, response json, field/value...
+ACCEPT_LUA = """
+local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
+if existing[1] then
+  return {'replay', existing[1], existing[2], existing[3]}
+end
+redis.call('HSET', KEYS[1], 'command_id', ARGV[2], 'fingerprint', ARGV[1], 'response', ARGV[6])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+if KEYS[4] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[2])
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+end
+redis.call('LPUSH', KEYS[3], ARGV[5])
+return {'new', ARGV[2], ARGV[1], ARGV[6]}
+"""
+
+# KEYS: command hash.  ARGV: to status, allowed-from csv ('' = any non-terminal), now, channel, field/value...
+TRANSITION_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {'missing', ''} end
+if cur == 'succeeded' or cur == 'failed' then return {'terminal', cur} end
+if ARGV[2] ~= '' and not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then
+  return {'skipped', cur}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[3], unpack(ARGV, 5))
+if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' then
+  redis.call('HSET', KEYS[1], 'resolved_at', ARGV[3])
+  redis.call('PUBLISH', ARGV[4], string.sub(KEYS[1], 11))
+end
+return {'applied', ARGV[1]}
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def flatten(fields: dict[str, Any]) -> list[str]:
+    """Hash fields as an ARGV list; dicts and lists are stored as JSON, None as ''."""
+    out: list[str] = []
+    for name, value in fields.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        out += [name, "" if value is None else str(value)]
+    return out
+
+
+def transition_args(to: str, fields: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> list[str]:
+    return [to, ",".join(only_from), now_iso(), keys.COMMAND_DONE_CHANNEL, *flatten(fields)]
+
+
+def new_command(
+    *, command_id: str, client: str, type_: str, params: dict[str, Any], idempotency_key: str,
+    call_connection_id: str = "", room_id: str = "", recording_id: str = "",
+) -> dict[str, Any]:
+    now = now_iso()
+    return {
+        "id": command_id, "client": client, "type": type_, "status": "queued", "attempts": 0,
+        "params": params, "idempotency_key": idempotency_key, "call_connection_id": call_connection_id,
+        "room_id": room_id, "recording_id": recording_id, "created_at": now, "updated_at": now,
+    }
+
+
+def _json(raw: str | None) -> Any:
+    return json.loads(raw) if raw else None
+
+
+def render(record: dict[str, str]) -> dict[str, Any]:
+    """The public command resource for a stored command hash."""
+    cid = record["id"]
+    cc = record.get("call_connection_id") or None
+    links = {"self": f"/v1/commands/{cid}"}
+    if cc:
+        links["call"] = f"/v1/calls/{cc}"
+    return {
+        "id": cid,
+        "type": record.get("type"),
+        "status": record.get("status"),
+        "call_connection_id": cc,
+        "room_id": record.get("room_id") or None,
+        "recording_id": record.get("recording_id") or None,
+        "attempts": int(record.get("attempts") or 0),
+        "created_at": record.get("created_at"),
+        "updated_at": record.get("updated_at"),
+        "resolved_at": record.get("resolved_at") or None,
+        "result": _json(record.get("result")),
+        "error": _json(record.get("error")),
+        "resolved_by": _json(record.get("resolved_by")),
+        "links": links,
+    }

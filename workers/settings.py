@@ -1,0 +1,176 @@
+"""callq settings: the one place that reads ``CALLQ_*`` environment variables.
+
+Defaults run the embedded stack (``callq up``) on one machine against the bundled ACS simulator.
+Every other module receives a :class:`Settings` instance; tests build one directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+from workers.errors import ConfigError
+
+REAL_ACS_OPENID_URL = "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration"
+DEV_RESOURCE_ID = "00000000-0000-4000-8000-00000000ca11"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int = 1, high: int = 2**31) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """Parse ``name:key,name2:key2`` into {name: key}; raises ConfigError naming the bad pair (not the key)."""
+    keys: dict[str, str] = {}
+    for n, pair in enumerate(p.strip() for p in raw.split(",")):
+        if not pair:
+            continue
+        name, sep, key = pair.partition(":")
+        if not sep or not name.strip() or not key.strip():
+            raise ConfigError(f"CALLQ_API_KEYS entry {n + 1} must look like name:key")
+        if len(key.strip()) < 16:
+            raise ConfigError(f"CALLQ_API_KEYS key for {name.strip()!r} must be at least 16 characters")
+        keys[name.strip()] = key.strip()
+    return keys
+
+
+def parse_connection_string(raw: str) -> tuple[str, str]:
+    """Split an ACS connection string into (endpoint without trailing slash, access key)."""
+    parts = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in raw.split(";") if p.strip())}
+    endpoint, key = parts.get("endpoint", ""), parts.get("accesskey", "")
+    if not endpoint or not key:
+        raise ConfigError("CALLQ_ACS_CONNECTION_STRING must contain endpoint=...;accesskey=...")
+    return endpoint.rstrip("/"), key
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob callq has. Secrets are excluded from repr so they never reach a log line."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    sim_host: str = "127.0.0.1"
+    sim_port: int = 8089
+    redis_port: int = 6390
+    flower_port: int = 5555
+    redis_url: str = "redis://127.0.0.1:6390/0"
+    external_redis: bool = False  # CALLQ_REDIS_URL was given: `callq up` starts no redis-server
+    data_dir: str = ".callq"
+    public_url: str = "http://127.0.0.1:8000"
+    api_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    acs_endpoint: str = "http://127.0.0.1:8089"
+    acs_access_key: str = field(default="", repr=False)
+    acs_resource_id: str = DEV_RESOURCE_ID
+    acs_openid_url: str = ""
+    callback_token: str = field(default="", repr=False)
+    flower_user: str = "admin"
+    flower_password: str = field(default="", repr=False)
+    queue: str = "callq"
+    worker_concurrency: int = 8
+    idempotency_ttl_s: int = 86_400
+    command_ttl_s: int = 7 * 86_400
+    event_dedup_ttl_s: int = 86_400
+    wait_max_s: int = 60
+    acs_timeout_s: float = 10.0
+    max_attempts: int = 5
+    retry_base_s: float = 0.5
+    retry_cap_s: float = 30.0
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``CALLQ_*`` variables; a bad value raises ConfigError naming the variable."""
+        env = os.environ if env is None else env
+        api_port = _int(env, "CALLQ_API_PORT", cls.api_port, high=65535)
+        sim_port = _int(env, "CALLQ_SIM_PORT", cls.sim_port, high=65535)
+        redis_port = _int(env, "CALLQ_REDIS_PORT", cls.redis_port, high=65535)
+        redis_url = env.get("CALLQ_REDIS_URL", "")
+        if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+            scheme = urlsplit(redis_url).scheme
+            raise ConfigError(f"CALLQ_REDIS_URL must be a redis:// or rediss:// URL, got scheme {scheme!r}")
+        endpoint = env.get("CALLQ_ACS_ENDPOINT", "") or f"http://127.0.0.1:{sim_port}"
+        access_key = env.get("CALLQ_ACS_ACCESS_KEY", "")
+        if env.get("CALLQ_ACS_CONNECTION_STRING"):
+            endpoint, access_key = parse_connection_string(env["CALLQ_ACS_CONNECTION_STRING"])
+        endpoint = endpoint.rstrip("/")
+        log_format = env.get("CALLQ_LOG_FORMAT", cls.log_format)
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"CALLQ_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        return cls(
+            api_host=env.get("CALLQ_API_HOST", cls.api_host),
+            api_port=api_port,
+            sim_host=env.get("CALLQ_SIM_HOST", cls.sim_host),
+            sim_port=sim_port,
+            redis_port=redis_port,
+            flower_port=_int(env, "CALLQ_FLOWER_PORT", cls.flower_port, high=65535),
+            redis_url=redis_url or f"redis://127.0.0.1:{redis_port}/0",
+            external_redis=bool(redis_url),
+            data_dir=env.get("CALLQ_DATA_DIR", cls.data_dir),
+            public_url=(env.get("CALLQ_PUBLIC_URL", "") or f"http://127.0.0.1:{api_port}").rstrip("/"),
+            api_keys=parse_api_keys(env.get("CALLQ_API_KEYS", "")),
+            acs_endpoint=endpoint,
+            acs_access_key=access_key,
+            acs_resource_id=env.get("CALLQ_ACS_RESOURCE_ID", cls.acs_resource_id),
+            acs_openid_url=env.get("CALLQ_ACS_OPENID_URL", ""),
+            callback_token=env.get("CALLQ_CALLBACK_TOKEN", ""),
+            flower_user=env.get("CALLQ_FLOWER_USER", cls.flower_user),
+            flower_password=env.get("CALLQ_FLOWER_PASSWORD", ""),
+            queue=env.get("CALLQ_QUEUE", cls.queue),
+            worker_concurrency=_int(env, "CALLQ_WORKER_CONCURRENCY", cls.worker_concurrency, high=1000),
+            idempotency_ttl_s=_int(env, "CALLQ_IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_s),
+            command_ttl_s=_int(env, "CALLQ_COMMAND_TTL_SECONDS", cls.command_ttl_s),
+            event_dedup_ttl_s=_int(env, "CALLQ_EVENT_DEDUP_TTL_SECONDS", cls.event_dedup_ttl_s),
+            acs_timeout_s=_float(env, "CALLQ_ACS_TIMEOUT_SECONDS", cls.acs_timeout_s),
+            max_attempts=_int(env, "CALLQ_MAX_ATTEMPTS", cls.max_attempts, high=100),
+            retry_base_s=_float(env, "CALLQ_RETRY_BASE_SECONDS", cls.retry_base_s),
+            retry_cap_s=_float(env, "CALLQ_RETRY_CAP_SECONDS", cls.retry_cap_s),
+            log_format=log_format,
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests, `callq up` filling generated credentials)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def callback_url(self) -> str:
+        """The URL ACS posts CloudEvents to (with the optional shared-secret query token)."""
+        url = f"{self.public_url}/v1/acs/events"
+        return f"{url}?token={self.callback_token}" if self.callback_token else url
+
+    @property
+    def openid_url(self) -> str:
+        """Where callback-JWT signing keys are discovered: real ACS's, or the simulator's own."""
+        if self.acs_openid_url:
+            return self.acs_openid_url
+        host = urlsplit(self.acs_endpoint).hostname or ""
+        if host.endswith(".communication.azure.com"):
+            return REAL_ACS_OPENID_URL
+        return f"{self.acs_endpoint}/calling/.well-known/acsopenidconfiguration"
+
+    @property
+    def uses_real_acs(self) -> bool:
+        return urlsplit(self.acs_endpoint).scheme == "https"
