@@ -16,11 +16,11 @@ from celery import Celery
 
 def task_message(app: Celery, name: str, task_id: str, args: list[str], *, queue: str) -> str:
     """The JSON document kombu's Redis transport LPUSHes for ``app.send_task(name, args, task_id=...)``."""
-    headers, properties, body, _ = app.amqp.as_task_v2(task_id, name, args=args, kwargs={})
+    headers, properties, body, _ = app.amqp.as_task_v2(task_id, name, args=args, kwargs={}, ignore_result=None)
     properties = {
         **properties,
         "delivery_mode": 2,
-        "delivery_info": {"exchange": queue, "routing_key": queue},
+        "delivery_info": {"exchange": "", "routing_key": queue},  # as kombu: anonymous exchange, queue as key
         "priority": 0,
         "body_encoding": "base64",
         "delivery_tag": str(uuid.uuid4()),

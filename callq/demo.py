@@ -1,0 +1,108 @@
+"""``callq demo``: drive a room-call scenario through the public HTTP API and print its timeline.
+
+Only two things are not callq's public API: the simulator's admin calls that create the room and have
+its participants start the call (on real ACS, people joining the room do that).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TextIO
+
+import httpx
+
+from workers.settings import Settings
+
+TEACHER = "8:acs:demo-teacher"
+STUDENT = "8:acs:demo-student"
+
+
+class DemoError(Exception):
+    """Raised when a demo step cannot continue; the message says which and why."""
+
+
+@dataclass
+class Step:
+    command: dict[str, Any]
+
+    @property
+    def latency_ms(self) -> float | None:
+        done, created = self.command.get("resolved_at"), self.command.get("created_at")
+        if not done or not created:
+            return None
+        parse = datetime.fromisoformat
+        return (parse(done.replace("Z", "+00:00")) - parse(created.replace("Z", "+00:00"))).total_seconds() * 1000
+
+
+class Demo:
+    def __init__(self, settings: Settings, api_key: str, out: TextIO) -> None:
+        self.settings = settings
+        self.out = out
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=70,
+                                headers={"Authorization": f"Bearer {api_key}"})
+        self.sim = httpx.Client(base_url=settings.acs_endpoint, timeout=10)
+        self.steps: list[Step] = []
+
+    def close(self) -> None:
+        self.api.close()
+        self.sim.close()
+
+    def _check(self, resp: httpx.Response, what: str) -> dict[str, Any]:
+        if resp.status_code >= 400:
+            raise DemoError(f"{what} failed: HTTP {resp.status_code} {resp.text[:300]}")
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def start_room_call(self) -> str:
+        room = self._check(self.sim.post("/_sim/rooms", json={"pstn_dial_out_enabled": True}), "creating a room")
+        room_id = str(room["room_id"])
+        self._check(self.sim.post(f"/_sim/rooms/{room_id}/call", json={"participants": [TEACHER, STUDENT]}),
+                    "starting the room call")
+        return room_id
+
+    def command(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST a command with a fresh Idempotency-Key, then long-poll it to a terminal state."""
+        accepted = self._check(self.api.post(path, json=body or {}, headers={"Idempotency-Key": str(uuid.uuid4())}),
+                               f"POST {path}")
+        done = self._check(self.api.get(f"/v1/commands/{accepted['id']}", params={"wait": 30}),
+                           f"waiting for {accepted['id']}")
+        step = Step(done)
+        self.steps.append(step)
+        self._print_step(len(self.steps), step)
+        return done
+
+    def _print_step(self, n: int, step: Step) -> None:
+        cmd = step.command
+        resolved = (cmd.get("resolved_by") or {}).get("type") or (cmd.get("error") or {}).get("code") or "-"
+        latency = f"{step.latency_ms:.0f} ms" if step.latency_ms is not None else "-"
+        extra = f"call {cmd['call_connection_id']}" if cmd["type"] == "connect" and cmd.get("call_connection_id") \
+            else ""
+        print(f"  {n:>2}  {cmd['type']:<12} {cmd['status']:<10} {resolved:<20} {latency:>8}  {extra}", file=self.out)
+
+    def run(self) -> int:
+        room_id = self.start_room_call()
+        print(f"callq demo: room {room_id}, ACS at {self.settings.acs_endpoint}", file=self.out)
+        print(f"  {'#':>2}  {'command':<12} {'status':<10} {'resolved by':<20} {'latency':>8}", file=self.out)
+        connected = self.command(f"/v1/rooms/{room_id}/connect")
+        if connected["status"] != "succeeded":
+            raise DemoError(f"connect did not succeed: {connected.get('error')}")
+        cc = connected["call_connection_id"]
+        self.command(f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
+        ok = sum(1 for s in self.steps if s.command["status"] == "succeeded")
+        print(f"demo: {ok} of {len(self.steps)} commands succeeded", file=self.out)
+        return 0 if ok == len(self.steps) else 1
+
+
+def run(settings: Settings, *, api_key: str, out: TextIO | None = None) -> int:
+    """Run the demo against a running stack; returns a process exit code."""
+    demo = Demo(settings, api_key, out or sys.stdout)
+    try:
+        return demo.run()
+    except (DemoError, httpx.HTTPError) as exc:
+        print(f"demo failed: {exc}", file=out or sys.stderr)
+        return 1
+    finally:
+        demo.close()

@@ -1,0 +1,132 @@
+"""Real processes for integration tests: the simulator and API (uvicorn in threads), Celery workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from tests.conftest import TEST_ACS_KEY, TEST_API_KEY, free_port, wait_until
+from workers import keys
+from workers.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ThreadServer:
+    """A uvicorn server on a free port in a background thread, stopped cleanly at teardown."""
+
+    def __init__(self, app_factory: str, env: dict[str, str], port: int) -> None:
+        self.port = port
+        self._env = env
+        config = uvicorn.Config(app_factory, factory=True, host="127.0.0.1", port=port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout_s=15, what="uvicorn start")
+        assert self.server.started, "server failed to start"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def stack_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """CALLQ_* variables for one test's stack; also applied to this process (the factories read them)."""
+    api_port, sim_port = free_port(), free_port()
+    env = {
+        "CALLQ_REDIS_URL": redis_url,
+        "CALLQ_API_PORT": str(api_port),
+        "CALLQ_SIM_PORT": str(sim_port),
+        "CALLQ_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+        "CALLQ_ACS_ENDPOINT": f"http://127.0.0.1:{sim_port}",
+        "CALLQ_ACS_ACCESS_KEY": TEST_ACS_KEY,
+        "CALLQ_API_KEYS": f"alice:{TEST_API_KEY}",
+        "CALLQ_RETRY_BASE_SECONDS": "0.05",
+        "CALLQ_RETRY_CAP_SECONDS": "0.5",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def stack_settings(stack_env: dict[str, str]) -> Settings:
+    return Settings.from_env(stack_env)
+
+
+@pytest.fixture
+def simulator(stack_env: dict[str, str]) -> Iterator[ThreadServer]:
+    server = ThreadServer("simulator.app:create_app", stack_env, int(stack_env["CALLQ_SIM_PORT"])).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_server(stack_env: dict[str, str]) -> Iterator[ThreadServer]:
+    server = ThreadServer("api.app:create_app", stack_env, int(stack_env["CALLQ_API_PORT"])).start()
+    yield server
+    server.stop()
+
+
+def live_workers(redis_url: str) -> int:
+    return int(redis.Redis.from_url(redis_url).zcard(keys.WORKERS_ZSET))
+
+
+@pytest.fixture
+def start_worker(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start real Celery worker processes (threads pool); all are stopped at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str = "w1", *, concurrency: int = 4, extra_env: dict[str, str] | None = None,
+              wait: bool = True) -> subprocess.Popen[bytes]:
+        before = live_workers(stack_env["CALLQ_REDIS_URL"])
+        with open(tmp_path / f"worker-{name}.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-P", "threads", "-c", str(concurrency),
+                 "-Q", "callq", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
+                cwd=ROOT, env={**os.environ, **stack_env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        procs.append(proc)
+        if wait:
+            wait_until(lambda: live_workers(stack_env["CALLQ_REDIS_URL"]) > before or proc.poll() is not None,
+                       timeout_s=30, what=f"worker {name} heartbeat")
+            assert proc.poll() is None, (tmp_path / f"worker-{name}.log").read_text()
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def api(api_server: ThreadServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_server.url, headers={"Authorization": f"Bearer {TEST_API_KEY}"},
+                      timeout=30) as client:
+        yield client

@@ -1,0 +1,108 @@
+"""One command end to end, the real way: API → Celery → SDK → simulator → signed CloudEvent → resolved."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from callq import demo
+from tests.conftest import TEST_API_KEY
+from tests.integration.conftest import ThreadServer
+from workers.acs import repeatability_id
+from workers.settings import Settings
+
+
+def sim_room_call(sim: ThreadServer, *, started: bool = True) -> str:
+    room_id = httpx.post(f"{sim.url}/_sim/rooms", json={"pstn_dial_out_enabled": True}).json()["room_id"]
+    if started:
+        resp = httpx.post(f"{sim.url}/_sim/rooms/{room_id}/call", json={"participants": ["8:acs:teacher"]})
+        assert resp.status_code < 300, resp.text
+    return str(room_id)
+
+
+def sim_log(sim: ThreadServer) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = httpx.get(f"{sim.url}/_sim/log").json()
+    return entries
+
+
+def post(api: httpx.Client, path: str, body: dict[str, Any] | None = None, key: str | None = None) -> httpx.Response:
+    return api.post(path, json=body or {}, headers={"Idempotency-Key": key or str(uuid.uuid4())})
+
+
+def wait(api: httpx.Client, command_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = api.get(f"/v1/commands/{command_id}", params={"wait": 20}).json()
+    return body
+
+
+def test_connect_then_hang_up_resolve_from_acs_events(simulator: ThreadServer, api: httpx.Client,
+                                                      start_worker: Callable) -> None:  # type: ignore[type-arg]
+    start_worker()
+    room_id = sim_room_call(simulator)
+
+    accepted = post(api, f"/v1/rooms/{room_id}/connect")
+    assert accepted.status_code == 202, accepted.text
+    connect = wait(api, accepted.json()["id"])
+    assert connect["status"] == "succeeded", connect
+    assert connect["resolved_by"]["type"] == "CallConnected"
+    cc = connect["call_connection_id"]
+    assert cc and connect["result"]["call_connection_id"] == cc
+    assert connect["result"]["server_call_id"]
+
+    hang = post(api, f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
+    assert hang.status_code == 202, hang.text
+    done = wait(api, hang.json()["id"])
+    assert done["status"] == "succeeded", done
+    assert done["resolved_by"]["type"] == "CallDisconnected"
+
+    # The call is over: new commands for it are refused, and its history is readable in order.
+    again = post(api, f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "call_ended"
+    listed = api.get(f"/v1/calls/{cc}/commands").json()["items"]
+    assert [c["type"] for c in listed] == ["connect", "hang_up"]
+    events = [e["type"].rsplit(".", 1)[-1] for e in api.get(f"/v1/calls/{cc}/events").json()["items"]]
+    assert "CallConnected" in events and "CallDisconnected" in events
+
+    # ACS executed each command exactly once, with the repeatability id derived from the command id.
+    ops = [e for e in sim_log(simulator) if e["operation"] in ("connect", "terminate")]
+    assert [e["operation"] for e in ops] == ["connect", "terminate"]
+    assert ops[0]["operation_context"] == connect["id"]
+    assert ops[0]["repeatability_id"] == repeatability_id(connect["id"])
+    assert ops[1]["repeatability_id"] == repeatability_id(done["id"])
+
+
+def test_connect_to_a_room_whose_call_has_not_started_fails(simulator: ThreadServer, api: httpx.Client,
+                                                            start_worker: Callable) -> None:  # type: ignore[type-arg]
+    start_worker()
+    room_id = sim_room_call(simulator, started=False)
+    connect = wait(api, post(api, f"/v1/rooms/{room_id}/connect").json()["id"])
+    assert connect["status"] == "failed", connect
+    assert connect["resolved_by"]["type"] == "ConnectFailed"
+    assert connect["error"]["code"] == "acs_failed"
+
+
+def test_unsigned_or_forged_callbacks_are_refused_and_not_stored(simulator: ThreadServer, api: httpx.Client) -> None:
+    event = [{"id": "e1", "type": "Microsoft.Communication.CallConnected", "source": "x",
+              "data": {"callConnectionId": "cc-forged", "operationContext": "cmd_x"}}]
+    for headers in ({}, {"Authorization": "Bearer not.a.jwt"}, {"Authorization": f"Bearer {TEST_API_KEY}"}):
+        resp = httpx.post(f"{api.base_url}/v1/acs/events", json=event, headers=headers)
+        assert resp.status_code == 401, resp.text
+        assert resp.json()["error"]["code"] == "unauthorized"
+    assert api.get("/v1/calls/cc-forged/events").status_code == 404
+
+
+def test_demo_prints_a_timeline_with_both_commands_succeeded(simulator: ThreadServer, api_server: ThreadServer,
+                                                             stack_settings: Settings,
+                                                             start_worker: Callable) -> None:  # type: ignore[type-arg]
+    start_worker()
+    out = io.StringIO()
+    code = demo.run(stack_settings, api_key=TEST_API_KEY, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    lines = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert [(cols[1], cols[2], cols[3]) for cols in lines] == [
+        ("connect", "succeeded", "CallConnected"), ("hang_up", "succeeded", "CallDisconnected")]
+    assert "2 of 2 commands succeeded" in text

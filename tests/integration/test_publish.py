@@ -1,0 +1,53 @@
+"""The API's hand-built broker message is exactly what kombu would push, and a real worker runs it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from tasks.app import create_celery, task_name
+from tasks.publish import task_message
+from tests.conftest import wait_until
+from workers import keys, ledger
+from workers.settings import Settings
+
+
+def test_message_matches_what_kombu_pushes(stack_settings: Settings) -> None:
+    app = create_celery(stack_settings)
+    r = redis.Redis.from_url(stack_settings.redis_url, decode_responses=True)
+    task_id = str(uuid.uuid4())
+    app.send_task(task_name("connect"), args=["cmd_x"], task_id=task_id)
+    theirs = json.loads(r.rpop("callq"))
+    ours = json.loads(task_message(app, task_name("connect"), task_id, ["cmd_x"], queue="callq"))
+    assert set(ours) == set(theirs)
+    assert ours["content-type"] == theirs["content-type"] and ours["content-encoding"] == theirs["content-encoding"]
+    assert ours["body"] == theirs["body"]
+    volatile = {"delivery_tag", "reply_to"}  # reply_to is the sender's result queue; results are ignored
+    assert {k: v for k, v in ours["properties"].items() if k not in volatile} == \
+        {k: v for k, v in theirs["properties"].items() if k not in volatile}
+    assert {k: v for k, v in ours["headers"].items() if k != "origin"} == \
+        {k: v for k, v in theirs["headers"].items() if k != "origin"}
+    app.close()
+
+
+def test_a_real_worker_consumes_the_accepted_message(stack_settings: Settings, start_worker: Callable) -> None:  # type: ignore[type-arg]
+    """ACS is unreachable here, so the command fails with acs_error — which proves the worker ran it."""
+    start_worker(extra_env={"CALLQ_ACS_ENDPOINT": "http://127.0.0.1:9", "CALLQ_MAX_ATTEMPTS": "2"})
+    app = create_celery(stack_settings)
+    r = redis.Redis.from_url(stack_settings.redis_url, decode_responses=True)
+    cid = "cmd_" + uuid.uuid4().hex
+    record = ledger.new_command(command_id=cid, client="alice", type_="connect", params={"room_id": "r1"},
+                                idempotency_key="k1", room_id="r1")
+    message = task_message(app, task_name("connect"), cid, [cid], queue="callq")
+    outcome = r.eval(ledger.ACCEPT_LUA, 4, keys.idempotency_key("alice", "k1"), keys.command_key(cid), "callq", "",
+                     "fp", cid, 60, 60, message, "{}", *ledger.flatten(record))
+    assert outcome[0] == "new"
+    final = wait_until(lambda: r.hget(keys.command_key(cid), "status") in ledger.TERMINAL and
+                       r.hgetall(keys.command_key(cid)), timeout_s=30, what="command to be run")
+    assert final["status"] == "failed"
+    assert json.loads(final["error"])["code"] == "acs_error"
+    assert final["attempts"] == "2"  # connection refused never reached ACS, so it was safely retried once
+    app.close()

@@ -1,0 +1,135 @@
+"""Event correlation on both fakeredis and a real Redis: exactly one terminal state, only forward."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from workers import correlation, keys, ledger
+
+
+@pytest.fixture(params=["fake", "real"])
+def any_redis(request: pytest.FixtureRequest) -> Iterator[tuple[redis.Redis, Callable[[], aioredis.Redis]]]:
+    """The same contract on fakeredis and on the real redis-server (whose Lua is the one that counts).
+
+    Yields a sync client for set-up and assertions, and a factory of async clients (one per event loop).
+    """
+    if request.param == "fake":
+        server = fakeredis.FakeServer()
+        yield (fakeredis.FakeRedis(server=server, decode_responses=True),
+               lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    else:
+        url = request.getfixturevalue("redis_url")
+        yield redis.Redis.from_url(url, decode_responses=True), lambda: aioredis.Redis.from_url(url,
+                                                                                             decode_responses=True)
+
+
+def make_command(r: redis.Redis, cid: str, type_: str, status: str = "waiting", cc: str = "cc-1") -> None:
+    record = ledger.new_command(command_id=cid, client="alice", type_=type_, params={}, idempotency_key=cid,
+                                call_connection_id=cc)
+    r.hset(keys.command_key(cid), mapping=dict(zip(*[iter(ledger.flatten(record | {"status": status}))] * 2,
+                                                   strict=True)))
+    if cc:
+        r.rpush(keys.call_commands_key(cc), cid)
+
+
+def event(kind: str, *, eid: str, cc: str = "cc-1", ctx: str | None = None, **data: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {"callConnectionId": cc, "serverCallId": "scid-1", "correlationId": "corr", **data}
+    if ctx:
+        payload["operationContext"] = ctx
+    return {"id": eid, "type": f"Microsoft.Communication.{kind}", "source": f"calling/callConnections/{cc}",
+            "time": "2026-11-25T10:00:00Z", "data": payload}
+
+
+def ingest(new_client: Callable[[], aioredis.Redis], *events: dict[str, Any]) -> correlation.IngestReport:
+    async def go() -> correlation.IngestReport:
+        ar = new_client()
+        try:
+            return await correlation.ingest(ar, list(events), dedup_ttl_s=60, ttl_s=60)
+        finally:
+            await ar.aclose()
+    return asyncio.run(go())
+
+
+def status(r: redis.Redis, cid: str) -> str:
+    return str(r.hget(keys.command_key(cid), "status"))
+
+
+def test_event_resolves_the_command_named_by_operation_context(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_c", "connect", cc="")
+    report = ingest(ar, event("CallConnected", eid="e1", ctx="cmd_c"))
+    assert report.resolved == ["cmd_c"]
+    record = r.hgetall(keys.command_key("cmd_c"))
+    assert record["status"] == "succeeded"
+    assert json.loads(record["result"])["server_call_id"] == "scid-1"
+    assert json.loads(record["resolved_by"])["type"] == "CallConnected"
+    assert r.hget(keys.call_key("cc-1"), "state") == "connected"
+    assert r.hget(keys.call_key("cc-1"), "client") == "alice"
+
+
+def test_early_event_resolves_a_command_still_running(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """The callback beat the HTTP response: the worker's later move to 'waiting' must not undo it."""
+    r, ar = any_redis
+    make_command(r, "cmd_c", "connect", status="running", cc="")
+    ingest(ar, event("CallConnected", eid="e1", ctx="cmd_c"))
+    outcome = r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("cmd_c"),
+                     *ledger.transition_args("waiting", {}, only_from=("running",)))
+    assert outcome == ["terminal", "succeeded"]
+    assert status(r, "cmd_c") == "succeeded"
+
+
+def test_duplicate_event_changes_nothing(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_c", "connect", cc="")
+    first = event("CallConnected", eid="e1", ctx="cmd_c")
+    report = ingest(ar, first, first)
+    assert report.stored == 1 and report.duplicates == 1
+    assert r.xlen(keys.call_events_key("cc-1")) == 1
+
+
+def test_terminal_state_never_moves_and_the_late_event_is_kept(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_c", "connect", cc="")
+    ingest(ar, event("ConnectFailed", eid="e1", ctx="cmd_c", resultInformation={"code": 500, "subCode": 8500}))
+    ingest(ar, event("CallConnected", eid="e2", ctx="cmd_c"))
+    record = r.hgetall(keys.command_key("cmd_c"))
+    assert record["status"] == "failed"
+    assert json.loads(record["error"])["acs_subcode"] == 8500
+    assert r.xlen(keys.call_events_key("cc-1")) == 2
+
+
+def test_call_disconnected_resolves_hang_up_and_fails_other_pending(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_h", "hang_up")
+    make_command(r, "cmd_c", "connect", status="succeeded")
+    make_command(r, "cmd_other", "connect", status="waiting")  # stands in for any other pending command
+    report = ingest(ar, event("CallDisconnected", eid="e9", resultInformation={"code": 200, "subCode": 7000}))
+    assert sorted(report.resolved) == ["cmd_h", "cmd_other"]
+    assert status(r, "cmd_h") == "succeeded"
+    assert status(r, "cmd_c") == "succeeded"
+    assert status(r, "cmd_other") == "failed"
+    assert json.loads(r.hget(keys.command_key("cmd_other"), "error"))["code"] == "call_ended"
+    assert r.hget(keys.call_key("cc-1"), "state") == "disconnected"
+
+
+def test_call_connected_without_operation_context_falls_back_to_the_call(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_c", "connect", cc="")
+    r.hset(keys.call_key("cc-1"), mapping={"connect_command": "cmd_c", "client": "alice"})
+    ingest(ar, event("CallConnected", eid="e1"))
+    assert status(r, "cmd_c") == "succeeded"
+
+
+def test_events_for_unknown_calls_are_kept(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    report = ingest(ar, event("PlayCompleted", eid="e1", cc="cc-unknown", ctx="cmd_nope"))
+    assert report.stored == 1 and report.resolved == []
+    assert r.xlen(keys.call_events_key("cc-unknown")) == 1
