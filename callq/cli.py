@@ -1,0 +1,96 @@
+"""The ``callq`` command: ``up`` runs the whole stack; the others run one piece in the foreground.
+
+Heavy or concurrently-written modules (the demo, the simulator, uvicorn) are imported inside their subcommand, so
+``callq up`` starts without them and a broken one only breaks its own subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from callq import _components, stack
+from workers.errors import ConfigError
+from workers.settings import Settings
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    return stack.up(settings, demo=args.demo)
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from callq import demo  # written alongside; only this subcommand needs it
+
+    settings = stack.with_saved_credentials(settings)
+    api_key = stack.load_dev_api_key(settings)
+    if api_key is None:
+        raise stack.StackError("no API key: set CALLQ_API_KEYS, or start the stack with `callq up` first")
+    return demo.run(settings, api_key=api_key)
+
+
+def _simulator(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("simulator.app:create_app", factory=True, host=settings.sim_host, port=settings.sim_port)
+    return 0
+
+
+def _exec(component: _components.Component) -> NoReturn:
+    """Replace this process with ``component`` (same environment plus its own variables)."""
+    env = {**os.environ, **component.env}
+    os.chdir(stack.project_root())
+    os.execve(component.argv[0], list(component.argv), env)
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    return _exec(_components.worker(settings, sys.executable))
+
+
+def _beat(settings: Settings, args: argparse.Namespace) -> int:
+    return _exec(_components.beat(settings, sys.executable))
+
+
+def _flower(settings: Settings, args: argparse.Namespace) -> int:
+    return _exec(_components.flower(settings, sys.executable))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callq", description="Exactly-once in-call commands for ACS Call Automation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="run redis, simulator, api, worker, beat and flower until Ctrl-C")
+    up.add_argument("--demo", action="store_true", help="run the demo once everything is ready")
+    up.set_defaults(run=_up)
+    commands: list[tuple[str, str, Command]] = [
+        ("demo", "run the demo against a running stack", _demo),
+        ("simulator", "run the ACS simulator in the foreground", _simulator),
+        ("worker", "run a Celery worker in the foreground", _worker),
+        ("beat", "run Celery beat (redbeat) in the foreground", _beat),
+        ("flower", "run Flower in the foreground (needs CALLQ_FLOWER_PASSWORD)", _flower),
+    ]
+    for name, help_text, run in commands:
+        sub.add_parser(name, help=help_text).set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``callq`` script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        code: int = args.run(settings, args)
+    except ConfigError as exc:
+        print(f"callq: {exc.message}", file=sys.stderr)
+        return 2
+    except stack.StackError as exc:
+        print(f"callq: {exc.message}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
