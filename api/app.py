@@ -16,14 +16,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from api import openapi
 from api.auth import ApiKeys
-from api.callbacks import AcsTokenVerifier
+from api.callbacks import AcsTokenVerifier, acs_events
 from api.notify import Notifier
-from api.routes import BODY_MODELS, routes
+from api.reads import read_routes
+from api.routes import command_routes
 from tasks.app import create_celery
 from workers import ledger
+from workers.acs import create_client
 from workers.errors import (
+    AcsError,
     CallEnded,
     CallqError,
     CommandNotFound,
@@ -57,8 +62,18 @@ def _error(status: int, code: str, message: str, details: list[dict[str, object]
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _acs_status(exc: AcsError) -> int:
+    """ACS's own 4xx pass through (404 unknown call, 400 bad state); ACS failures and outages are 502."""
+    if exc.status is not None and 400 <= exc.status < 500:
+        return exc.status
+    return 502
+
+
 async def callq_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CallqError)
+    if isinstance(exc, AcsError):
+        return _error(_acs_status(exc), "acs_error", exc.message,
+                      [{"acs_status": exc.status, "acs_code": exc.acs_code, "acs_subcode": exc.acs_subcode}])
     status = CODE_STATUS.get(exc.code) or next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     if status >= 500:
         log.error("unhandled callq error %s on %s", exc.code, request.url.path)
@@ -86,7 +101,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.api_keys = ApiKeys(settings.api_keys)
     app.state.celery = create_celery(settings)
     app.state.accept_script = app.state.redis.register_script(ledger.ACCEPT_LUA)
-    app.state.body_models = BODY_MODELS
+    app.state.acs = create_client(settings)
     app.state.verifier = AcsTokenVerifier(settings, app.state.http)
     app.state.notifier = Notifier(app.state.redis)
     await app.state.notifier.start()
@@ -96,10 +111,18 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await app.state.notifier.stop()
         await app.state.http.aclose()
         await app.state.redis.aclose()
+        app.state.acs.close()
 
 
 def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:
     """Build the API; ``redis`` lets tests hand in a (fake) client instead of one from settings."""
+    routes = [
+        *read_routes,
+        *command_routes,
+        Route("/v1/acs/events", acs_events, methods=["POST"]),
+        Route("/openapi.json", openapi.openapi, methods=["GET"], include_in_schema=False),
+        Route("/docs", openapi.docs, methods=["GET"], include_in_schema=False),
+    ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

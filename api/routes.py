@@ -1,43 +1,94 @@
-"""The HTTP routes: accept commands idempotently, read them back, health."""
+"""Command routes: one table (``COMMANDS``) drives every mutating endpoint and its OpenAPI entry.
+
+Each POST authenticates, validates, checks the call or recording it targets, then records the
+idempotency key, creates the command and enqueues its task in one Lua script: all or nothing.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import callbacks
+from api import schemas
 from api.auth import idempotency_key
-from api.schemas import ConnectBody, HangUpBody
 from tasks.app import task_name
 from tasks.publish import task_message
 from workers import keys, ledger
-from workers.errors import (
-    CallEnded,
-    CommandNotFound,
-    IdempotencyKeyReused,
-    InvalidCommand,
-)
+from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand
 
 MAX_BODY_BYTES = 16_384
-WORKER_FRESH_S = 10.0
+Scope = Literal["room", "call", "recording"]
 
 
-async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
+@dataclass(frozen=True)
+class CommandSpec:
+    path: str
+    type: str
+    body: type[schemas.Body]
+    scope: Scope
+    summary: str
+
+
+COMMANDS = (
+    CommandSpec("/v1/rooms/{room_id}/connect", "connect", schemas.ConnectBody, "room",
+                "Connect to a room call (resolves on CallConnected / ConnectFailed)"),
+    CommandSpec("/v1/calls/{call_connection_id}/participants", "add_participant", schemas.AddParticipantBody, "call",
+                "Add a PSTN or ACS participant (resolves on AddParticipantSucceeded / Failed)"),
+    CommandSpec("/v1/calls/{call_connection_id}/participants/remove", "remove_participant", schemas.Participant,
+                "call", "Remove a participant"),
+    CommandSpec("/v1/calls/{call_connection_id}/participants/cancel-add", "cancel_add_participant",
+                schemas.CancelAddBody, "call", "Cancel a pending add-participant invitation"),
+    CommandSpec("/v1/calls/{call_connection_id}/dtmf", "send_dtmf", schemas.DtmfBody, "call",
+                "Send 1-18 DTMF tones to a PSTN participant"),
+    CommandSpec("/v1/calls/{call_connection_id}/play", "play", schemas.PlayBody, "call",
+                "Play an audio file or text to participants or to everyone"),
+    CommandSpec("/v1/calls/{call_connection_id}/recognize", "recognize", schemas.RecognizeBody, "call",
+                "Recognize DTMF or speech from a participant"),
+    CommandSpec("/v1/calls/{call_connection_id}/continuous-dtmf/start", "continuous_dtmf_start",
+                schemas.PstnParticipant, "call", "Start continuous DTMF recognition"),
+    CommandSpec("/v1/calls/{call_connection_id}/continuous-dtmf/stop", "continuous_dtmf_stop",
+                schemas.PstnParticipant, "call", "Stop continuous DTMF recognition"),
+    CommandSpec("/v1/calls/{call_connection_id}/media/cancel", "cancel_media", schemas.Empty, "call",
+                "Cancel all media operations (play, recognize)"),
+    CommandSpec("/v1/calls/{call_connection_id}/recordings", "start_recording", schemas.RecordingBody, "call",
+                "Start recording the call (result carries recording_id)"),
+    CommandSpec("/v1/recordings/{recording_id}/pause", "pause_recording", schemas.Empty, "recording",
+                "Pause a recording"),
+    CommandSpec("/v1/recordings/{recording_id}/resume", "resume_recording", schemas.Empty, "recording",
+                "Resume a paused recording"),
+    CommandSpec("/v1/recordings/{recording_id}/stop", "stop_recording", schemas.Empty, "recording",
+                "Stop a recording"),
+    CommandSpec("/v1/calls/{call_connection_id}/hang-up", "hang_up", schemas.HangUpBody, "call",
+                "Hang up: terminate for everyone, or leave the call"),
+)
+
+
+def _validation_error(exc: ValidationError) -> InvalidCommand:
+    errors = exc.errors(include_url=False, include_input=False)
+    details = [{"field": ".".join(str(p) for p in e["loc"]) or None, "code": e["type"], "message": e["msg"]}
+               for e in errors]
+    codes = {e["type"] for e in errors}
+    # One problem of our own kind gets its own stable code; pydantic's generic ones are validation_error.
+    code = codes.pop() if len(codes) == 1 and codes <= schemas.CODES else "validation_error"
+    first = details[0]
+    where = f"{first['field']}: " if first["field"] else ""
+    return InvalidCommand(f"The request body is not valid ({where}{first['message']}).", code=code, details=details)
+
+
+async def _body(request: Request, model: type[schemas.Body]) -> schemas.Body:
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidCommand(f"Request body is larger than {MAX_BODY_BYTES} bytes.", code="body_too_large")
-    if not raw.strip():
-        data: Any = {}
-    else:
+    data: Any = {}
+    if raw.strip():
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise InvalidCommand("Send the body as JSON with 'Content-Type: application/json'.",
                                  code="unsupported_media_type")
@@ -48,147 +99,92 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
-                   for e in exc.errors(include_url=False, include_input=False)]
-        raise InvalidCommand("The request body is not valid.", code="validation_error", details=details) from None
+        raise _validation_error(exc) from None
 
 
-async def _call_for(request: Request, client: str, call_connection_id: str) -> None:
-    owner, state = await request.app.state.redis.hmget(keys.call_key(call_connection_id), "client", "state")
-    if owner != client:
-        raise CommandNotFound(f"No call {call_connection_id!r} is known to this client.", code="call_not_found")
-    if state == "disconnected":
-        raise CallEnded(f"Call {call_connection_id!r} has ended; no more commands can be sent to it.")
+def _check_media(request: Request, params: dict[str, Any]) -> None:
+    """Real ACS fetches media itself and accepts only https; the simulator takes http too."""
+    if not request.app.state.settings.uses_real_acs:
+        return
+    for source in (params.get("source"), params.get("prompt")):
+        if source and str(source.get("file_url", "https:")).split(":")[0] != "https":
+            raise InvalidCommand("ACS only plays media from https URLs.", code="insecure_media_url")
 
 
-async def _accept(request: Request, type_: str, params: dict[str, Any], *, room_id: str = "",
-                  call_connection_id: str = "") -> Response:
+async def _call_state(request: Request, client: str, cc: str) -> dict[str, str]:
+    call: dict[str, str] = await request.app.state.redis.hgetall(keys.call_key(cc))
+    if call.get("client") != client:
+        raise CommandNotFound(f"No call {cc!r} is known to this client.", code="call_not_found")
+    if call.get("state") == "disconnected":
+        raise CallEnded(f"Call {cc!r} has ended; no more commands can be sent to it.")
+    return call
+
+
+async def _target(request: Request, spec: CommandSpec, client: str) -> dict[str, str]:
+    """Check what the command addresses; returns the ids to store on the command."""
+    path = request.path_params
+    if spec.scope == "room":
+        room_id = path["room_id"]
+        if not room_id.strip() or len(room_id) > 128:
+            raise InvalidCommand("room_id must be 1-128 characters.", code="invalid_room_id")
+        return {"room_id": room_id}
+    if spec.scope == "recording":
+        rid = path["recording_id"]
+        rec = await request.app.state.redis.hgetall(keys.recording_key(rid))
+        if rec.get("client") != client:
+            raise CommandNotFound(f"No recording {rid!r} is known to this client.", code="recording_not_found")
+        await _call_state(request, client, rec["call_connection_id"])
+        return {"recording_id": rid, "call_connection_id": rec["call_connection_id"]}
+    cc = path["call_connection_id"]
+    call = await _call_state(request, client, cc)
+    target = {"call_connection_id": cc}
+    if spec.type == "start_recording":
+        if not call.get("server_call_id"):
+            raise CallEnded(f"Call {cc!r} is not connected yet; record it once connect has succeeded.",
+                            code="call_not_connected")
+        target["server_call_id"] = call["server_call_id"]
+    return target
+
+
+async def _accept(request: Request, spec: CommandSpec) -> Response:
     """Record the key, create the command and enqueue its task: atomically, exactly once per key."""
     state = request.app.state
     client = state.api_keys.client_for(request)
     idem = idempotency_key(request)
-    body = await _body(request, state.body_models[type_])
-    params = {**params, **body.model_dump()}
-    if call_connection_id:
-        await _call_for(request, client, call_connection_id)
+    body = await _body(request, spec.body)
+    target = await _target(request, spec, client)
+    params = {**body.params(), **{k: v for k, v in target.items() if k in ("room_id", "server_call_id")}}
+    _check_media(request, params)
     fingerprint = hashlib.sha256(json.dumps({"route": f"{request.method} {request.url.path}", "body": params},
                                             sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     command_id = f"cmd_{uuid.uuid4().hex}"
-    record = ledger.new_command(command_id=command_id, client=client, type_=type_, params=params,
-                                idempotency_key=idem, call_connection_id=call_connection_id, room_id=room_id)
+    record = ledger.new_command(command_id=command_id, client=client, type_=spec.type, params=params,
+                                idempotency_key=idem, call_connection_id=target.get("call_connection_id", ""),
+                                room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
     response = json.dumps(ledger.render({k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}))
-    message = task_message(state.celery, task_name(type_), command_id, [command_id], queue=state.settings.queue)
+    message = task_message(state.celery, task_name(spec.type), command_id, [command_id], queue=state.settings.queue)
+    cc, rid = target.get("call_connection_id"), target.get("recording_id")
     outcome, found_id, found_fp, found_response = await state.accept_script(
         keys=[keys.idempotency_key(client, idem), keys.command_key(command_id), keys.queue_key(state.settings.queue),
-              keys.call_commands_key(call_connection_id) if call_connection_id else ""],
+              keys.call_commands_key(cc) if cc else "", keys.recording_commands_key(rid) if rid else ""],
         args=[fingerprint, command_id, state.settings.idempotency_ttl_s, state.settings.command_ttl_s, message,
               response, *ledger.flatten(record)],
     )
+    headers = {"Location": f"/v1/commands/{found_id}"}
     if outcome == "replay":
         if found_fp != fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request; "
                                        "use a new key for a new request.")
-        return JSONResponse(json.loads(found_response), status_code=202,
-                            headers={"Idempotent-Replayed": "true", "Location": f"/v1/commands/{found_id}"})
-    return JSONResponse(json.loads(found_response), status_code=202, headers={"Location": f"/v1/commands/{found_id}"})
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(json.loads(found_response), status_code=202, headers=headers)
 
 
-async def connect(request: Request) -> Response:
-    room_id = request.path_params["room_id"]
-    if not room_id.strip() or len(room_id) > 128:
-        raise InvalidCommand("room_id must be 1-128 characters.", code="invalid_room_id")
-    return await _accept(request, "connect", {"room_id": room_id}, room_id=room_id)
+def _endpoint(spec: CommandSpec):  # type: ignore[no-untyped-def]
+    async def endpoint(request: Request) -> Response:
+        return await _accept(request, spec)
+    endpoint.__name__ = spec.type
+    endpoint.__doc__ = spec.summary
+    return endpoint
 
 
-async def hang_up(request: Request) -> Response:
-    return await _accept(request, "hang_up", {}, call_connection_id=request.path_params["call_connection_id"])
-
-
-async def _own_command(request: Request, client: str, command_id: str) -> dict[str, str]:
-    record = await request.app.state.redis.hgetall(keys.command_key(command_id))
-    if not record or record.get("client") != client:
-        # Another client's command is indistinguishable from a missing one.
-        raise CommandNotFound(f"No command {command_id!r} is known to this client.")
-    return record
-
-
-async def get_command(request: Request) -> Response:
-    state = request.app.state
-    client = state.api_keys.client_for(request)
-    command_id = request.path_params["command_id"]
-    raw_wait = request.query_params.get("wait", "0")
-    try:
-        wait_s = float(raw_wait)
-    except ValueError:
-        raise InvalidCommand("wait must be a number of seconds.", code="invalid_wait") from None
-    if not 0 <= wait_s <= state.settings.wait_max_s:
-        raise InvalidCommand(f"wait must be between 0 and {state.settings.wait_max_s} seconds.", code="invalid_wait")
-    async with state.notifier.watch(command_id) as done:
-        record = await _own_command(request, client, command_id)
-        if record["status"] not in ledger.TERMINAL and wait_s > 0:
-            try:
-                await asyncio.wait_for(done.wait(), timeout=wait_s)
-            except TimeoutError:
-                pass
-            record = await _own_command(request, client, command_id)
-    return JSONResponse(ledger.render(record))
-
-
-async def call_commands(request: Request) -> Response:
-    state = request.app.state
-    client = state.api_keys.client_for(request)
-    cc = request.path_params["call_connection_id"]
-    owner = await state.redis.hget(keys.call_key(cc), "client")
-    if owner != client:
-        raise CommandNotFound(f"No call {cc!r} is known to this client.", code="call_not_found")
-    ids = await state.redis.lrange(keys.call_commands_key(cc), 0, -1)
-    pipe = state.redis.pipeline(transaction=False)
-    for cid in ids:
-        pipe.hgetall(keys.command_key(cid))
-    records = [r for r in await pipe.execute() if r]
-    return JSONResponse({"items": [ledger.render(r) for r in records]})
-
-
-async def call_events(request: Request) -> Response:
-    state = request.app.state
-    client = state.api_keys.client_for(request)
-    cc = request.path_params["call_connection_id"]
-    if await state.redis.hget(keys.call_key(cc), "client") != client:
-        raise CommandNotFound(f"No call {cc!r} is known to this client.", code="call_not_found")
-    entries = await state.redis.xrange(keys.call_events_key(cc), count=1000)
-    return JSONResponse({"items": [{"seq": seq, **json.loads(fields["event"])} for seq, fields in entries]})
-
-
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    """200 only when Redis (which is also the broker) answers and at least one worker is alive."""
-    redis = request.app.state.redis
-    checks: dict[str, str] = {}
-    try:
-        await redis.ping()
-        checks["redis"] = checks["broker"] = "ok"
-        alive = await redis.zcount(keys.WORKERS_ZSET, time.time() - WORKER_FRESH_S, "+inf")
-        checks["workers"] = f"{alive} alive" if alive else "none alive"
-    except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-        alive = 0
-    ready = checks.get("redis") == "ok" and alive > 0
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
-
-
-BODY_MODELS: dict[str, type[BaseModel]] = {"connect": ConnectBody, "hang_up": HangUpBody}
-
-routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/v1/rooms/{room_id}/connect", connect, methods=["POST"]),
-    Route("/v1/calls/{call_connection_id}/hang-up", hang_up, methods=["POST"]),
-    Route("/v1/calls/{call_connection_id}/commands", call_commands, methods=["GET"]),
-    Route("/v1/calls/{call_connection_id}/events", call_events, methods=["GET"]),
-    Route("/v1/commands/{command_id}", get_command, methods=["GET"]),
-    Route("/v1/acs/events", callbacks.acs_events, methods=["POST"]),
-]
+command_routes = [Route(spec.path, _endpoint(spec), methods=["POST"], name=spec.type) for spec in COMMANDS]

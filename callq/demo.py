@@ -18,6 +18,8 @@ from workers.settings import Settings
 
 TEACHER = "8:acs:demo-teacher"
 STUDENT = "8:acs:demo-student"
+PARENT_PHONE = "+14255550123"   # dialled into the class; the simulator answers it
+CALLER_ID = "+18005550199"      # the ACS number callq dials from
 
 
 class DemoError(Exception):
@@ -78,18 +80,35 @@ class Demo:
         cmd = step.command
         resolved = (cmd.get("resolved_by") or {}).get("type") or (cmd.get("error") or {}).get("code") or "-"
         latency = f"{step.latency_ms:.0f} ms" if step.latency_ms is not None else "-"
-        extra = f"call {cmd['call_connection_id']}" if cmd["type"] == "connect" and cmd.get("call_connection_id") \
-            else ""
-        print(f"  {n:>2}  {cmd['type']:<12} {cmd['status']:<10} {resolved:<20} {latency:>8}  {extra}", file=self.out)
+        extra = ""
+        if cmd["type"] == "connect" and cmd.get("call_connection_id"):
+            extra = f"call {cmd['call_connection_id']}"
+        elif cmd["type"] == "start_recording" and cmd.get("recording_id"):
+            extra = f"recording {cmd['recording_id'][:24]}…"
+        elif cmd["status"] == "failed":
+            extra = str((cmd.get("error") or {}).get("message", ""))[:60]
+        print(f"  {n:>2}  {cmd['type']:<19} {cmd['status']:<10} {resolved:<27} {latency:>7}  {extra}", file=self.out)
 
     def run(self) -> int:
         room_id = self.start_room_call()
         print(f"callq demo: room {room_id}, ACS at {self.settings.acs_endpoint}", file=self.out)
-        print(f"  {'#':>2}  {'command':<12} {'status':<10} {'resolved by':<20} {'latency':>8}", file=self.out)
+        print(f"  {'#':>2}  {'command':<19} {'status':<10} {'resolved by':<27} {'latency':>7}", file=self.out)
         connected = self.command(f"/v1/rooms/{room_id}/connect")
         if connected["status"] != "succeeded":
             raise DemoError(f"connect did not succeed: {connected.get('error')}")
         cc = connected["call_connection_id"]
+        parent = {"phone_number": PARENT_PHONE}
+        self.command(f"/v1/calls/{cc}/participants", {**parent, "source_caller_id": CALLER_ID,
+                                                      "invitation_timeout": 30})
+        self.command(f"/v1/calls/{cc}/dtmf", {**parent, "tones": "123#"})
+        recording = self.command(f"/v1/calls/{cc}/recordings", {"content": "audio", "channel": "mixed",
+                                                                 "format": "wav"})
+        if recording.get("recording_id"):
+            rid = recording["recording_id"]
+            for action in ("pause", "resume", "stop"):
+                self.command(f"/v1/recordings/{rid}/{action}")
+        self.command(f"/v1/calls/{cc}/play", {"text": "This class is being recorded."})
+        self.command(f"/v1/calls/{cc}/participants/remove", parent)
         self.command(f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
         ok = sum(1 for s in self.steps if s.command["status"] == "succeeded")
         print(f"demo: {ok} of {len(self.steps)} commands succeeded", file=self.out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -63,6 +64,8 @@ def create_client(settings: Settings) -> CallAutomationClient:
     SDK signs the host string as configured. SDK-level retries are off: the runtime decides what is safe
     to repeat.
     """
+    # azure-core logs every request and response at INFO; callq logs commands itself.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     if not settings.acs_access_key:
         raise ConfigError("CALLQ_ACS_ACCESS_KEY (or CALLQ_ACS_CONNECTION_STRING) must be set to reach ACS")
     return CallAutomationClient(

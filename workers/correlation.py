@@ -55,6 +55,11 @@ def outcome(command_type: str, event: dict[str, Any]) -> tuple[str, dict[str, An
     if op is None:
         return None
     resolved_by = {"type": kind, "id": event.get("id"), "time": event.get("time")}
+    if op.recording_state and kind == "RecordingStateChanged":
+        if data.get("state") != op.recording_state:
+            return None
+        return "succeeded", {"result": {"recording_id": data.get("recordingId"), "state": data.get("state")},
+                             "resolved_by": resolved_by}
     if kind in op.succeeds_on:
         return "succeeded", {"result": _result_from(kind, data), "resolved_by": resolved_by}
     if kind in op.fails_on:
@@ -87,6 +92,8 @@ async def _candidates(r: aioredis.Redis, event: dict[str, Any]) -> dict[str, dic
     elif cc and kind == "CallConnected" and not ids:
         connect = await r.hget(keys.call_key(cc), "connect_command")
         ids += [connect] if connect else []
+    if kind == "RecordingStateChanged" and data.get("recordingId"):
+        ids += await r.lrange(keys.recording_commands_key(data["recordingId"]), 0, -1)
     found = await _commands(r, list(dict.fromkeys(ids)))
     return {cid: c for cid, c in found.items() if c["status"] not in ledger.TERMINAL}
 
@@ -126,10 +133,18 @@ async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s
                 status, fields = step
                 pipe.eval(ledger.TRANSITION_LUA, 1, keys.command_key(cid), *ledger.transition_args(status, fields))
                 planned.append(cid)
+                if short_type(event) == "RecordingStateChanged":
+                    break  # one state change answers one command: the oldest pending that expects it
         updates = _call_updates(event, commands)
         if updates and cc != "unknown":
             pipe.hset(keys.call_key(cc), mapping=updates)
             pipe.expire(keys.call_key(cc), ttl_s)
+        recording_id = (event.get("data") or {}).get("recordingId")
+        if short_type(event) == "RecordingStateChanged" and recording_id:
+            # Kept so a start whose HTTP response comes after this event can still be resolved by it.
+            pipe.hset(keys.recording_key(recording_id), mapping={
+                "state": (event.get("data") or {}).get("state") or "", "last_event": json.dumps(event)})
+            pipe.expire(keys.recording_key(recording_id), ttl_s)
         results = await pipe.execute()
         report.stored += 1
         applied = [r_ for r_ in results[3:3 + len(planned)]]

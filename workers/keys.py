@@ -28,6 +28,14 @@ def call_events_key(call_connection_id: str) -> str:
     return f"callq:call:{call_connection_id}:events"
 
 
+def recording_key(recording_id: str) -> str:
+    return f"callq:rec:{recording_id}"
+
+
+def recording_commands_key(recording_id: str) -> str:
+    return f"callq:rec:{recording_id}:commands"
+
+
 def event_seen_key(event_id: str) -> str:
     return f"callq:evt:{event_id}"
 

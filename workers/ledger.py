@@ -21,7 +21,8 @@ from workers import keys
 TERMINAL = frozenset({"succeeded", "failed"})
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed")
 
-# KEYS: idempotency hash, command hash, broker queue list, call's command list (or "" when none yet)
+# KEYS: idempotency hash, command hash, broker queue list, call's command list, recording's command list
+# (the last two "" when the command has no call / recording yet)
 # ARGV: fingerprint, command id, idempotency ttl, command ttl, broker message, response json, field/value...
 ACCEPT_LUA = """
 local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
@@ -32,9 +33,11 @@ redis.call('HSET', KEYS[1], 'command_id', ARGV[2], 'fingerprint', ARGV[1], 'resp
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
-if KEYS[4] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[2])
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+for i = 4, 5 do
+  if KEYS[i] ~= '' then
+    redis.call('RPUSH', KEYS[i], ARGV[2])
+    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4]))
+  end
 end
 redis.call('LPUSH', KEYS[3], ARGV[5])
 return {'new', ARGV[2], ARGV[1], ARGV[6]}

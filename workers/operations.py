@@ -2,7 +2,8 @@
 
 An :class:`Operation` is data plus one ``send`` function, so the runtime, the API and the event
 correlator all read the same table. ``repeatable`` says the request carries ACS repeatability headers,
-so sending it again after an unclear failure cannot make ACS execute it twice.
+so sending it again after an unclear failure cannot make ACS execute it twice. Commands whose HTTP
+answer is their whole outcome (stop recording, cancel media, start continuous DTMF) resolve on it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from azure.communication.callautomation import CallAutomationClient
+from azure.communication.callautomation import (
+    CallAutomationClient,
+    FileSource,
+    PhoneNumberIdentifier,
+    RecognizeInputType,
+    TextSource,
+)
 
+from workers.identifiers import to_identifier
 from workers.settings import Settings
 
 Record = dict[str, Any]  # a command: its stored fields, with ``params`` already parsed
+
+# API tone characters → the SDK's DtmfTone values.
+TONES = {**{str(d): name for d, name in enumerate(
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))},
+    "*": "asterisk", "#": "pound", "A": "a", "B": "b", "C": "c", "D": "d"}
 
 
 @dataclass(frozen=True)
@@ -32,10 +45,20 @@ class Sent:
 class Operation:
     type: str
     send: Callable[[CallAutomationClient, Record, Settings], Sent]
-    succeeds_on: frozenset[str]
+    succeeds_on: frozenset[str] = frozenset()
     fails_on: frozenset[str] = frozenset()
     repeatable: bool = False
-    needs_call: bool = True  # addressed to an existing call connection
+    recording_state: str | None = None  # resolves on RecordingStateChanged to this state
+
+
+def _media_source(spec: dict[str, Any]) -> FileSource | TextSource:
+    if spec.get("file_url"):
+        return FileSource(url=spec["file_url"])
+    return TextSource(text=spec["text"], voice_name=spec.get("voice_name") or "en-US-NancyNeural")
+
+
+def _connection(client: CallAutomationClient, cmd: Record):  # type: ignore[no-untyped-def]
+    return client.get_call_connection(cmd["call_connection_id"])
 
 
 def _connect(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
@@ -46,21 +69,135 @@ def _connect(client: CallAutomationClient, cmd: Record, settings: Settings) -> S
 
 
 def _hang_up(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    client.get_call_connection(cmd["call_connection_id"]).hang_up(
-        is_for_everyone=bool(cmd["params"].get("for_everyone", True))
-    )
+    _connection(client, cmd).hang_up(is_for_everyone=bool(cmd["params"].get("for_everyone", True)))
     return Sent()
 
 
-OPERATIONS: dict[str, Operation] = {
-    op.type: op
-    for op in (
-        Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}),
-                  repeatable=True, needs_call=False),
-        # Terminate (for everyone) carries repeatability headers; hang up for self (DELETE) does not.
-        Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable=True),
-    )
-}
+def _add_participant(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    p = cmd["params"]
+    caller = PhoneNumberIdentifier(p["source_caller_id"]) if p.get("source_caller_id") else None
+    result = _connection(client, cmd).add_participant(
+        to_identifier(p["participant"]), invitation_timeout=p.get("invitation_timeout"),
+        source_caller_id_number=caller, operation_context=cmd["id"], operation_callback_url=settings.callback_url)
+    return Sent(result={"invitation_id": result.invitation_id, "participant": p["participant"]})
+
+
+def _remove_participant(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    _connection(client, cmd).remove_participant(to_identifier(cmd["params"]["participant"]),
+                                                operation_context=cmd["id"],
+                                                operation_callback_url=settings.callback_url)
+    return Sent()
+
+
+def _cancel_add(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    _connection(client, cmd).cancel_add_participant_operation(cmd["params"]["invitation_id"],
+                                                              operation_context=cmd["id"],
+                                                              operation_callback_url=settings.callback_url)
+    return Sent()
+
+
+def _send_dtmf(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    p = cmd["params"]
+    _connection(client, cmd).send_dtmf_tones([TONES[t] for t in p["tones"]], to_identifier(p["participant"]),
+                                             operation_context=cmd["id"],
+                                             operation_callback_url=settings.callback_url)
+    return Sent()
+
+
+def _play(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    p = cmd["params"]
+    targets = [to_identifier(t) for t in p.get("targets") or []]
+    # An empty play_to list plays to everyone in the call (playTo: [] on the wire).
+    _connection(client, cmd).play_media(_media_source(p["source"]), play_to=targets or "all",
+                                        loop=bool(p.get("loop")), operation_context=cmd["id"],
+                                        operation_callback_url=settings.callback_url)
+    return Sent()
+
+
+def _recognize(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    p = cmd["params"]
+    kwargs: dict[str, Any] = {"operation_context": cmd["id"], "operation_callback_url": settings.callback_url,
+                              "initial_silence_timeout": p.get("initial_silence_timeout"),
+                              "interrupt_prompt": bool(p.get("interrupt_prompt"))}
+    if p.get("prompt"):
+        kwargs["play_prompt"] = _media_source(p["prompt"])
+    if p["input_type"] == "dtmf":
+        kwargs |= {"dtmf_max_tones_to_collect": p.get("max_tones"),
+                   "dtmf_inter_tone_timeout": p.get("inter_tone_timeout"),
+                   "dtmf_stop_tones": [TONES[t] for t in p.get("stop_tones") or []] or None}
+        input_type = RecognizeInputType.DTMF
+    else:
+        kwargs |= {"speech_language": p.get("speech_language")}
+        input_type = RecognizeInputType.SPEECH
+    _connection(client, cmd).start_recognizing_media(input_type, to_identifier(p["participant"]), **kwargs)
+    return Sent()
+
+
+def _continuous_dtmf_start(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    _connection(client, cmd).start_continuous_dtmf_recognition(to_identifier(cmd["params"]["participant"]),
+                                                                operation_context=cmd["id"])
+    return Sent(resolved=True)  # 200 is the outcome; tones then arrive as ToneReceived events
+
+
+def _continuous_dtmf_stop(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    _connection(client, cmd).stop_continuous_dtmf_recognition(to_identifier(cmd["params"]["participant"]),
+                                                               operation_context=cmd["id"],
+                                                               operation_callback_url=settings.callback_url)
+    return Sent()
+
+
+def _cancel_media(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    _connection(client, cmd).cancel_all_media_operations()
+    return Sent(resolved=True)  # the canceled operations report PlayCanceled/RecognizeCanceled themselves
+
+
+def _start_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    p = cmd["params"]
+    props = client.start_recording(
+        server_call_id=p["server_call_id"], recording_state_callback_url=settings.callback_url,
+        recording_content_type=p["content"], recording_channel_type=p["channel"], recording_format_type=p["format"])
+    return Sent(recording_id=props.recording_id, result={"recording_id": props.recording_id})
+
+
+def _pause_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    client.pause_recording(cmd["recording_id"])
+    return Sent()
+
+
+def _resume_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    client.resume_recording(cmd["recording_id"])
+    return Sent()
+
+
+def _stop_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+    client.stop_recording(cmd["recording_id"])
+    return Sent(resolved=True)  # 204 is the outcome; a final RecordingStateChanged may follow
+
+
+_OPS = (
+    Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}), repeatable=True),
+    # Terminate (for everyone) carries repeatability headers; hang up for self (DELETE) does not.
+    Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable=True),
+    Operation("add_participant", _add_participant, frozenset({"AddParticipantSucceeded"}),
+              frozenset({"AddParticipantFailed"}), repeatable=True),
+    Operation("remove_participant", _remove_participant, frozenset({"RemoveParticipantSucceeded"}),
+              frozenset({"RemoveParticipantFailed"}), repeatable=True),
+    Operation("cancel_add_participant", _cancel_add, frozenset({"CancelAddParticipantSucceeded"}),
+              frozenset({"CancelAddParticipantFailed"}), repeatable=True),
+    Operation("send_dtmf", _send_dtmf, frozenset({"SendDtmfTonesCompleted"}), frozenset({"SendDtmfTonesFailed"}),
+              repeatable=True),
+    Operation("play", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"})),
+    Operation("recognize", _recognize, frozenset({"RecognizeCompleted"}),
+              frozenset({"RecognizeFailed", "RecognizeCanceled"})),
+    Operation("continuous_dtmf_start", _continuous_dtmf_start),
+    Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
+    Operation("cancel_media", _cancel_media),
+    Operation("start_recording", _start_recording, repeatable=True, recording_state="active"),
+    Operation("pause_recording", _pause_recording, recording_state="inactive"),
+    Operation("resume_recording", _resume_recording, recording_state="active"),
+    Operation("stop_recording", _stop_recording),
+)
+OPERATIONS: dict[str, Operation] = {op.type: op for op in _OPS}
 
 
 def is_repeatable(cmd: Record) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from azure.communication.callautomation import CallAutomationClient
 
-from workers import keys, ledger
+from workers import correlation, keys, ledger
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.errors import AcsError
 from workers.operations import OPERATIONS, Record, Sent, is_repeatable
@@ -90,12 +90,39 @@ class Runtime:
             self._remember_call(cmd, sent.call_connection_id)
         if sent.recording_id:
             fields["recording_id"] = sent.recording_id
+            self._remember_recording(cmd, sent.recording_id)
         if sent.result is not None:
             fields["result"] = sent.result
         # Recorded even if an early event already resolved the command: the response is still true.
         self.redis.hset(keys.command_key(cid), mapping=dict(zip(*[iter(ledger.flatten(fields))] * 2, strict=True)))
         to = "succeeded" if sent.resolved else "waiting"
-        return self._transition(cid, to, {}, only_from=("running",))
+        status = self._transition(cid, to, {}, only_from=("running",))
+        if sent.recording_id and status == "waiting":
+            status = self._catch_up_recording(cid, sent.recording_id)
+        return status
+
+    def _remember_recording(self, cmd: Record, recording_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        rec = keys.recording_key(recording_id)
+        pipe.hset(rec, mapping={"client": cmd["client"], "call_connection_id": cmd.get("call_connection_id") or "",
+                                "start_command": cmd["id"]})
+        pipe.rpush(keys.recording_commands_key(recording_id), cmd["id"])
+        pipe.expire(rec, self.settings.command_ttl_s)
+        pipe.expire(keys.recording_commands_key(recording_id), self.settings.command_ttl_s)
+        pipe.execute()
+
+    def _catch_up_recording(self, command_id: str, recording_id: str) -> str:
+        """Resolve a start whose RecordingStateChanged arrived before we knew its recording id.
+
+        The event endpoint stores each recording's last state before it looks for commands, and we
+        registered the command before looking here, so at least one side sees the other.
+        """
+        last = self.redis.hget(keys.recording_key(recording_id), "last_event")
+        step = correlation.outcome("start_recording", json.loads(last)) if last else None
+        if step is None:
+            return "waiting"
+        status, fields = step
+        return self._transition(command_id, status, fields)
 
     def _remember_call(self, cmd: Record, call_connection_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)

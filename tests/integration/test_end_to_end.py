@@ -15,6 +15,21 @@ from tests.integration.conftest import ThreadServer
 from workers.acs import repeatability_id
 from workers.settings import Settings
 
+# The seed doc's room-call actions, in the order the demo runs them, each with the event that resolves it
+# ("-": resolved by ACS's HTTP answer, as stop recording is).
+SEED_SCENARIO = [
+    ("connect", "succeeded", "CallConnected"),
+    ("add_participant", "succeeded", "AddParticipantSucceeded"),
+    ("send_dtmf", "succeeded", "SendDtmfTonesCompleted"),
+    ("start_recording", "succeeded", "RecordingStateChanged"),
+    ("pause_recording", "succeeded", "RecordingStateChanged"),
+    ("resume_recording", "succeeded", "RecordingStateChanged"),
+    ("stop_recording", "succeeded", "-"),
+    ("play", "succeeded", "PlayCompleted"),
+    ("remove_participant", "succeeded", "RemoveParticipantSucceeded"),
+    ("hang_up", "succeeded", "CallDisconnected"),
+]
+
 
 def sim_room_call(sim: ThreadServer, *, started: bool = True) -> str:
     room_id = httpx.post(f"{sim.url}/_sim/rooms", json={"pstn_dial_out_enabled": True}).json()["room_id"]
@@ -94,7 +109,7 @@ def test_unsigned_or_forged_callbacks_are_refused_and_not_stored(simulator: Thre
     assert api.get("/v1/calls/cc-forged/events").status_code == 404
 
 
-def test_demo_prints_a_timeline_with_both_commands_succeeded(simulator: ThreadServer, api_server: ThreadServer,
+def test_demo_runs_the_seed_scenario_and_every_command_succeeds(simulator: ThreadServer, api_server: ThreadServer,
                                                              stack_settings: Settings,
                                                              start_worker: Callable) -> None:  # type: ignore[type-arg]
     start_worker()
@@ -103,6 +118,5 @@ def test_demo_prints_a_timeline_with_both_commands_succeeded(simulator: ThreadSe
     text = out.getvalue()
     assert code == 0, text
     lines = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit()]
-    assert [(cols[1], cols[2], cols[3]) for cols in lines] == [
-        ("connect", "succeeded", "CallConnected"), ("hang_up", "succeeded", "CallDisconnected")]
-    assert "2 of 2 commands succeeded" in text
+    assert [(cols[1], cols[2], cols[3]) for cols in lines] == SEED_SCENARIO, text
+    assert "10 of 10 commands succeeded" in text

@@ -42,7 +42,7 @@ def test_a_real_worker_consumes_the_accepted_message(stack_settings: Settings, s
     record = ledger.new_command(command_id=cid, client="alice", type_="connect", params={"room_id": "r1"},
                                 idempotency_key="k1", room_id="r1")
     message = task_message(app, task_name("connect"), cid, [cid], queue="callq")
-    outcome = r.eval(ledger.ACCEPT_LUA, 4, keys.idempotency_key("alice", "k1"), keys.command_key(cid), "callq", "",
+    outcome = r.eval(ledger.ACCEPT_LUA, 5, keys.idempotency_key("alice", "k1"), keys.command_key(cid), "callq", "", "",
                      "fp", cid, 60, 60, message, "{}", *ledger.flatten(record))
     assert outcome[0] == "new"
     final = wait_until(lambda: r.hget(keys.command_key(cid), "status") in ledger.TERMINAL and

@@ -18,6 +18,7 @@ from callq._health import port_is_free
 from callq._procs import Console, ManagedProcess
 from callq.stack import PID_FILE
 from tests.integration.stackutil import ROOT, free_ports, is_running, running_stack, stack_env, wait_gone
+from tests.integration.test_end_to_end import SEED_SCENARIO
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +168,22 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchildren(tmp_path:
     assert not is_running(grandchild, start)
     assert "stubborn | grandchild" in stream.text
 
+
+
+@pytest.mark.timeout(300)
+def test_up_with_demo_prints_the_timeline_and_sigterm_leaves_nothing(tmp_path: Path) -> None:
+    """What `make up` does: the stack comes up, the demo's commands both succeed, Ctrl-C/SIGTERM cleans up."""
+    with running_stack(tmp_path / "callq", args=("up", "--demo")) as stack:
+        assert stack.output.wait_for("commands succeeded", 120), stack.output.text()
+        text = stack.output.text()
+        assert "demo: 10 of 10 commands succeeded" in text, text
+        rows = [line.split("|", 1)[1].split() for line in text.splitlines()
+                if line.startswith("demo") and "|" in line and line.split("|", 1)[1].strip()[:1].isdigit()]
+        assert [(r[1], r[2], r[3]) for r in rows] == SEED_SCENARIO, text
+        # The stack keeps serving after the demo.
+        assert httpx.get(f"{stack.api_url}/readyz", timeout=15).status_code == 200
+        children = stack.children()
+        code = stack.stop(signal.SIGTERM)
+    assert code == 0, stack.output.text()
+    left = [pid for pid, start in children.items() if not wait_gone(pid, start, timeout_s=10)]
+    assert not left, f"still running after callq up exited: {[_cmdline(p) for p in left]}"

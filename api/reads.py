@@ -1,0 +1,148 @@
+"""Read routes: commands, a call's commands and events, ACS reads, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from workers import keys, ledger, reads
+from workers.errors import CommandNotFound, InvalidCommand
+
+WORKER_FRESH_S = 10.0
+EVENTS_PAGE = 100
+
+
+async def _own_command(request: Request, client: str, command_id: str) -> dict[str, str]:
+    record: dict[str, str] = await request.app.state.redis.hgetall(keys.command_key(command_id))
+    if not record or record.get("client") != client:
+        # Another client's command is indistinguishable from a missing one.
+        raise CommandNotFound(f"No command {command_id!r} is known to this client.")
+    return record
+
+
+async def _own_call(request: Request, client: str) -> str:
+    cc: str = request.path_params["call_connection_id"]
+    if await request.app.state.redis.hget(keys.call_key(cc), "client") != client:
+        raise CommandNotFound(f"No call {cc!r} is known to this client.", code="call_not_found")
+    return cc
+
+
+def _number(request: Request, name: str, default: float, high: float) -> float:
+    raw = request.query_params.get(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidCommand(f"{name} must be a number.", code=f"invalid_{name}") from None
+    if not 0 <= value <= high:
+        raise InvalidCommand(f"{name} must be between 0 and {high:g}.", code=f"invalid_{name}")
+    return value
+
+
+async def get_command(request: Request) -> Response:
+    """A command; ``?wait=N`` (≤ 60 s) long-polls until it is terminal."""
+    state = request.app.state
+    client = state.api_keys.client_for(request)
+    command_id = request.path_params["command_id"]
+    wait_s = _number(request, "wait", 0, state.settings.wait_max_s)
+    async with state.notifier.watch(command_id) as done:
+        record = await _own_command(request, client, command_id)
+        if record["status"] not in ledger.TERMINAL and wait_s > 0:
+            try:
+                await asyncio.wait_for(done.wait(), timeout=wait_s)
+            except TimeoutError:
+                pass
+            record = await _own_command(request, client, command_id)
+    return JSONResponse(ledger.render(record))
+
+
+async def call_commands(request: Request) -> Response:
+    """A call's commands, in acceptance order."""
+    state = request.app.state
+    cc = await _own_call(request, state.api_keys.client_for(request))
+    pipe = state.redis.pipeline(transaction=False)
+    for cid in await state.redis.lrange(keys.call_commands_key(cc), 0, -1):
+        pipe.hgetall(keys.command_key(cid))
+    return JSONResponse({"items": [ledger.render(r) for r in await pipe.execute() if r]})
+
+
+async def call_events(request: Request) -> Response:
+    """A call's ACS events in arrival order, paged with ``?after=<seq>``."""
+    state = request.app.state
+    cc = await _own_call(request, state.api_keys.client_for(request))
+    after = request.query_params.get("after")
+    start = f"({after}" if after else "-"
+    entries = await state.redis.xrange(keys.call_events_key(cc), min=start, count=EVENTS_PAGE)
+    items = [{"seq": seq, **json.loads(fields["event"])} for seq, fields in entries]
+    page: dict[str, Any] = {"items": items}
+    if len(items) == EVENTS_PAGE:
+        page["next"] = f"/v1/calls/{cc}/events?after={items[-1]['seq']}"
+    return JSONResponse(page)
+
+
+async def _read(request: Request, fn: Any, *args: str) -> Response:
+    return JSONResponse(await run_in_threadpool(fn, request.app.state.acs, *args))
+
+
+async def get_call(request: Request) -> Response:
+    """The call as ACS sees it now."""
+    cc = await _own_call(request, request.app.state.api_keys.client_for(request))
+    return await _read(request, reads.call, cc)
+
+
+async def get_participants(request: Request) -> Response:
+    cc = await _own_call(request, request.app.state.api_keys.client_for(request))
+    return JSONResponse({"items": await run_in_threadpool(reads.participants, request.app.state.acs, cc)})
+
+
+async def get_participant(request: Request) -> Response:
+    cc = await _own_call(request, request.app.state.api_keys.client_for(request))
+    return await _read(request, reads.participant, cc, request.path_params["raw_id"])
+
+
+async def get_recording(request: Request) -> Response:
+    state = request.app.state
+    rid = request.path_params["recording_id"]
+    if await state.redis.hget(keys.recording_key(rid), "client") != state.api_keys.client_for(request):
+        raise CommandNotFound(f"No recording {rid!r} is known to this client.", code="recording_not_found")
+    return await _read(request, reads.recording, rid)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """200 only when Redis (which is also the broker) answers and at least one worker is alive."""
+    redis = request.app.state.redis
+    checks: dict[str, str] = {}
+    alive = 0
+    try:
+        await redis.ping()
+        checks["redis"] = checks["broker"] = "ok"
+        alive = await redis.zcount(keys.WORKERS_ZSET, time.time() - WORKER_FRESH_S, "+inf")
+        checks["workers"] = f"{alive} alive" if alive else "none alive"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = checks.get("redis") == "ok" and alive > 0
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+read_routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/v1/commands/{command_id}", get_command, methods=["GET"]),
+    Route("/v1/calls/{call_connection_id}", get_call, methods=["GET"]),
+    Route("/v1/calls/{call_connection_id}/commands", call_commands, methods=["GET"]),
+    Route("/v1/calls/{call_connection_id}/events", call_events, methods=["GET"]),
+    Route("/v1/calls/{call_connection_id}/participants", get_participants, methods=["GET"]),
+    Route("/v1/calls/{call_connection_id}/participants/{raw_id}", get_participant, methods=["GET"]),
+    Route("/v1/recordings/{recording_id}", get_recording, methods=["GET"]),
+]
