@@ -86,6 +86,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, code, str(exc.detail))
 
 
+async def redis_down(request: Request, exc: Exception) -> Response:
+    log.error("Redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return _error(503, "unavailable", "callq's store is unavailable right now; retry with the same Idempotency-Key.")
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("internal error on %s %s", request.method, request.url.path)
     return _error(500, "internal", "Something went wrong inside callq; the request may be retried.")
@@ -126,7 +131,9 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={CallqError: callq_error, HTTPException: http_error, Exception: internal_error},
+        exception_handlers={CallqError: callq_error, HTTPException: http_error,
+                            aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,
+                            Exception: internal_error},
     )
     app.state.settings = settings or Settings.from_env()
     app.state.redis_override = redis

@@ -22,9 +22,13 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, ready_timeout_s: float = 5.0) -> None:
+        """Subscribe in the background; the API starts even when Redis is down (readyz then says so)."""
         self._task = asyncio.create_task(self._listen())
-        await asyncio.wait_for(self._ready.wait(), timeout=10)
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout=ready_timeout_s)
+        except TimeoutError:
+            log.warning("command notifications are not subscribed yet; long-polls re-read at their deadline")
 
     async def stop(self) -> None:
         if self._task:
@@ -33,22 +37,28 @@ class Notifier:
                 await self._task
 
     async def _listen(self) -> None:
+        outage = False
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.COMMAND_DONE_CHANNEL)
                     self._ready.set()
+                    if outage:
+                        log.warning("command notifications resubscribed")
+                        outage = False
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             for event in self._waiters.get(message["data"], ()):
                                 event.set()
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                log.warning("command notifications lost their Redis connection (%s); resubscribing", exc)
+                if not outage:
+                    log.warning("command notifications lost their Redis connection (%s); retrying", exc)
+                    outage = True
                 # Wake everyone so they re-read the record instead of waiting out their timeout blind.
                 for events in self._waiters.values():
                     for event in events:
                         event.set()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)  # sleep-ok: reconnect back-off, not synchronisation
 
     @contextlib.asynccontextmanager
     async def watch(self, command_id: str) -> AsyncIterator[asyncio.Event]:

@@ -25,6 +25,17 @@ STATUSES = ("queued", "running", "waiting", "succeeded", "failed")
 # (the last two "" when the command has no call / recording yet)
 # ARGV: fingerprint, command id, idempotency ttl, command ttl, broker message, response json, field/value...
 ACCEPT_LUA = """
+-- Redis does not roll back a script that fails half-way, so refuse before the first write when any key
+-- has a type a later command would choke on: a failure then leaves nothing behind.
+local want = {'hash', 'hash', 'list', 'list', 'list'}
+for i = 1, 5 do
+  if KEYS[i] ~= '' then
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'none' and t ~= want[i] then
+      return redis.error_reply('CALLQ_WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t)
+    end
+  end
+end
 local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
 if existing[1] then
   return {'replay', existing[1], existing[2], existing[3]}
