@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
+import redis
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,6 +40,7 @@ from workers.errors import (
     InvalidCommand,
     Unauthorized,
 )
+from workers.ratelimit import RateLimited, RateLimiter
 from workers.settings import Settings
 
 log = logging.getLogger("callq.api")
@@ -48,6 +50,7 @@ STATUS: dict[type[CallqError], int] = {
     IdempotencyKeyMissing: 400,
     IdempotencyKeyInvalid: 400,
     IdempotencyKeyReused: 422,
+    RateLimited: 429,
     InvalidCommand: 422,
     CommandNotFound: 404,
     CallEnded: 409,
@@ -106,7 +109,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.api_keys = ApiKeys(settings.api_keys)
     app.state.celery = create_celery(settings)
     app.state.accept_script = app.state.redis.register_script(ledger.ACCEPT_LUA)
-    app.state.acs = create_client(settings)
+    # Reads pay the same shared ACS budget as the workers' commands (sync client: run in a threadpool).
+    app.state.sync_redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    app.state.acs = create_client(settings, RateLimiter.for_endpoint(
+        app.state.sync_redis, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s, burst=settings.acs_rate_burst))
     app.state.verifier = AcsTokenVerifier(settings, app.state.http)
     app.state.notifier = Notifier(app.state.redis)
     await app.state.notifier.start()
@@ -117,6 +123,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await app.state.http.aclose()
         await app.state.redis.aclose()
         app.state.acs.close()
+        app.state.sync_redis.close()
 
 
 def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -18,8 +19,11 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from workers import correlation
+from tasks.app import task_name
+from tasks.publish import task_message
+from workers import correlation, keys, ledger
 from workers.errors import InvalidCommand, Unauthorized
+from workers.operations import NON_BLOCKING_TYPES
 from workers.settings import Settings
 
 log = logging.getLogger("callq.api.callbacks")
@@ -103,4 +107,17 @@ async def acs_events(request: Request) -> Response:
     await state.verifier.verify(token.strip())
     report = await correlation.ingest(state.redis, events, dedup_ttl_s=settings.event_dedup_ttl_s,
                                       ttl_s=settings.command_ttl_s)
+    for lane in report.lanes:
+        await _kick(request, lane)
     return JSONResponse({"stored": report.stored, "duplicates": report.duplicates})
+
+
+async def _kick(request: Request, lane: str) -> None:
+    """A resolved command may be what the call's next command was waiting for: publish its task now."""
+    state = request.app.state
+    nxt = await state.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), keys.COMMAND_PREFIX,
+                                 int(time.time() * 1000), NON_BLOCKING_TYPES)
+    if nxt:
+        message = task_message(state.celery, task_name(nxt[1]), str(uuid.uuid4()), [nxt[0]],
+                               queue=state.settings.queue)
+        await state.redis.lpush(keys.queue_key(state.settings.queue), message)

@@ -62,9 +62,11 @@ def document() -> dict[str, Any]:
     idem = {"name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string",
                                                                                    "maxLength": 257}}
     paths: dict[str, Any] = {}
+    types = [spec.type for spec in COMMANDS]
     for spec in COMMANDS:
         paths.setdefault(spec.path, {})["post"] = {
-            "operationId": spec.type, "summary": spec.summary, "parameters": _params(spec.path, idem),
+            "operationId": spec.type if types.count(spec.type) == 1 else f"{spec.type}_by_{spec.scope}",
+            "summary": spec.summary, "parameters": _params(spec.path, idem),
             "requestBody": {"required": False, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}}},
             "responses": {"202": {"description": "accepted (or replayed)", "content": {

@@ -66,6 +66,12 @@ COMMANDS = (
                 "Resume a paused recording"),
     CommandSpec("/v1/recordings/{recording_id}/stop", "stop_recording", schemas.Empty, "recording",
                 "Stop a recording"),
+    CommandSpec("/v1/calls/{call_connection_id}/recording/pause", "pause_recording", schemas.Empty, "call",
+                "Pause the call's current recording (resolved when the command's turn comes)"),
+    CommandSpec("/v1/calls/{call_connection_id}/recording/resume", "resume_recording", schemas.Empty, "call",
+                "Resume the call's current recording"),
+    CommandSpec("/v1/calls/{call_connection_id}/recording/stop", "stop_recording", schemas.Empty, "call",
+                "Stop the call's current recording"),
     CommandSpec("/v1/calls/{call_connection_id}/hang-up", "hang_up", schemas.HangUpBody, "call",
                 "Hang up: terminate for everyone, or leave the call"),
 )

@@ -10,10 +10,6 @@ from kombu import Exchange, Queue
 
 from workers.settings import Settings
 
-# The longest a command can legitimately be unacked (add participant waits up to 180 s for the callee,
-# plus ACS and retry margins). The visibility timeout must exceed it or Redis redelivers live tasks.
-VISIBILITY_TIMEOUT_S = 900
-
 
 def task_name(command_type: str) -> str:
     """The Celery task that runs commands of this type (``callq.connect``, ``callq.hang_up``, ...)."""
@@ -37,7 +33,12 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # A task holds its message only while it sends one request (callbacks are not awaited in a slot),
+        # plus countdowns of retries, which the tasks cap at half of this. A dead worker's message comes
+        # back after this long; the restore sweep runs every interval (kombu's default sweep is ~100 s).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
+                                  "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+                                  "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
         task_send_sent_event=True,

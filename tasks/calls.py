@@ -34,16 +34,21 @@ class CommandTask(Task):  # type: ignore[misc]
     def runtime(self) -> Runtime:
         with CommandTask._lock:
             if CommandTask._runtime is None:
-                CommandTask._runtime = Runtime.from_settings(self.app.conf.callq_settings)
+                CommandTask._runtime = Runtime.from_settings(self.app.conf.callq_settings, self._enqueue)
             return CommandTask._runtime
+
+    def _enqueue(self, command_type: str, command_id: str) -> None:
+        self.app.send_task(task_name(command_type), args=[command_id])
 
 
 def _run(self: CommandTask, command_id: str) -> str:
     try:
         return self.runtime.run(command_id)
     except RetryLater as later:
-        # A new message with a countdown: the slot is released while the command waits to retry.
-        raise self.retry(countdown=later.delay_s, max_retries=None) from None
+        # A new message with a countdown: the slot is released while the command waits to retry. On Redis
+        # a countdown longer than the visibility timeout would be redelivered early, so it is capped.
+        countdown = min(later.delay_s, self.app.conf.callq_settings.visibility_timeout_s / 2)
+        raise self.retry(countdown=countdown, max_retries=None) from None
 
 
 for _type in OPERATIONS:

@@ -23,6 +23,7 @@ from azure.core.pipeline import PipelineRequest
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from workers.errors import AcsError, ConfigError
+from workers.ratelimit import RateLimiter, RateLimitPolicy
 from workers.settings import Settings
 
 _NAMESPACE = uuid.UUID("6f1c3a52-8a1e-4c55-9d0e-ca11ca11ca11")
@@ -57,12 +58,12 @@ class StableRepeatability(SansIOHTTPPolicy):  # type: ignore[type-arg]
         headers["Repeatability-First-Sent"] = format_datetime(created_at, usegmt=True)
 
 
-def create_client(settings: Settings) -> CallAutomationClient:
+def create_client(settings: Settings, limiter: RateLimiter | None = None) -> CallAutomationClient:
     """One SDK client per worker process. Built from endpoint + key so plain-HTTP simulator URLs work.
 
     ``from_connection_string`` would force https; the endpoint must have no trailing slash because the
     SDK signs the host string as configured. SDK-level retries are off: the runtime decides what is safe
-    to repeat.
+    to repeat. With a ``limiter`` every request pays the shared ACS budget first.
     """
     # azure-core logs every request and response at INFO; callq logs commands itself.
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -72,6 +73,7 @@ def create_client(settings: Settings) -> CallAutomationClient:
         settings.acs_endpoint.rstrip("/"),
         AzureKeyCredential(settings.acs_access_key),
         per_call_policies=[StableRepeatability()],
+        per_retry_policies=[RateLimitPolicy(limiter, settings.rate_wait_max_s)] if limiter else [],
         retry_total=0,
         connection_timeout=settings.acs_timeout_s,
         read_timeout=settings.acs_timeout_s,

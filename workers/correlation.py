@@ -28,6 +28,7 @@ class IngestReport:
     stored: int = 0
     duplicates: int = 0
     resolved: list[str] = field(default_factory=list)
+    lanes: set[str] = field(default_factory=set)  # calls whose next command may now have its turn
 
 
 def short_type(event: dict[str, Any]) -> str:
@@ -74,11 +75,11 @@ def outcome(command_type: str, event: dict[str, Any]) -> tuple[str, dict[str, An
 async def _commands(r: aioredis.Redis, ids: list[str]) -> dict[str, dict[str, str]]:
     pipe = r.pipeline(transaction=False)
     for cid in ids:
-        pipe.hmget(keys.command_key(cid), "type", "status", "client")
+        pipe.hmget(keys.command_key(cid), "type", "status", "client", "call_connection_id")
     found = {}
-    for cid, (type_, status, client) in zip(ids, await pipe.execute(), strict=True):
+    for cid, (type_, status, client, cc) in zip(ids, await pipe.execute(), strict=True):
         if type_ is not None:
-            found[cid] = {"type": type_, "status": status, "client": client}
+            found[cid] = {"type": type_, "status": status, "client": client, "call_connection_id": cc or ""}
     return found
 
 
@@ -148,5 +149,7 @@ async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s
         results = await pipe.execute()
         report.stored += 1
         applied = [r_ for r_ in results[3:3 + len(planned)]]
-        report.resolved += [cid for cid, res in zip(planned, applied, strict=True) if res[0] == "applied"]
+        done = [cid for cid, res in zip(planned, applied, strict=True) if res[0] == "applied"]
+        report.resolved += done
+        report.lanes |= {commands[cid]["call_connection_id"] for cid in done if commands[cid]["call_connection_id"]}
     return report

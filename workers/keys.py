@@ -7,8 +7,11 @@ COMMAND_DONE_CHANNEL = "callq:notify:command-done"
 WORKERS_ZSET = "callq:workers"
 
 
+COMMAND_PREFIX = "callq:cmd:"
+
+
 def command_key(command_id: str) -> str:
-    return f"callq:cmd:{command_id}"
+    return f"{COMMAND_PREFIX}{command_id}"
 
 
 def idempotency_key(client: str, key: str) -> str:

@@ -71,6 +71,60 @@ return {'applied', ARGV[1]}
 """
 
 
+# Per-call order. A command may be sent only when every command accepted before it on the same call is
+# out of its way: sent and resolved, or sent and of a kind that does not block (background media), or
+# past its outcome deadline (a lost event must not stall a call). Reading command hashes that are not in
+# KEYS is fine on a single Redis (not on Cluster, which callq does not support).
+_BLOCKS = """
+local function blocks(prefix, id, now, nonblocking)
+  local st = redis.call('HMGET', prefix .. id, 'status', 'type', 'wait_deadline')
+  if st[1] == 'queued' or st[1] == 'running' then return st[1] end
+  if st[1] == 'waiting' and not string.find(',' .. nonblocking .. ',', ',' .. st[2] .. ',', 1, true)
+     and tonumber(st[3] or '0') > now then return 'waiting' end
+  return false
+end
+"""
+
+# KEYS: command hash, call's command list ("" = no call yet, e.g. connect).
+# ARGV: now ms, lease ms, now iso, command id, key prefix of command hashes, non-blocking types csv.
+CLAIM_LUA = _BLOCKS + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'lease_until')
+if not st[1] then return {'missing', ''} end
+if st[1] ~= 'queued' and st[1] ~= 'running' then return {'done', st[1]} end
+if tonumber(st[2] or '0') > tonumber(ARGV[1]) then return {'leased', ''} end
+if KEYS[2] ~= '' then
+  for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    if id == ARGV[4] then break end
+    if blocks(ARGV[5], id, tonumber(ARGV[1]), ARGV[6]) then
+      redis.call('HSET', KEYS[1], 'parked', '1')
+      return {'blocked', id}
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(tonumber(ARGV[1]) + tonumber(ARGV[2])),
+           'updated_at', ARGV[3], 'parked', '')
+return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1))}
+"""
+
+# The call's next command, if it parked waiting for its turn and the turn is now its: returns {id, type}.
+# KEYS: call's command list.  ARGV: key prefix of command hashes, now ms, non-blocking types csv.
+KICK_LUA = _BLOCKS + """
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local why = blocks(ARGV[1], id, tonumber(ARGV[2]), ARGV[3])
+  if why == 'queued' or why == 'running' then
+    local st = redis.call('HMGET', ARGV[1] .. id, 'parked', 'type')
+    if st[1] == '1' then
+      redis.call('HSET', ARGV[1] .. id, 'parked', '')
+      return {id, st[2]}
+    end
+    return {}
+  end
+  if why == 'waiting' then return {} end
+end
+return {}
+"""
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -19,6 +19,7 @@ from azure.communication.callautomation import (
     RecognizeInputType,
     TextSource,
 )
+from azure.core.exceptions import ResourceNotFoundError
 
 from workers.identifiers import to_identifier
 from workers.settings import Settings
@@ -49,6 +50,24 @@ class Operation:
     fails_on: frozenset[str] = frozenset()
     repeatable: bool = False
     recording_state: str | None = None  # resolves on RecordingStateChanged to this state
+    # For operations ACS cannot deduplicate: after an unclear failure, did the request take effect?
+    # True / False from a read of ACS's state; None when no read can tell (play, recognize, ...).
+    verify: Callable[[CallAutomationClient, Record], bool | None] | None = None
+    # Later commands of the call wait for this one's outcome (not just its sending), so "DTMF" never
+    # overtakes the "add" that brings its target in and ACS sees no parallel actions (409/8519).
+    # Background media (play, recognize) only has to be sent: a hang-up or cancel may follow at once.
+    blocks_until_resolved: bool = True
+    recording_by_call: bool = False  # pause/resume/stop: recording id may come from the call at send time
+
+
+OUTCOME_TIMEOUT_S = 60.0  # how long a command may wait for its event before the call moves on
+
+
+def outcome_timeout_s(cmd: Record) -> float:
+    """How long the call's next command waits for this one's event (add: the callee's ring time too)."""
+    if cmd["type"] == "add_participant":
+        return float(cmd["params"].get("invitation_timeout") or 60) + 30.0
+    return OUTCOME_TIMEOUT_S
 
 
 def _media_source(spec: dict[str, Any]) -> FileSource | TextSource:
@@ -174,10 +193,35 @@ def _stop_recording(client: CallAutomationClient, cmd: Record, settings: Setting
     return Sent(resolved=True)  # 204 is the outcome; a final RecordingStateChanged may follow
 
 
+def _recording_is(state: str) -> Callable[[CallAutomationClient, Record], bool | None]:
+    def verify(client: CallAutomationClient, cmd: Record) -> bool | None:
+        try:
+            return bool(client.get_recording_properties(cmd["recording_id"]).recording_state == state)
+        except ResourceNotFoundError:
+            return None  # the recording is gone: neither state can be read
+    return verify
+
+
+def _recording_gone(client: CallAutomationClient, cmd: Record) -> bool | None:
+    try:
+        client.get_recording_properties(cmd["recording_id"])
+    except ResourceNotFoundError:
+        return True
+    return False
+
+
+def _left_call(client: CallAutomationClient, cmd: Record) -> bool | None:
+    try:
+        state = _connection(client, cmd).get_call_properties().call_connection_state
+    except ResourceNotFoundError:
+        return True
+    return state in ("disconnected", "disconnecting")
+
+
 _OPS = (
     Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}), repeatable=True),
     # Terminate (for everyone) carries repeatability headers; hang up for self (DELETE) does not.
-    Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable=True),
+    Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable=True, verify=_left_call),
     Operation("add_participant", _add_participant, frozenset({"AddParticipantSucceeded"}),
               frozenset({"AddParticipantFailed"}), repeatable=True),
     Operation("remove_participant", _remove_participant, frozenset({"RemoveParticipantSucceeded"}),
@@ -186,18 +230,23 @@ _OPS = (
               frozenset({"CancelAddParticipantFailed"}), repeatable=True),
     Operation("send_dtmf", _send_dtmf, frozenset({"SendDtmfTonesCompleted"}), frozenset({"SendDtmfTonesFailed"}),
               repeatable=True),
-    Operation("play", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"})),
+    Operation("play", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"}),
+              blocks_until_resolved=False),
     Operation("recognize", _recognize, frozenset({"RecognizeCompleted"}),
-              frozenset({"RecognizeFailed", "RecognizeCanceled"})),
+              frozenset({"RecognizeFailed", "RecognizeCanceled"}), blocks_until_resolved=False),
     Operation("continuous_dtmf_start", _continuous_dtmf_start),
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
     Operation("cancel_media", _cancel_media),
     Operation("start_recording", _start_recording, repeatable=True, recording_state="active"),
-    Operation("pause_recording", _pause_recording, recording_state="inactive"),
-    Operation("resume_recording", _resume_recording, recording_state="active"),
-    Operation("stop_recording", _stop_recording),
+    Operation("pause_recording", _pause_recording, recording_state="inactive", verify=_recording_is("inactive"),
+              recording_by_call=True),
+    Operation("resume_recording", _resume_recording, recording_state="active", verify=_recording_is("active"),
+              recording_by_call=True),
+    Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True),
 )
 OPERATIONS: dict[str, Operation] = {op.type: op for op in _OPS}
+# Passed to the claim script: types whose sending alone lets the call's next command go.
+NON_BLOCKING_TYPES = ",".join(op.type for op in _OPS if not op.blocks_until_resolved)
 
 
 def is_repeatable(cmd: Record) -> bool:

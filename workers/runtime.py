@@ -2,8 +2,16 @@
 
 A task never waits for the callback: after ACS accepts a request the command is ``waiting`` and the
 slot is free. The event endpoint resolves it (``workers.correlation``), whichever process receives it,
-even when the event beat the HTTP response here. Running a command id twice is harmless: a terminal
-or waiting command is left alone, and a resend after a crash carries the same repeatability id.
+even when the event beat the HTTP response here. Running a command id twice is harmless:
+
+* the claim (``ledger.CLAIM_LUA``) admits a command only while it is unsent, only when every earlier
+  command of its call has been sent (per-call order), and only for one worker at a time (a lease that a
+  crashed worker's redelivered message outlives);
+* a resend after a crash carries the same repeatability id, and an operation ACS cannot deduplicate is
+  re-sent only after a read of ACS's state shows the first attempt did not take effect.
+
+Waiting never holds a slot: a command whose turn has not come parks and is re-published ("kicked") by
+the command before it; a rate-limited or retried command is re-queued with a countdown.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,11 +31,14 @@ from azure.communication.callautomation import CallAutomationClient
 from workers import correlation, keys, ledger
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.errors import AcsError
-from workers.operations import OPERATIONS, Record, Sent, is_repeatable
+from workers.operations import NON_BLOCKING_TYPES, OPERATIONS, Record, Sent, is_repeatable, outcome_timeout_s
+from workers.ratelimit import RateLimited, RateLimiter
 from workers.retry import retry_delay_s, should_retry
 from workers.settings import Settings
 
 log = logging.getLogger("callq.runtime")
+PARK_RECHECK_S = 5.0  # safety net: a parked command looks again even if its kick were lost
+Enqueue = Callable[[str, str], None]  # (command type, command id): publish the command's task again
 
 
 class RetryLater(Exception):
@@ -51,40 +64,95 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     client: CallAutomationClient
+    enqueue: Enqueue
     rng: random.Random
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Runtime:
-        return cls(settings, redis.Redis.from_url(settings.redis_url, decode_responses=True),
-                   create_client(settings), random.Random())
+    def from_settings(cls, settings: Settings, enqueue: Enqueue) -> Runtime:
+        r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        limiter = RateLimiter.for_endpoint(r, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s,
+                                           burst=settings.acs_rate_burst)
+        return cls(settings, r, create_client(settings, limiter), enqueue, random.Random())
+
+    @property
+    def lease_ms(self) -> int:
+        # Longer than one send can take (connect + read timeouts, a short rate wait), shorter than the
+        # visibility timeout after which a dead worker's message comes back.
+        return int(min(2 * self.settings.acs_timeout_s + self.settings.rate_wait_max_s + 5,
+                       self.settings.visibility_timeout_s * 0.8) * 1000)
 
     def _transition(self, command_id: str, to: str, fields: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> str:
-        args = ledger.transition_args(to, fields, only_from=only_from)
+        args = ledger.transition_args(to, {**fields, "lease_until": 0}, only_from=only_from)
         outcome, status = self.redis.eval(ledger.TRANSITION_LUA, 1, keys.command_key(command_id), *args)
         return status if outcome != "applied" else to
 
     def run(self, command_id: str) -> str:
-        """Execute a command once; returns its status afterwards. Raises RetryLater for a safe retry."""
+        """Execute a command once; returns its status afterwards. Raises RetryLater for a later try."""
         record = self.redis.hgetall(keys.command_key(command_id))
         if not record:
             log.warning("command %s not found (expired?)", command_id, extra={"command_id": command_id})
             return "missing"
-        if record["status"] in ledger.TERMINAL or record["status"] == "waiting":
-            return record["status"]
         cmd = _parse(record)
-        attempt = int(self.redis.hincrby(keys.command_key(command_id), "attempts", 1))
-        if self._transition(command_id, "running", {}, only_from=("queued", "running")) != "running":
-            return str(self.redis.hget(keys.command_key(command_id), "status"))
+        lane = cmd.get("call_connection_id") or ""
+        claim = self.redis.eval(ledger.CLAIM_LUA, 2, keys.command_key(command_id),
+                                keys.call_commands_key(lane) if lane else "", int(time.time() * 1000),
+                                self.lease_ms, ledger.now_iso(), command_id, keys.COMMAND_PREFIX,
+                                NON_BLOCKING_TYPES)
+        if claim[0] == "done":
+            self._kick(lane)  # a redelivered message after a crash: make sure the next command gets its turn
+            return str(claim[1])
+        if claim[0] == "leased":
+            return "running"
+        if claim[0] == "blocked":
+            raise RetryLater(PARK_RECHECK_S)
+        if claim[0] == "missing":
+            return "missing"
+        status = self._send(cmd, attempt=int(claim[1]))
+        self._kick(lane)
+        return status
+
+    def _send(self, cmd: Record, *, attempt: int) -> str:
+        op = OPERATIONS[cmd["type"]]
+        if op.recording_by_call and not cmd.get("recording_id") and not self._recording_of_call(cmd):
+            error = {"code": "no_recording", "message": "The call has no recording to " +
+                     cmd["type"].split("_")[0] + "; start one first."}
+            return self._transition(cmd["id"], "failed", {"error": error})
         try:
-            with command_scope(command_id, _created(cmd)):
-                sent = OPERATIONS[cmd["type"]].send(self.client, cmd, self.settings)
+            with command_scope(cmd["id"], _created(cmd)):
+                sent = op.send(self.client, cmd, self.settings)
+        except RateLimited as limited:
+            # Never reached ACS: not an attempt. The slot is freed while the budget refills.
+            self.redis.hset(keys.command_key(cmd["id"]), mapping={"lease_until": 0, "throttled": limited.message})
+            self.redis.hincrby(keys.command_key(cmd["id"]), "attempts", -1)
+            raise RetryLater(limited.retry_after_s) from None
         except Exception as exc:
             return self._failed(cmd, to_acs_error(exc), attempt)
         return self._accepted(cmd, sent)
 
+    def _recording_of_call(self, cmd: Record) -> bool:
+        """Pause/resume/stop addressed to the call: act on its current recording, known only once sent."""
+        rid = self.redis.hget(keys.call_key(cmd["call_connection_id"]), "recording_id")
+        if not rid:
+            return False
+        cmd["recording_id"] = rid
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.command_key(cmd["id"]), "recording_id", rid)
+        # Listed under the recording before it is sent, so its RecordingStateChanged finds it.
+        pipe.rpush(keys.recording_commands_key(rid), cmd["id"])
+        pipe.execute()
+        return True
+
+    def _kick(self, lane: str) -> None:
+        if not lane:
+            return
+        nxt = self.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), keys.COMMAND_PREFIX,
+                              int(time.time() * 1000), NON_BLOCKING_TYPES)
+        if nxt:
+            self.enqueue(nxt[1], nxt[0])
+
     def _accepted(self, cmd: Record, sent: Sent) -> str:
         cid = cmd["id"]
-        fields: dict[str, Any] = {"sent_at": ledger.now_iso(), "last_error": ""}
+        fields: dict[str, Any] = {"sent_at": ledger.now_iso(), "last_error": "", "throttled": ""}
         if sent.call_connection_id:
             fields["call_connection_id"] = sent.call_connection_id
             self._remember_call(cmd, sent.call_connection_id)
@@ -93,13 +161,25 @@ class Runtime:
             self._remember_recording(cmd, sent.recording_id)
         if sent.result is not None:
             fields["result"] = sent.result
+        if not sent.resolved:
+            fields["wait_deadline"] = int((time.time() + outcome_timeout_s(cmd)) * 1000)
         # Recorded even if an early event already resolved the command: the response is still true.
         self.redis.hset(keys.command_key(cid), mapping=dict(zip(*[iter(ledger.flatten(fields))] * 2, strict=True)))
-        to = "succeeded" if sent.resolved else "waiting"
-        status = self._transition(cid, to, {}, only_from=("running",))
+        status = self._transition(cid, "succeeded" if sent.resolved else "waiting", {}, only_from=("running",))
         if sent.recording_id and status == "waiting":
             status = self._catch_up_recording(cid, sent.recording_id)
         return status
+
+    def _remember_call(self, cmd: Record, call_connection_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        call = keys.call_key(call_connection_id)
+        pipe.hsetnx(call, "state", "connecting")
+        pipe.hset(call, mapping={"client": cmd["client"], "room_id": cmd.get("room_id") or "",
+                                 "connect_command": cmd["id"]})
+        pipe.rpush(keys.call_commands_key(call_connection_id), cmd["id"])
+        pipe.expire(call, self.settings.command_ttl_s)
+        pipe.expire(keys.call_commands_key(call_connection_id), self.settings.command_ttl_s)
+        pipe.execute()
 
     def _remember_recording(self, cmd: Record, recording_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -107,6 +187,8 @@ class Runtime:
         pipe.hset(rec, mapping={"client": cmd["client"], "call_connection_id": cmd.get("call_connection_id") or "",
                                 "start_command": cmd["id"]})
         pipe.rpush(keys.recording_commands_key(recording_id), cmd["id"])
+        if cmd.get("call_connection_id"):
+            pipe.hset(keys.call_key(cmd["call_connection_id"]), "recording_id", recording_id)
         pipe.expire(rec, self.settings.command_ttl_s)
         pipe.expire(keys.recording_commands_key(recording_id), self.settings.command_ttl_s)
         pipe.execute()
@@ -124,24 +206,34 @@ class Runtime:
         status, fields = step
         return self._transition(command_id, status, fields)
 
-    def _remember_call(self, cmd: Record, call_connection_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        call = keys.call_key(call_connection_id)
-        pipe.hsetnx(call, "state", "connecting")
-        pipe.hset(call, mapping={"client": cmd["client"], "room_id": cmd.get("room_id") or "",
-                                 "connect_command": cmd["id"]})
-        pipe.rpush(keys.call_commands_key(call_connection_id), cmd["id"])
-        pipe.expire(call, self.settings.command_ttl_s)
-        pipe.expire(keys.call_commands_key(call_connection_id), self.settings.command_ttl_s)
-        pipe.execute()
+    def _verify(self, cmd: Record) -> bool | None:
+        """After an unclear failure of a non-repeatable command: did it take effect? (None: cannot tell.)"""
+        verify = OPERATIONS[cmd["type"]].verify
+        if verify is None:
+            return None
+        try:
+            return verify(self.client, cmd)
+        except Exception as exc:
+            log.warning("could not verify command %s: %s", cmd["id"], type(exc).__name__)
+            return None
 
     def _failed(self, cmd: Record, err: AcsError, attempt: int) -> str:
         error = {"code": "acs_error", "message": err.message, "acs_status": err.status,
                  "acs_code": err.acs_code, "acs_subcode": err.acs_subcode}
-        if should_retry(err, repeatable=is_repeatable(cmd), attempt=attempt, max_attempts=self.settings.max_attempts):
-            self.redis.hset(keys.command_key(cmd["id"]), "last_error", json.dumps(error))
+        repeatable = is_repeatable(cmd)
+        if err.retryable and err.reached and not repeatable:
+            took_effect = self._verify(cmd)
+            if took_effect:
+                return self._accepted(cmd, Sent())
+            if took_effect is None:
+                error |= {"code": "outcome_unknown", "message": f"{err.message}; ACS may or may not have acted "
+                          "and this operation cannot be safely repeated or checked"}
+                return self._transition(cmd["id"], "failed", {"error": error})
+            repeatable = True  # verified not to have taken effect: sending again cannot double it
+        if should_retry(err, repeatable=repeatable, attempt=attempt, max_attempts=self.settings.max_attempts):
             delay = retry_delay_s(err, attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_cap_s,
                                   rng=self.rng)
+            self.redis.hset(keys.command_key(cmd["id"]), mapping={"last_error": json.dumps(error), "lease_until": 0})
             log.info("command %s attempt %d failed (%s); retrying in %.2fs", cmd["id"], attempt, err.message, delay,
                      extra={"command_id": cmd["id"], "attempt": attempt})
             raise RetryLater(delay)

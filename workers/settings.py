@@ -96,6 +96,10 @@ class Settings:
     event_dedup_ttl_s: int = 86_400
     wait_max_s: int = 60
     acs_timeout_s: float = 10.0
+    acs_rate_per_s: float = 10.0
+    acs_rate_burst: int = 5
+    rate_wait_max_s: float = 0.5
+    visibility_timeout_s: int = 300
     max_attempts: int = 5
     retry_base_s: float = 0.5
     retry_cap_s: float = 30.0
@@ -145,6 +149,11 @@ class Settings:
             command_ttl_s=_int(env, "CALLQ_COMMAND_TTL_SECONDS", cls.command_ttl_s),
             event_dedup_ttl_s=_int(env, "CALLQ_EVENT_DEDUP_TTL_SECONDS", cls.event_dedup_ttl_s),
             acs_timeout_s=_float(env, "CALLQ_ACS_TIMEOUT_SECONDS", cls.acs_timeout_s),
+            acs_rate_per_s=_float(env, "CALLQ_ACS_RATE_PER_SECOND", cls.acs_rate_per_s),
+            acs_rate_burst=_int(env, "CALLQ_ACS_RATE_BURST", cls.acs_rate_burst, high=10_000),
+            rate_wait_max_s=_float(env, "CALLQ_RATE_WAIT_MAX_SECONDS", cls.rate_wait_max_s),
+            visibility_timeout_s=_int(env, "CALLQ_VISIBILITY_TIMEOUT_SECONDS", cls.visibility_timeout_s,
+                                      low=2),
             max_attempts=_int(env, "CALLQ_MAX_ATTEMPTS", cls.max_attempts, high=100),
             retry_base_s=_float(env, "CALLQ_RETRY_BASE_SECONDS", cls.retry_base_s),
             retry_cap_s=_float(env, "CALLQ_RETRY_CAP_SECONDS", cls.retry_cap_s),

@@ -1,0 +1,115 @@
+"""One ACS request budget shared by every worker and API process: GCRA in a single Lua script.
+
+Why GCRA: it needs one Redis key and one round trip per request, spaces requests evenly (no burst at
+window edges as with fixed windows) with an explicit burst allowance, and tells a denied caller exactly
+how long to wait. The script reads Redis ``TIME`` so every host shares one clock. A 429 from ACS pauses
+the whole budget for its ``Retry-After`` (``PAUSE_LUA``), so all workers slow down, not only the one
+that saw it. ``RateLimitPolicy`` applies the budget inside the SDK pipeline: every ACS request — commands,
+reads, extra pages of a list — pays before it is sent.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+import redis
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+from workers.errors import CallqError
+
+# KEYS: theoretical-arrival-time key, pause-until key.  ARGV: emission interval ms, burst.
+# Returns 0 when the request may go now, else the milliseconds to wait.
+ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > now then return paused - now end
+local emission = tonumber(ARGV[1])
+local tolerance = emission * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then return math.ceil(allow_at - now) end
+local new_tat = tat + emission
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return 0
+"""
+
+# KEYS: pause-until key.  ARGV: pause ms.  Extends, never shortens, a pause.
+PAUSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local till = now + tonumber(ARGV[1])
+if till > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], tostring(till), 'PX', ARGV[1])
+end
+return till
+"""
+
+
+class RateLimited(CallqError):
+    """Raised when the shared ACS budget is spent for longer than a caller may wait in place."""
+
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"ACS rate limit reached; retry in {retry_after_s:.2f}s")
+        self.retry_after_s = retry_after_s
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, resource: str, *, rate_per_s: float, burst: int) -> None:
+        self._redis = client
+        self._tat_key = f"callq:rl:{resource}"
+        self._pause_key = f"callq:rl:{resource}:paused"
+        self._emission_ms = 1000.0 / rate_per_s
+        self._burst = max(1, burst)
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._pause = client.register_script(PAUSE_LUA)
+
+    @classmethod
+    def for_endpoint(cls, client: redis.Redis, endpoint: str, *, rate_per_s: float, burst: int) -> RateLimiter:
+        """One budget per ACS resource (its host), shared by everything pointed at it."""
+        return cls(client, urlsplit(endpoint).netloc or endpoint, rate_per_s=rate_per_s, burst=burst)
+
+    def try_acquire(self) -> float:
+        """Take one request from the budget if possible; returns 0.0, or the seconds to wait first."""
+        return int(self._acquire(keys=[self._tat_key, self._pause_key], args=[self._emission_ms, self._burst])) / 1000
+
+    def acquire(self, max_wait_s: float) -> None:
+        """Wait in place for at most ``max_wait_s``; longer waits raise RateLimited for a re-queue."""
+        deadline = time.monotonic() + max_wait_s
+        while True:
+            wait_s = self.try_acquire()
+            if wait_s == 0:
+                return
+            if time.monotonic() + wait_s > deadline:
+                raise RateLimited(wait_s)
+            time.sleep(wait_s)  # bounded by max_wait_s: a short, deliberate pause
+
+    def pause(self, seconds: float) -> None:
+        """ACS said 429: nobody sends for ``seconds``."""
+        self._pause(keys=[self._pause_key], args=[max(1, int(seconds * 1000))])
+
+
+class RateLimitPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """SDK pipeline policy: pay the shared budget before each request; a 429 pauses everyone."""
+
+    def __init__(self, limiter: RateLimiter, max_wait_s: float) -> None:
+        self._limiter = limiter
+        self._max_wait_s = max_wait_s
+
+    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+        self._limiter.acquire(self._max_wait_s)
+
+    def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]
+        if response.http_response.status_code == 429:
+            raw = response.http_response.headers.get("Retry-After", "1")
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = 1.0
+            self._limiter.pause(max(seconds, 0.001))
