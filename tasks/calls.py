@@ -41,18 +41,32 @@ class CommandTask(Task):  # type: ignore[misc]
         self.app.send_task(task_name(command_type), args=[command_id])
 
 
+MAX_INTERNAL_RETRIES = 10
+
+
 def _run(self: CommandTask, command_id: str) -> str:
+    settings = self.app.conf.callq_settings
     try:
         return self.runtime.run(command_id)
     except RetryLater as later:
         # A new message with a countdown: the slot is released while the command waits to retry. On Redis
         # a countdown longer than the visibility timeout would be redelivered early, so it is capped.
-        countdown = min(later.delay_s, self.app.conf.callq_settings.visibility_timeout_s / 2)
-        raise self.retry(countdown=countdown, max_retries=None) from None
+        raise self.retry(countdown=min(later.delay_s, settings.visibility_timeout_s / 2)) from None
+    except Exception as exc:
+        # A bug or an outage (Redis down): the message would be acked and the command left unsent, so
+        # try again later; after enough tries record the failure rather than retry forever.
+        internal = int(self.request.headers.get("callq_internal_retries", 0) if self.request.headers else 0)
+        log.exception("command %s: unexpected %s", command_id, type(exc).__name__, extra={"command_id": command_id})
+        if internal < MAX_INTERNAL_RETRIES:
+            raise self.retry(countdown=min(2.0**internal, 60.0),
+                             headers={"callq_internal_retries": internal + 1}) from None
+        return self.runtime.give_up(command_id, exc)
 
 
 for _type in OPERATIONS:
-    app.task(name=task_name(_type), base=CommandTask, bind=True, acks_late=True)(_run)
+    # max_retries=None: the runtime bounds attempts itself (Celery's default of 3 would drop a command
+    # that was merely rate-limited a few times).
+    app.task(name=task_name(_type), base=CommandTask, bind=True, acks_late=True, max_retries=None)(_run)
 
 
 _stop_heartbeat = threading.Event()

@@ -111,6 +111,11 @@ class Runtime:
         self._kick(lane)
         return status
 
+    def give_up(self, command_id: str, exc: Exception) -> str:
+        """Record an internal failure after the task layer stopped retrying it."""
+        error = {"code": "internal", "message": f"callq could not run this command ({type(exc).__name__})"}
+        return self._transition(command_id, "failed", {"error": error})
+
     def _send(self, cmd: Record, *, attempt: int) -> str:
         op = OPERATIONS[cmd["type"]]
         if op.recording_by_call and not cmd.get("recording_id") and not self._recording_of_call(cmd):

@@ -1,0 +1,28 @@
+"""Local Azure Communication Services Call Automation simulator for callq (full guide: docs/simulator.md).
+
+Run: ``python -m simulator``, ``uvicorn --factory simulator.app:create_app`` or ``simulator.app.run(settings)``.
+Talk to it with the unmodified SDK: ``CallAutomationClient("http://127.0.0.1:8089", AzureKeyCredential(key))``.
+
+Environment (read only by ``simulator.settings.Settings.from_env``):
+
+- ``CALLQ_SIM_HOST`` (``127.0.0.1``), ``CALLQ_SIM_PORT`` (``8089``): where to listen.
+- ``CALLQ_ACS_ACCESS_KEY`` (required): base64 HMAC key shared with callq; empty → refuses to start.
+- ``CALLQ_ACS_RESOURCE_ID`` (``00000000-0000-4000-8000-00000000ca11``): ``aud`` of callback JWTs.
+- ``CALLQ_SIM_PUBLIC_URL`` (``http://{host}:{port}``): base of the ``jwks_uri`` in the OpenID document.
+- ``CALLQ_SIM_ISSUER`` (``https://acscallautomation.communication.azure.com``): ``iss`` of callback JWTs.
+
+Admin API (JSON, not HMAC-protected; it is not part of ACS):
+
+- ``GET /_sim/health`` → ``{"status": "ok"}``
+- ``POST /_sim/rooms`` ``{"pstn_dial_out_enabled", "connect_delay_ms"}`` → 201 ``{"room_id"}``;
+  ``GET /_sim/rooms/{id}``
+- ``POST /_sim/rooms/{id}/call`` ``{"participants": ["8:acs:…"]}`` → 201 ``{"server_call_id"}``;
+  ``DELETE`` ends it; ``POST …/call/participants`` / ``DELETE …/call/participants/{raw_id}`` join / leave
+- ``PUT /_sim/phones/{e164}`` ``{"behaviour": "answer|busy|decline|no-answer", "delay_ms", "dtmf", "speech",
+  "input_delay_ms"}``; ``GET /_sim/phones``
+- ``GET|PUT|DELETE /_sim/faults``: seed, rate_limit_per_s, throttle_rate, retry_after_s, error_rate, latency_ms,
+  execute_then_fail(_count|_operations|_mode), drop_rate, duplicate_rate, reorder, delay_ms, early_delivery,
+  callback_target_down, participants_page_size
+- ``GET /_sim/log`` (requests that took effect), ``GET /_sim/callbacks`` (delivery attempts), ``GET /_sim/stats``
+- ``POST /_sim/reset``: clear everything
+"""

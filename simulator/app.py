@@ -1,0 +1,43 @@
+"""App factory: ``uvicorn --factory simulator.app:create_app``; ``run(settings)`` for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from .acs import acs_endpoint
+from .admin import ROUTES, AdminError, admin_error
+from .runtime import Runtime
+from .settings import Settings
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict[str, Runtime]]:
+    """Make the signing key and callback client at start; stop callbacks and close at shutdown."""
+    runtime = Runtime.start(settings)
+    try:
+        yield {"runtime": runtime}
+    finally:
+        await runtime.close()
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The simulator app; settings come from the environment when not given (ConfigError if unusable)."""
+    settings = settings or Settings.from_env()
+    routes = [Mount("/_sim", routes=ROUTES), Mount("/calling", app=acs_endpoint)]
+    return Starlette(
+        routes=routes,
+        lifespan=partial(lifespan, settings=settings),
+        exception_handlers={AdminError: admin_error},
+    )
+
+
+def run(settings: Settings | None = None) -> None:
+    """Serve until interrupted, on ``settings.host:settings.port`` (what ``callq simulator`` calls)."""
+    settings = settings or Settings.from_env()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False)

@@ -1,0 +1,197 @@
+"""Callback delivery: per-URL ordered lanes, batched POSTs with one JWT each, retries, faults, a log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .faults import Faults
+from .signing import CallbackSigner
+
+MAX_BATCH = 100
+LOG_MAX = 200_000
+IDLE_LANE_S = 30.0
+CLOSE_WAIT_S = 2.0
+MAX_IN_FLIGHT = 16  # concurrent callback POSTs over all URLs
+logger = logging.getLogger("simulator.delivery")
+
+
+@dataclass
+class _Pending:
+    event: dict[str, Any]
+    ready_at: float
+    done: asyncio.Future[None] | None
+
+
+class _Lane:
+    """Events for one target URL, sent strictly in enqueue order (so per call, too)."""
+
+    def __init__(self) -> None:
+        self.queue: deque[_Pending] = deque()
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+
+
+class Dispatcher:
+    """Sends events in the background; events ready together for one URL share one POST and one JWT."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, signer: CallbackSigner, faults: Faults, *, attempts: int, backoff_s: float
+    ) -> None:
+        self._client = client
+        self._signer = signer
+        self._faults = faults
+        self._attempts = max(1, attempts)
+        self._backoff_s = backoff_s
+        self._lanes: dict[str, _Lane] = {}
+        # Few POSTs in flight keep httpx's pool small (its bookkeeping grows with every open connection), and
+        # while a lane waits for a slot its events pile up into one bigger batch: fewer POSTs, fewer JWTs.
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.log: deque[dict[str, Any]] = deque(maxlen=LOG_MAX)
+        self.stats = {"posts": 0, "events_delivered": 0, "events_dropped": 0}
+
+    def enqueue(self, url: str, event: dict[str, Any], *, ack: bool = False) -> asyncio.Future[None] | None:
+        """Queue one event; with ``ack`` the returned future resolves once it was delivered or given up."""
+        lane = self._lanes.get(url)
+        if lane is None:
+            lane = self._lanes[url] = _Lane()
+            lane.task = asyncio.get_running_loop().create_task(self._run(url, lane))
+        done = asyncio.get_running_loop().create_future() if ack else None
+        ready_at = time.monotonic() + self._faults.knobs.delay_ms / 1000.0
+        lane.queue.append(_Pending(event, ready_at, done))
+        lane.wakeup.set()
+        return done
+
+    async def reset(self) -> None:
+        """Forget queued events and the delivery log (``POST /_sim/reset``)."""
+        await self.close()
+        self.log.clear()
+        self.stats = dict.fromkeys(self.stats, 0)
+
+    async def close(self) -> None:
+        """Stop every lane; queued events are abandoned."""
+        lanes, self._lanes = self._lanes, {}
+        # The flag, not only the cancel, ends a lane: a cancel landing inside the HTTP client's cleanup can be
+        # turned into an ordinary error, which the lane would log and then carry on.
+        for lane in lanes.values():
+            lane.closed = True
+            lane.wakeup.set()
+            if lane.task is not None:
+                lane.task.cancel()
+        tasks = [lane.task for lane in lanes.values() if lane.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+        for lane in lanes.values():
+            _resolve(list(lane.queue))
+            lane.queue.clear()
+
+    async def _run(self, url: str, lane: _Lane) -> None:
+        while not lane.closed:
+            if not lane.queue:
+                lane.wakeup.clear()
+                try:
+                    async with asyncio.timeout(IDLE_LANE_S):  # not wait_for: on 3.11 it can swallow a cancel
+                        await lane.wakeup.wait()
+                except TimeoutError:
+                    if not lane.queue and self._lanes.get(url) is lane:  # idle: retire it (URLs may be per call)
+                        del self._lanes[url]
+                        return
+                continue
+            wait_s = lane.queue[0].ready_at - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)  # the delay_ms knob
+                continue
+            async with self._slots:  # wait for a free slot before taking the batch, so the batch grows meanwhile
+                pass
+            batch = _take_ready(lane.queue)
+            try:
+                await self._deliver(url, [p.event for p in batch])
+            except Exception:  # a bug here must not silence every later callback for this URL
+                logger.exception("callback delivery to %s failed", url)
+            finally:
+                _resolve(batch)
+
+    async def _deliver(self, url: str, events: list[dict[str, Any]]) -> None:
+        knobs, rng = self._faults.knobs, self._faults.callback_rng
+        kept = []
+        for event in events:
+            if knobs.drop_rate > 0 and rng.random() < knobs.drop_rate:
+                self._record(url, [event], attempt=0, status=None, outcome="dropped_by_fault")
+            else:
+                kept.append(event)
+        duplicates = [e for e in kept if knobs.duplicate_rate > 0 and rng.random() < knobs.duplicate_rate]
+        posts = [kept] if kept else []
+        if knobs.reorder and len(kept) > 1:
+            shuffled = list(kept)
+            rng.shuffle(shuffled)
+            if shuffled == kept:  # "reorder" promises a visible reordering of every multi-event batch
+                shuffled[0], shuffled[1] = shuffled[1], shuffled[0]
+            posts = [[e] for e in shuffled]
+        for batch in posts:
+            await self._post(url, batch, duplicate=False)
+        if duplicates:  # a redelivery arrives as its own, later POST with the same event ids
+            await self._post(url, duplicates, duplicate=True)
+
+    async def _post(self, url: str, events: list[dict[str, Any]], *, duplicate: bool) -> None:
+        body = json.dumps(events, separators=(",", ":")).encode()
+        for attempt in range(1, self._attempts + 1):
+            status, error = await self._attempt(url, body)
+            ok = status is not None and 200 <= status < 300
+            last = attempt == self._attempts
+            outcome = "delivered" if ok else ("dropped" if last else "retrying")
+            self._record(url, events, attempt=attempt, status=status, outcome=outcome, error=error, duplicate=duplicate)
+            self.stats["posts"] += 1
+            if ok:
+                self.stats["events_delivered"] += len(events)
+                return
+            if last:
+                self.stats["events_dropped"] += len(events)
+                return
+            await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+
+    async def _attempt(self, url: str, body: bytes) -> tuple[int | None, str | None]:
+        if self._faults.knobs.callback_target_down:
+            return None, "callback target unreachable (callback_target_down fault)"
+        headers = {"Authorization": f"Bearer {self._signer.token()}", "Content-Type": "application/json"}
+        try:
+            async with self._slots:
+                response = await self._client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        return response.status_code, None
+
+    def _record(self, url: str, events: list[dict[str, Any]], **fields: Any) -> None:
+        entry = {
+            "t": time.time(),
+            "target": url,
+            "types": [e["type"] for e in events],
+            "event_ids": [e["id"] for e in events],
+            "call_connection_ids": [e["data"].get("callConnectionId") for e in events],
+            "status": None,
+            "error": None,
+            "duplicate": False,
+        }
+        entry.update(fields)
+        self.log.append(entry)
+
+
+def _take_ready(queue: deque[_Pending]) -> list[_Pending]:
+    now = time.monotonic()
+    batch = []
+    while queue and len(batch) < MAX_BATCH and queue[0].ready_at <= now:
+        batch.append(queue.popleft())
+    return batch
+
+
+def _resolve(pending: list[_Pending]) -> None:
+    for p in pending:
+        if p.done is not None and not p.done.done():
+            p.done.set_result(None)

@@ -1,0 +1,144 @@
+"""The simulated world's state: rooms, server calls, call connections, invitations, recordings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import uuid
+from dataclasses import dataclass, field
+
+BEHAVIOURS = ("answer", "busy", "decline", "no-answer")
+
+
+@dataclass
+class PhoneScript:
+    """How a phone number behaves when dialled and when asked for input."""
+
+    behaviour: str = "answer"
+    delay_ms: float = 50.0  # ring time before answer / busy / decline
+    dtmf: str = ""  # keys pressed when recognized, e.g. "1234#"
+    speech: str = ""  # what is said when speech or choices are recognized
+    input_delay_ms: float = 20.0  # time before the input above starts
+
+    def to_json(self) -> dict[str, object]:
+        """As ``/_sim/phones`` shows it."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Room:
+    """An ACS room; its call exists once participants start it (admin API)."""
+
+    room_id: str
+    pstn_dial_out_enabled: bool = False
+    connect_delay_ms: float = 0.0
+    call: ServerCall | None = None
+
+
+@dataclass
+class ServerCall:
+    """The call itself (one serverCallId), which Call Automation connections join."""
+
+    server_call_id: str
+    correlation_id: str
+    room_id: str | None = None
+    participants: dict[str, bool] = field(default_factory=dict)  # rawId -> isMuted, in join order
+    connections: dict[str, Connection] = field(default_factory=dict)
+    sequence: int = 1
+    ended: bool = False
+    recording: Recording | None = None
+
+
+@dataclass
+class MediaOp:
+    """The running play or recognize of a connection."""
+
+    kind: str  # "play" | "recognize"
+    operation_context: str | None
+    callback_uri: str
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class Invitation:
+    """An add-participant invitation that rings until answered, refused, timed out or cancelled."""
+
+    invitation_id: str
+    target: str
+    operation_context: str | None
+    callback_uri: str
+    state: str = "pending"  # pending | answered | failed | canceled
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class Connection:
+    """One Call Automation call connection (callConnectionId) with its callback URI."""
+
+    call_connection_id: str
+    callback_uri: str
+    correlation_id: str
+    operation_context: str | None
+    call: ServerCall | None
+    state: str = "connecting"  # connecting | connected | disconnected
+    closed: bool = False  # CallDisconnected/ConnectFailed sent: nothing more goes out
+    media: MediaOp | None = None
+    invitations: dict[str, Invitation] = field(default_factory=dict)
+    continuous_dtmf: dict[str, list[asyncio.TimerHandle]] = field(default_factory=dict)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+
+@dataclass
+class Recording:
+    """A recording of a server call; ACS only knows ``active`` and ``inactive`` (pause = inactive)."""
+
+    recording_id: str
+    call: ServerCall
+    callback_uri: str | None
+    call_connection_id: str | None
+    state: str = "inactive"
+    stopped: bool = False
+    start_date_time: str = ""
+    kind: str = "azureCommunicationServices"
+
+
+class Ids:
+    """Identifier generators in ACS's formats."""
+
+    def __init__(self) -> None:
+        self._rng = random.Random()
+
+    def room_id(self) -> str:
+        """17 digits, like real room ids."""
+        return str(self._rng.randrange(10**16, 10**17))
+
+    def server_call_id(self) -> str:
+        """Opaque base64url, like real serverCallIds (which encode a URL)."""
+        return _b64(f"https://sim.callq.local/conv/{uuid.uuid4()}?i=1")
+
+    def recording_id(self) -> str:
+        """base64url JSON, like real recording ids (URL-safe so it can sit in a path)."""
+        return _b64(json.dumps({"PlatformEndpointId": str(uuid.uuid4()), "ResourceSpecificId": str(uuid.uuid4())}))
+
+    @staticmethod
+    def uuid() -> str:
+        """callConnectionId, correlationId and invitationId are plain UUIDs."""
+        return str(uuid.uuid4())
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+@dataclass
+class Store:
+    """All state; ``POST /_sim/reset`` replaces it with a fresh one."""
+
+    rooms: dict[str, Room] = field(default_factory=dict)
+    calls: dict[str, ServerCall] = field(default_factory=dict)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    recordings: dict[str, Recording] = field(default_factory=dict)
+    phones: dict[str, PhoneScript] = field(default_factory=dict)
+    ids: Ids = field(default_factory=Ids)

@@ -1,0 +1,59 @@
+"""Everything one running simulator holds, built in the app's lifespan and closed with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from .delivery import Dispatcher
+from .faults import Faults
+from .records import RequestLog, ResponseCache
+from .settings import Settings
+from .signing import CallbackSigner
+from .world import Sim
+
+CALLBACK_CONNECTIONS = 512
+
+
+@dataclass
+class Runtime:
+    """The simulator's state and clients; reached through the lifespan state as ``runtime``."""
+
+    settings: Settings
+    signer: CallbackSigner
+    faults: Faults
+    sim: Sim
+    log: RequestLog
+    cache: ResponseCache
+    client: httpx.AsyncClient
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        """Generate the signing key and open the shared callback client."""
+        signer = CallbackSigner(
+            issuer=settings.issuer,
+            audience=settings.resource_id,
+            jwks_uri=f"{settings.public_url}/calling/keys",
+        )
+        faults = Faults()
+        # trust_env=False: a proxy from the environment must never carry loopback callbacks. Generous keep-alive:
+        # each callback URL has its own lane, and a connection re-opened per POST costs more than the POST.
+        limits = httpx.Limits(max_connections=CALLBACK_CONNECTIONS, max_keepalive_connections=CALLBACK_CONNECTIONS)
+        client = httpx.AsyncClient(timeout=settings.callback_timeout_s, trust_env=False, limits=limits)
+        dispatcher = Dispatcher(
+            client, signer, faults, attempts=settings.callback_attempts, backoff_s=settings.callback_backoff_s
+        )
+        return cls(settings, signer, faults, Sim(dispatcher, faults), RequestLog(), ResponseCache(), client)
+
+    async def reset(self) -> None:
+        """``POST /_sim/reset``: rooms, calls, logs, repeatability and faults all start over."""
+        await self.sim.reset()
+        self.faults.clear()
+        self.log.clear()
+        self.cache.clear()
+
+    async def close(self) -> None:
+        """Stop delivering callbacks and close the client."""
+        await self.sim.reset()
+        await self.client.aclose()

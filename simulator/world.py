@@ -1,0 +1,144 @@
+"""The simulation: state plus the two ways it acts later, timers and callback events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from . import events
+from .delivery import Dispatcher
+from .events import Result
+from .faults import Faults
+from .model import Connection, Recording, ServerCall, Store
+
+
+class Sim:
+    """Shared by the ACS endpoints, the admin API and timers; lives in the app's lifespan state."""
+
+    def __init__(self, dispatcher: Dispatcher, faults: Faults) -> None:
+        self.store = Store()
+        self.dispatcher = dispatcher
+        self.faults = faults
+        self._timers: set[asyncio.TimerHandle] = set()
+        # While an ACS request executes, the acks of the events it sends are collected here so the
+        # "early_delivery" fault can hold the response until they arrived. Handlers are synchronous,
+        # so no other request can interleave between begin and end.
+        self._acks: list[asyncio.Future[None]] | None = None
+
+    # -- requests and timers ---------------------------------------------------------------------------
+
+    def begin_request(self) -> None:
+        """Start collecting the events one ACS request sends."""
+        self._acks = [] if self.faults.knobs.early_delivery else None
+
+    def end_request(self) -> list[asyncio.Future[None]]:
+        """Stop collecting; returns acks to await for early delivery (empty unless that fault is on)."""
+        acks, self._acks = self._acks or [], None
+        return acks
+
+    def later(self, delay_s: float, fn: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
+        """Run ``fn(*args)`` after ``delay_s`` on the event loop; reset cancels it."""
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            fn(*args)
+
+        handle = asyncio.get_running_loop().call_later(max(0.0, delay_s), fire)
+        self._timers.add(handle)
+        return handle
+
+    def cancel(self, handle: asyncio.TimerHandle | None) -> None:
+        """Cancel a timer made by ``later`` (no-op for None or a fired one)."""
+        if handle is not None:
+            handle.cancel()
+            self._timers.discard(handle)
+
+    async def reset(self) -> None:
+        """Fresh state, no timers, no queued callbacks."""
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        self.store = Store()
+        await self.dispatcher.reset()
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    def send(self, url: str | None, event: dict[str, Any]) -> None:
+        """Queue ``event`` for ``url`` (dropped when there is no URL to send to)."""
+        if not url:
+            return
+        ack = self.dispatcher.enqueue(url, event, ack=self._acks is not None)
+        if ack is not None and self._acks is not None:
+            self._acks.append(ack)
+
+    def emit(self, conn: Connection, event: dict[str, Any], url: str | None = None) -> None:
+        """Send a connection's event to ``url`` or its callback URI, unless it is already disconnected."""
+        if not conn.closed:
+            self.send(url or conn.callback_uri, event)
+
+    def emit_recording(self, rec: Recording) -> None:
+        """RecordingStateChanged for ``rec``'s current state, unless its call has ended."""
+        if not rec.call.ended:
+            self.send(rec.callback_uri, events.recording_state_changed(rec))
+
+    # -- shared transitions ----------------------------------------------------------------------------
+
+    def establish(self, conn: Connection) -> None:
+        """connecting → connected: CallConnected then ParticipantsUpdated."""
+        call = conn.call
+        if conn.closed or call is None or call.ended:
+            return
+        conn.state = "connected"
+        self.emit(conn, events.call_event(conn, "CallConnected", operation_context=conn.operation_context))
+        self.emit(conn, events.participants_updated(conn, call))
+
+    def roster_changed(self, call: ServerCall) -> None:
+        """Bump the sequence number and send ParticipantsUpdated to every connected connection."""
+        call.sequence += 1
+        for conn in call.connections.values():
+            if conn.state == "connected":
+                self.emit(conn, events.participants_updated(conn, call))
+
+    def disconnect(self, conn: Connection, result: Result) -> None:
+        """The connection leaves: its pending work stops, CallDisconnected is its last event."""
+        self.stop_media(conn, notify=False)
+        for invitation in conn.invitations.values():
+            self.cancel(invitation.timer)
+        for handles in conn.continuous_dtmf.values():
+            for handle in handles:
+                self.cancel(handle)
+        for handle in conn.timers:
+            self.cancel(handle)
+        conn.continuous_dtmf.clear()
+        self.emit(conn, events.call_event(conn, "CallDisconnected", result=result))
+        conn.state, conn.closed = "disconnected", True
+        if conn.call is not None:
+            conn.call.connections.pop(conn.call_connection_id, None)
+
+    def end_call(self, call: ServerCall, result: Result) -> None:
+        """The call ends for everyone: recording stops, then every connection gets CallDisconnected."""
+        rec = call.recording
+        if rec is not None:
+            if rec.state == "active":
+                rec.state = "inactive"
+                self.emit_recording(rec)
+            rec.stopped = True
+            call.recording = None
+        for conn in list(call.connections.values()):
+            self.disconnect(conn, result)
+        call.ended = True
+        room = self.store.rooms.get(call.room_id or "")
+        if room is not None and room.call is call:
+            room.call = None
+
+    def stop_media(self, conn: Connection, *, notify: bool) -> None:
+        """End the running play/recognize; with ``notify`` send PlayCanceled/RecognizeCanceled."""
+        media, conn.media = conn.media, None
+        if media is None:
+            return
+        self.cancel(media.timer)
+        if notify:
+            name = "PlayCanceled" if media.kind == "play" else "RecognizeCanceled"
+            event = events.call_event(conn, name, result=events.CANCELED, operation_context=media.operation_context)
+            self.emit(conn, event, media.callback_uri)
