@@ -56,6 +56,7 @@ async def acs_endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if rt.faults.knobs.latency_ms > 0:
         await asyncio.sleep(rt.faults.knobs.latency_ms / 1000.0)
     rejection = rt.faults.admit(time.monotonic())
+    rt.log.arrived(method, raw_path, rejection.status if rejection is not None else None)
     if rejection is not None:
         return await _send(send, _error_response(rejection, echo))
     match = resolve(method, raw_path)

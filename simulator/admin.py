@@ -193,6 +193,11 @@ async def request_log(request: Request) -> Response:
     return JSONResponse(_filtered(list(_rt(request).log.entries), request, ("operation", "call_connection_id")))
 
 
+async def arrivals(request: Request) -> Response:
+    """Every authenticated ACS request as it arrived (reads and refused ones too), with its time."""
+    return JSONResponse(list(_rt(request).log.arrivals))
+
+
 async def callback_log(request: Request) -> Response:
     """Callback POST attempts, oldest first; filter with ``?outcome=&target=``."""
     return JSONResponse(_filtered(list(_rt(request).sim.dispatcher.log), request, ("outcome", "target")))
@@ -227,6 +232,7 @@ ROUTES = [
     Route("/phones/{number}", put_phone, methods=["PUT"]),
     Route("/faults", faults, methods=["GET", "PUT", "DELETE"]),
     Route("/log", request_log),
+    Route("/arrivals", arrivals),
     Route("/callbacks", callback_log),
     Route("/stats", stats),
     Route("/reset", reset, methods=["POST"]),

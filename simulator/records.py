@@ -47,7 +47,12 @@ class RequestLog:
 
     def __init__(self) -> None:
         self.entries: deque[dict[str, Any]] = deque(maxlen=MAX_ENTRIES)
+        self.arrivals: deque[dict[str, Any]] = deque(maxlen=MAX_ENTRIES)
         self.requests_seen = 0  # every authenticated ACS request, for the benchmark's rate
+
+    def arrived(self, method: str, path: str, rejected: int | None = None) -> None:
+        """Note an authenticated request as it arrives (``GET /_sim/arrivals``), with a fault's status."""
+        self.arrivals.append({"t": time.time(), "method": method, "path": path, "rejected": rejected})
 
     def add(self, *, method: str, path: str, operation: str, body: Any, call_connection_id: str | None,
             repeatability_id: str | None, status: int, fault: str | None) -> None:
@@ -69,4 +74,5 @@ class RequestLog:
     def clear(self) -> None:
         """Forget everything (``POST /_sim/reset``)."""
         self.entries.clear()
+        self.arrivals.clear()
         self.requests_seen = 0

@@ -99,7 +99,7 @@ def to_acs_error(exc: Exception) -> AcsError:
     """
     if isinstance(exc, ServiceRequestError):
         # The request never got a response; for connection refused it provably did not reach ACS.
-        return AcsError(f"ACS unreachable: {type(exc).__name__}", retryable=True, reached=False)
+        return AcsError(f"ACS unreachable: {type(exc).__name__}", retryable=True, may_have_executed=False)
     if isinstance(exc, ServiceResponseError):
         return AcsError(f"ACS connection dropped before a response: {type(exc).__name__}", retryable=True)
     if isinstance(exc, HttpResponseError):
@@ -114,5 +114,6 @@ def to_acs_error(exc: Exception) -> AcsError:
         return AcsError(
             f"ACS answered {status}: {message}", status=status, acs_code=code, acs_subcode=subcode,
             retry_after_s=_retry_after(exc), retryable=transient,
+            may_have_executed=status != 429,  # a throttled request was refused, not executed
         )
     return AcsError(f"ACS request failed: {type(exc).__name__}", retryable=False)

@@ -62,7 +62,11 @@ def outcome(command_type: str, event: dict[str, Any]) -> tuple[str, dict[str, An
         return "succeeded", {"result": {"recording_id": data.get("recordingId"), "state": data.get("state")},
                              "resolved_by": resolved_by}
     if kind in op.succeeds_on:
-        return "succeeded", {"result": _result_from(kind, data), "resolved_by": resolved_by}
+        fields = {"result": _result_from(kind, data), "resolved_by": resolved_by}
+        if kind == "CallConnected" and data.get("callConnectionId"):
+            # The event may beat connect's HTTP response: it names the call as well as the response does.
+            fields["call_connection_id"] = data["callConnectionId"]
+        return "succeeded", fields
     if kind in op.fails_on:
         return "failed", {"error": _error_from(data, "acs_failed"), "resolved_by": resolved_by}
     if kind == "CallDisconnected":

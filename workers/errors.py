@@ -74,7 +74,7 @@ class AcsError(CallqError):
 
     def __init__(
         self, message: str, *, status: int | None = None, acs_code: str | None = None, acs_subcode: int | None = None,
-        retry_after_s: float | None = None, retryable: bool = False, reached: bool = True,
+        retry_after_s: float | None = None, retryable: bool = False, may_have_executed: bool = True,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -82,4 +82,4 @@ class AcsError(CallqError):
         self.acs_subcode = acs_subcode
         self.retry_after_s = retry_after_s
         self.retryable = retryable
-        self.reached = reached  # False only when the request provably never reached ACS
+        self.may_have_executed = may_have_executed  # False only when ACS provably did not act (refused, 429)

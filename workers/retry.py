@@ -15,12 +15,12 @@ def backoff_s(attempt: int, *, base_s: float, cap_s: float, rng: random.Random) 
 def should_retry(err: AcsError, *, repeatable: bool, attempt: int, max_attempts: int) -> bool:
     """Retry only transient failures, and only when repeating cannot execute the command twice.
 
-    A request that provably never reached ACS (connection refused: no status) is always safe to repeat;
-    one that may have reached it is safe only when it carries repeatability headers.
+    A request ACS provably did not act on (connection refused, 429) is always safe to repeat; one it may
+    have executed is safe only when it carries repeatability headers.
     """
     if attempt >= max_attempts or not err.retryable:
         return False
-    return repeatable or not err.reached
+    return repeatable or not err.may_have_executed
 
 
 def retry_delay_s(err: AcsError, attempt: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:

@@ -226,7 +226,7 @@ class Runtime:
         error = {"code": "acs_error", "message": err.message, "acs_status": err.status,
                  "acs_code": err.acs_code, "acs_subcode": err.acs_subcode}
         repeatable = is_repeatable(cmd)
-        if err.retryable and err.reached and not repeatable:
+        if err.retryable and err.may_have_executed and not repeatable:
             took_effect = self._verify(cmd)
             if took_effect:
                 return self._accepted(cmd, Sent())

@@ -153,3 +153,32 @@ def test_a_worker_killed_mid_command_is_redelivered_and_acs_executes_once(
     assert done["status"] == "succeeded", done
     executed = [e for e in sim_log(simulator) if e["operation"] == "connect"]
     assert len(executed) == 1 and executed[0]["operation_context"] == command_id
+
+
+def test_a_429_pauses_every_worker_for_its_retry_after(simulator: ThreadServer, api: httpx.Client,
+                                                       start_worker: Callable, redis_url: str) -> None:  # type: ignore[type-arg]
+    """ACS throttles with Retry-After: 2. After each 429 no worker sends anything for those 2 s."""
+    for n in range(4):
+        start_worker(f"w{n}")
+    calls = [connect(api, simulator) for _ in range(12)]
+    faults(simulator, throttle_rate=1.0, retry_after_s=2)
+    # play carries no repeatability id: a 429 is still safe to repeat because ACS refused it.
+    answers = [post(api, f"/v1/calls/{cc}/play", {"text": "hello"}) for cc in calls]
+    assert all(a.status_code == 202 for a in answers), [a.text for a in answers if a.status_code != 202][:2]
+    ids = [a.json()["id"] for a in answers]
+
+    def arrivals() -> list[dict[str, Any]]:
+        return httpx.get(f"{simulator.url}/_sim/arrivals").json()  # type: ignore[no-any-return]
+
+    wait_until(lambda: len({round(a["t"]) for a in arrivals() if a["rejected"] == 429}) >= 2, timeout_s=30,
+               what="two rounds of 429s")
+    faults(simulator, throttle_rate=0.0)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_until(lambda: all_terminal(r, ids), timeout_s=60, what="the throttled plays to finish")
+    assert all(r.hget(keys.command_key(i), "status") == "succeeded" for i in ids)
+
+    seen = arrivals()
+    for refused in (a for a in seen if a["rejected"] == 429):
+        # Requests already in flight when the 429 came back may still land just after it.
+        inside = [a for a in seen if refused["t"] + 0.3 < a["t"] < refused["t"] + 1.95]
+        assert not inside, f"{len(inside)} requests sent during a Retry-After pause"

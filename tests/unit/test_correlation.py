@@ -84,6 +84,8 @@ def test_early_event_resolves_a_command_still_running(any_redis) -> None:  # typ
                      *ledger.transition_args("waiting", {}, only_from=("running",)))
     assert outcome == ["terminal", "succeeded"]
     assert status(r, "cmd_c") == "succeeded"
+    # The command names its call even though the HTTP response that would have said so has not arrived.
+    assert r.hget(keys.command_key("cmd_c"), "call_connection_id") == "cc-1"
 
 
 def test_duplicate_event_changes_nothing(any_redis) -> None:  # type: ignore[no-untyped-def]

@@ -74,7 +74,7 @@ def test_retry_after_from_acs_wins_over_backoff() -> None:
 @pytest.mark.parametrize(("err", "repeatable", "expected"), [
     (AcsError("503", status=503, retryable=True), True, True),       # same repeatability id: safe
     (AcsError("503", status=503, retryable=True), False, False),     # may have executed: not safe
-    (AcsError("refused", retryable=True, reached=False), False, True),  # provably never reached ACS
+    (AcsError("refused", retryable=True, may_have_executed=False), False, True),  # ACS provably did not act
     (AcsError("404", status=404, retryable=False), True, False),     # other 4xx: never
 ])
 def test_only_safe_transient_failures_are_retried(err: AcsError, repeatable: bool, expected: bool) -> None:
