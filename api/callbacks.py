@@ -23,11 +23,11 @@ from tasks.app import task_name
 from tasks.publish import task_message
 from workers import correlation, keys, ledger
 from workers.errors import InvalidCommand, Unauthorized
-from workers.operations import NON_BLOCKING_TYPES
+from workers.operations import lane_args
 from workers.settings import Settings
 
 log = logging.getLogger("callq.api.callbacks")
-REFRESH_MIN_S = 30.0
+REFRESH_MIN_S = 5.0  # an unknown kid refreshes the keys at most this often (rotation vs. forged-kid floods)
 KEYS_TTL_S = 3600.0
 MAX_EVENTS_BODY = 1_048_576
 
@@ -35,8 +35,9 @@ MAX_EVENTS_BODY = 1_048_576
 class AcsTokenVerifier:
     """Verifies ACS callback JWTs (RS256, issuer from the OpenID document, audience = resource id)."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, *, refresh_min_s: float = REFRESH_MIN_S) -> None:
         self._settings = settings
+        self._refresh_min_s = refresh_min_s
         self._http = http
         self._keys: dict[str, jwt.PyJWK] = {}
         self._issuer = ""
@@ -51,7 +52,7 @@ class AcsTokenVerifier:
 
     async def _key(self, kid: str) -> jwt.PyJWK:
         age = time.monotonic() - self._fetched_at
-        if (kid not in self._keys and age > REFRESH_MIN_S) or age > KEYS_TTL_S:
+        if (kid not in self._keys and age > self._refresh_min_s) or age > KEYS_TTL_S:
             try:
                 await self._refresh()
             except (httpx.HTTPError, KeyError, ValueError, jwt.PyJWKError) as exc:
@@ -106,7 +107,7 @@ async def acs_events(request: Request) -> Response:
         raise Unauthorized("ACS callbacks must carry 'Authorization: Bearer <jwt>'.")
     await state.verifier.verify(token.strip())
     report = await correlation.ingest(state.redis, events, dedup_ttl_s=settings.event_dedup_ttl_s,
-                                      ttl_s=settings.command_ttl_s)
+                                      ttl_s=settings.command_ttl_s, retention_s=settings.event_retention_s)
     for lane in report.lanes:
         await _kick(request, lane)
     return JSONResponse({"stored": report.stored, "duplicates": report.duplicates})
@@ -115,8 +116,8 @@ async def acs_events(request: Request) -> Response:
 async def _kick(request: Request, lane: str) -> None:
     """A resolved command may be what the call's next command was waiting for: publish its task now."""
     state = request.app.state
-    nxt = await state.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), keys.COMMAND_PREFIX,
-                                 int(time.time() * 1000), NON_BLOCKING_TYPES)
+    nxt = await state.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane),
+                                 *lane_args(int(time.time() * 1000)))
     if nxt:
         message = task_message(state.celery, task_name(nxt[1]), str(uuid.uuid4()), [nxt[0]],
                                queue=state.settings.queue)

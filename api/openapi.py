@@ -39,6 +39,8 @@ _READS = [
     ("/v1/calls/{call_connection_id}", "The call as ACS sees it", {"type": "object"}),
     ("/v1/calls/{call_connection_id}/commands", "The call's commands in acceptance order", {"type": "object"}),
     ("/v1/calls/{call_connection_id}/events", "The call's ACS events (paged with ?after=)", {"type": "object"}),
+    ("/v1/calls/{call_connection_id}/events/stream", "The call's events live, as Server-Sent Events "
+     "(resumable with Last-Event-ID)", {"type": "string"}),
     ("/v1/calls/{call_connection_id}/participants", "Participants as ACS lists them", {"type": "object"}),
     ("/v1/calls/{call_connection_id}/participants/{raw_id}", "One participant", {"type": "object"}),
     ("/v1/recordings/{recording_id}", "A recording's state", {"type": "object"}),

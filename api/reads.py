@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from workers import keys, ledger, reads
@@ -86,6 +87,43 @@ async def call_events(request: Request) -> Response:
     return JSONResponse(page)
 
 
+STREAM_HEARTBEAT_MS = 15_000
+
+
+def _sse(seq: str, event: dict[str, Any]) -> bytes:
+    kind = str(event.get("type", "")).rsplit(".", 1)[-1]
+    return f"id: {seq}\nevent: {kind}\ndata: {json.dumps({'seq': seq, **event})}\n\n".encode()
+
+
+async def call_event_stream(request: Request) -> Response:
+    """Server-Sent Events: the call's timeline so far, then each event as it arrives.
+
+    Resumable: a reconnecting client sends ``Last-Event-ID`` (or ``?after=``) and gets only what it
+    missed. The stream ends after CallDisconnected, since ACS sends nothing for a call after it.
+    """
+    state = request.app.state
+    cc = await _own_call(request, state.api_keys.client_for(request))
+    last = request.headers.get("last-event-id") or request.query_params.get("after") or "0-0"
+    stream_key = keys.call_events_key(cc)
+
+    async def events() -> AsyncIterator[bytes]:
+        cursor = last
+        while not await request.is_disconnected():
+            batch = await state.redis.xread({stream_key: cursor}, count=100, block=STREAM_HEARTBEAT_MS)
+            if not batch:
+                yield b": keep-alive\n\n"  # proxies close idle connections; comments are ignored by clients
+                continue
+            for seq, fields in batch[0][1]:
+                cursor = seq
+                event = json.loads(fields["event"])
+                yield _sse(seq, event)
+                if str(event.get("type", "")).endswith("CallDisconnected"):
+                    return
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 async def _read(request: Request, fn: Any, *args: str) -> Response:
     return JSONResponse(await run_in_threadpool(fn, request.app.state.acs, *args))
 
@@ -142,6 +180,7 @@ read_routes = [
     Route("/v1/calls/{call_connection_id}", get_call, methods=["GET"]),
     Route("/v1/calls/{call_connection_id}/commands", call_commands, methods=["GET"]),
     Route("/v1/calls/{call_connection_id}/events", call_events, methods=["GET"]),
+    Route("/v1/calls/{call_connection_id}/events/stream", call_event_stream, methods=["GET"]),
     Route("/v1/calls/{call_connection_id}/participants", get_participants, methods=["GET"]),
     Route("/v1/calls/{call_connection_id}/participants/{raw_id}", get_participant, methods=["GET"]),
     Route("/v1/recordings/{recording_id}", get_recording, methods=["GET"]),

@@ -9,10 +9,11 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutdown
 
 from tasks.app import app, task_name
@@ -22,6 +23,8 @@ from workers.runtime import RetryLater, Runtime
 
 log = logging.getLogger("callq.tasks")
 HEARTBEAT_EVERY_S = 2.0
+MAX_INTERNAL_RETRIES = 10
+RECONCILE = "callq.reconcile"
 
 
 class CommandTask(Task):  # type: ignore[misc]
@@ -34,39 +37,61 @@ class CommandTask(Task):  # type: ignore[misc]
     def runtime(self) -> Runtime:
         with CommandTask._lock:
             if CommandTask._runtime is None:
-                CommandTask._runtime = Runtime.from_settings(self.app.conf.callq_settings, self._enqueue)
+                CommandTask._runtime = Runtime.from_settings(self.app.conf.callq_settings, _Scheduler(self.app))
             return CommandTask._runtime
 
-    def _enqueue(self, command_type: str, command_id: str) -> None:
-        self.app.send_task(task_name(command_type), args=[command_id])
+
+class _Scheduler:
+    """The runtime's Scheduler: more work is more Celery messages, with countdowns capped (_capped)."""
+
+    def __init__(self, celery: Celery) -> None:
+        self._app = celery
+
+    def command(self, command_type: str, command_id: str, countdown_s: float = 0.0) -> None:
+        countdown = _capped(self._app, countdown_s) if countdown_s > 0 else None
+        self._app.send_task(task_name(command_type), args=[command_id], countdown=countdown)
+
+    def check(self, command_id: str, countdown_s: float) -> None:
+        self._app.send_task(RECONCILE, args=[command_id], countdown=_capped(self._app, countdown_s))
 
 
-MAX_INTERNAL_RETRIES = 10
+def _capped(celery: Celery, countdown_s: float) -> float:
+    # On Redis a countdown longer than the visibility timeout is redelivered early (kombu #337); a step
+    # that wakes early simply schedules itself again for the rest.
+    return float(min(countdown_s, celery.conf.callq_settings.visibility_timeout_s / 2))
 
 
-def _run(self: CommandTask, command_id: str) -> str:
-    settings = self.app.conf.callq_settings
+def _guarded(task: CommandTask, command_id: str, step: Callable[[str], str]) -> str:
     try:
-        return self.runtime.run(command_id)
+        return step(command_id)
     except RetryLater as later:
-        # A new message with a countdown: the slot is released while the command waits to retry. On Redis
-        # a countdown longer than the visibility timeout would be redelivered early, so it is capped.
-        raise self.retry(countdown=min(later.delay_s, settings.visibility_timeout_s / 2)) from None
+        # A new message with a countdown: the slot is released while the command waits.
+        raise task.retry(countdown=_capped(task.app, later.delay_s)) from None
     except Exception as exc:
         # A bug or an outage (Redis down): the message would be acked and the command left unsent, so
         # try again later; after enough tries record the failure rather than retry forever.
-        internal = int(self.request.headers.get("callq_internal_retries", 0) if self.request.headers else 0)
+        headers = task.request.headers or {}
+        internal = int(headers.get("callq_internal_retries", 0))
         log.exception("command %s: unexpected %s", command_id, type(exc).__name__, extra={"command_id": command_id})
         if internal < MAX_INTERNAL_RETRIES:
-            raise self.retry(countdown=min(2.0**internal, 60.0),
+            raise task.retry(countdown=min(2.0**internal, 60.0),
                              headers={"callq_internal_retries": internal + 1}) from None
-        return self.runtime.give_up(command_id, exc)
+        return task.runtime.give_up(command_id, exc)
 
 
+def _run(self: CommandTask, command_id: str) -> str:
+    return _guarded(self, command_id, self.runtime.run)
+
+
+def _reconcile(self: CommandTask, command_id: str) -> str:
+    return _guarded(self, command_id, self.runtime.reconcile)
+
+
+# max_retries=None: the runtime bounds attempts itself (Celery's default of 3 would drop a command that
+# was merely rate-limited a few times).
 for _type in OPERATIONS:
-    # max_retries=None: the runtime bounds attempts itself (Celery's default of 3 would drop a command
-    # that was merely rate-limited a few times).
     app.task(name=task_name(_type), base=CommandTask, bind=True, acks_late=True, max_retries=None)(_run)
+app.task(name=RECONCILE, base=CommandTask, bind=True, acks_late=True, max_retries=None)(_reconcile)
 
 
 _stop_heartbeat = threading.Event()

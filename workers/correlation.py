@@ -11,6 +11,7 @@ event for an unknown call is still kept in the call's timeline.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,6 @@ from workers import keys, ledger
 from workers.operations import OPERATIONS
 
 PREFIX = "Microsoft.Communication."
-TIMELINE_MAXLEN = 10_000
 
 
 @dataclass
@@ -87,20 +87,32 @@ async def _commands(r: aioredis.Redis, ids: list[str]) -> dict[str, dict[str, st
     return found
 
 
-async def _candidates(r: aioredis.Redis, event: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Commands this event may resolve: its operationContext, plus call-scoped fallbacks."""
+async def _candidates(r: aioredis.Redis, event: dict[str, Any]) -> tuple[dict[str, dict[str, str]], bool]:
+    """Commands this event may resolve, oldest first, and whether it resolves all of them or only the first.
+
+    An ``operationContext`` names its command. Without one (real 2024 samples of CallConnected,
+    CallDisconnected and SendDtmfTonesCompleted lack it) the event answers the call's oldest pending
+    command of a type it resolves. CallDisconnected answers every pending command of the call; a
+    RecordingStateChanged answers the oldest pending command of its recording that expects that state.
+    """
     data = event.get("data") or {}
     kind, cc = short_type(event), data.get("callConnectionId")
-    ids = [data["operationContext"]] if data.get("operationContext") else []
-    if cc and kind == "CallDisconnected":
-        ids += await r.lrange(keys.call_commands_key(cc), 0, -1)
-    elif cc and kind == "CallConnected" and not ids:
-        connect = await r.hget(keys.call_key(cc), "connect_command")
-        ids += [connect] if connect else []
+    context = data.get("operationContext")
+    ids = [context] if context else []
     if kind == "RecordingStateChanged" and data.get("recordingId"):
         ids += await r.lrange(keys.recording_commands_key(data["recordingId"]), 0, -1)
+    elif cc and (kind == "CallDisconnected" or not context):
+        if kind == "CallConnected":
+            connect = await r.hget(keys.call_key(cc), "connect_command")
+            ids += [connect] if connect else []
+        ids += await r.lrange(keys.call_commands_key(cc), 0, -1)
     found = await _commands(r, list(dict.fromkeys(ids)))
-    return {cid: c for cid, c in found.items() if c["status"] not in ledger.TERMINAL}
+    return found, kind == "CallDisconnected"
+
+
+def _late(event: dict[str, Any]) -> str:
+    return json.dumps({"type": short_type(event), "id": event.get("id"), "time": event.get("time"),
+                       "result_information": (event.get("data") or {}).get("resultInformation")})
 
 
 def _call_updates(event: dict[str, Any], commands: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -116,44 +128,56 @@ def _call_updates(event: dict[str, Any], commands: dict[str, dict[str, str]]) ->
     return updates
 
 
-async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s: int, ttl_s: int) -> IngestReport:
-    """Store and apply a batch of CloudEvents. Safe to call again with the same events."""
+async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s: int, ttl_s: int,
+                 retention_s: int) -> IngestReport:
+    """Store and apply a batch of CloudEvents. Safe to call again with the same events.
+
+    A duplicate (same CloudEvent id within ``dedup_ttl_s``) changes nothing. Two deliveries of one event
+    racing each other may both be stored in the timeline, but transitions are idempotent.
+    """
     report = IngestReport()
     for event in events:
         event_id = str(event.get("id") or "")
         if not event_id or await r.exists(keys.event_seen_key(event_id)):
             report.duplicates += 1
             continue
-        commands = await _candidates(r, event)
-        cc = (event.get("data") or {}).get("callConnectionId") or "unknown"
+        found, resolves_all = await _candidates(r, event)
+        data = event.get("data") or {}
+        cc = data.get("callConnectionId") or "unknown"
         pipe = r.pipeline(transaction=True)
         pipe.set(keys.event_seen_key(event_id), "1", ex=dedup_ttl_s)
+        # Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
         pipe.xadd(keys.call_events_key(cc), {"event": json.dumps(event, separators=(",", ":"))},
-                  maxlen=TIMELINE_MAXLEN, approximate=True)
+                  minid=int((time.time() - retention_s) * 1000), approximate=True)
         pipe.expire(keys.call_events_key(cc), ttl_s)
-        planned = []
-        for cid, cmd in commands.items():
+        planned: list[str] = []
+        for cid, cmd in found.items():
             step = outcome(cmd["type"], event)
-            if step is not None:
-                status, fields = step
-                pipe.eval(ledger.TRANSITION_LUA, 1, keys.command_key(cid), *ledger.transition_args(status, fields))
-                planned.append(cid)
-                if short_type(event) == "RecordingStateChanged":
-                    break  # one state change answers one command: the oldest pending that expects it
-        updates = _call_updates(event, commands)
+            if step is None:
+                continue
+            if cmd["status"] in ledger.TERMINAL:
+                if cid == data.get("operationContext"):
+                    pipe.hset(keys.command_key(cid), "late_event", _late(event))  # kept, not applied
+                continue
+            status, fields = step
+            pipe.eval(ledger.TRANSITION_LUA, 1, keys.command_key(cid), *ledger.transition_args(status, fields))
+            planned.append(cid)
+            if not resolves_all:
+                break  # one event answers one command: the one it names, else the oldest that fits
+        pending = {cid: c for cid, c in found.items() if c["status"] not in ledger.TERMINAL}
+        updates = _call_updates(event, pending)
         if updates and cc != "unknown":
             pipe.hset(keys.call_key(cc), mapping=updates)
             pipe.expire(keys.call_key(cc), ttl_s)
-        recording_id = (event.get("data") or {}).get("recordingId")
-        if short_type(event) == "RecordingStateChanged" and recording_id:
+        if short_type(event) == "RecordingStateChanged" and data.get("recordingId"):
             # Kept so a start whose HTTP response comes after this event can still be resolved by it.
-            pipe.hset(keys.recording_key(recording_id), mapping={
-                "state": (event.get("data") or {}).get("state") or "", "last_event": json.dumps(event)})
-            pipe.expire(keys.recording_key(recording_id), ttl_s)
+            pipe.hset(keys.recording_key(data["recordingId"]), mapping={
+                "state": data.get("state") or "", "last_event": json.dumps(event)})
+            pipe.expire(keys.recording_key(data["recordingId"]), ttl_s)
         results = await pipe.execute()
         report.stored += 1
-        applied = [r_ for r_ in results[3:3 + len(planned)]]
-        done = [cid for cid, res in zip(planned, applied, strict=True) if res[0] == "applied"]
+        evals = [res for res in results if isinstance(res, list)]
+        done = [cid for cid, res in zip(planned, evals, strict=True) if res[0] == "applied"]
         report.resolved += done
-        report.lanes |= {commands[cid]["call_connection_id"] for cid in done if commands[cid]["call_connection_id"]}
+        report.lanes |= {found[cid]["call_connection_id"] for cid in done if found[cid]["call_connection_id"]}
     return report

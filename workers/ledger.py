@@ -72,54 +72,60 @@ return {'applied', ARGV[1]}
 
 
 # Per-call order. A command may be sent only when every command accepted before it on the same call is
-# out of its way: sent and resolved, or sent and of a kind that does not block (background media), or
-# past its outcome deadline (a lost event must not stall a call). Reading command hashes that are not in
-# KEYS is fine on a single Redis (not on Cluster, which callq does not support).
+# out of its way: sent and resolved, or sent and of a kind that does not hold the call (background media,
+# which still holds back the next media operation: ACS allows one at a time, 400/8500), or past its
+# outcome deadline (a lost event must not stall a call). Reading command hashes that are not in KEYS is
+# fine on a single Redis (not on Cluster, which callq does not support).
+# ARGV of both scripts ends with: key prefix of command hashes, now ms, non-blocking types csv, media types csv.
 _BLOCKS = """
-local function blocks(prefix, id, now, nonblocking)
+local prefix, now, nonblocking, media = ARGV[#ARGV - 3], tonumber(ARGV[#ARGV - 2]), ARGV[#ARGV - 1], ARGV[#ARGV]
+local function listed(csv, t) return string.find(',' .. csv .. ',', ',' .. t .. ',', 1, true) ~= nil end
+-- Does the earlier command `id` keep a command of type `t` from being sent now?
+local function blocks(id, t)
   local st = redis.call('HMGET', prefix .. id, 'status', 'type', 'wait_deadline')
-  if st[1] == 'queued' or st[1] == 'running' then return st[1] end
-  if st[1] == 'waiting' and not string.find(',' .. nonblocking .. ',', ',' .. st[2] .. ',', 1, true)
-     and tonumber(st[3] or '0') > now then return 'waiting' end
-  return false
+  if st[1] == 'queued' or st[1] == 'running' then return true end
+  if st[1] ~= 'waiting' or tonumber(st[3] or '0') <= now then return false end
+  if not listed(nonblocking, st[2]) then return true end
+  return listed(media, st[2]) and listed(media, t)
 end
 """
 
 # KEYS: command hash, call's command list ("" = no call yet, e.g. connect).
-# ARGV: now ms, lease ms, now iso, command id, key prefix of command hashes, non-blocking types csv.
+# ARGV: lease ms, now iso, command id, command type, then the four common ones.
 CLAIM_LUA = _BLOCKS + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'lease_until')
 if not st[1] then return {'missing', ''} end
 if st[1] ~= 'queued' and st[1] ~= 'running' then return {'done', st[1]} end
-if tonumber(st[2] or '0') > tonumber(ARGV[1]) then return {'leased', ''} end
+if tonumber(st[2] or '0') > now then return {'leased', ''} end
 if KEYS[2] ~= '' then
   for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-    if id == ARGV[4] then break end
-    if blocks(ARGV[5], id, tonumber(ARGV[1]), ARGV[6]) then
+    if id == ARGV[3] then break end
+    if blocks(id, ARGV[4]) then
       redis.call('HSET', KEYS[1], 'parked', '1')
-      return {'blocked', id}
+      return {'blocked', tostring(redis.call('HINCRBY', KEYS[1], 'parks', 1))}
     end
   end
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(tonumber(ARGV[1]) + tonumber(ARGV[2])),
-           'updated_at', ARGV[3], 'parked', '')
+redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(now + tonumber(ARGV[1])),
+           'updated_at', ARGV[2], 'parked', '')
 return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1))}
 """
 
-# The call's next command, if it parked waiting for its turn and the turn is now its: returns {id, type}.
-# KEYS: call's command list.  ARGV: key prefix of command hashes, now ms, non-blocking types csv.
+# The call's first unsent command, if it parked waiting for its turn and nothing before it holds it back
+# any more: unparks it and returns {id, type}.  KEYS: call's command list.  ARGV: the four common ones.
 KICK_LUA = _BLOCKS + """
+local before = {}
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local why = blocks(ARGV[1], id, tonumber(ARGV[2]), ARGV[3])
-  if why == 'queued' or why == 'running' then
-    local st = redis.call('HMGET', ARGV[1] .. id, 'parked', 'type')
-    if st[1] == '1' then
-      redis.call('HSET', ARGV[1] .. id, 'parked', '')
-      return {id, st[2]}
+  local st = redis.call('HMGET', prefix .. id, 'status', 'parked', 'type')
+  if st[1] == 'queued' or st[1] == 'running' then
+    if st[2] ~= '1' then return {} end
+    for _, earlier in ipairs(before) do
+      if blocks(earlier, st[3]) then return {} end
     end
-    return {}
+    redis.call('HSET', prefix .. id, 'parked', '')
+    return {id, st[3]}
   end
-  if why == 'waiting' then return {} end
+  before[#before + 1] = id
 end
 return {}
 """

@@ -22,6 +22,7 @@ from azure.communication.callautomation import (
 from azure.core.exceptions import ResourceNotFoundError
 
 from workers.identifiers import to_identifier
+from workers.keys import COMMAND_PREFIX
 from workers.settings import Settings
 
 Record = dict[str, Any]  # a command: its stored fields, with ``params`` already parsed
@@ -58,16 +59,26 @@ class Operation:
     # Background media (play, recognize) only has to be sent: a hang-up or cancel may follow at once.
     blocks_until_resolved: bool = True
     recording_by_call: bool = False  # pause/resume/stop: recording id may come from the call at send time
+    # When the event never came: read ACS and say how the command ended (None: ACS cannot tell).
+    reconcile: Callable[[CallAutomationClient, Record], Verdict | None] | None = None
 
 
-OUTCOME_TIMEOUT_S = 60.0  # how long a command may wait for its event before the call moves on
+Verdict = tuple[str, dict[str, Any]]  # (terminal status, fields to record)
 
 
-def outcome_timeout_s(cmd: Record) -> float:
-    """How long the call's next command waits for this one's event (add: the callee's ring time too)."""
+def _reconciled(status: str, how: str, **fields: Any) -> Verdict:
+    return status, {**fields, "resolved_by": {"type": "reconciled", "how": how}}
+
+
+def _lost(code: str, message: str, how: str) -> Verdict:
+    return _reconciled("failed", how, error={"code": code, "message": message})
+
+
+def outcome_timeout_s(cmd: Record, default_s: float) -> float:
+    """How long a command may wait for its event before callq reads ACS instead (add: plus ring time)."""
     if cmd["type"] == "add_participant":
-        return float(cmd["params"].get("invitation_timeout") or 60) + 30.0
-    return OUTCOME_TIMEOUT_S
+        return float(cmd["params"].get("invitation_timeout") or 60) + default_s
+    return default_s
 
 
 def _media_source(spec: dict[str, Any]) -> FileSource | TextSource:
@@ -218,14 +229,62 @@ def _left_call(client: CallAutomationClient, cmd: Record) -> bool | None:
     return state in ("disconnected", "disconnecting")
 
 
+def _reconcile_connect(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+    try:
+        props = _connection(client, cmd).get_call_properties()
+    except ResourceNotFoundError:
+        return _lost("connect_failed", "ACS does not know the call connection: the connect did not hold.",
+                     "read call")
+    if props.call_connection_state == "connected":
+        return _reconciled("succeeded", "read call", result={
+            "call_connection_id": props.call_connection_id, "server_call_id": props.server_call_id,
+            "correlation_id": props.correlation_id})
+    return None
+
+
+def _participant_present(client: CallAutomationClient, cmd: Record) -> bool:
+    raw = cmd["params"]["participant"]
+    return any(p.identifier.raw_id == raw for p in _connection(client, cmd).list_participants())
+
+
+def _reconcile_add(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+    if _participant_present(client, cmd):
+        return _reconciled("succeeded", "read participants", result={"participant": cmd["params"]["participant"]})
+    return _lost("participant_not_added", "The participant is not in the call.", "read participants")
+
+
+def _reconcile_remove(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+    if _participant_present(client, cmd):
+        return _lost("participant_still_present", "The participant is still in the call.", "read participants")
+    return _reconciled("succeeded", "read participants")
+
+
+def _reconcile_hang_up(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+    return _reconciled("succeeded", "read call") if _left_call(client, cmd) else None
+
+
+def _reconcile_recording(state: str) -> Callable[[CallAutomationClient, Record], Verdict | None]:
+    def reconcile(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+        now = _recording_is(state)(client, cmd)
+        if now is None:
+            return None
+        if now:
+            return _reconciled("succeeded", "read recording", result={"recording_id": cmd["recording_id"],
+                                                                      "state": state})
+        return _lost("recording_state_unchanged", f"The recording is not {state}.", "read recording")
+    return reconcile
+
+
 _OPS = (
-    Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}), repeatable=True),
+    Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}), repeatable=True,
+              reconcile=_reconcile_connect),
     # Terminate (for everyone) carries repeatability headers; hang up for self (DELETE) does not.
-    Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable=True, verify=_left_call),
+    Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable=True, verify=_left_call,
+              reconcile=_reconcile_hang_up),
     Operation("add_participant", _add_participant, frozenset({"AddParticipantSucceeded"}),
-              frozenset({"AddParticipantFailed"}), repeatable=True),
+              frozenset({"AddParticipantFailed"}), repeatable=True, reconcile=_reconcile_add),
     Operation("remove_participant", _remove_participant, frozenset({"RemoveParticipantSucceeded"}),
-              frozenset({"RemoveParticipantFailed"}), repeatable=True),
+              frozenset({"RemoveParticipantFailed"}), repeatable=True, reconcile=_reconcile_remove),
     Operation("cancel_add_participant", _cancel_add, frozenset({"CancelAddParticipantSucceeded"}),
               frozenset({"CancelAddParticipantFailed"}), repeatable=True),
     Operation("send_dtmf", _send_dtmf, frozenset({"SendDtmfTonesCompleted"}), frozenset({"SendDtmfTonesFailed"}),
@@ -237,16 +296,24 @@ _OPS = (
     Operation("continuous_dtmf_start", _continuous_dtmf_start),
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
     Operation("cancel_media", _cancel_media),
-    Operation("start_recording", _start_recording, repeatable=True, recording_state="active"),
+    Operation("start_recording", _start_recording, repeatable=True, recording_state="active",
+              reconcile=_reconcile_recording("active")),
     Operation("pause_recording", _pause_recording, recording_state="inactive", verify=_recording_is("inactive"),
-              recording_by_call=True),
+              recording_by_call=True, reconcile=_reconcile_recording("inactive")),
     Operation("resume_recording", _resume_recording, recording_state="active", verify=_recording_is("active"),
-              recording_by_call=True),
+              recording_by_call=True, reconcile=_reconcile_recording("active")),
     Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True),
 )
 OPERATIONS: dict[str, Operation] = {op.type: op for op in _OPS}
-# Passed to the claim script: types whose sending alone lets the call's next command go.
+# Passed to the ordering scripts: types whose sending alone lets the call's next command go, and the
+# media types of which ACS runs one at a time.
 NON_BLOCKING_TYPES = ",".join(op.type for op in _OPS if not op.blocks_until_resolved)
+MEDIA_TYPES = "play,recognize"
+
+
+def lane_args(now_ms: int) -> list[str | int]:
+    """The trailing arguments both ordering scripts take."""
+    return [COMMAND_PREFIX, now_ms, NON_BLOCKING_TYPES, MEDIA_TYPES]
 
 
 def is_repeatable(cmd: Record) -> bool:

@@ -20,10 +20,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from azure.communication.callautomation import CallAutomationClient
@@ -31,14 +30,24 @@ from azure.communication.callautomation import CallAutomationClient
 from workers import correlation, keys, ledger
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.errors import AcsError
-from workers.operations import NON_BLOCKING_TYPES, OPERATIONS, Record, Sent, is_repeatable, outcome_timeout_s
+from workers.operations import OPERATIONS, Record, Sent, is_repeatable, lane_args, outcome_timeout_s
 from workers.ratelimit import RateLimited, RateLimiter
 from workers.retry import retry_delay_s, should_retry
 from workers.settings import Settings
 
 log = logging.getLogger("callq.runtime")
-PARK_RECHECK_S = 5.0  # safety net: a parked command looks again even if its kick were lost
-Enqueue = Callable[[str, str], None]  # (command type, command id): publish the command's task again
+PARK_RECHECK_CAP_S = 30.0  # safety net: a parked command looks again even if its kick were lost
+CHAIN_MAX = 50  # commands of one call a slot runs back to back before handing the call to another slot
+
+
+class Scheduler(Protocol):
+    """How the runtime asks for more work without knowing Celery (the task layer implements it)."""
+
+    def command(self, command_type: str, command_id: str, countdown_s: float = 0.0) -> None:
+        """Publish a command's task again (its turn on the call has come, or it must wait a little)."""
+
+    def check(self, command_id: str, countdown_s: float) -> None:
+        """Reconcile a waiting command after ``countdown_s`` if its event has not resolved it."""
 
 
 class RetryLater(Exception):
@@ -64,15 +73,15 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     client: CallAutomationClient
-    enqueue: Enqueue
+    scheduler: Scheduler
     rng: random.Random
 
     @classmethod
-    def from_settings(cls, settings: Settings, enqueue: Enqueue) -> Runtime:
+    def from_settings(cls, settings: Settings, scheduler: Scheduler) -> Runtime:
         r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         limiter = RateLimiter.for_endpoint(r, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s,
                                            burst=settings.acs_rate_burst)
-        return cls(settings, r, create_client(settings, limiter), enqueue, random.Random())
+        return cls(settings, r, create_client(settings, limiter), scheduler, random.Random())
 
     @property
     def lease_ms(self) -> int:
@@ -87,29 +96,54 @@ class Runtime:
         return status if outcome != "applied" else to
 
     def run(self, command_id: str) -> str:
-        """Execute a command once; returns its status afterwards. Raises RetryLater for a later try."""
+        """Execute a command once; returns its status afterwards. Raises RetryLater for a later try.
+
+        Then keep its call moving from this slot: the commands that parked behind it run here, in order,
+        instead of each waiting for its message to come round the queue again.
+        """
+        status, lane = self._step(command_id)
+        self._drain(lane)
+        return status
+
+    def _step(self, command_id: str) -> tuple[str, str]:
+        """Claim and send one command; returns (status, its call) — the call only when it may have moved."""
         record = self.redis.hgetall(keys.command_key(command_id))
         if not record:
             log.warning("command %s not found (expired?)", command_id, extra={"command_id": command_id})
-            return "missing"
+            return "missing", ""
         cmd = _parse(record)
         lane = cmd.get("call_connection_id") or ""
         claim = self.redis.eval(ledger.CLAIM_LUA, 2, keys.command_key(command_id),
-                                keys.call_commands_key(lane) if lane else "", int(time.time() * 1000),
-                                self.lease_ms, ledger.now_iso(), command_id, keys.COMMAND_PREFIX,
-                                NON_BLOCKING_TYPES)
+                                keys.call_commands_key(lane) if lane else "", self.lease_ms, ledger.now_iso(),
+                                command_id, cmd["type"], *lane_args(int(time.time() * 1000)))
         if claim[0] == "done":
-            self._kick(lane)  # a redelivered message after a crash: make sure the next command gets its turn
-            return str(claim[1])
-        if claim[0] == "leased":
-            return "running"
+            return str(claim[1]), lane  # e.g. redelivered after a crash: the call may still need a push
         if claim[0] == "blocked":
-            raise RetryLater(PARK_RECHECK_S)
-        if claim[0] == "missing":
-            return "missing"
-        status = self._send(cmd, attempt=int(claim[1]))
-        self._kick(lane)
-        return status
+            raise RetryLater(min(PARK_RECHECK_CAP_S, 2.0 ** int(claim[1])))
+        if claim[0] != "claimed":  # leased by another worker, or gone
+            return "running" if claim[0] == "leased" else "missing", ""
+        return self._send(cmd, attempt=int(claim[1])), lane
+
+    def _drain(self, lane: str) -> None:
+        for _ in range(CHAIN_MAX):
+            nxt = self._next_parked(lane)
+            if nxt is None:
+                return
+            try:
+                self._step(nxt[0])
+            except RetryLater as later:  # it must wait (rate limit, retry, still blocked): back to the queue
+                self.scheduler.command(nxt[1], nxt[0], later.delay_s)
+                return
+        nxt = self._next_parked(lane)  # the budget is spent: let another slot carry on with this call
+        if nxt is not None:
+            self.scheduler.command(nxt[1], nxt[0])
+
+    def _next_parked(self, lane: str) -> tuple[str, str] | None:
+        """The call's next command if it parked waiting for its turn and the turn is now its (unparks it)."""
+        if not lane:
+            return None
+        nxt = self.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), *lane_args(int(time.time() * 1000)))
+        return (nxt[0], nxt[1]) if nxt else None
 
     def give_up(self, command_id: str, exc: Exception) -> str:
         """Record an internal failure after the task layer stopped retrying it."""
@@ -147,14 +181,6 @@ class Runtime:
         pipe.execute()
         return True
 
-    def _kick(self, lane: str) -> None:
-        if not lane:
-            return
-        nxt = self.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), keys.COMMAND_PREFIX,
-                              int(time.time() * 1000), NON_BLOCKING_TYPES)
-        if nxt:
-            self.enqueue(nxt[1], nxt[0])
-
     def _accepted(self, cmd: Record, sent: Sent) -> str:
         cid = cmd["id"]
         fields: dict[str, Any] = {"sent_at": ledger.now_iso(), "last_error": "", "throttled": ""}
@@ -166,13 +192,50 @@ class Runtime:
             self._remember_recording(cmd, sent.recording_id)
         if sent.result is not None:
             fields["result"] = sent.result
+        timeout_s = outcome_timeout_s(cmd, self.settings.outcome_timeout_s)
         if not sent.resolved:
-            fields["wait_deadline"] = int((time.time() + outcome_timeout_s(cmd)) * 1000)
+            fields["wait_deadline"] = int((time.time() + timeout_s) * 1000)
         # Recorded even if an early event already resolved the command: the response is still true.
         self.redis.hset(keys.command_key(cid), mapping=dict(zip(*[iter(ledger.flatten(fields))] * 2, strict=True)))
         status = self._transition(cid, "succeeded" if sent.resolved else "waiting", {}, only_from=("running",))
         if sent.recording_id and status == "waiting":
             status = self._catch_up_recording(cid, sent.recording_id)
+        if status == "waiting":
+            self.scheduler.check(cid, timeout_s)
+        return status
+
+    def reconcile(self, command_id: str) -> str:
+        """The deadline of a waiting command passed: resolve it from ACS's state, or fail callback_timeout.
+
+        Raises RetryLater while the deadline is still ahead (checks are capped below the visibility timeout).
+        """
+        record = self.redis.hgetall(keys.command_key(command_id))
+        if record.get("status") != "waiting":
+            return record.get("status") or "missing"
+        left_s = int(record.get("wait_deadline") or 0) / 1000 - time.time()
+        if left_s > 0:
+            raise RetryLater(left_s)
+        cmd = _parse(record)
+        check = OPERATIONS[cmd["type"]].reconcile
+        try:
+            verdict = check(self.client, cmd) if check else None
+        except RateLimited as limited:
+            raise RetryLater(limited.retry_after_s) from None
+        except Exception as exc:
+            log.warning("could not reconcile %s: %s", command_id, type(exc).__name__)
+            verdict = None
+        if verdict is None:
+            verdict = ("failed", {"error": {"code": "callback_timeout", "message": "ACS sent no outcome in time "
+                                            "and its state cannot tell whether this command took effect."},
+                                  "resolved_by": {"type": "timeout"}})
+        status = self._transition(command_id, verdict[0], verdict[1], only_from=("waiting",))
+        cc = cmd.get("call_connection_id") or ""
+        if status == "succeeded" and cc and cmd["type"] in ("connect", "hang_up"):
+            # What CallConnected / CallDisconnected would have told the call record, had they arrived.
+            update = {"state": "connected", "server_call_id": (verdict[1].get("result") or {}).get(
+                "server_call_id") or ""} if cmd["type"] == "connect" else {"state": "disconnected"}
+            self.redis.hset(keys.call_key(cc), mapping=update)
+        self._drain(cc)
         return status
 
     def _remember_call(self, cmd: Record, call_connection_id: str) -> None:

@@ -94,6 +94,8 @@ class Settings:
     idempotency_ttl_s: int = 86_400
     command_ttl_s: int = 7 * 86_400
     event_dedup_ttl_s: int = 86_400
+    event_retention_s: int = 7 * 86_400
+    outcome_timeout_s: float = 60.0
     wait_max_s: int = 60
     acs_timeout_s: float = 10.0
     acs_rate_per_s: float = 10.0
@@ -148,6 +150,8 @@ class Settings:
             idempotency_ttl_s=_int(env, "CALLQ_IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_s),
             command_ttl_s=_int(env, "CALLQ_COMMAND_TTL_SECONDS", cls.command_ttl_s),
             event_dedup_ttl_s=_int(env, "CALLQ_EVENT_DEDUP_TTL_SECONDS", cls.event_dedup_ttl_s),
+            event_retention_s=_int(env, "CALLQ_EVENT_RETENTION_SECONDS", cls.event_retention_s),
+            outcome_timeout_s=_float(env, "CALLQ_OUTCOME_TIMEOUT_SECONDS", cls.outcome_timeout_s),
             acs_timeout_s=_float(env, "CALLQ_ACS_TIMEOUT_SECONDS", cls.acs_timeout_s),
             acs_rate_per_s=_float(env, "CALLQ_ACS_RATE_PER_SECOND", cls.acs_rate_per_s),
             acs_rate_burst=_int(env, "CALLQ_ACS_RATE_BURST", cls.acs_rate_burst, high=10_000),

@@ -52,7 +52,7 @@ def ingest(new_client: Callable[[], aioredis.Redis], *events: dict[str, Any]) ->
     async def go() -> correlation.IngestReport:
         ar = new_client()
         try:
-            return await correlation.ingest(ar, list(events), dedup_ttl_s=60, ttl_s=60)
+            return await correlation.ingest(ar, list(events), dedup_ttl_s=60, ttl_s=60, retention_s=3600)
         finally:
             await ar.aclose()
     return asyncio.run(go())
