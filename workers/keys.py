@@ -23,6 +23,11 @@ def call_key(call_connection_id: str) -> str:
     return f"callq:call:{call_connection_id}"
 
 
+def room_call_key(room_id: str) -> str:
+    """The call connection callq most recently made to this room (its call hash says if it is still live)."""
+    return f"callq:room:{room_id}:call"
+
+
 def call_commands_key(call_connection_id: str) -> str:
     return f"callq:call:{call_connection_id}:commands"
 
