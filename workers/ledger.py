@@ -32,7 +32,7 @@ for i = 1, 5 do
   if KEYS[i] ~= '' then
     local t = redis.call('TYPE', KEYS[i])['ok']
     if t ~= 'none' and t ~= want[i] then
-      return redis.error_reply('CALLQ_WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t)
+      return redis.error_reply('WRONGTYPE callq cannot use ' .. KEYS[i] .. ', a ' .. t)
     end
   end
 end

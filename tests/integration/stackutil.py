@@ -198,7 +198,7 @@ def _kill_tree(proc: subprocess.Popen[str]) -> None:
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            pass
+            continue  # already gone
     proc.kill()
     proc.wait()
 

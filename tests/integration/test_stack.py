@@ -132,7 +132,7 @@ class _Lines:
         return len(s)
 
     def flush(self) -> None:
-        pass
+        """Nothing is buffered."""
 
     def wait_for(self, needle: str, timeout_s: float) -> bool:
         with self._cond:
@@ -143,7 +143,7 @@ class _Lines:
 _STUBBORN = """
 import os, signal, subprocess, sys
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # sleep-ok: a process to kill
 print("grandchild", child.pid, flush=True)
 signal.pause()
 """
