@@ -110,6 +110,24 @@ async def _candidates(r: aioredis.Redis, event: dict[str, Any]) -> tuple[dict[st
     return found, kind == "CallDisconnected"
 
 
+async def _canceled_adds(r: aioredis.Redis, event: dict[str, Any]) -> list[str]:
+    """Pending adds whose invitation this CancelAddParticipantSucceeded withdrew (ACS sends them nothing)."""
+    data = event.get("data") or {}
+    cc, invitation = data.get("callConnectionId"), data.get("invitationId")
+    if short_type(event) != "CancelAddParticipantSucceeded" or not cc or not invitation:
+        return []
+    ids = await r.lrange(keys.call_commands_key(cc), 0, -1)
+    pipe = r.pipeline(transaction=False)
+    for cid in ids:
+        pipe.hmget(keys.command_key(cid), "type", "status", "result")
+    found = []
+    for cid, (type_, status, result) in zip(ids, await pipe.execute(), strict=True):
+        if type_ == "add_participant" and status not in ledger.TERMINAL and result and \
+                json.loads(result).get("invitation_id") == invitation:
+            found.append(cid)
+    return found
+
+
 def _late(event: dict[str, Any]) -> str:
     return json.dumps({"type": short_type(event), "id": event.get("id"), "time": event.get("time"),
                        "result_information": (event.get("data") or {}).get("resultInformation")})
@@ -164,6 +182,13 @@ async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s
             planned.append(cid)
             if not resolves_all:
                 break  # one event answers one command: the one it names, else the oldest that fits
+        for cid in await _canceled_adds(r, event):
+            error = {"code": "invitation_canceled", "message": "The invitation was canceled before it was answered."}
+            pipe.eval(ledger.TRANSITION_LUA, 1, keys.command_key(cid), *ledger.transition_args(
+                "failed", {"error": error, "resolved_by": {"type": short_type(event), "id": event_id}}))
+            planned.append(cid)
+            found.setdefault(cid, {"type": "add_participant", "status": "waiting", "client": "",
+                                   "call_connection_id": cc})
         pending = {cid: c for cid, c in found.items() if c["status"] not in ledger.TERMINAL}
         updates = _call_updates(event, pending)
         if updates and cc != "unknown":

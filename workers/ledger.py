@@ -76,22 +76,26 @@ return {'applied', ARGV[1]}
 # which still holds back the next media operation: ACS allows one at a time, 400/8500), or past its
 # outcome deadline (a lost event must not stall a call). Reading command hashes that are not in KEYS is
 # fine on a single Redis (not on Cluster, which callq does not support).
-# ARGV of both scripts ends with: key prefix of command hashes, now ms, non-blocking types csv, media types csv.
+# Interrupts (hang up, cancel an invitation, cancel media) wait for earlier commands to be sent, never for
+# their outcomes: they exist to cut those short.
+# ARGV of both scripts ends with: key prefix of command hashes, now ms, and the non-blocking, media and
+# interrupt types as csv.
 _BLOCKS = """
-local prefix, now, nonblocking, media = ARGV[#ARGV - 3], tonumber(ARGV[#ARGV - 2]), ARGV[#ARGV - 1], ARGV[#ARGV]
+local prefix, now = ARGV[#ARGV - 4], tonumber(ARGV[#ARGV - 3])
+local nonblocking, media, interrupts = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
 local function listed(csv, t) return string.find(',' .. csv .. ',', ',' .. t .. ',', 1, true) ~= nil end
 -- Does the earlier command `id` keep a command of type `t` from being sent now?
 local function blocks(id, t)
   local st = redis.call('HMGET', prefix .. id, 'status', 'type', 'wait_deadline')
   if st[1] == 'queued' or st[1] == 'running' then return true end
-  if st[1] ~= 'waiting' or tonumber(st[3] or '0') <= now then return false end
+  if st[1] ~= 'waiting' or tonumber(st[3] or '0') <= now or listed(interrupts, t) then return false end
   if not listed(nonblocking, st[2]) then return true end
   return listed(media, st[2]) and listed(media, t)
 end
 """
 
 # KEYS: command hash, call's command list ("" = no call yet, e.g. connect).
-# ARGV: lease ms, now iso, command id, command type, then the four common ones.
+# ARGV: lease ms, now iso, command id, command type, then the common ones.
 CLAIM_LUA = _BLOCKS + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'lease_until')
 if not st[1] then return {'missing', ''} end
@@ -112,7 +116,7 @@ return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1))}
 """
 
 # The call's first unsent command, if it parked waiting for its turn and nothing before it holds it back
-# any more: unparks it and returns {id, type}.  KEYS: call's command list.  ARGV: the four common ones.
+# any more: unparks it and returns {id, type}.  KEYS: call's command list.  ARGV: the common ones.
 KICK_LUA = _BLOCKS + """
 local before = {}
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do

@@ -305,15 +305,16 @@ _OPS = (
     Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True),
 )
 OPERATIONS: dict[str, Operation] = {op.type: op for op in _OPS}
-# Passed to the ordering scripts: types whose sending alone lets the call's next command go, and the
-# media types of which ACS runs one at a time.
+# Passed to the ordering scripts: types whose sending alone lets the call's next command go, the media
+# types of which ACS runs one at a time, and the interrupts that never wait for an earlier outcome.
 NON_BLOCKING_TYPES = ",".join(op.type for op in _OPS if not op.blocks_until_resolved)
 MEDIA_TYPES = "play,recognize"
+INTERRUPT_TYPES = "hang_up,cancel_add_participant,cancel_media"
 
 
 def lane_args(now_ms: int) -> list[str | int]:
     """The trailing arguments both ordering scripts take."""
-    return [COMMAND_PREFIX, now_ms, NON_BLOCKING_TYPES, MEDIA_TYPES]
+    return [COMMAND_PREFIX, now_ms, NON_BLOCKING_TYPES, MEDIA_TYPES, INTERRUPT_TYPES]
 
 
 def is_repeatable(cmd: Record) -> bool:
