@@ -112,7 +112,8 @@ if KEYS[2] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(now + tonumber(ARGV[1])),
            'updated_at', ARGV[2], 'parked', '')
-return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1))}
+-- Third: the status before this claim; 'running' means an earlier attempt died while sending.
+return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), st[1]}
 """
 
 # The call's first unsent command, if it parked waiting for its turn and nothing before it holds it back

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import redis
 from azure.communication.callautomation import CallAutomationClient
 
-from workers import correlation, keys, ledger
+from workers import correlation, keys, ledger, logs, metrics
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.errors import AcsError
 from workers.operations import OPERATIONS, Record, Sent, is_repeatable, lane_args, outcome_timeout_s
@@ -93,6 +93,8 @@ class Runtime:
     def _transition(self, command_id: str, to: str, fields: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> str:
         args = ledger.transition_args(to, {**fields, "lease_until": 0}, only_from=only_from)
         outcome, status = self.redis.eval(ledger.TRANSITION_LUA, 1, keys.command_key(command_id), *args)
+        if outcome == "applied" and to in ledger.TERMINAL:
+            metrics.finished(self.redis, command_id)  # counted once: only one transition to terminal applies
         return status if outcome != "applied" else to
 
     def run(self, command_id: str) -> str:
@@ -113,6 +115,7 @@ class Runtime:
             return "missing", ""
         cmd = _parse(record)
         lane = cmd.get("call_connection_id") or ""
+        logs.bind(command_id=command_id, call_connection_id=lane)  # a drain runs several commands in one task
         claim = self.redis.eval(ledger.CLAIM_LUA, 2, keys.command_key(command_id),
                                 keys.call_commands_key(lane) if lane else "", self.lease_ms, ledger.now_iso(),
                                 command_id, cmd["type"], *lane_args(int(time.time() * 1000)))
@@ -122,6 +125,11 @@ class Runtime:
             raise RetryLater(min(PARK_RECHECK_CAP_S, 2.0 ** int(claim[1])))
         if claim[0] != "claimed":  # leased by another worker, or gone
             return "running" if claim[0] == "leased" else "missing", ""
+        if claim[2] == "running" and not is_repeatable(cmd):
+            # The last attempt died mid-send (worker killed): ACS may have acted, and this request would
+            # not be deduplicated. Ask ACS before sending again; if it cannot tell, say so.
+            crashed = AcsError("the previous attempt stopped while sending", retryable=True)
+            return self._failed(cmd, crashed, int(claim[1])), lane
         return self._send(cmd, attempt=int(claim[1])), lane
 
     def _drain(self, lane: str) -> None:
@@ -161,8 +169,10 @@ class Runtime:
                 sent = op.send(self.client, cmd, self.settings)
         except RateLimited as limited:
             # Never reached ACS: not an attempt. The slot is freed while the budget refills.
-            self.redis.hset(keys.command_key(cmd["id"]), mapping={"lease_until": 0, "throttled": limited.message})
+            # Back to queued (not sent), so a later claim does not take this for a crash mid-send.
+            self._transition(cmd["id"], "queued", {"throttled": limited.message}, only_from=("running",))
             self.redis.hincrby(keys.command_key(cmd["id"]), "attempts", -1)
+            metrics.throttled(cmd)
             raise RetryLater(limited.retry_after_s) from None
         except Exception as exc:
             return self._failed(cmd, to_acs_error(exc), attempt)
@@ -184,6 +194,7 @@ class Runtime:
     def _accepted(self, cmd: Record, sent: Sent) -> str:
         cid = cmd["id"]
         fields: dict[str, Any] = {"sent_at": ledger.now_iso(), "last_error": "", "throttled": ""}
+        metrics.sent(cmd, fields["sent_at"])
         if sent.call_connection_id:
             fields["call_connection_id"] = sent.call_connection_id
             self._remember_call(cmd, sent.call_connection_id)
@@ -201,6 +212,7 @@ class Runtime:
         if sent.recording_id and status == "waiting":
             status = self._catch_up_recording(cid, sent.recording_id)
         if status == "waiting":
+            metrics.track_waiting(self.redis, cid, int(fields["wait_deadline"]))
             self.scheduler.check(cid, timeout_s)
         return status
 
@@ -303,7 +315,8 @@ class Runtime:
         if should_retry(err, repeatable=repeatable, attempt=attempt, max_attempts=self.settings.max_attempts):
             delay = retry_delay_s(err, attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_cap_s,
                                   rng=self.rng)
-            self.redis.hset(keys.command_key(cmd["id"]), mapping={"last_error": json.dumps(error), "lease_until": 0})
+            self._transition(cmd["id"], "queued", {"last_error": error}, only_from=("running",))
+            metrics.retrying(cmd, error["code"])
             log.info("command %s attempt %d failed (%s); retrying in %.2fs", cmd["id"], attempt, err.message, delay,
                      extra={"command_id": cmd["id"], "attempt": attempt})
             raise RetryLater(delay)
