@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -105,9 +107,16 @@ class AcsConnection:
         self.writer.close()
 
 
-async def _start_simulator(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CALLQ_ACS_ACCESS_KEY": KEY, "CALLQ_SIM_HOST": HOST, "CALLQ_SIM_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "simulator"], cwd=ROOT, env=env)
+Spawn = Callable[[list[str], dict[str, str]], "subprocess.Popen[bytes]"]
+
+
+def _popen(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
+
+
+async def _start_simulator(port: int, spawn: Spawn = _popen) -> subprocess.Popen[bytes]:
+    env = {"CALLQ_ACS_ACCESS_KEY": KEY, "CALLQ_SIM_HOST": HOST, "CALLQ_SIM_PORT": str(port)}
+    proc = spawn([sys.executable, "-m", "simulator"], env)
     deadline = time.monotonic() + 20
     async with httpx.AsyncClient(trust_env=False) as client:
         while time.monotonic() < deadline:
@@ -170,6 +179,7 @@ async def _worker(port: int, call_ids: list[str], index: int, budget: list[int],
         rounds += 1
         budget[0] -= 1
         base = f"/calling/callConnections/{cc}"
+        request: tuple[str, str, dict[str, Any] | None]
         if step == 0:
             request = ("POST", f"{base}:sendDtmfTones", {"tones": ["one", "two"], "targetParticipant": target})
         elif step == 1:
@@ -184,41 +194,91 @@ async def _worker(port: int, call_ids: list[str], index: int, budget: list[int],
     conn.close()
 
 
-async def main(args: argparse.Namespace) -> None:
+@dataclass
+class Capacity:
+    """What one run measured (``measure``); ``report`` prints it as the CLI always has."""
+
+    concurrency: int
+    statuses: Counter[int]
+    sent_s: float
+    events: int
+    posts: int
+    drained_s: float
+    expected_events: int
+    sim_requests: int
+    sim_events_dropped: int
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.sent_s
+
+    @property
+    def callbacks_per_s(self) -> float:
+        return self.events / self.drained_s
+
+    def report(self) -> str:
+        return "\n".join([
+            f"requests:   {self.requests} in {self.sent_s:.2f} s = {self.requests_per_s:,.0f} requests/s "
+            f"({self.concurrency} connections, statuses {dict(self.statuses)})",
+            f"callbacks:  {self.events} events in {self.posts} POSTs by {self.drained_s:.2f} s = "
+            f"{self.callbacks_per_s:,.0f} callbacks/s (expected {self.expected_events}; "
+            f"{self.events / max(self.posts, 1):.1f} events per POST/JWT)",
+            f"simulator:  requests {self.sim_requests}, events dropped {self.sim_events_dropped}",
+        ])
+
+
+async def drive(port: int, call_ids: list[str], *, requests: int, concurrency: int,
+                max_seconds: float) -> tuple[Counter[int], int, float]:
+    """Send the request mix to whatever ACS endpoint listens on ``port``: (statuses, requests with events, s)."""
+    statuses: Counter[int] = Counter()
+    with_events, budget = [0], [requests]
+    started = time.monotonic()
+    await asyncio.gather(*(
+        _worker(port, call_ids, i, budget, started + max_seconds, statuses, with_events)
+        for i in range(concurrency)))
+    return statuses, with_events[0], time.monotonic() - started
+
+
+async def measure(*, requests: int = 20_000, concurrency: int = 32, calls: int = 32, per_call_urls: bool = False,
+                  max_seconds: float = 30.0, spawn: Spawn = _popen) -> Capacity:
+    """Start the simulator (via ``spawn``) and a callback sink, drive the mix, stop both; what was measured."""
     port = _free_port()
     sink_server = await asyncio.get_running_loop().create_server(Sink, HOST, 0)
     sink_url = f"http://{HOST}:{sink_server.sockets[0].getsockname()[1]}/callbacks"
-    proc = await _start_simulator(port)
     try:
-        async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", trust_env=False) as admin:
-            call_ids = await _setup_calls(admin, port, sink_url, args.calls, args.per_call_urls)
-            before = (await admin.get("/_sim/stats")).json()
-            events_before, posts_before = Sink.events, Sink.posts
-            statuses: Counter[int] = Counter()
-            with_events, budget = [0], [args.requests]
-            started = time.monotonic()
-            await asyncio.gather(*(
-                _worker(port, call_ids, i, budget, started + args.max_seconds, statuses, with_events)
-                for i in range(args.concurrency)))
-            sent_s = time.monotonic() - started
-            expected = events_before + with_events[0]
-            drain_deadline = time.monotonic() + 15
-            while Sink.events < expected and time.monotonic() < drain_deadline:
-                await asyncio.sleep(0.01)  # polling the sink's counter until the deadline
-            drained_s = time.monotonic() - started
-            after = (await admin.get("/_sim/stats")).json()
+        proc = await _start_simulator(port, spawn)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", trust_env=False) as admin:
+                call_ids = await _setup_calls(admin, port, sink_url, calls, per_call_urls)
+                before = (await admin.get("/_sim/stats")).json()
+                events_before, posts_before = Sink.events, Sink.posts
+                started = time.monotonic()
+                statuses, with_events, sent_s = await drive(port, call_ids, requests=requests,
+                                                            concurrency=concurrency, max_seconds=max_seconds)
+                expected = events_before + with_events
+                drain_deadline = time.monotonic() + 15
+                while Sink.events < expected and time.monotonic() < drain_deadline:
+                    await asyncio.sleep(0.01)  # polling the sink's counter until the deadline
+                drained_s = time.monotonic() - started
+                after = (await admin.get("/_sim/stats")).json()
+        finally:
+            proc.terminate()
+            proc.wait(10)
     finally:
-        proc.terminate()
-        proc.wait(10)
         sink_server.close()
-    requests = sum(statuses.values())
-    events, posts = Sink.events - events_before, Sink.posts - posts_before
-    print(f"requests:   {requests} in {sent_s:.2f} s = {requests / sent_s:,.0f} requests/s "
-          f"({args.concurrency} connections, statuses {dict(statuses)})")
-    print(f"callbacks:  {events} events in {posts} POSTs by {drained_s:.2f} s = {events / drained_s:,.0f} callbacks/s "
-          f"(expected {with_events[0]}; {events / max(posts, 1):.1f} events per POST/JWT)")
-    print(f"simulator:  requests {after['requests'] - before['requests']}, "
-          f"events dropped {after['events_dropped'] - before['events_dropped']}")
+    return Capacity(concurrency, statuses, sent_s, Sink.events - events_before, Sink.posts - posts_before, drained_s,
+                    with_events, after["requests"] - before["requests"],
+                    after["events_dropped"] - before["events_dropped"])
+
+
+async def main(args: argparse.Namespace) -> None:
+    capacity = await measure(requests=args.requests, concurrency=args.concurrency, calls=args.calls,
+                             per_call_urls=args.per_call_urls, max_seconds=args.max_seconds)
+    print(capacity.report())
 
 
 def _args() -> argparse.Namespace:
@@ -236,5 +296,5 @@ if __name__ == "__main__":
     try:  # the simulator runs on uvloop via uvicorn; give the load generator the same footing
         from uvloop import run
     except ImportError:
-        from asyncio import run
+        from asyncio import run  # type: ignore[assignment]
     run(main(_args()))

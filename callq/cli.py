@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from callq import _components, stack
@@ -59,6 +60,16 @@ def _flower(settings: Settings, args: argparse.Namespace) -> int:
     return _exec(_components.flower(settings, sys.executable))
 
 
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    # bench/ is not an installed package: import it from the checkout, like the children the suite starts.
+    root = str(stack.project_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import suite  # heavy (matplotlib, the SDK) and only this subcommand needs it
+
+    return suite.run_from_args(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callq", description="Exactly-once in-call commands for ACS Call Automation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,7 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     ]
     for name, help_text, run in commands:
         sub.add_parser(name, help=help_text).set_defaults(run=run)
+    bench = sub.add_parser("bench", help="run the benchmark suite; writes bench/results.md, .json and latency.png")
+    _bench_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options, declared here so parsing needs no import of it (it checks the names itself)."""
+    parser.add_argument("--quick", action="store_true", help="small samples: the whole suite in under a minute")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                        help="run only these scenarios (accept, overhead, e2e, rate, ingest, pending, simulator)")
+    parser.add_argument("--out", type=Path, default=stack.project_root() / "bench",
+                        help="where results.md, results.json and latency.png go (default: bench/)")
+    parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is here")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
