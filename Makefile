@@ -24,12 +24,12 @@ define apt_install
 	fi
 endef
 
-.PHONY: up test lint bench clean setup redis-server docker-compose
+.PHONY: up test lint bench clean setup redis-server docker-compose chromium
 
 up: setup
 	$(VENV)/bin/callq up --demo
 
-test: setup docker-compose
+test: setup docker-compose chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
@@ -55,6 +55,10 @@ redis-server:
 # Only the compose-file test needs it (`docker-compose config` validates without a Docker engine).
 docker-compose:
 	@command -v docker-compose >/dev/null || { $(call apt_install,docker-compose,--no-install-recommends); }
+
+# The operator-page test drives Debian's Chromium with Playwright (Playwright's own browser download cannot work here).
+chromium:
+	@command -v chromium >/dev/null || { $(call apt_install,chromium,); }
 
 clean:
 	rm -rf .callq .pytest_cache .ruff_cache build *.egg-info

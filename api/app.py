@@ -9,24 +9,29 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import redis
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from api import openapi
 from api.auth import ApiKeys
 from api.callbacks import AcsTokenVerifier, acs_events
+from api.metrics import RequestMetrics, flushing, metrics_routes, record_error
 from api.notify import Notifier
 from api.reads import read_routes
 from api.routes import command_routes
+from api.schedules import schedule_routes
+from api.ui import ui_routes
 from tasks.app import create_celery
-from workers import ledger
+from workers import ledger, logs
 from workers.acs import create_client
 from workers.errors import (
     AcsError,
@@ -38,6 +43,7 @@ from workers.errors import (
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     InvalidCommand,
+    ScheduleNotFound,
     Unauthorized,
 )
 from workers.ratelimit import RateLimited, RateLimiter
@@ -53,15 +59,17 @@ STATUS: dict[type[CallqError], int] = {
     RateLimited: 429,
     InvalidCommand: 422,
     CommandNotFound: 404,
+    ScheduleNotFound: 404,
     CallEnded: 409,
 }
 # Some validation codes are about the envelope rather than the content.
 CODE_STATUS = {"invalid_json": 400, "body_too_large": 413, "unsupported_media_type": 415, "invalid_event": 400}
 
 
-def _error(status: int, code: str, message: str, details: list[dict[str, object]] | None = None) -> JSONResponse:
+def _error(status: int, code: str, message: str, details: list[dict[str, object]] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or []}}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -74,6 +82,7 @@ def _acs_status(exc: AcsError) -> int:
 
 async def callq_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CallqError)
+    record_error(request, exc)
     if isinstance(exc, AcsError):
         return _error(_acs_status(exc), "acs_error", exc.message,
                       [{"acs_status": exc.status, "acs_code": exc.acs_code, "acs_subcode": exc.acs_subcode}])
@@ -86,7 +95,7 @@ async def callq_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, code, str(exc.detail))
+    return _error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))  # e.g. 405's Allow
 
 
 async def redis_down(request: Request, exc: Exception) -> Response:
@@ -102,6 +111,7 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    logs.setup(settings, process="api")
     if not settings.api_keys:
         raise ConfigError("CALLQ_API_KEYS is empty: set name:key pairs (callq up generates a dev key)")
     app.state.redis = app.state.redis_override or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -117,7 +127,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.notifier = Notifier(app.state.redis)
     await app.state.notifier.start()
     try:
-        yield
+        async with flushing(app.state.redis):
+            yield
     finally:
         await app.state.notifier.stop()
         await app.state.http.aclose()
@@ -126,22 +137,50 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.sync_redis.close()
 
 
+def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """One Route per path, dispatching on the method, so a 405 names every allowed method (RFC 9110 Allow)."""
+    by_path: dict[str, list[Route]] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            by_path.setdefault(route.path, []).append(route)
+    merged: list[BaseRoute] = []
+    for route in routes:
+        same = by_path.get(route.path, []) if isinstance(route, Route) else []
+        if len(same) <= 1:
+            merged.append(route)
+        elif route is same[0]:
+            table = {m: r.endpoint for r in same for m in (r.methods or ()) if m != "HEAD"}
+
+            async def dispatch(request: Request, table: dict[str, Any] = table) -> Response:
+                return await table[request.method](request)  # type: ignore[no-any-return]
+
+            merged.append(Route(route.path, dispatch, methods=list(table), name=route.name))
+    return merged
+
+
 def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:
     """Build the API; ``redis`` lets tests hand in a (fake) client instead of one from settings."""
     routes = [
+        *command_routes,  # before reads: `participants/remove` must not be taken for `participants/{raw_id}`
         *read_routes,
-        *command_routes,
+        *schedule_routes,
         Route("/v1/acs/events", acs_events, methods=["POST"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"], include_in_schema=False),
         Route("/docs", openapi.docs, methods=["GET"], include_in_schema=False),
+        *metrics_routes,
+        *ui_routes,
     ]
     app = Starlette(
-        routes=routes,
+        routes=_merged(routes),
         lifespan=lifespan,
+        middleware=[Middleware(RequestMetrics)],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,
                             Exception: internal_error},
     )
-    app.state.settings = settings or Settings.from_env()
+    if settings is None:  # served by `uvicorn --factory`: log in callq's format from uvicorn's first line on
+        settings = Settings.from_env()
+        logs.setup(settings, process="api")
+    app.state.settings = settings
     app.state.redis_override = redis
     return app

@@ -19,6 +19,7 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.metrics import callbacks_ingested
 from tasks.app import task_name
 from tasks.publish import task_message
 from workers import correlation, keys, ledger
@@ -108,6 +109,7 @@ async def acs_events(request: Request) -> Response:
     await state.verifier.verify(token.strip())
     report = await correlation.ingest(state.redis, events, dedup_ttl_s=settings.event_dedup_ttl_s,
                                       ttl_s=settings.command_ttl_s, retention_s=settings.event_retention_s)
+    await callbacks_ingested(state.redis, report)  # outcomes, latency, duplicates for /metrics
     for lane in report.lanes:
         await _kick(request, lane)
     return JSONResponse({"stored": report.stored, "duplicates": report.duplicates})

@@ -11,7 +11,10 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from api import schedules
+from api.auth import IDEMPOTENCY_KEY
 from api.routes import COMMANDS
+from api.schedule_schemas import ScheduleBody
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _COMMAND = {"$ref": "#/components/schemas/Command"}
@@ -47,9 +50,13 @@ _READS = [
 ]
 
 
+_PATH_SCHEMAS = {"room_id": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"\S"}}
+
+
 def _params(path: str, *extra: dict[str, Any]) -> list[dict[str, Any]]:
     names = re.findall(r"{(\w+)}", path)
-    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names] + list(extra)
+    return [{"name": n, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(n, {"type": "string"})}
+            for n in names] + list(extra)
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -61,8 +68,8 @@ def document() -> dict[str, Any]:
     _, defs = models_json_schema([(spec.body, "validation") for spec in COMMANDS],
                                  ref_template="#/components/schemas/{model}")
     schemas = {**defs.get("$defs", {}), "Command": _COMMAND_SCHEMA, "Error": _ERROR_SCHEMA}
-    idem = {"name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string",
-                                                                                   "maxLength": 257}}
+    idem = {"name": "Idempotency-Key", "in": "header", "required": True,
+            "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern}}
     paths: dict[str, Any] = {}
     types = [spec.type for spec in COMMANDS]
     for spec in COMMANDS:
@@ -83,6 +90,9 @@ def document() -> dict[str, Any]:
             "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": schema}}},
                           **_errors(400, 401, 404, 422, 502)},
         }
+    paths.update(schedules.openapi_paths(idem, _errors))
+    _, schedule_defs = models_json_schema([(ScheduleBody, "validation")], ref_template="#/components/schemas/{model}")
+    schemas.update(schedule_defs.get("$defs", {}))
     return {
         "openapi": "3.1.0",
         "info": {"title": "callq", "version": "1",

@@ -6,9 +6,7 @@ idempotency key, creates the command and enqueues its task in one Lua script: al
 
 from __future__ import annotations
 
-import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +19,7 @@ from api import schemas
 from api.auth import idempotency_key
 from tasks.app import task_name
 from tasks.publish import task_message
-from workers import keys, ledger
+from workers import commands, keys
 from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand
 
 MAX_BODY_BYTES = 16_384
@@ -152,6 +150,13 @@ async def _target(request: Request, spec: CommandSpec, client: str) -> dict[str,
     return target
 
 
+def message_for(request: Request) -> commands.MessageFor:
+    """Builds a command's Celery message (task id = command id) with this app's Celery settings."""
+    state = request.app.state
+    return lambda type_, command_id: task_message(state.celery, task_name(type_), command_id, [command_id],
+                                                  queue=state.settings.queue)
+
+
 async def _accept(request: Request, spec: CommandSpec) -> Response:
     """Record the key, create the command and enqueue its task: atomically, exactly once per key."""
     state = request.app.state
@@ -161,28 +166,18 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
     target = await _target(request, spec, client)
     params = {**body.params(), **{k: v for k, v in target.items() if k in ("room_id", "server_call_id")}}
     _check_media(request, params)
-    fingerprint = hashlib.sha256(json.dumps({"route": f"{request.method} {request.url.path}", "body": params},
-                                            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    command_id = f"cmd_{uuid.uuid4().hex}"
-    record = ledger.new_command(command_id=command_id, client=client, type_=spec.type, params=params,
-                                idempotency_key=idem, call_connection_id=target.get("call_connection_id", ""),
-                                room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
-    response = json.dumps(ledger.render({k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}))
-    message = task_message(state.celery, task_name(spec.type), command_id, [command_id], queue=state.settings.queue)
-    cc, rid = target.get("call_connection_id"), target.get("recording_id")
-    outcome, found_id, found_fp, found_response = await state.accept_script(
-        keys=[keys.idempotency_key(client, idem), keys.command_key(command_id), keys.queue_key(state.settings.queue),
-              keys.call_commands_key(cc) if cc else "", keys.recording_commands_key(rid) if rid else ""],
-        args=[fingerprint, command_id, state.settings.idempotency_ttl_s, state.settings.command_ttl_s, message,
-              response, *ledger.flatten(record)],
-    )
-    headers = {"Location": f"/v1/commands/{found_id}"}
-    if outcome == "replay":
-        if found_fp != fingerprint:
+    prepared = commands.prepare(
+        state.settings, message_for(request), client=client, type_=spec.type, params=params, idempotency_key=idem,
+        route=f"{request.method} {request.url.path}", call_connection_id=target.get("call_connection_id", ""),
+        room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
+    found = commands.accepted(await state.accept_script(keys=prepared.keys, args=prepared.args))
+    headers = {"Location": f"/v1/commands/{found.command_id}"}
+    if found.replayed:
+        if found.fingerprint != prepared.fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request; "
                                        "use a new key for a new request.")
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(json.loads(found_response), status_code=202, headers=headers)
+    return JSONResponse(found.response, status_code=202, headers=headers)
 
 
 def _endpoint(spec: CommandSpec):  # type: ignore[no-untyped-def]

@@ -29,6 +29,11 @@ def ready_table(
         rows.append(("redis", redact_url(settings.redis_url), "external (CALLQ_REDIS_URL)"))
     for c in components:
         rows.append((c.name, c.url or "-", "; ".join(n for n in (c.note, notes.get(c.name, "")) if n)))
+    up = len(rows) - 1
+    api_url = next((c.url for c in components if c.name == "api"), "")
+    if api_url:  # served by the API, not processes of their own
+        rows.append(("ui", f"{api_url}/ui", "operator page: log in with the API key"))
+        rows.append(("metrics", f"{api_url}/metrics", "Prometheus: Bearer API key (or CALLQ_METRICS_TOKEN)"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     lines = [rule]
@@ -38,4 +43,4 @@ def ready_table(
             lines.append(rule)
     lines.append(rule)
     footer = f"credentials: {data_dir / CREDENTIALS_FILE} (mode 0600) · Ctrl-C stops everything"
-    return "\n".join([f"{banner} — {len(rows) - 1} components up", *lines, footer])
+    return "\n".join([f"{banner} — {up} components up", *lines, footer])

@@ -7,12 +7,14 @@ its participants start the call (on real ACS, people joining the room do that).
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import httpx
+import redis
 
 from workers.settings import Settings
 
@@ -20,6 +22,9 @@ TEACHER = "8:acs:demo-teacher"
 STUDENT = "8:acs:demo-student"
 PARENT_PHONE = "+14255550123"   # dialled into the class; the simulator answers it
 CALLER_ID = "+18005550199"      # the ACS number callq dials from
+SCHEDULE_LEAD_S = 6             # > beat's 5 s loop: the new entry is seen before it is due
+SCHEDULE_WAIT_S = 30            # how long the demo waits for its run to end
+BEAT_LOCK_KEY = "callq:redbeat:lock"  # held (and renewed every few seconds) by the running beat
 
 
 class DemoError(Exception):
@@ -76,7 +81,7 @@ class Demo:
         self._print_step(len(self.steps), step)
         return done
 
-    def _print_step(self, n: int, step: Step) -> None:
+    def _print_step(self, n: int | str, step: Step) -> None:
         cmd = step.command
         resolved = (cmd.get("resolved_by") or {}).get("type") or (cmd.get("error") or {}).get("code") or "-"
         latency = f"{step.latency_ms:.0f} ms" if step.latency_ms is not None else "-"
@@ -112,7 +117,60 @@ class Demo:
         self.command(f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
         ok = sum(1 for s in self.steps if s.command["status"] == "succeeded")
         print(f"demo: {ok} of {len(self.steps)} commands succeeded", file=self.out)
-        return 0 if ok == len(self.steps) else 1
+        scheduled_ok = self.scheduled_recording()
+        return 0 if ok == len(self.steps) and scheduled_ok else 1
+
+    def scheduled_recording(self) -> bool:
+        """A one-off recording scheduled a few seconds ahead on a second room; beat and the worker run it.
+
+        Its rows are numbered s1, s2, … after the seed scenario's summary, which keeps its ten rows and count.
+        """
+        if not _beat_running(self.settings):
+            print("scheduled recording: skipped, no beat is running (start one with `callq beat`)", file=self.out)
+            return True
+        room_id = self.start_room_call()
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=SCHEDULE_LEAD_S)
+        body = {"room_id": room_id, "start_at": start.isoformat().replace("+00:00", "Z"), "duration": "PT3S",
+                "pause_windows": [{"offset": "PT1S", "duration": "PT1S"}]}
+        schedule = self._check(self.api.post("/v1/recording-schedules", json=body,
+                                             headers={"Idempotency-Key": str(uuid.uuid4())}), "creating a schedule")
+        print(f"scheduled recording {schedule['id']}: room {room_id} at {schedule['next_run_at']} for "
+              f"{schedule['duration']}, paused {body['pause_windows'][0]['offset']} in for "
+              f"{body['pause_windows'][0]['duration']}", file=self.out)
+        run = self._finished_run(schedule["id"])
+        steps = [Step(self._check(self.api.get(f"/v1/commands/{issued['id']}", params={"wait": 30}),
+                                  f"waiting for {issued['id']}")) for issued in run["commands"]]
+        for n, step in enumerate(steps, 1):
+            self._print_step(f"s{n}", step)
+        ok = sum(1 for s in steps if s.command["status"] == "succeeded")
+        print(f"scheduled: {ok} of {len(steps)} commands succeeded; run at {run['planned_at']}: {run['state']}",
+              file=self.out)
+        if run["state"] != "completed":
+            raise DemoError(f"the scheduled recording ended {run['state']}: {run.get('error')}")
+        if run.get("call_connection_id"):  # callq joined the second room only to record it: leave
+            self.api.post(f"/v1/calls/{run['call_connection_id']}/hang-up", json={"for_everyone": True},
+                          headers={"Idempotency-Key": str(uuid.uuid4())})
+        return ok == len(steps)
+
+    def _finished_run(self, schedule_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + SCHEDULE_LEAD_S + SCHEDULE_WAIT_S
+        while time.monotonic() < deadline:
+            runs = self._check(self.api.get(f"/v1/recording-schedules/{schedule_id}/runs"), "reading runs")["items"]
+            if runs and runs[0]["state"] in ("completed", "completed_early", "missed", "failed", "cancelled"):
+                return dict(runs[0])
+            time.sleep(0.25)  # a demo polling a public API, not a test
+        raise DemoError(f"schedule {schedule_id} did not run within {SCHEDULE_WAIT_S} s of its time")
+
+
+def _beat_running(settings: Settings) -> bool:
+    """Whether a beat holds redbeat's lock (it renews it every few seconds, so a dead beat's lapses)."""
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+    try:
+        return bool(client.exists(BEAT_LOCK_KEY))
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def run(settings: Settings, *, api_key: str, out: TextIO | None = None) -> int:

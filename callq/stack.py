@@ -157,6 +157,7 @@ def _child_env(base: Mapping[str, str], settings: Settings) -> dict[str, str]:
     env.update(_credentials.credential_env(settings))
     env["CALLQ_REDIS_URL"] = settings.redis_url
     env["CALLQ_DATA_DIR"] = settings.data_dir
+    env["CALLQ_LOG_FORMAT"] = settings.log_format  # text (for people) unless the operator asked for json
     env["PYTHONUNBUFFERED"] = "1"  # children write to a pipe; without this their log lines arrive in 8 KiB bursts
     return env
 

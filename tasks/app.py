@@ -8,7 +8,10 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
+from tasks import observe  # noqa: F401  (connects the logging and metrics signal handlers)
 from workers.settings import Settings
+
+SWEEP_EVERY_S = 15.0
 
 
 def task_name(command_type: str) -> str:
@@ -18,7 +21,7 @@ def task_name(command_type: str) -> str:
 
 def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings (tests build their own)."""
-    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls"])
+    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules"])
     exchange = Exchange(settings.queue, type="direct")
     app.conf.update(
         task_queues=[Queue(settings.queue, exchange, routing_key=settings.queue)],
@@ -45,9 +48,20 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix="callq:redbeat",
-        # Beat fail-over: a standby beat takes over when the lock is not renewed for this long.
-        beat_max_loop_interval=5,
-        redbeat_lock_timeout=25,
+        # redbeat's own Redis client options (none): without this it falls back to broker_transport_options,
+        # which is deprecated and holds kombu's options, not the client's.
+        redbeat_redis_options={},
+        # Beat fail-over. Only the beat holding redbeat's lock sends anything; it renews the lock on every
+        # tick (at most beat_max_loop_interval apart) and a standby polls for it as often. When the holder
+        # dies, a standby takes over within lock timeout + one interval. 25 s (5 ticks) rides out a Redis
+        # blip or a GC pause of up to ~20 s without a false takeover, and a takeover costs little: an
+        # occurrence fires late by that much, never twice (occurrences are claimed, not trusted to the lock),
+        # and a deposed beat exits at its next tick (LockNotOwnedError). The tick is a fifth of the lock so
+        # a short test lock still allows four missed renewals.
+        beat_max_loop_interval=min(5.0, settings.beat_lock_timeout_s / 5),
+        redbeat_lock_timeout=settings.beat_lock_timeout_s,
+        # Scheduled recordings' safety net: re-sends lost wake-ups and re-books lost fires.
+        beat_schedule={":schedules-sweep": {"task": "callq.schedule_sweep", "schedule": SWEEP_EVERY_S}},
         enable_utc=True,
     )
     app.conf.callq_settings = settings

@@ -23,6 +23,7 @@ from workers.runtime import RetryLater, Runtime
 
 log = logging.getLogger("callq.tasks")
 HEARTBEAT_EVERY_S = 2.0
+SWEEP_EVERY_S = 5.0
 MAX_INTERNAL_RETRIES = 10
 RECONCILE = "callq.reconcile"
 
@@ -98,13 +99,18 @@ _stop_heartbeat = threading.Event()
 
 
 def _heartbeat(redis_url: str, name: str) -> None:
-    """Let the API's /readyz see live workers without a broadcast round trip to every worker."""
+    """Let the API's /readyz see live workers; and, one worker at a time, sweep for lost commands."""
     client = redis.Redis.from_url(redis_url)
+    runtime: Runtime | None = None
     while not _stop_heartbeat.is_set():
         try:
             client.zadd(keys.WORKERS_ZSET, {name: time.time()})
-        except redis.RedisError as exc:
-            log.warning("worker heartbeat failed: %s", exc)
+            # Whichever worker takes the lock sweeps this round; the lock outlives the round, not the worker.
+            if client.set(keys.SWEEP_LOCK, name, nx=True, px=int(SWEEP_EVERY_S * 1000)):
+                runtime = runtime or Runtime.from_settings(app.conf.callq_settings, _Scheduler(app))
+                runtime.sweep()
+        except Exception as exc:
+            log.warning("worker heartbeat or sweep failed: %s", type(exc).__name__)
         _stop_heartbeat.wait(HEARTBEAT_EVERY_S)
     client.zrem(keys.WORKERS_ZSET, name)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from workers import keys, ledger
+from workers import keys, ledger, metrics
 from workers.operations import OPERATIONS
 
 PREFIX = "Microsoft.Communication."
@@ -29,6 +29,24 @@ class IngestReport:
     duplicates: int = 0
     resolved: list[str] = field(default_factory=list)
     lanes: set[str] = field(default_factory=set)  # calls whose next command may now have its turn
+
+
+_STRING_FIELDS = ("callConnectionId", "serverCallId", "correlationId", "operationContext", "recordingId",
+                  "invitationId", "state")
+
+
+def clean(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with every field callq reads in the shape callq expects; odd-typed ones are dropped.
+
+    A signed event is still ACS's word, but its content is never trusted to be well-formed.
+    """
+    data = dict(event["data"]) if isinstance(event.get("data"), dict) else {}
+    for name in _STRING_FIELDS:
+        if name in data and not isinstance(data[name], str):
+            del data[name]
+    if not isinstance(data.get("resultInformation"), dict):
+        data.pop("resultInformation", None)
+    return {**event, "id": str(event.get("id") or ""), "type": str(event.get("type") or ""), "data": data}
 
 
 def short_type(event: dict[str, Any]) -> str:
@@ -154,13 +172,20 @@ async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s
     racing each other may both be stored in the timeline, but transitions are idempotent.
     """
     report = IngestReport()
-    for event in events:
-        event_id = str(event.get("id") or "")
+    for raw in events:
+        event = clean(raw)
+        event_id = event["id"]
         if not event_id or await r.exists(keys.event_seen_key(event_id)):
             report.duplicates += 1
             continue
-        found, resolves_all = await _candidates(r, event)
         data = event.get("data") or {}
+        if short_type(event) == "RecordingStateChanged" and data.get("recordingId"):
+            # Stored *before* looking for the recording's commands, while the worker registers a start
+            # *before* reading this: whichever runs second sees the other (runtime._catch_up_recording).
+            rec = keys.recording_key(data["recordingId"])
+            await r.hset(rec, mapping={"state": data.get("state") or "", "last_event": json.dumps(event)})
+            await r.expire(rec, ttl_s)
+        found, resolves_all = await _candidates(r, event)
         cc = data.get("callConnectionId") or "unknown"
         pipe = r.pipeline(transaction=True)
         pipe.set(keys.event_seen_key(event_id), "1", ex=dedup_ttl_s)
@@ -194,13 +219,9 @@ async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s
         if updates and cc != "unknown":
             pipe.hset(keys.call_key(cc), mapping=updates)
             pipe.expire(keys.call_key(cc), ttl_s)
-        if short_type(event) == "RecordingStateChanged" and data.get("recordingId"):
-            # Kept so a start whose HTTP response comes after this event can still be resolved by it.
-            pipe.hset(keys.recording_key(data["recordingId"]), mapping={
-                "state": data.get("state") or "", "last_event": json.dumps(event)})
-            pipe.expire(keys.recording_key(data["recordingId"]), ttl_s)
         results = await pipe.execute()
         report.stored += 1
+        metrics.event(short_type(event), data.get("callConnectionId"), data.get("operationContext"), orphan=not found)
         evals = [res for res in results if isinstance(res, list)]
         done = [cid for cid, res in zip(planned, evals, strict=True) if res[0] == "applied"]
         report.resolved += done

@@ -61,6 +61,12 @@ class CommandNotFound(CallqError):
     code = "command_not_found"
 
 
+class ScheduleNotFound(CallqError):
+    """Raised when a recording schedule id is unknown to the calling client."""
+
+    code = "schedule_not_found"
+
+
 class CallEnded(CallqError):
     """Raised when a command targets a call that has already disconnected."""
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 # Terminal commands publish their id here; API processes hold one subscription each for long-polls.
 COMMAND_DONE_CHANNEL = "callq:notify:command-done"
 WORKERS_ZSET = "callq:workers"
+# Every command that has not ended, scored by when the sweeper should next look at it (epoch ms).
+ACTIVE_ZSET = "callq:active"
+SWEEP_LOCK = "callq:sweep:lock"
 
 
 COMMAND_PREFIX = "callq:cmd:"

@@ -19,6 +19,7 @@ from typing import Any
 from workers import keys
 
 TERMINAL = frozenset({"succeeded", "failed"})
+SWEEP_GRACE_MS = 30_000  # the sweeper leaves a new command alone this long: its own message should run it
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed")
 
 # KEYS: idempotency hash, command hash, broker queue list, call's command list, recording's command list
@@ -51,6 +52,9 @@ for i = 4, 5 do
   end
 end
 redis.call('LPUSH', KEYS[3], ARGV[5])
+-- Watched by the sweeper until it ends (first look after the grace period): the record is the truth.
+local t = redis.call('TIME')
+redis.call('ZADD', '""" + keys.ACTIVE_ZSET + """', tonumber(t[1]) * 1000 + """ + str(SWEEP_GRACE_MS) + """, ARGV[2])
 return {'new', ARGV[2], ARGV[1], ARGV[6]}
 """
 
@@ -65,6 +69,7 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[3], unpack(ARGV, 5))
 if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' then
   redis.call('HSET', KEYS[1], 'resolved_at', ARGV[3])
+  redis.call('ZREM', '""" + keys.ACTIVE_ZSET + """', string.sub(KEYS[1], 11))
   redis.call('PUBLISH', ARGV[4], string.sub(KEYS[1], 11))
 end
 return {'applied', ARGV[1]}

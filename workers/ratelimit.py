@@ -17,6 +17,7 @@ import redis
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
+from workers import metrics
 from workers.errors import CallqError
 
 # KEYS: theoretical-arrival-time key, pause-until key.  ARGV: emission interval ms, burst.
@@ -87,7 +88,10 @@ class RateLimiter:
             if wait_s == 0:
                 return
             if time.monotonic() + wait_s > deadline:
+                metrics.RECORDER.inc("callq_rate_limit_deferrals")
                 raise RateLimited(wait_s)
+            metrics.RECORDER.inc("callq_rate_limit_waits")
+            metrics.RECORDER.inc("callq_rate_limit_wait_seconds", by=wait_s)
             time.sleep(wait_s)  # bounded by max_wait_s: a short, deliberate pause
 
     def pause(self, seconds: float) -> None:
@@ -106,6 +110,7 @@ class RateLimitPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
         self._limiter.acquire(self._max_wait_s)
 
     def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]
+        metrics.RECORDER.inc("callq_acs_responses", str(response.http_response.status_code))
         if response.http_response.status_code == 429:
             raw = response.http_response.headers.get("Retry-After", "1")
             try:

@@ -38,6 +38,8 @@ from workers.settings import Settings
 log = logging.getLogger("callq.runtime")
 PARK_RECHECK_CAP_S = 30.0  # safety net: a parked command looks again even if its kick were lost
 CHAIN_MAX = 50  # commands of one call a slot runs back to back before handing the call to another slot
+SWEEP_BATCH = 500
+SWEEP_AGAIN_MS = 30_000  # a command the sweeper re-published is looked at again after this long
 
 
 class Scheduler(Protocol):
@@ -153,6 +155,37 @@ class Runtime:
         nxt = self.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), *lane_args(int(time.time() * 1000)))
         return (nxt[0], nxt[1]) if nxt else None
 
+    def sweep(self) -> int:
+        """Revive commands nobody is working on; returns how many were re-published or reconciled.
+
+        The safety net under every message-based step: if a task message was lost (Redis restarted while
+        a retry was being published, a kick failed), the command record still says what is owed. An
+        unsent command whose lease has expired gets its task again; a waiting one past its deadline is
+        reconciled. Duplicates are harmless: the claim admits one sender, and reconcile acts only once.
+        """
+        now_ms = int(time.time() * 1000)
+        due = self.redis.zrangebyscore(keys.ACTIVE_ZSET, "-inf", now_ms, start=0, num=SWEEP_BATCH)
+        revived = 0
+        for cid in due:
+            status, type_, lease, deadline = self.redis.hmget(keys.command_key(cid), "status", "type",
+                                                              "lease_until", "wait_deadline")
+            if status is None or status in ledger.TERMINAL:
+                self.redis.zrem(keys.ACTIVE_ZSET, cid)
+                continue
+            again = now_ms + SWEEP_AGAIN_MS
+            if status in ("queued", "running") and int(lease or 0) < now_ms:
+                self.scheduler.command(type_, cid)
+                revived += 1
+            elif status == "waiting" and int(deadline or 0) + SWEEP_AGAIN_MS < now_ms:
+                self.scheduler.check(cid, 0)
+                revived += 1
+            elif status == "waiting":
+                again = int(deadline or 0) + SWEEP_AGAIN_MS
+            self.redis.zadd(keys.ACTIVE_ZSET, {cid: again})
+        if revived:
+            log.warning("sweeper revived %d command(s) whose task had been lost", revived)
+        return revived
+
     def give_up(self, command_id: str, exc: Exception) -> str:
         """Record an internal failure after the task layer stopped retrying it."""
         error = {"code": "internal", "message": f"callq could not run this command ({type(exc).__name__})"}
@@ -200,14 +233,16 @@ class Runtime:
             self._remember_call(cmd, sent.call_connection_id)
         if sent.recording_id:
             fields["recording_id"] = sent.recording_id
-            self._remember_recording(cmd, sent.recording_id)
         if sent.result is not None:
             fields["result"] = sent.result
         timeout_s = outcome_timeout_s(cmd, self.settings.outcome_timeout_s)
         if not sent.resolved:
             fields["wait_deadline"] = int((time.time() + timeout_s) * 1000)
-        # Recorded even if an early event already resolved the command: the response is still true.
+        # Recorded even if an early event already resolved the command: the response is still true. Written
+        # before the recording is registered, so whoever sees the command resolved also sees its recording id.
         self.redis.hset(keys.command_key(cid), mapping=dict(zip(*[iter(ledger.flatten(fields))] * 2, strict=True)))
+        if sent.recording_id:
+            self._remember_recording(cmd, sent.recording_id)
         status = self._transition(cid, "succeeded" if sent.resolved else "waiting", {}, only_from=("running",))
         if sent.recording_id and status == "waiting":
             status = self._catch_up_recording(cid, sent.recording_id)

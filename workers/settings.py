@@ -106,6 +106,12 @@ class Settings:
     retry_base_s: float = 0.5
     retry_cap_s: float = 30.0
     log_format: str = "text"
+    metrics_token: str = field(default="", repr=False)  # bearer token for /metrics; empty: any API key
+    # Scheduled recordings: how long an occurrence keeps trying to connect to a room call that has not
+    # started yet before it is marked missed.
+    schedule_grace_s: int = 300
+    # Celery beat fail-over (redbeat's lock; see tasks/app.py for why 25 s).
+    beat_lock_timeout_s: int = 25
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -161,7 +167,11 @@ class Settings:
             max_attempts=_int(env, "CALLQ_MAX_ATTEMPTS", cls.max_attempts, high=100),
             retry_base_s=_float(env, "CALLQ_RETRY_BASE_SECONDS", cls.retry_base_s),
             retry_cap_s=_float(env, "CALLQ_RETRY_CAP_SECONDS", cls.retry_cap_s),
+            schedule_grace_s=_int(env, "CALLQ_SCHEDULE_GRACE_SECONDS", cls.schedule_grace_s, high=86_400),
+            beat_lock_timeout_s=_int(env, "CALLQ_BEAT_LOCK_TIMEOUT_SECONDS", cls.beat_lock_timeout_s, low=2,
+                                     high=3600),
             log_format=log_format,
+            metrics_token=env.get("CALLQ_METRICS_TOKEN", ""),
         )
 
     def with_(self, **changes: object) -> Settings:

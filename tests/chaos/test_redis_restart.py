@@ -110,8 +110,13 @@ def test_redis_restart_loses_no_accepted_command(sig: signal.Signals, aof: AofRe
 
         r = redis.Redis.from_url(aof.url, decode_responses=True)
         # Nothing whose 202 was returned is lost: every command exists and ends.
-        wait_until(lambda: all(r.hget(keys.command_key(c), "status") in ledger.TERMINAL for c in accepted.values()),
-                   timeout_s=120, what="every accepted command to end after the restart")
+        try:
+            wait_until(lambda: all(r.hget(keys.command_key(c), "status") in ledger.TERMINAL
+                                   for c in accepted.values()), timeout_s=120, what="every command to end")
+        except AssertionError:
+            stuck = [r.hgetall(keys.command_key(c)) for c in accepted.values()
+                     if r.hget(keys.command_key(c), "status") not in ledger.TERMINAL]
+            raise AssertionError(f"{len(stuck)} accepted commands never ended, e.g. {stuck[:2]}") from None
         # Retrying any key gives the original command back, never a second one.
         for path, key in plan[:20]:
             assert submit(api_server.url, path, key) == accepted[key]

@@ -1,0 +1,107 @@
+"""The operator page in headless Chromium: log in, see a call appear, watch its events arrive over SSE.
+
+Chromium is Debian's (``make test`` installs it); Playwright drives it through ``executable_path`` because its own
+browser download cannot work here. Screenshots land in ``tests/output/`` (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_API_KEY
+from tests.integration.conftest import ThreadServer
+from tests.integration.test_end_to_end import post, sim_room_call, wait
+
+pytestmark = pytest.mark.integration
+OUTPUT = Path(__file__).resolve().parents[1] / "output"
+CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium, headless as root, with nothing reaching out to Google's services (this network is closed).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install playwright (it drives Debian's chromium)")
+    if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run `make test` (it installs it) or `apt-get install -y chromium`")
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def _log_in(browser: Any, api_url: str, key: str) -> Any:
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{api_url}/ui")
+    page.fill("#api_key", key)
+    page.click("button[type=submit]")
+    page.locator("#live-calls").wait_for()
+    return page
+
+
+def test_operator_page_shows_a_live_call_and_its_events_as_they_arrive(
+        browser: Any, simulator: ThreadServer, api_server: ThreadServer, api: httpx.Client,
+        start_worker: Callable[..., Any]) -> None:
+    start_worker()
+    OUTPUT.mkdir(exist_ok=True)
+    page = _log_in(browser, api_server.url, TEST_API_KEY)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "callq_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TEST_API_KEY not in cookie["value"]
+
+    # A connect to a room whose call has not started fails: it shows among the commands needing attention.
+    failed = wait(api, post(api, f"/v1/rooms/{sim_room_call(simulator, started=False)}/connect").json()["id"])
+    assert failed["status"] == "failed", failed
+    connect = wait(api, post(api, f"/v1/rooms/{sim_room_call(simulator)}/connect").json()["id"])
+    assert connect["status"] == "succeeded", connect
+    cc = connect["call_connection_id"]
+    rec = wait(api, post(api, f"/v1/calls/{cc}/recordings", {"content": "audio", "channel": "mixed",
+                                                             "format": "wav"}).json()["id"])
+    assert rec["status"] == "succeeded", rec
+
+    # The overview refreshes itself: the call and the failure appear without a reload.
+    row = page.locator(f'#live-calls tr[data-call="{cc}"]')
+    row.wait_for()
+    page.locator(f'#attention tr[data-command="{failed["id"]}"]').wait_for()
+    assert "8:acs:teacher" in row.inner_text() and "recording" in row.inner_text()
+    page.screenshot(path=str(OUTPUT / "ui-overview.png"), full_page=True)
+
+    row.locator("a").click()
+    page.locator('#timeline li[data-type="CallConnected"]').wait_for()
+    page.locator('#live[data-state="on"]').wait_for()  # the EventSource is open, authenticated by the cookie
+
+    # New events arrive while the page is open: pushed over SSE, rendered without a reload.
+    play = post(api, f"/v1/calls/{cc}/play", {"text": "This class is being recorded."}).json()
+    page.locator('#timeline li[data-type="PlayCompleted"]').wait_for()
+    page.locator(f'#commands tr[data-command="{play["id"]}"][data-status="succeeded"]').wait_for()
+    page.screenshot(path=str(OUTPUT / "ui-call-live.png"), full_page=True)
+    hang_up = post(api, f"/v1/calls/{cc}/hang-up", {"for_everyone": True}).json()
+    page.locator('#timeline li[data-type="CallDisconnected"]').wait_for()
+    page.locator(f'#commands tr[data-command="{hang_up["id"]}"][data-status="succeeded"]').wait_for()
+    page.locator('#live[data-state="off"]').wait_for()
+    page.screenshot(path=str(OUTPUT / "ui-call-ended.png"), full_page=True)
+    page.close()
+
+
+def test_a_wrong_key_stays_on_the_login_form(browser: Any, api_server: ThreadServer) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{api_server.url}/ui")
+    page.fill("#api_key", "not-the-right-key-at-all")
+    page.click("button[type=submit]")
+    assert "not valid" in page.locator("[role=alert]").inner_text()
+    assert not [c for c in page.context.cookies() if c["name"] == "callq_session"]
+    page.close()

@@ -1,0 +1,71 @@
+"""The sweeper: commands whose task message was lost are revived from their records alone."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from workers import keys, ledger
+from workers.runtime import Runtime
+from workers.settings import Settings
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, str]] = []
+        self.checks: list[str] = []
+
+    def command(self, command_type: str, command_id: str, countdown_s: float = 0.0) -> None:
+        self.commands.append((command_type, command_id))
+
+    def check(self, command_id: str, countdown_s: float) -> None:
+        self.checks.append(command_id)
+
+
+@pytest.fixture(params=["fake", "real"])
+def r(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    if request.param == "fake":
+        yield fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    else:
+        yield redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+
+
+def put(r: redis.Redis, cid: str, **fields: Any) -> None:
+    record = ledger.new_command(command_id=cid, client="alice", type_="play", params={}, idempotency_key=cid)
+    flat = ledger.flatten(record | fields)
+    r.hset(keys.command_key(cid), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+    r.zadd(keys.ACTIVE_ZSET, {cid: 0})  # due now
+
+
+def test_lost_work_is_revived_and_finished_work_forgotten(r: redis.Redis) -> None:
+    now_ms = int(time.time() * 1000)
+    put(r, "stranded", status="running", lease_until=now_ms - 1)      # its worker died, its retry was lost
+    put(r, "busy", status="running", lease_until=now_ms + 60_000)     # someone holds it: leave alone
+    put(r, "unheard", status="waiting", wait_deadline=now_ms - 60_000)  # deadline long past, no check ran
+    put(r, "listening", status="waiting", wait_deadline=now_ms + 60_000)
+    put(r, "done", status="succeeded")
+    r.zadd(keys.ACTIVE_ZSET, {"expired": 0})                           # its record is gone
+    scheduler = Recorder()
+    runtime = Runtime(Settings(), r, client=None, scheduler=scheduler, rng=random.Random(1))  # type: ignore[arg-type]
+    assert runtime.sweep() == 2
+    assert scheduler.commands == [("play", "stranded")]
+    assert scheduler.checks == ["unheard"]
+    active = dict(r.zrange(keys.ACTIVE_ZSET, 0, -1, withscores=True))
+    assert "done" not in active and "expired" not in active
+    assert active["listening"] > now_ms + 60_000  # next look: after its deadline
+    assert runtime.sweep() == 0  # nothing is due again right away
+
+
+def test_accepting_and_ending_a_command_maintains_the_index(r: redis.Redis) -> None:
+    record = ledger.new_command(command_id="c1", client="alice", type_="play", params={}, idempotency_key="k")
+    r.eval(ledger.ACCEPT_LUA, 5, "idem", keys.command_key("c1"), "q", "", "", "fp", "c1", 60, 60, "msg", "{}",
+           *ledger.flatten(record))
+    assert r.zscore(keys.ACTIVE_ZSET, "c1") is not None
+    r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("c1"), *ledger.transition_args("failed", {}))
+    assert r.zscore(keys.ACTIVE_ZSET, "c1") is None
