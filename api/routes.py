@@ -87,19 +87,24 @@ def _validation_error(exc: ValidationError) -> InvalidCommand:
     return InvalidCommand(f"The request body is not valid ({where}{first['message']}).", code=code, details=details)
 
 
-async def _body(request: Request, model: type[schemas.Body]) -> schemas.Body:
+async def read_json(request: Request, *, empty_ok: bool) -> Any:
+    """The request's JSON body, size-limited; an empty body is ``{}`` when ``empty_ok``."""
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidCommand(f"Request body is larger than {MAX_BODY_BYTES} bytes.", code="body_too_large")
-    data: Any = {}
-    if raw.strip():
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise InvalidCommand("Send the body as JSON with 'Content-Type: application/json'.",
-                                 code="unsupported_media_type")
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise InvalidCommand("The request body is not valid JSON.", code="invalid_json") from None
+    if empty_ok and not raw.strip():
+        return {}
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise InvalidCommand("Send the body as JSON with 'Content-Type: application/json'.",
+                             code="unsupported_media_type")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidCommand("The request body is not valid JSON.", code="invalid_json") from None
+
+
+async def _body(request: Request, model: type[schemas.Body]) -> schemas.Body:
+    data = await read_json(request, empty_ok=True)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -19,13 +19,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import idempotency_key
+from api.routes import read_json
 from api.schedule_schemas import CODES, ScheduleBody
 from tasks.publish import task_message
 from workers import commands, keys, ledger
 from workers import schedules as s
 from workers.errors import IdempotencyKeyReused, InvalidCommand, ScheduleNotFound
 
-MAX_BODY_BYTES = 16_384
 PAGE_DEFAULT, PAGE_MAX = 50, 100
 BOOK, CANCEL = "callq.schedule_book", "callq.schedule_cancel"  # tasks.schedules (not imported: it loads redbeat)
 
@@ -42,16 +42,7 @@ def _invalid(exc: ValidationError) -> InvalidCommand:
 
 
 async def _body(request: Request) -> ScheduleBody:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidCommand(f"Request body is larger than {MAX_BODY_BYTES} bytes.", code="body_too_large")
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise InvalidCommand("Send the body as JSON with 'Content-Type: application/json'.",
-                             code="unsupported_media_type")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise InvalidCommand("The request body is not valid JSON.", code="invalid_json") from None
+    data = await read_json(request, empty_ok=False)
     try:
         return ScheduleBody.model_validate(data)
     except ValidationError as exc:

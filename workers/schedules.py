@@ -65,7 +65,7 @@ local want = {'hash', 'hash', 'zset', 'set', 'list'}
 for i = 1, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= want[i] then
-    return redis.error_reply('CALLQ_WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t)
+    return redis.error_reply('WRONGTYPE callq cannot use ' .. KEYS[i] .. ', a ' .. t)
   end
 end
 local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
