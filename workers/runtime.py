@@ -291,7 +291,8 @@ class Runtime:
         pipe.hsetnx(call, "state", "connecting")
         pipe.hset(call, mapping={"client": cmd["client"], "room_id": cmd.get("room_id") or "",
                                  "connect_command": cmd["id"]})
-        pipe.rpush(keys.call_commands_key(call_connection_id), cmd["id"])
+        # At the head: an early CallConnected can let later commands be accepted before this response.
+        pipe.lpush(keys.call_commands_key(call_connection_id), cmd["id"])
         if cmd.get("room_id"):
             pipe.set(keys.room_call_key(cmd["room_id"]), call_connection_id, ex=self.settings.command_ttl_s)
         pipe.expire(call, self.settings.command_ttl_s)
