@@ -351,7 +351,9 @@ class Runtime:
         if should_retry(err, repeatable=repeatable, attempt=attempt, max_attempts=self.settings.max_attempts):
             delay = retry_delay_s(err, attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_cap_s,
                                   rng=self.rng)
-            self._transition(cmd["id"], "queued", {"last_error": error}, only_from=("running",))
+            status = self._transition(cmd["id"], "queued", {"last_error": error}, only_from=("running",))
+            if status in ledger.TERMINAL:
+                return status  # its event resolved it meanwhile (ACS had acted): nothing left to retry
             metrics.retrying(cmd, error["code"])
             log.info("command %s attempt %d failed (%s); retrying in %.2fs", cmd["id"], attempt, err.message, delay,
                      extra={"command_id": cmd["id"], "attempt": attempt})

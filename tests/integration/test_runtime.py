@@ -48,7 +48,8 @@ def test_a_retry_after_execute_then_fail_reuses_the_repeatability_id(simulator: 
                                                                      start_worker: Callable) -> None:  # type: ignore[type-arg]
     start_worker()
     cc = connect(api, simulator)
-    faults(simulator, execute_then_fail_count=1, execute_then_fail_operations=["addParticipant"])
+    # The callback is held back so the 503 is handled (and retried) before the event could resolve the add.
+    faults(simulator, execute_then_fail_count=1, execute_then_fail_operations=["addParticipant"], delay_ms=1500)
     add = wait(api, post(api, f"/v1/calls/{cc}/participants", {"phone_number": PHONE, "source_caller_id": CALLER,
                                                                "invitation_timeout": 30}).json()["id"])
     assert add["status"] == "succeeded", add
