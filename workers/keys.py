@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 # Terminal commands publish their id here; API processes hold one subscription each for long-polls.
 COMMAND_DONE_CHANNEL = "callq:notify:command-done"
 WORKERS_ZSET = "callq:workers"
@@ -54,3 +56,62 @@ def event_seen_key(event_id: str) -> str:
 def queue_key(queue: str) -> str:
     """The Redis list kombu's Redis transport uses for a queue at priority 0."""
     return queue
+
+
+# --- the shared ACS rate budget (workers/ratelimit.py), one per ACS resource -----------------------------
+
+
+def rate_resource(acs_endpoint: str) -> str:
+    """Everything pointed at one ACS resource (its host) shares one budget."""
+    return urlsplit(acs_endpoint).netloc or acs_endpoint
+
+
+def rate_tat_key(resource: str) -> str:
+    return f"callq:rl:{resource}"
+
+
+def rate_pause_key(resource: str) -> str:
+    return f"callq:rl:{resource}:paused"
+
+
+# --- operator figures (workers/metrics.py, api/ui.py) ---------------------------------------------------
+
+METRICS_PREFIX = "callq:metrics:"
+OPS_WAITING = "callq:ops:waiting"  # command id → its outcome deadline (ms)
+OPS_ATTENTION = "callq:ops:attention"  # command id → when it last retried, was throttled or failed (ms)
+OPS_CALLS = "callq:ops:calls"  # call connection id → its last activity (ms)
+
+# --- recording schedules (workers/schedules.py, workers/occurrences.py) ---------------------------------
+
+ACTIVE_SCHEDULES = "callq:scheds:active"  # ids of schedules that still have occurrences to book
+SCHEDULE_WAKES = "callq:scheds:wakes"  # "{id} {planned}" of unfinished runs, scored by when they next need a step
+
+
+def schedule_key(schedule_id: str) -> str:
+    return f"callq:sched:{schedule_id}"
+
+
+def client_schedules_key(client: str) -> str:
+    """Every schedule of a client, all scored 0 so ids (time-ordered) page lexically."""
+    return f"callq:client:{client}:scheds"
+
+
+def runs_key(schedule_id: str) -> str:
+    return f"callq:sched:{schedule_id}:runs"
+
+
+def run_key(schedule_id: str, planned: int) -> str:
+    return f"callq:sched:{schedule_id}:run:{planned}"
+
+
+def run_commands_key(schedule_id: str, planned: int) -> str:
+    return f"callq:sched:{schedule_id}:run:{planned}:commands"
+
+
+def claim_key(schedule_id: str, planned: int) -> str:
+    """``SET NX`` by the first fire of an occurrence: a second beat's or a catch-up's fire finds it taken."""
+    return f"callq:sched:{schedule_id}:run:{planned}:claim"
+
+
+def run_lock_key(schedule_id: str, planned: int) -> str:
+    return f"callq:sched:{schedule_id}:run:{planned}:lock"

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -35,11 +34,10 @@ from workers import keys, logs
 
 log = logging.getLogger("callq.commands")
 
-# Keys live here rather than in workers/keys.py because only this module and the operator page use them.
-PREFIX = "callq:metrics:"
-WAITING_KEY = "callq:ops:waiting"  # command id → its outcome deadline (ms)
-ATTENTION_KEY = "callq:ops:attention"  # command id → when it last retried, was throttled or failed (ms)
-CALLS_KEY = "callq:ops:calls"  # call connection id → its last activity (ms)
+PREFIX = keys.METRICS_PREFIX
+WAITING_KEY = keys.OPS_WAITING
+ATTENTION_KEY = keys.OPS_ATTENTION
+CALLS_KEY = keys.OPS_CALLS
 KOMBU_UNACKED = "unacked"  # kombu's Redis transport: delivered, not yet acknowledged (running or counting down)
 OPS_KEEP_MS = 86_400_000  # the attention and call indexes forget what is older than a day
 OPS_KEEP_MAX = 2000  # ... and keep at most this many entries
@@ -349,8 +347,8 @@ def event(kind: str, call_connection_id: str | None, operation_context: str | No
 # --- rendering ---------------------------------------------------------------------------------------------------
 
 def pause_key(acs_endpoint: str) -> str:
-    """The shared 429 pause of this ACS resource (mirrors ``RateLimiter.for_endpoint``)."""
-    return f"callq:rl:{urlsplit(acs_endpoint).netloc or acs_endpoint}:paused"
+    """The shared 429 pause of this ACS resource: the key the rate limiter itself writes."""
+    return keys.rate_pause_key(keys.rate_resource(acs_endpoint))
 
 
 def _histogram(spec: Spec, fields: Mapping[str, str]) -> HistogramMetricFamily:

@@ -11,13 +11,12 @@ reads, extra pages of a list — pays before it is sent.
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
 
 import redis
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-from workers import metrics
+from workers import keys, metrics
 from workers.errors import CallqError
 
 # KEYS: theoretical-arrival-time key, pause-until key.  ARGV: emission interval ms, burst.
@@ -64,8 +63,8 @@ class RateLimited(CallqError):
 class RateLimiter:
     def __init__(self, client: redis.Redis, resource: str, *, rate_per_s: float, burst: int) -> None:
         self._redis = client
-        self._tat_key = f"callq:rl:{resource}"
-        self._pause_key = f"callq:rl:{resource}:paused"
+        self._tat_key = keys.rate_tat_key(resource)
+        self._pause_key = keys.rate_pause_key(resource)
         self._emission_ms = 1000.0 / rate_per_s
         self._burst = max(1, burst)
         self._acquire = client.register_script(ACQUIRE_LUA)
@@ -74,7 +73,7 @@ class RateLimiter:
     @classmethod
     def for_endpoint(cls, client: redis.Redis, endpoint: str, *, rate_per_s: float, burst: int) -> RateLimiter:
         """One budget per ACS resource (its host), shared by everything pointed at it."""
-        return cls(client, urlsplit(endpoint).netloc or endpoint, rate_per_s=rate_per_s, burst=burst)
+        return cls(client, keys.rate_resource(endpoint), rate_per_s=rate_per_s, burst=burst)
 
     def try_acquire(self) -> float:
         """Take one request from the budget if possible; returns 0.0, or the seconds to wait first."""

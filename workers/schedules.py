@@ -16,44 +16,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers import ledger
+from workers import keys, ledger
+from workers.keys import (  # noqa: F401 - re-exported: callers address them as schedules.<name>
+    ACTIVE_SCHEDULES,
+    claim_key,
+    client_schedules_key,
+    run_commands_key,
+    run_key,
+    run_lock_key,
+    runs_key,
+    schedule_key,
+)
 from workers.recurrence import Plan, format_duration, iso
 
 STATUSES = ("active", "finished", "cancelled")  # finished: a one-off that fired; nothing more to book
 RUN_TERMINAL = frozenset({"completed", "completed_early", "missed", "failed", "cancelled"})
 MAX_RUNS = 1000  # runs listed per schedule (the oldest fall off the list and expire)
-ACTIVE_SCHEDULES = "callq:scheds:active"  # ids of schedules that still have occurrences to book
-WAKES = "callq:scheds:wakes"  # "{id} {planned}" of unfinished runs, scored by when they next need a step
-
-
-def schedule_key(schedule_id: str) -> str:
-    return f"callq:sched:{schedule_id}"
-
-
-def client_schedules_key(client: str) -> str:
-    """Every schedule of a client, all scored 0 so ids (time-ordered) page lexically."""
-    return f"callq:client:{client}:scheds"
-
-
-def runs_key(schedule_id: str) -> str:
-    return f"callq:sched:{schedule_id}:runs"
-
-
-def run_key(schedule_id: str, planned: int) -> str:
-    return f"callq:sched:{schedule_id}:run:{planned}"
-
-
-def run_commands_key(schedule_id: str, planned: int) -> str:
-    return f"callq:sched:{schedule_id}:run:{planned}:commands"
-
-
-def claim_key(schedule_id: str, planned: int) -> str:
-    """``SET NX`` by the first fire of an occurrence: a second beat's or a catch-up's fire finds it taken."""
-    return f"callq:sched:{schedule_id}:run:{planned}:claim"
-
-
-def run_lock_key(schedule_id: str, planned: int) -> str:
-    return f"callq:sched:{schedule_id}:run:{planned}:lock"
+WAKES = keys.SCHEDULE_WAKES
 
 
 def wake_member(schedule_id: str, planned: int) -> str:
