@@ -161,10 +161,11 @@ def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
 def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:
     """Build the API; ``redis`` lets tests hand in a (fake) client instead of one from settings."""
     routes = [
+        # First: ACS posts here most, and Starlette tries routes in order.
+        Route("/v1/acs/events", acs_events, methods=["POST"]),
         *command_routes,  # before reads: `participants/remove` must not be taken for `participants/{raw_id}`
         *read_routes,
         *schedule_routes,
-        Route("/v1/acs/events", acs_events, methods=["POST"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"], include_in_schema=False),
         Route("/docs", openapi.docs, methods=["GET"], include_in_schema=False),
         *metrics_routes,

@@ -3,6 +3,11 @@
 Keys come from the OpenID configuration (real ACS's, or the simulator's at the same path) and are
 cached; a token signed with an unknown ``kid`` triggers one refresh (key rotation), at most every
 ``REFRESH_MIN_S`` so forged kids cannot make us hammer the JWKS endpoint.
+
+A token that verified is remembered (its exact text, until its ``exp``): ACS signs a token and reuses it for
+many callbacks, and checking the RSA signature again on each would only re-derive the same answer. An
+unverified or failed token is never remembered, so nothing forged gets in through the cache; a token
+stops being accepted at its expiry exactly as before.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from workers.settings import Settings
 log = logging.getLogger("callq.api.callbacks")
 REFRESH_MIN_S = 5.0  # an unknown kid refreshes the keys at most this often (rotation vs. forged-kid floods)
 KEYS_TTL_S = 3600.0
+VERIFIED_CACHE = 1024  # distinct tokens remembered as verified (ACS reuses one token for many callbacks)
 MAX_EVENTS_BODY = 1_048_576
 
 
@@ -43,6 +49,7 @@ class AcsTokenVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._issuer = ""
         self._fetched_at = 0.0
+        self._verified: dict[str, tuple[float, dict[str, Any]]] = {}  # token → (exp, claims)
 
     async def _refresh(self) -> None:
         config = (await self._http.get(self._settings.openid_url)).raise_for_status().json()
@@ -63,6 +70,19 @@ class AcsTokenVerifier:
         return self._keys[kid]
 
     async def verify(self, token: str) -> dict[str, Any]:
+        known = self._verified.get(token)
+        if known is not None and known[0] > time.time():
+            return known[1]
+        claims = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            now = time.time()
+            self._verified = {t: v for t, v in self._verified.items() if v[0] > now}
+            while len(self._verified) >= VERIFIED_CACHE:
+                del self._verified[next(iter(self._verified))]  # oldest first
+        self._verified[token] = (float(claims["exp"]), claims)
+        return claims
+
+    async def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -109,7 +129,7 @@ async def acs_events(request: Request) -> Response:
     await state.verifier.verify(token.strip())
     report = await correlation.ingest(state.redis, events, dedup_ttl_s=settings.event_dedup_ttl_s,
                                       ttl_s=settings.command_ttl_s, retention_s=settings.event_retention_s)
-    await callbacks_ingested(state.redis, report)  # outcomes, latency, duplicates for /metrics
+    callbacks_ingested(report)  # outcomes, latency, duplicates for /metrics
     for lane in report.lanes:
         await _kick(request, lane)
     return JSONResponse({"stored": report.stored, "duplicates": report.duplicates})

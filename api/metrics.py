@@ -101,19 +101,12 @@ def record_error(request: Request, exc: CallqError) -> None:
         metrics.RECORDER.inc("callq_commands_rejected", type_, exc.code)
 
 
-async def callbacks_ingested(r: aioredis.Redis, report: IngestReport) -> None:
+def callbacks_ingested(report: IngestReport) -> None:
     """After a callback batch: duplicates dropped, and the commands its events resolved (their outcomes, latency)."""
     if report.duplicates:
         metrics.RECORDER.inc("callq_callback_duplicates", by=report.duplicates)
-    if not report.resolved:
-        return
-    pipe = r.pipeline(transaction=False)
-    for cid in report.resolved:
-        pipe.hmget(keys.command_key(cid), *metrics.FINISH_FIELDS)
-        pipe.zrem(metrics.WAITING_KEY, cid)
-    results = await pipe.execute()
-    for cid, values in zip(report.resolved, results[::2], strict=True):
-        metrics.record_finished(cid, dict(zip(metrics.FINISH_FIELDS, values, strict=True)))
+    for cid, fields in report.finished.items():
+        metrics.record_finished(cid, fields)
 
 
 @contextlib.asynccontextmanager

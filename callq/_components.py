@@ -102,9 +102,15 @@ def api(settings: Settings, python: str) -> Component:
     return Component("api", argv, HttpOk(f"{url}/healthz"), url=url)
 
 
+def _celery(settings: Settings, python: str) -> tuple[str, ...]:
+    """``python -m celery -A tasks.app``, ``--quiet`` in json mode: Celery's banner is plain text, not a log line."""
+    return (python, "-m", "celery", "-A", "tasks.app", *(("--quiet",) if settings.log_format == "json" else ()))
+
+
 def worker(settings: Settings, python: str) -> Component:
-    argv = (python, "-m", "celery", "-A", "tasks.app", "worker", "-E", "-P", "threads",
-            "-c", str(settings.worker_concurrency), "-Q", settings.queue, "-n", "worker1@%h", "--loglevel", "INFO")
+    argv = (*_celery(settings, python), "worker", "-E", "-P", "threads",
+            "-c", str(settings.worker_concurrency), "-Q", settings.queue, "-n", "worker1@%h",
+            "--loglevel", settings.log_level)
     # The API's /readyz needs Redis, the broker and a worker answering a ping: the end-to-end proof.
     readyz = f"http://{local_host(settings.api_host)}:{settings.api_port}/readyz"
     return Component("worker", argv, HttpOk(readyz),
@@ -112,7 +118,7 @@ def worker(settings: Settings, python: str) -> Component:
 
 
 def beat(settings: Settings, python: str) -> Component:
-    argv = (python, "-m", "celery", "-A", "tasks.app", "beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", "INFO")
+    argv = (*_celery(settings, python), "beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", settings.log_level)
     # "beat: Starting..." is logged once the app is loaded and the scheduler service runs. Waiting for redbeat's
     # "Acquired lock" instead would hang start-up for the lock's whole TTL after a crashed beat left its lock behind.
     return Component("beat", argv, LogLine("beat: Starting"), note="redbeat scheduler")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging.config
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -12,6 +13,7 @@ from starlette.routing import Mount
 
 from .acs import acs_endpoint
 from .admin import ROUTES, AdminError, admin_error
+from .logs import log_config
 from .runtime import Runtime
 from .settings import Settings
 
@@ -29,6 +31,9 @@ async def lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict[
 def create_app(settings: Settings | None = None) -> Starlette:
     """The simulator app; settings come from the environment when not given (ConfigError if unusable)."""
     settings = settings or Settings.from_env()
+    if settings.log_format == "json":
+        # ``uvicorn --factory`` set up its loggers (plain text) before calling this; route them through JSON now.
+        logging.config.dictConfig(log_config(settings))
     routes = [Mount("/_sim", routes=ROUTES), Mount("/calling", app=acs_endpoint)]
     return Starlette(
         routes=routes,
@@ -40,4 +45,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
 def run(settings: Settings | None = None) -> None:
     """Serve until interrupted, on ``settings.host:settings.port`` (what ``callq simulator`` calls)."""
     settings = settings or Settings.from_env()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                log_config=log_config(settings))

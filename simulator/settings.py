@@ -8,6 +8,8 @@ Environment variables (all optional except the access key):
 - ``CALLQ_ACS_RESOURCE_ID`` (default ``00000000-0000-4000-8000-00000000ca11``): ``aud`` of callback JWTs.
 - ``CALLQ_SIM_PUBLIC_URL`` (default ``http://{host}:{port}``): base URL put in the OpenID ``jwks_uri``.
 - ``CALLQ_SIM_ISSUER`` (default ``https://acscallautomation.communication.azure.com``): ``iss`` of callback JWTs.
+- ``CALLQ_LOG_FORMAT`` (default ``text``): ``text`` (uvicorn's own lines) or ``json`` (one object per line); the
+  variable callq's processes read too, so ``callq up`` and compose switch every process at once.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Settings:
     resource_id: str = DEFAULT_RESOURCE_ID
     public_url: str = ""  # empty: derived from host and port
     issuer: str = DEFAULT_ISSUER
+    log_format: str = "text"
     # Not read from the environment: tuning that only tests and benchmarks change.
     max_clock_skew_s: float = 900.0
     callback_timeout_s: float = 5.0
@@ -58,6 +61,9 @@ class Settings:
         """Build settings from ``CALLQ_*`` variables; raises ConfigError naming a bad variable."""
         host = env.get("CALLQ_SIM_HOST", cls.host) or cls.host
         port = _port(env.get("CALLQ_SIM_PORT", str(cls.port)))
+        log_format = env.get("CALLQ_LOG_FORMAT", "") or cls.log_format
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"CALLQ_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
         return cls(
             access_key=env.get("CALLQ_ACS_ACCESS_KEY", ""),
             host=host,
@@ -65,6 +71,7 @@ class Settings:
             resource_id=env.get("CALLQ_ACS_RESOURCE_ID", "") or DEFAULT_RESOURCE_ID,
             public_url=env.get("CALLQ_SIM_PUBLIC_URL", ""),
             issuer=env.get("CALLQ_SIM_ISSUER", "") or DEFAULT_ISSUER,
+            log_format=log_format,
         )
 
 

@@ -1,6 +1,9 @@
 """Celery signal handlers for logs and metrics in worker and beat processes (imported by ``tasks/app.py``).
 
-* ``setup_logging``: Celery leaves logging to us (one callq format for every process, secrets scrubbed).
+* ``celeryd_init`` / ``setup_logging``: Celery leaves logging to us (one callq format for every process, secrets
+  scrubbed). In json mode workers and beat run with ``celery --quiet`` (``callq up``, compose, Kubernetes): Celery's
+  banner is plain text, so they log its facts as one line; the worker logs its shutdown notice instead of printing it.
+* ``worker_ready`` / ``beat_init`` / ``worker_shutting_down``: those lines.
 * ``task_prerun`` / ``task_postrun``: the task's command id is the log context of everything it logs.
 * ``worker_ready`` / ``worker_process_init`` / ``worker_shutdown``: a flusher writes this process's metrics to Redis.
 """
@@ -12,11 +15,24 @@ import logging
 import sys
 from typing import Any
 
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_ready, worker_shutdown
+import celery
+from celery.apps.worker import install_worker_term_handler
+from celery.signals import (
+    beat_init,
+    celeryd_init,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from workers import logs, metrics
 from workers.settings import Settings
 
+log = logging.getLogger("callq.celery")
 _tokens: dict[str, contextvars.Token[dict[str, Any] | None]] = {}
 _flusher: metrics.Flusher | None = None
 
@@ -29,7 +45,44 @@ def _process_name() -> str:
 @setup_logging.connect
 def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     # Connecting this signal is what stops Celery from installing its own handlers and format.
-    logs.setup(Settings.from_env(), process=_process_name(), level=loglevel or logging.INFO)
+    logs.setup(Settings.from_env(), process=_process_name(), level=loglevel or None)
+
+
+@celeryd_init.connect
+def _setup_logging_early(**_: Any) -> None:
+    # Celery checks the user right after this signal and, as root (a dev box), warns as bare text; set up now so
+    # that warning is a line in our format. setup_logging sets up again later, at the level asked for.
+    logs.setup(Settings.from_env(), process="worker")
+
+
+@worker_ready.connect
+def _log_worker_ready(sender: Any = None, **_: Any) -> None:
+    """The banner's facts as one line (json mode runs without the banner); and a quiet SIGTERM handler."""
+    worker = sender.controller
+    pool = worker.pool_cls if isinstance(worker.pool_cls, str) else worker.pool_cls.__module__
+    log.info("%s: celery %s, queues %s, concurrency %s (%s), task events %s", worker.hostname, celery.__version__,
+             ", ".join(sorted(sender.app.amqp.queues.consume_from)), worker.concurrency, pool.rsplit(".", 1)[-1],
+             "on" if worker.task_events else "off")
+    if Settings.from_env().log_format == "json":
+        # Celery's handler prints "worker: Warm shutdown (MainProcess)" as bare text; the same handler without
+        # that print, and _log_shutdown logs it instead. (An older Celery has no such option: its line stays.)
+        try:
+            install_worker_term_handler(worker, verbose=False)
+        except TypeError:
+            pass
+
+
+@worker_shutting_down.connect
+def _log_shutdown(how: str = "", sig: str = "", **_: Any) -> None:
+    if Settings.from_env().log_format == "json":
+        log.info("worker: %s shutdown (%s)", how, sig)
+
+
+@beat_init.connect
+def _log_beat_ready(sender: Any = None, **_: Any) -> None:
+    """The beat banner's facts as one line (json mode runs without the banner)."""
+    scheduler = sender.scheduler_cls if isinstance(sender.scheduler_cls, str) else sender.scheduler_cls.__name__
+    log.info("beat: celery %s, scheduler %s, max interval %s s", celery.__version__, scheduler, sender.max_interval)
 
 
 @task_prerun.connect

@@ -3,22 +3,24 @@
 An event resolves the command named by its ``operationContext`` (every command sends its id there).
 Events that carry none fall back to the call they belong to: ``CallConnected`` resolves the call's
 connect command, ``CallDisconnected`` resolves pending hang-ups and fails every other pending command
-of that call with ``call_ended``. Transitions go through ``ledger.TRANSITION_LUA``, so a command is
+of that call with ``call_ended``. Transitions go through ``ledger.TRANSITION_FN``, so a command is
 resolved at most once and never moves backwards; an event for a terminal command, a duplicate, or an
 event for an unknown call is still kept in the call's timeline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from workers import keys, ledger, metrics
-from workers.operations import OPERATIONS
+from workers.operations import OPERATIONS, Operation
 
 PREFIX = "Microsoft.Communication."
 
@@ -29,6 +31,7 @@ class IngestReport:
     duplicates: int = 0
     resolved: list[str] = field(default_factory=list)
     lanes: set[str] = field(default_factory=set)  # calls whose next command may now have its turn
+    finished: dict[str, dict[str, str | None]] = field(default_factory=dict)  # resolved: their metrics.FINISH_FIELDS
 
 
 _STRING_FIELDS = ("callConnectionId", "serverCallId", "correlationId", "operationContext", "recordingId",
@@ -67,83 +70,144 @@ def _result_from(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def outcome(command_type: str, event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The transition an event implies for a command of this type, or None when it says nothing of it."""
-    kind, data = short_type(event), event.get("data") or {}
-    op = OPERATIONS.get(command_type)
-    if op is None:
-        return None
-    resolved_by = {"type": kind, "id": event.get("id"), "time": event.get("time")}
+def _tag(op: Operation, kind: str, data: dict[str, Any]) -> str | None:
+    """What an event of this kind says of a pending command of this operation: the name of its step, if any."""
     if op.recording_state and kind == "RecordingStateChanged":
-        if data.get("state") != op.recording_state:
-            return None
+        return "recorded" if data.get("state") == op.recording_state else None
+    if kind in op.succeeds_on:
+        return "succeeded"
+    if kind in op.fails_on:
+        return "failed"
+    return "ended" if kind == "CallDisconnected" else None
+
+
+def _step(tag: str, kind: str, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The transition of a step; it depends on the event only, never on which command takes it."""
+    data = event.get("data") or {}
+    resolved_by = {"type": kind, "id": event.get("id"), "time": event.get("time")}
+    if tag == "recorded":
         return "succeeded", {"result": {"recording_id": data.get("recordingId"), "state": data.get("state")},
                              "resolved_by": resolved_by}
-    if kind in op.succeeds_on:
+    if tag == "succeeded":
         fields = {"result": _result_from(kind, data), "resolved_by": resolved_by}
         if kind == "CallConnected" and data.get("callConnectionId"):
             # The event may beat connect's HTTP response: it names the call as well as the response does.
             fields["call_connection_id"] = data["callConnectionId"]
         return "succeeded", fields
-    if kind in op.fails_on:
+    if tag == "failed":
         return "failed", {"error": _error_from(data, "acs_failed"), "resolved_by": resolved_by}
-    if kind == "CallDisconnected":
-        return "failed", {"error": _error_from(data, "call_ended") | {"message": "The call ended before this "
-                                                                      "command completed."},
-                          "resolved_by": resolved_by}
-    return None
+    return "failed", {"error": _error_from(data, "call_ended") | {"message": "The call ended before this "
+                                                                 "command completed."},
+                      "resolved_by": resolved_by}
 
 
-async def _commands(r: aioredis.Redis, ids: list[str]) -> dict[str, dict[str, str]]:
-    pipe = r.pipeline(transaction=False)
-    for cid in ids:
-        pipe.hmget(keys.command_key(cid), "type", "status", "client", "call_connection_id")
-    found = {}
-    for cid, (type_, status, client, cc) in zip(ids, await pipe.execute(), strict=True):
-        if type_ is not None:
-            found[cid] = {"type": type_, "status": status, "client": client, "call_connection_id": cc or ""}
-    return found
+def outcome(command_type: str, event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The transition an event implies for a command of this type, or None when it says nothing of it."""
+    op = OPERATIONS.get(command_type)
+    kind = short_type(event)
+    tag = None if op is None else _tag(op, kind, event.get("data") or {})
+    return None if tag is None else _step(tag, kind, event)
 
 
-async def _candidates(r: aioredis.Redis, event: dict[str, Any]) -> tuple[dict[str, dict[str, str]], bool]:
-    """Commands this event may resolve, oldest first, and whether it resolves all of them or only the first.
-
-    An ``operationContext`` names its command. Without one (real 2024 samples of CallConnected,
-    CallDisconnected and SendDtmfTonesCompleted lack it) the event answers the call's oldest pending
-    command of a type it resolves. CallDisconnected answers every pending command of the call; a
-    RecordingStateChanged answers the oldest pending command of its recording that expects that state.
-    """
-    data = event.get("data") or {}
-    kind, cc = short_type(event), data.get("callConnectionId")
-    context = data.get("operationContext")
-    ids = [context] if context else []
-    if kind == "RecordingStateChanged" and data.get("recordingId"):
-        ids += await r.lrange(keys.recording_commands_key(data["recordingId"]), 0, -1)
-    elif cc and (kind == "CallDisconnected" or not context):
-        if kind == "CallConnected":
-            connect = await r.hget(keys.call_key(cc), "connect_command")
-            ids += [connect] if connect else []
-        ids += await r.lrange(keys.call_commands_key(cc), 0, -1)
-    found = await _commands(r, list(dict.fromkeys(ids)))
-    return found, kind == "CallDisconnected"
-
-
-async def _canceled_adds(r: aioredis.Redis, event: dict[str, Any]) -> list[str]:
-    """Pending adds whose invitation this CancelAddParticipantSucceeded withdrew (ACS sends them nothing)."""
-    data = event.get("data") or {}
-    cc, invitation = data.get("callConnectionId"), data.get("invitationId")
-    if short_type(event) != "CancelAddParticipantSucceeded" or not cc or not invitation:
-        return []
-    ids = await r.lrange(keys.call_commands_key(cc), 0, -1)
-    pipe = r.pipeline(transaction=False)
-    for cid in ids:
-        pipe.hmget(keys.command_key(cid), "type", "status", "result")
-    found = []
-    for cid, (type_, status, result) in zip(ids, await pipe.execute(), strict=True):
-        if type_ == "add_participant" and status not in ledger.TERMINAL and result and \
-                json.loads(result).get("invitation_id") == invitation:
-            found.append(cid)
-    return found
+# One event, in one round trip and atomically: dedupe, store, find the commands it may resolve, resolve them,
+# update the call. Python decides beforehand what the event means for each command type (``steps``); the
+# script decides which commands it reaches, reading them as they are at that instant.
+#
+# Candidates: an ``operationContext`` names its command. Without one (real 2024 samples of CallConnected,
+# CallDisconnected and SendDtmfTonesCompleted lack it) the event answers the call's oldest pending command
+# of a type it resolves. CallDisconnected answers every pending command of the call; a
+# RecordingStateChanged answers the oldest pending command of its recording that expects that state; a
+# CancelAddParticipantSucceeded also fails the pending add whose invitation it withdrew (ACS sends that add
+# nothing more).
+#
+# KEYS: 1 seen marker, 2 the call's event stream, 3 call hash, 4 call's command list, 5 recording hash,
+#       6 recording's command list ('' for those the event names no call / recording for)
+# ARGV: 1 dedupe ttl, 2 ttl, 3 stream MINID, 4 event json, 5 operationContext, 6 short type,
+#       7 '1' when the event answers every candidate (else the first), 8 recording state, 9 steps json
+#       ('' = the event resolves nothing; see _steps), 10 now, 11 late-event json ('' without a context),
+#       12 withdrawn invitation id, 13 its failure fields json, 14 server call id
+# Returns {'duplicate'} or {'stored', 'orphan' | '', {id, call, {FINISH_FIELDS...}} for each command resolved}.
+_FINISH_FIELDS_LUA = ", ".join(f"'{name}'" for name in metrics.FINISH_FIELDS)
+INGEST_LUA = ledger.CHECK_TYPES_FN + ledger.TRANSITION_FN + """
+local bad = check_types({'string', 'stream', 'hash', 'list', 'hash', 'list'})
+if bad then return bad end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return {'duplicate'} end
+local ttl, now, kind, context = tonumber(ARGV[2]), ARGV[10], ARGV[6], ARGV[5]
+local prefix, channel = '""" + keys.COMMAND_PREFIX + """', '""" + keys.COMMAND_DONE_CHANNEL + """'
+if KEYS[5] ~= '' then
+  -- Stored before the recording's commands are read, while a worker registers a start before it reads
+  -- this: whichever runs second sees the other (runtime._catch_up_recording).
+  redis.call('HSET', KEYS[5], 'state', ARGV[8], 'last_event', ARGV[4])
+  redis.call('EXPIRE', KEYS[5], ttl)
+end
+local ids, listed = {}, {}
+local function add(id)
+  if id and id ~= '' and not listed[id] then listed[id] = true; ids[#ids + 1] = id end
+end
+add(context)
+if KEYS[6] ~= '' then
+  for _, id in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do add(id) end
+elseif KEYS[4] ~= '' and (kind == 'CallDisconnected' or context == '') then
+  if kind == 'CallConnected' then add(redis.call('HGET', KEYS[3], 'connect_command')) end
+  for _, id in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do add(id) end
+end
+local found, connect = {}, nil
+for _, id in ipairs(ids) do
+  local c = redis.call('HMGET', prefix .. id, 'type', 'status', 'client', 'call_connection_id')
+  if c[1] then
+    local cmd = {id = id, type = c[1], status = c[2], client = c[3] or '', cc = c[4] or ''}
+    cmd.terminal = cmd.status == 'succeeded' or cmd.status == 'failed'
+    found[#found + 1] = cmd
+    if cmd.type == 'connect' and not cmd.terminal and not connect then connect = cmd end
+  end
+end
+-- Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
+redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
+redis.call('EXPIRE', KEYS[2], ttl)
+local plan, resolved = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or {types = {}, steps = {}}, {}
+for _, cmd in ipairs(found) do
+  local tag = plan.types[cmd.type]
+  local step = tag and plan.steps[tag]
+  if step then
+    if cmd.terminal then
+      if cmd.id == context then redis.call('HSET', prefix .. cmd.id, 'late_event', ARGV[11]) end  -- kept, not applied
+    else
+      if transition(prefix .. cmd.id, cmd.id, step[1], '', now, channel, step[2])[1] == 'applied' then
+        resolved[#resolved + 1] = cmd
+      end
+      if ARGV[7] ~= '1' then break end  -- one event answers one command: the one it names, else the oldest
+    end
+  end
+end
+if ARGV[12] ~= '' and KEYS[4] ~= '' then
+  local fields = cjson.decode(ARGV[13])
+  for _, id in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    local c = redis.call('HMGET', prefix .. id, 'type', 'status', 'result', 'call_connection_id')
+    if c[1] == 'add_participant' and c[2] ~= 'succeeded' and c[2] ~= 'failed' and c[3] then
+      local ok, result = pcall(cjson.decode, c[3])
+      if ok and type(result) == 'table' and result['invitation_id'] == ARGV[12] and
+          transition(prefix .. id, id, 'failed', '', now, channel, fields)[1] == 'applied' then
+        found[#found + 1] = {id = id}
+        resolved[#resolved + 1] = {id = id, cc = c[4] or ''}
+      end
+    end
+  end
+end
+if KEYS[3] ~= '' and kind == 'CallConnected' then
+  redis.call('HSET', KEYS[3], 'state', 'connected', 'server_call_id', ARGV[14])
+  if connect then redis.call('HSET', KEYS[3], 'connect_command', connect.id, 'client', connect.client) end
+  redis.call('EXPIRE', KEYS[3], ttl)
+elseif KEYS[3] ~= '' and kind == 'CallDisconnected' then
+  redis.call('HSET', KEYS[3], 'state', 'disconnected')
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+local out = {'stored', #found == 0 and 'orphan' or ''}
+for _, cmd in ipairs(resolved) do
+  redis.call('ZREM', '""" + metrics.WAITING_KEY + """', cmd.id)
+  out[#out + 1] = {cmd.id, cmd.cc, redis.call('HMGET', prefix .. cmd.id, """ + _FINISH_FIELDS_LUA + """)}
+end
+return out
+"""
 
 
 def _late(event: dict[str, Any]) -> str:
@@ -151,79 +215,79 @@ def _late(event: dict[str, Any]) -> str:
                        "result_information": (event.get("data") or {}).get("resultInformation")})
 
 
-def _call_updates(event: dict[str, Any], commands: dict[str, dict[str, str]]) -> dict[str, str]:
-    data, kind = event.get("data") or {}, short_type(event)
-    updates: dict[str, str] = {}
-    if kind == "CallConnected":
-        updates = {"state": "connected", "server_call_id": data.get("serverCallId") or ""}
-        connect = next((cid for cid, c in commands.items() if c["type"] == "connect"), None)
-        if connect:
-            updates |= {"connect_command": connect, "client": commands[connect]["client"]}
-    elif kind == "CallDisconnected":
-        updates = {"state": "disconnected"}
-    return updates
+def _steps(event: dict[str, Any]) -> str:
+    """What the event means for a pending command of each type, as INGEST_LUA reads it.
+
+    ``{"types": {command type: step name}, "steps": {step name: [status, [field, value, ...]]}}``: the
+    fields of a step depend on the event alone, so each is built (and sent) once however many types take it.
+    """
+    kind, data = short_type(event), event["data"]
+    types: dict[str, str] = {}
+    steps: dict[str, list[Any]] = {}
+    for type_, op in OPERATIONS.items():
+        tag = _tag(op, kind, data)
+        if tag is not None:
+            types[type_] = tag
+            if tag not in steps:
+                status, fields = _step(tag, kind, event)
+                steps[tag] = [status, ledger.flatten(fields)]
+    return json.dumps({"types": types, "steps": steps}, separators=(",", ":")) if types else ""
+
+
+_CANCELED = {"code": "invitation_canceled", "message": "The invitation was canceled before it was answered."}
+
+
+def _script_args(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int,
+                 retention_s: int) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of INGEST_LUA for one cleaned event."""
+    data, kind = event["data"], short_type(event)
+    cc, context, rec = data.get("callConnectionId") or "", data.get("operationContext") or "", ""
+    if kind == "RecordingStateChanged":
+        rec = data.get("recordingId") or ""
+    invitation = data.get("invitationId") or "" if kind == "CancelAddParticipantSucceeded" and cc else ""
+    canceled = {"error": _CANCELED, "resolved_by": {"type": kind, "id": event["id"]}}
+    keys_ = [keys.event_seen_key(event["id"]), keys.call_events_key(cc or "unknown"),
+             keys.call_key(cc) if cc else "", keys.call_commands_key(cc) if cc else "",
+             keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else ""]
+    min_id = str(int((time.time() - retention_s) * 1000))
+    args = [str(dedup_ttl_s), str(ttl_s), min_id, json.dumps(event, separators=(",", ":")), context,
+            kind, "1" if kind == "CallDisconnected" else "", data.get("state") or "", _steps(event),
+            ledger.now_iso(), _late(event) if context else "", invitation,
+            json.dumps(ledger.flatten(canceled), separators=(",", ":")) if invitation else "",
+            data.get("serverCallId") or ""]
+    return keys_, args
 
 
 async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s: int, ttl_s: int,
                  retention_s: int) -> IngestReport:
-    """Store and apply a batch of CloudEvents. Safe to call again with the same events.
+    """Store and apply a batch of CloudEvents, in order, one round trip each. Safe to call again with the same events.
 
-    A duplicate (same CloudEvent id within ``dedup_ttl_s``) changes nothing. Two deliveries of one event
-    racing each other may both be stored in the timeline, but transitions are idempotent.
+    A duplicate (same CloudEvent id within ``dedup_ttl_s``) changes nothing.
     """
     report = IngestReport()
     for raw in events:
         event = clean(raw)
-        event_id = event["id"]
-        if not event_id or await r.exists(keys.event_seen_key(event_id)):
+        if not event["id"]:
+            report.duplicates += 1  # nothing to dedupe by: ACS always sends one, so this is not ACS
+            continue
+        keys_, args = _script_args(event, dedup_ttl_s=dedup_ttl_s, ttl_s=ttl_s, retention_s=retention_s)
+        try:
+            reply = await r.evalsha(_INGEST_SHA, len(keys_), *keys_, *args)
+        except NoScriptError:
+            reply = await r.eval(INGEST_LUA, len(keys_), *keys_, *args)
+        if reply[0] == "duplicate":
             report.duplicates += 1
             continue
-        data = event.get("data") or {}
-        if short_type(event) == "RecordingStateChanged" and data.get("recordingId"):
-            # Stored *before* looking for the recording's commands, while the worker registers a start
-            # *before* reading this: whichever runs second sees the other (runtime._catch_up_recording).
-            rec = keys.recording_key(data["recordingId"])
-            await r.hset(rec, mapping={"state": data.get("state") or "", "last_event": json.dumps(event)})
-            await r.expire(rec, ttl_s)
-        found, resolves_all = await _candidates(r, event)
-        cc = data.get("callConnectionId") or "unknown"
-        pipe = r.pipeline(transaction=True)
-        pipe.set(keys.event_seen_key(event_id), "1", ex=dedup_ttl_s)
-        # Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
-        pipe.xadd(keys.call_events_key(cc), {"event": json.dumps(event, separators=(",", ":"))},
-                  minid=int((time.time() - retention_s) * 1000), approximate=True)
-        pipe.expire(keys.call_events_key(cc), ttl_s)
-        planned: list[str] = []
-        for cid, cmd in found.items():
-            step = outcome(cmd["type"], event)
-            if step is None:
-                continue
-            if cmd["status"] in ledger.TERMINAL:
-                if cid == data.get("operationContext"):
-                    pipe.hset(keys.command_key(cid), "late_event", _late(event))  # kept, not applied
-                continue
-            status, fields = step
-            pipe.eval(ledger.TRANSITION_LUA, 1, keys.command_key(cid), *ledger.transition_args(status, fields))
-            planned.append(cid)
-            if not resolves_all:
-                break  # one event answers one command: the one it names, else the oldest that fits
-        for cid in await _canceled_adds(r, event):
-            error = {"code": "invitation_canceled", "message": "The invitation was canceled before it was answered."}
-            pipe.eval(ledger.TRANSITION_LUA, 1, keys.command_key(cid), *ledger.transition_args(
-                "failed", {"error": error, "resolved_by": {"type": short_type(event), "id": event_id}}))
-            planned.append(cid)
-            found.setdefault(cid, {"type": "add_participant", "status": "waiting", "client": "",
-                                   "call_connection_id": cc})
-        pending = {cid: c for cid, c in found.items() if c["status"] not in ledger.TERMINAL}
-        updates = _call_updates(event, pending)
-        if updates and cc != "unknown":
-            pipe.hset(keys.call_key(cc), mapping=updates)
-            pipe.expire(keys.call_key(cc), ttl_s)
-        results = await pipe.execute()
         report.stored += 1
-        metrics.event(short_type(event), data.get("callConnectionId"), data.get("operationContext"), orphan=not found)
-        evals = [res for res in results if isinstance(res, list)]
-        done = [cid for cid, res in zip(planned, evals, strict=True) if res[0] == "applied"]
-        report.resolved += done
-        report.lanes |= {found[cid]["call_connection_id"] for cid in done if found[cid]["call_connection_id"]}
+        data = event["data"]
+        metrics.event(short_type(event), data.get("callConnectionId"), data.get("operationContext"),
+                      orphan=reply[1] == "orphan")
+        for cid, cc, values in reply[2:]:
+            report.resolved.append(cid)
+            report.finished[cid] = dict(zip(metrics.FINISH_FIELDS, values, strict=True))
+            if cc:
+                report.lanes.add(cc)
     return report
+
+
+_INGEST_SHA = hashlib.sha1(INGEST_LUA.encode()).hexdigest()

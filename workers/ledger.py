@@ -22,21 +22,49 @@ TERMINAL = frozenset({"succeeded", "failed"})
 SWEEP_GRACE_MS = 30_000  # the sweeper leaves a new command alone this long: its own message should run it
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed")
 
-# KEYS: idempotency hash, command hash, broker queue list, call's command list, recording's command list
-# (the last two "" when the command has no call / recording yet)
-# ARGV: fingerprint, command id, idempotency ttl, command ttl, broker message, response json, field/value...
-ACCEPT_LUA = """
--- Redis does not roll back a script that fails half-way, so refuse before the first write when any key
--- has a type a later command would choke on: a failure then leaves nothing behind.
-local want = {'hash', 'hash', 'list', 'list', 'list'}
-for i = 1, 5 do
-  if KEYS[i] ~= '' then
-    local t = redis.call('TYPE', KEYS[i])['ok']
-    if t ~= 'none' and t ~= want[i] then
-      return redis.error_reply('WRONGTYPE callq cannot use ' .. KEYS[i] .. ', a ' .. t)
+# Redis does not roll back a script that fails half-way, so a script refuses before its first write when a
+# key it will write has a type a later command would choke on: a failure then leaves nothing behind.
+# ``want[i]`` is the type ``KEYS[i]`` must have (or not exist); '' keys are skipped.
+CHECK_TYPES_FN = """
+local function check_types(want)
+  for i = 1, #want do
+    if KEYS[i] ~= '' then
+      local t = redis.call('TYPE', KEYS[i])['ok']
+      if t ~= 'none' and t ~= want[i] then
+        return redis.error_reply('WRONGTYPE callq cannot use ' .. KEYS[i] .. ', a ' .. t)
+      end
     end
   end
 end
+"""
+
+# Move the command ``id`` (hash ``key``) to status ``to`` from a non-terminal one (only from the csv
+# ``allowed`` unless it is ''), setting ``fields`` (a flat field/value list); terminal moves leave the
+# sweeper's index and are announced on ``channel`` for long-polling API requests.
+TRANSITION_FN = """
+local function transition(key, id, to, allowed, now, channel, fields)
+  local cur = redis.call('HGET', key, 'status')
+  if not cur then return {'missing', ''} end
+  if cur == 'succeeded' or cur == 'failed' then return {'terminal', cur} end
+  if allowed ~= '' and not string.find(',' .. allowed .. ',', ',' .. cur .. ',', 1, true) then
+    return {'skipped', cur}
+  end
+  redis.call('HSET', key, 'status', to, 'updated_at', now, unpack(fields))
+  if to == 'succeeded' or to == 'failed' then
+    redis.call('HSET', key, 'resolved_at', now)
+    redis.call('ZREM', '""" + keys.ACTIVE_ZSET + """', id)
+    redis.call('PUBLISH', channel, id)
+  end
+  return {'applied', to}
+end
+"""
+
+# KEYS: idempotency hash, command hash, broker queue list, call's command list, recording's command list
+# (the last two "" when the command has no call / recording yet)
+# ARGV: fingerprint, command id, idempotency ttl, command ttl, broker message, response json, field/value...
+ACCEPT_LUA = CHECK_TYPES_FN + """
+local bad = check_types({'hash', 'hash', 'list', 'list', 'list'})
+if bad then return bad end
 local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
 if existing[1] then
   return {'replay', existing[1], existing[2], existing[3]}
@@ -59,20 +87,9 @@ return {'new', ARGV[2], ARGV[1], ARGV[6]}
 """
 
 # KEYS: command hash.  ARGV: to status, allowed-from csv ('' = any non-terminal), now, channel, field/value...
-TRANSITION_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {'missing', ''} end
-if cur == 'succeeded' or cur == 'failed' then return {'terminal', cur} end
-if ARGV[2] ~= '' and not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then
-  return {'skipped', cur}
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[3], unpack(ARGV, 5))
-if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' then
-  redis.call('HSET', KEYS[1], 'resolved_at', ARGV[3])
-  redis.call('ZREM', '""" + keys.ACTIVE_ZSET + """', string.sub(KEYS[1], 11))
-  redis.call('PUBLISH', ARGV[4], string.sub(KEYS[1], 11))
-end
-return {'applied', ARGV[1]}
+TRANSITION_LUA = TRANSITION_FN + """
+return transition(KEYS[1], string.sub(KEYS[1], """ + str(len(keys.COMMAND_PREFIX) + 1) + """), ARGV[1], ARGV[2],
+                  ARGV[3], ARGV[4], {unpack(ARGV, 5)})
 """
 
 

@@ -1,13 +1,15 @@
 """Logging for every callq process: one line per record, text for people or JSON for machines, secrets scrubbed.
 
-``setup(settings, process=...)`` is called by the API (its factory and lifespan) and by Celery's ``setup_logging``
-signal in workers and beat (``tasks/observe.py``). Records carry the command they concern: ``command_id``,
-``call_connection_id``, ``operation_context`` and ``attempt`` come from ``extra=`` or from the context bound with
-:func:`bind` (the Celery task sets it for the task's thread; the runtime refines it per command).
+``setup(settings, process=...)`` is called by the API (its factory and lifespan), by Celery's ``setup_logging``
+signal in workers and beat (``tasks/observe.py``) and by Flower's config file (``flowerconfig.py``). Records carry
+the command they concern: ``command_id``, ``call_connection_id``, ``operation_context`` and ``attempt`` come from
+``extra=`` or from the context bound with :func:`bind` (the Celery task sets it for the task's thread; the runtime
+refines it per command).
 
 Secrets never reach a line: the formatter replaces every configured secret (API keys, the ACS access key, the
-Flower password, the callback and metrics tokens) and anything shaped like a JWT, a bearer token, an ACS
-``accesskey=`` or a password in a Redis URL — defence in depth behind code that does not log them in the first place.
+Flower password, the callback and metrics tokens; in Flower also its basic-auth passwords) and anything shaped like
+a JWT, a bearer token, an ACS ``accesskey=`` or a password in a Redis URL — defence in depth behind code that does
+not log them in the first place.
 """
 
 from __future__ import annotations
@@ -134,16 +136,21 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def setup(settings: Settings, *, process: str, level: int | str = logging.INFO) -> None:
-    """Route every log record of this process through one callq handler. Safe to call again (replaces it)."""
-    scrub = Scrubber(secrets_of(settings))
+def setup(settings: Settings, *, process: str, level: int | str | None = None, secrets: Iterable[str] = ()) -> None:
+    """Route every log record of this process through one callq handler. Safe to call again (replaces it).
+
+    ``secrets``: values to scrub besides the configured ones (Flower's basic-auth passwords).
+    """
+    scrub = Scrubber([*secrets_of(settings), *secrets])
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter(process, scrub) if settings.log_format == "json" else TextFormatter(scrub))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(settings.log_level if level is None else level)
+    # A library's warning would otherwise be printed as bare text, the one non-JSON line in a json-mode process.
+    logging.captureWarnings(True)
     for name in _FOREIGN:
         foreign = logging.getLogger(name)
         foreign.handlers.clear()

@@ -337,9 +337,13 @@ def event(kind: str, call_connection_id: str | None, operation_context: str | No
         RECORDER.inc("callq_callback_orphans", kind)
     elif call_connection_id:
         RECORDER.mark(CALLS_KEY, call_connection_id)
+    # DEBUG: events are many and each is kept in its call's timeline anyway; the commands they resolve get
+    # an INFO line of their own (record_finished).
+    if not log.isEnabledFor(logging.DEBUG):
+        return
     token = logs.bind(call_connection_id=call_connection_id, operation_context=operation_context)
     try:
-        log.info("event %s%s", kind, " for no known call or command (orphan)" if orphan else "")
+        log.debug("event %s%s", kind, " for no known call or command (orphan)" if orphan else "")
     finally:
         logs.unbind(token)
 

@@ -106,6 +106,7 @@ class Settings:
     retry_base_s: float = 0.5
     retry_cap_s: float = 30.0
     log_format: str = "text"
+    log_level: str = "INFO"
     metrics_token: str = field(default="", repr=False)  # bearer token for /metrics; empty: any API key
     # Scheduled recordings: how long an occurrence keeps trying to connect to a room call that has not
     # started yet before it is marked missed.
@@ -132,6 +133,9 @@ class Settings:
         log_format = env.get("CALLQ_LOG_FORMAT", cls.log_format)
         if log_format not in ("text", "json"):
             raise ConfigError(f"CALLQ_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        log_level = env.get("CALLQ_LOG_LEVEL", cls.log_level).upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"CALLQ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
         return cls(
             api_host=env.get("CALLQ_API_HOST", cls.api_host),
             api_port=api_port,
@@ -171,6 +175,7 @@ class Settings:
             beat_lock_timeout_s=_int(env, "CALLQ_BEAT_LOCK_TIMEOUT_SECONDS", cls.beat_lock_timeout_s, low=2,
                                      high=3600),
             log_format=log_format,
+            log_level=log_level,
             metrics_token=env.get("CALLQ_METRICS_TOKEN", ""),
         )
 

@@ -136,3 +136,25 @@ def test_the_event_grid_handshake_is_answered(client: TestClient) -> None:
 def test_the_no_expiry_token_really_has_none() -> None:
     # Guard for the helper above: without this, the no-expiry case could pass for the wrong reason.
     assert "exp" not in jwt.decode(token(exp=None), options={"verify_signature": False})
+
+
+def test_a_verified_token_is_remembered_until_it_expires(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier: AcsTokenVerifier = client.app.state.verifier
+    checked: list[str] = []
+    real = verifier._verify
+
+    async def spy(tok: str) -> dict[str, Any]:
+        checked.append(tok)
+        return await real(tok)
+
+    monkeypatch.setattr(verifier, "_verify", spy)
+    tok = token()
+    assert [deliver(client, tok, f"mem-{i}") for i in range(3)] == [200, 200, 200]
+    assert checked == [tok]  # the signature was checked once
+    forged = tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB")
+    assert deliver(client, forged, "mem-forged") == 401  # other text: checked, and refused
+    assert deliver(client, forged, "mem-forged") == 401 and checked.count(forged) == 2  # a failure is not kept
+    exp = jwt.decode(tok, options={"verify_signature": False})["exp"]
+    monkeypatch.setattr("api.callbacks.time.time", lambda: exp + 1.0)
+    deliver(client, tok, "mem-late")
+    assert checked.count(tok) == 2  # past its exp the cache no longer vouches: PyJWT judges it again

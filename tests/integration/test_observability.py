@@ -22,11 +22,16 @@ import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
+from callq import _components
+from callq._health import probe
 from tests.conftest import wait_until
-from tests.integration.stackutil import ROOT, RunningStack, free_ports, running_stack, stack_env
+from tests.integration.stackutil import ROOT, Output, RunningStack, free_ports, running_stack, stack_env
 from workers.operations import OPERATIONS
+from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
+JSON_MODE_PROCESSES = ("api", "worker", "beat", "flower", "simulator")
+LINE_FIELDS = {"ts", "level", "logger", "process", "pid", "msg"}
 JWT_SHAPE = re.compile(r"eyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]+")
 BASE64_BLOB = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
 
@@ -94,6 +99,19 @@ def _forged_jwt() -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     claims = {"iss": "https://acscallautomation.communication.azure.com", "aud": "x", "exp": int(time.time()) + 600}
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "forged-kid"})
+
+
+def _json_lines(process: str, lines: list[str]) -> list[dict[str, Any]]:
+    """Each non-empty line as a JSON object from ``process``; fails on the first line that is not one."""
+    docs = []
+    for line in filter(str.strip, lines):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"{process} wrote a line that is not JSON: {line!r}") from None
+        assert isinstance(doc, dict) and LINE_FIELDS <= doc.keys() and doc["process"] == process, line
+        docs.append(doc)
+    return docs
 
 
 def _errors(stack: RunningStack, http: httpx.Client, api_key: str, cc: str, forged: str) -> list[str]:
@@ -212,14 +230,75 @@ def test_no_secret_reaches_logs_errors_tasks_the_broker_or_flower(tmp_path: Path
     assert _total(found, "callq_acs_responses_total", "status=202") >= 1
     assert _total(found, "callq_workers_alive") == 1
 
-    # JSON logs from the API and the worker name the command (and call) each line is about.
-    docs = [json.loads(line.split("| ", 1)[1]) for line in stack.output.lines
-            if re.match(r"^(api|worker|beat)\s+\| \{", line)]
-    assert {d["process"] for d in docs} == {"api", "worker", "beat"}
+    # Every line of every callq process (not redis-server's, not the supervisor's own) is JSON, from start-up
+    # (no Celery banner) to shutdown; the API's and the worker's name the command (and call) each is about.
+    by_process: dict[str, list[str]] = {name: [] for name in JSON_MODE_PROCESSES}
+    for line in stack.output.lines:
+        if (m := re.match(rf"^({'|'.join(JSON_MODE_PROCESSES)})\s+\| (.*)$", line)) is not None:
+            by_process[m.group(1)].append(m.group(2))
+    docs = [doc for name, lines in by_process.items() for doc in _json_lines(name, lines)]
+    assert {d["process"] for d in docs} == set(JSON_MODE_PROCESSES)
+    assert any(d["process"] == "worker" and "Warm shutdown" in d["msg"] for d in docs)
     sent = [d for d in docs if d["process"] == "worker" and d["msg"].endswith("sent to ACS")]
     assert sent and all(d["command_id"] == d["operation_context"] for d in sent)
     assert any(d.get("call_connection_id") == cc for d in sent)
     assert any(d["process"] == "api" and "accepted" in d["msg"] and d.get("command_id") for d in docs)
+
+
+def _wait_healthy(component: _components.Component, proc: subprocess.Popen[str], output: Output) -> None:
+    wait_until(lambda: proc.poll() is not None or probe(component.health, lambda _: False), timeout_s=60,
+               what=f"{component.name} to answer its health check")
+    assert proc.poll() is None, f"{component.name} exited:\n{output.text()}"
+
+
+@pytest.mark.timeout(120)
+def test_flower_and_simulator_write_only_json_lines_and_no_secret(redis_url: str, tmp_path: Path) -> None:
+    flower_password, callback_token, api_key = secrets.token_hex(12), secrets.token_hex(12), secrets.token_hex(16)
+    acs_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    forged = _forged_jwt()
+    env = stack_env(tmp_path, free_ports(), {
+        "CALLQ_REDIS_URL": redis_url, "CALLQ_LOG_FORMAT": "json", "CALLQ_ACS_ACCESS_KEY": acs_key,
+        "CALLQ_API_KEYS": f"ops:{api_key}", "CALLQ_FLOWER_PASSWORD": flower_password,
+        "CALLQ_CALLBACK_TOKEN": callback_token})
+    settings = Settings.from_env(env)
+    # The command lines callq up runs. Flower gets its password only as FLOWER_BASIC_AUTH, as in Kubernetes.
+    sim, flower = _components.simulator(settings, sys.executable), _components.flower(settings, sys.executable)
+    flower_env = {k: v for k, v in env.items() if k != "CALLQ_FLOWER_PASSWORD"}
+    procs = {c.name: subprocess.Popen(c.argv, cwd=ROOT, env={**base, **c.env}, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c, base in ((sim, env), (flower, flower_env))}
+    outputs = {name: Output(proc) for name, proc in procs.items()}
+    try:
+        for c in (sim, flower):
+            _wait_healthy(c, procs[c.name], outputs[c.name])
+        with httpx.Client(timeout=30) as http:
+            assert http.post(f"{sim.url}/_sim/rooms", json={}).status_code == 201
+            # uvicorn logs the query string: the token, the key and the JWT in it must come out scrubbed.
+            leaky = f"{sim.url}/calling/callConnections/cc-1?token={callback_token}&key={acs_key}&jwt={forged}"
+            assert http.get(leaky, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+            assert http.get(f"{flower.url}/api/tasks", auth=(settings.flower_user, flower_password)).status_code == 200
+            assert http.get(f"{flower.url}/api/tasks", auth=(settings.flower_user, "wrong-password")).status_code == 401
+        assert outputs["simulator"].wait_for("/calling/callConnections/cc-1", timeout_s=30)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(timeout=30)
+        for output in outputs.values():
+            output.join()
+
+    text = "\n".join(output.text(last=100_000) for output in outputs.values())
+    for what, value in {"Flower password": flower_password, "callback token": callback_token, "ACS key": acs_key,
+                        "API key": api_key, "forged JWT": forged}.items():
+        assert value not in text, f"the {what} appears in the output"
+    assert not JWT_SHAPE.search(text), JWT_SHAPE.search(text)
+    sim_docs = _json_lines("simulator", outputs["simulator"].lines)
+    flower_docs = _json_lines("flower", outputs["flower"].lines)
+    access = {(d["http_method"], d["path"].split("?")[0], d["status"]) for d in sim_docs if "http_method" in d}
+    assert {("POST", "/_sim/rooms", 201), ("GET", "/calling/callConnections/cc-1", 401)} <= access
+    assert any("Application startup complete" in d["msg"] for d in sim_docs)
+    assert any(d["msg"].startswith("Visit me at") for d in flower_docs)
+    assert any("shutting down" in d["msg"] for d in flower_docs)  # its SIGTERM line: JSON to the last
 
 
 def test_flower_refuses_to_start_without_authentication(tmp_path: Path) -> None:

@@ -28,8 +28,10 @@ def test_every_variable_is_read() -> None:
     settings = Settings.from_env({
         "CALLQ_ACS_ACCESS_KEY": KEY, "CALLQ_SIM_HOST": "0.0.0.0", "CALLQ_SIM_PORT": "9000",
         "CALLQ_ACS_RESOURCE_ID": "res-1", "CALLQ_SIM_PUBLIC_URL": "http://sim.test:9000/", "CALLQ_SIM_ISSUER": "iss",
+        "CALLQ_LOG_FORMAT": "json",
     })
     assert (settings.host, settings.port, settings.resource_id, settings.issuer) == ("0.0.0.0", 9000, "res-1", "iss")
+    assert settings.log_format == "json"
     assert settings.public_url == "http://sim.test:9000"
 
 
@@ -37,6 +39,7 @@ def test_every_variable_is_read() -> None:
     ({}, "CALLQ_ACS_ACCESS_KEY"),
     ({"CALLQ_ACS_ACCESS_KEY": "not base64!"}, "CALLQ_ACS_ACCESS_KEY"),
     ({"CALLQ_ACS_ACCESS_KEY": KEY, "CALLQ_SIM_PORT": "eighty"}, "CALLQ_SIM_PORT"),
+    ({"CALLQ_ACS_ACCESS_KEY": KEY, "CALLQ_LOG_FORMAT": "xml"}, "CALLQ_LOG_FORMAT"),
 ])
 def test_bad_configuration_names_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):

@@ -85,6 +85,14 @@ def test_no_secret_survives_formatting_even_in_a_traceback(captured: Captured) -
     assert len(out.splitlines()) == 5  # a traceback stays inside its JSON line
 
 
+def test_secrets_passed_to_setup_are_scrubbed_too(captured: Captured) -> None:
+    # Flower's basic-auth passwords: in Kubernetes only FLOWER_BASIC_AUTH holds them, not CALLQ_FLOWER_PASSWORD.
+    logs.setup(_settings("json"), process="flower", secrets=["basic-auth-pw-0123", ""])
+    logging.getLogger("flower.command").info("auth admin:%s", "basic-auth-pw-0123")
+    doc = json.loads(captured.getvalue())
+    assert doc["msg"] == "auth admin:***" and doc["process"] == "flower"
+
+
 def test_setup_replaces_its_handler_and_takes_over_uvicorn(captured: Captured) -> None:
     logs.setup(_settings("text"), process="api")
     logs.setup(_settings("json"), process="api")

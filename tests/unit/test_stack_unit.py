@@ -155,6 +155,13 @@ def test_command_lines_are_built_from_settings() -> None:
     assert by_name["flower"].argv[-2:] == ("--address=127.0.0.1", "--port=15555")
 
 
+def test_json_mode_runs_celery_without_its_plain_text_banner() -> None:
+    by_name = {c.name: c for c in _components.stack(_secrets().with_(log_format="json"), python=PY, redis_server=None)}
+    assert by_name["worker"].argv[:7] == (PY, "-m", "celery", "-A", "tasks.app", "--quiet", "worker")
+    assert by_name["beat"].argv[:7] == (PY, "-m", "celery", "-A", "tasks.app", "--quiet", "beat")
+    assert "--quiet" not in by_name["flower"].argv  # Flower logs its banner: a JSON line already
+
+
 def test_health_checks_point_at_each_component() -> None:
     by_name = {c.name: c for c in _components.stack(_secrets(), python=PY, redis_server="redis-server")}
     assert by_name["redis"].health == _components.RedisPing("redis://127.0.0.1:16390/0")
