@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from api import schemas
@@ -173,7 +173,7 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
     _check_media(request, params)
     prepared = commands.prepare(
         state.settings, message_for(request), client=client, type_=spec.type, params=params, idempotency_key=idem,
-        route=f"{request.method} {request.url.path}", call_connection_id=target.get("call_connection_id", ""),
+        route=f"{request.method} {request.scope['path']}", call_connection_id=target.get("call_connection_id", ""),
         room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
     found = commands.accepted(await state.accept_script(keys=prepared.keys, args=prepared.args))
     headers = {"Location": f"/v1/commands/{found.command_id}"}
@@ -182,7 +182,7 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
             raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request; "
                                        "use a new key for a new request.")
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(found.response, status_code=202, headers=headers)
+    return Response(found.response_json, status_code=202, headers=headers, media_type="application/json")
 
 
 def _endpoint(spec: CommandSpec):  # type: ignore[no-untyped-def]

@@ -41,7 +41,11 @@ class Accepted:
     command_id: str
     replayed: bool
     fingerprint: str  # the stored one: differs from the request's when a key is reused for something else
-    response: dict[str, Any]
+    response_json: str  # the command resource as first answered, byte for byte what a replay answers
+
+    @property
+    def response(self) -> dict[str, Any]:
+        return json.loads(self.response_json)  # type: ignore[no-any-return]
 
 
 def fingerprint(route: str, params: dict[str, Any]) -> str:
@@ -59,7 +63,8 @@ def prepare(
     record = ledger.new_command(command_id=command_id, client=client, type_=type_, params=params,
                                 idempotency_key=idempotency_key, call_connection_id=call_connection_id,
                                 room_id=room_id, recording_id=recording_id)
-    response = json.dumps(ledger.render({k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}))
+    response = json.dumps(ledger.render({k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}),
+                          separators=(",", ":"))
     fp = fingerprint(route, params)
     return Accept(
         command_id=command_id,
@@ -75,8 +80,7 @@ def prepare(
 def accepted(result: list[str]) -> Accepted:
     """Read ``ACCEPT_LUA``'s answer."""
     outcome, command_id, fp, response = result
-    return Accepted(command_id=command_id, replayed=outcome == "replay", fingerprint=fp,
-                    response=json.loads(response))
+    return Accepted(command_id=command_id, replayed=outcome == "replay", fingerprint=fp, response_json=response)
 
 
 def accept(r: redis.Redis, prepared: Accept) -> Accepted:

@@ -38,6 +38,8 @@ _PATTERNS = (
     (re.compile(r"(?i)([?&](?:token|sig|code)=)[^&\s\"']+"), r"\1***"),
     (re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
 )
+# Every pattern above needs one of these in the lower-cased text to match.
+_HINTS = ("eyj", "bearer", "accesskey=", "token=", "sig=", "code=", "redis")
 
 
 def bind(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
@@ -61,8 +63,10 @@ class Scrubber:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        lowered = text.lower()
+        if any(hint in lowered for hint in _HINTS):  # most lines hold none: skip the regular expressions
+            for pattern, replacement in _PATTERNS:
+                text = pattern.sub(replacement, text)
         return text
 
 

@@ -17,6 +17,7 @@ deadline), commands that needed attention (retrying, throttled, failed) and call
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import threading
@@ -106,6 +107,7 @@ def exposed_names() -> set[str]:
     return names
 
 
+@functools.lru_cache(maxsize=4096)  # label sets are few and repeat on every request
 def _labels_field(labels: tuple[str, ...]) -> str:
     return json.dumps(list(labels), separators=(",", ":"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from collections.abc import Callable
 import redis
 
 from tasks.app import create_celery, task_name
-from tasks.publish import task_message
+from tasks.publish import build_message, task_message
 from tests.conftest import wait_until
 from workers import keys, ledger
 from workers.settings import Settings
@@ -50,4 +51,19 @@ def test_a_real_worker_consumes_the_accepted_message(stack_settings: Settings, s
     assert final["status"] == "failed"
     assert json.loads(final["error"])["code"] == "acs_error"
     assert final["attempts"] == "2"  # connection refused never reached ACS, so it was safely retried once
+    app.close()
+
+
+def test_the_cached_message_is_the_one_celery_would_build(stack_settings: Settings) -> None:
+    app = create_celery(stack_settings)
+    for type_ in ("connect", "hang_up"):
+        for _ in range(3):  # the first builds the template, the others fill it in
+            cid, task_id = "cmd_" + uuid.uuid4().hex, str(uuid.uuid4())
+            fast = json.loads(task_message(app, task_name(type_), task_id, [cid], queue="callq"))
+            full = json.loads(build_message(app, task_name(type_), task_id, [cid], queue="callq"))
+            assert fast["properties"].pop("delivery_tag") != full["properties"].pop("delivery_tag")
+            assert fast == full
+    odd = json.loads(task_message(app, task_name("connect"), "id with spaces", ["a'b\"c"], queue="callq"))
+    assert odd["headers"]["id"] == "id with spaces"  # not templated: built in full
+    assert json.loads(base64.b64decode(odd["body"]))[0] == ["a'b\"c"]
     app.close()
