@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import fakeredis
 import pytest
 from starlette.testclient import TestClient
 
-from api.app import create_app
 from tests.conftest import OTHER_API_KEY, TEST_API_KEY
 from workers import keys
-from workers.settings import Settings
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def client(settings: Settings, server: fakeredis.FakeServer) -> Iterator[TestClient]:
-    app = create_app(settings, redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
-    with TestClient(app) as c:
-        yield c
-
-
-@pytest.fixture
-def sync_redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=server, decode_responses=True)
 
 
 def auth(key: str = TEST_API_KEY, idem: str | None = "key-1") -> dict[str, str]:

@@ -21,11 +21,6 @@ PHONE = {"phone_number": "+14255550123"}
 
 
 @pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
 def r(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
     r = fakeredis.FakeRedis(server=server, decode_responses=True)
     r.hset(keys.call_key(CC), mapping={"client": "alice", "state": "connected", "server_call_id": "scid-1"})

@@ -27,16 +27,6 @@ def fresh_recorder() -> Iterator[None]:
     metrics.RECORDER.drain()
 
 
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def sync_redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=server, decode_responses=True)
-
-
 def _client(settings: Settings, server: fakeredis.FakeServer) -> TestClient:
     return TestClient(create_app(settings, redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True)))
 

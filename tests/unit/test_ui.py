@@ -21,16 +21,6 @@ from workers.settings import Settings
 
 
 @pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def r(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=server, decode_responses=True)
-
-
-@pytest.fixture
 def client(settings: Settings, server: fakeredis.FakeServer) -> Iterator[TestClient]:
     app = create_app(settings, redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
     with TestClient(app, follow_redirects=False) as c:

@@ -1,0 +1,49 @@
+"""The chaos suite's plumbing: scale selection, the report's table, and ``callq chaos`` refusing what it cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callq import cli
+from tests.chaos import scale
+from tests.chaos.report import Figures, Report
+
+
+def test_scale_is_bounded_unless_told_and_refuses_unknown_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(scale.SCALE_ENV, raising=False)
+    assert scale.pick(bounded=1, long=2) == 1
+    monkeypatch.setenv(scale.SCALE_ENV, "long")
+    assert scale.pick(bounded=1, long=2) == 2
+    monkeypatch.setenv(scale.SCALE_ENV, "huge")
+    with pytest.raises(ValueError, match="CALLQ_CHAOS_SCALE must be one of bounded, long, got 'huge'"):
+        scale.pick(bounded=1, long=2)
+
+
+def test_report_path_is_scratch_unless_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(scale.REPORT_ENV, raising=False)
+    assert scale.report_path() == scale.SCRATCH_REPORT
+    monkeypatch.setenv(scale.REPORT_ENV, f"{tmp_path}/r.md")
+    assert str(scale.report_path()) == f"{tmp_path}/r.md"
+
+
+def test_report_rows_carry_figures_notes_and_the_test_outcome() -> None:
+    report = Report(scale="long")
+    report.record("tests/chaos/test_x.py::test_a", Figures(
+        "worker kills", "2 workers | 20 calls", commands=1000, faults="31 worker SIGKILLs", lost=0, duplicated=0,
+        http_5xx=0, notes={"mid-send at a kill": 1234, "429 fraction": "6.2%"}))
+    report.finished("tests/chaos/test_x.py::test_a", "passed", 61.4)
+    report.finished("tests/chaos/test_x.py::test_b", "failed", 1.0)
+    text = report.markdown(command="callq chaos")
+    row = next(line for line in text.splitlines() if line.startswith("| worker kills"))
+    assert row == ("| worker kills | 2 workers / 20 calls | 1,000 | 31 worker SIGKILLs | 0 | 0 | 0 | "
+                   "mid-send at a kill 1,234; 429 fraction 6.2% | pass (61 s) |")
+    assert "| `tests/chaos/test_x.py` | 1 | 1 | 0 |" in text
+    assert "`callq chaos` at scale **long**" in text
+
+
+def test_callq_chaos_names_the_scenarios_when_given_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["chaos", "--only", "meteor"]) == 1
+    err = capsys.readouterr().err
+    assert "no chaos scenario meteor" in err and "worker_kills" in err and "api_restarts" in err
