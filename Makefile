@@ -24,7 +24,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: up test lint bench clean setup redis-server docker-compose chromium
+.PHONY: up test lint bench chaos clean setup redis-server docker-compose chromium
 
 up: setup
 	$(VENV)/bin/callq up --demo
@@ -38,6 +38,10 @@ lint: $(STAMP)
 
 bench: setup
 	$(VENV)/bin/callq bench
+
+# The chaos scenarios at long scale (minutes); writes tests/chaos/report.md.
+chaos: setup
+	$(VENV)/bin/callq chaos
 
 setup: $(STAMP) redis-server
 

@@ -70,6 +70,30 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return suite.run_from_args(args)
 
 
+def _chaos(settings: Settings, args: argparse.Namespace) -> int:
+    # The scenarios are the test suite's own (tests/chaos/), run at a larger scale: import them from the checkout.
+    root = str(stack.project_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        import pytest
+    except ImportError:
+        raise stack.StackError("callq chaos runs tests/chaos with pytest: install it with pip install -e '.[dev]'") \
+            from None
+    from tests.chaos import scale
+
+    names = sorted(p.stem.removeprefix("test_") for p in scale.CHAOS_DIR.glob("test_*.py"))
+    if unknown := [name for name in args.only if name not in names]:
+        raise stack.StackError(f"no chaos scenario {', '.join(unknown)}; there are: {', '.join(names)}")
+    # Only a whole long run replaces the committed report: its figures are the ones the README quotes.
+    whole = args.scale == "long" and not args.only
+    out: Path = args.out or (scale.COMMITTED_REPORT if whole else scale.SCRATCH_REPORT)
+    os.environ[scale.SCALE_ENV] = args.scale
+    os.environ[scale.REPORT_ENV] = str(out.resolve())
+    targets = [str(scale.CHAOS_DIR / f"test_{name}.py") for name in args.only] or [str(scale.CHAOS_DIR)]
+    return int(pytest.main(targets))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callq", description="Exactly-once in-call commands for ACS Call Automation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -88,7 +112,21 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suite; writes bench/results.md, .json and latency.png")
     _bench_arguments(bench)
     bench.set_defaults(run=_bench)
+    chaos = sub.add_parser("chaos", help="run the chaos scenarios at long scale; writes tests/chaos/report.md")
+    _chaos_arguments(chaos)
+    chaos.set_defaults(run=_chaos)
     return parser
+
+
+def _chaos_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", choices=("bounded", "long"), default="long",
+                        help="long (default): minutes per scenario; bounded: the seconds-long form make test runs")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                        help="run only these scenarios (worker_kills, redis_restart, api_restarts, callback_chaos, "
+                             "throttling_storm, hostile_input)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the report goes (default: tests/chaos/report.md after a whole long run, "
+                             "tests/chaos/output/report.md otherwise)")
 
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:

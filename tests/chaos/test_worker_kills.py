@@ -1,47 +1,79 @@
 """Workers SIGKILLed again and again under load: nothing lost, nothing executed twice, order kept.
 
 Bounded form (``make test``): 2 worker processes, 20 calls × 6 commands, 250 ms of ACS latency, a worker
-killed every second and replaced, five times. ``callq chaos`` runs longer forms of the same scenario.
+killed every second and replaced, five times. Long form (``callq chaos``): 20 calls × 50 mixed commands
+(1,000), a worker killed every 3 s until every command has ended.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import wait_until
+from tests.chaos.harness import executions, outcomes, unfinished
+from tests.chaos.report import Figures
+from tests.chaos.scale import pick
 from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_log, sim_room_call, wait
-from tests.integration.test_runtime import CALLER, PHONE, all_terminal, faults
+from tests.integration.test_runtime import CALLER, PHONE, faults
 from workers import keys
-from workers.acs import repeatability_id
 
 ENV = {"CALLQ_VISIBILITY_TIMEOUT_SECONDS": "4", "CALLQ_ACS_RATE_PER_SECOND": "500", "CALLQ_ACS_RATE_BURST": "50",
        "CALLQ_OUTCOME_TIMEOUT_SECONDS": "10"}
-SCRIPT: list[tuple[str, dict[str, Any], str]] = [
-    ("participants", {"phone_number": PHONE, "source_caller_id": CALLER}, "addParticipant"),
-    ("dtmf", {"phone_number": PHONE, "tones": "1"}, "sendDtmfTones"),
-    ("play", {"text": "one moment"}, "play"),
-    ("dtmf", {"phone_number": PHONE, "tones": "2"}, "sendDtmfTones"),
-    ("participants/remove", {"phone_number": PHONE}, "removeParticipant"),
-    ("hang-up", {"for_everyone": True}, "terminate"),
-]
+Step = tuple[str, dict[str, Any], str]  # route under /v1/calls/{cc}/, body, the operation ACS logs
+
+
+@dataclass(frozen=True)
+class Plan:
+    calls: int
+    commands_per_call: int
+    kill_every_s: float
+    kills: int | None  # None: keep killing until every command has ended
+    timeout_s: int
+
+
+PLAN = pick(bounded=Plan(calls=20, commands_per_call=6, kill_every_s=1.0, kills=5, timeout_s=300),
+            long=Plan(calls=20, commands_per_call=50, kill_every_s=3.0, kills=None, timeout_s=900))
+
+
+def script(length: int) -> list[Step]:
+    """A call's commands: add a participant, then DTMF, plays and other participants coming and going, then
+    remove the first and hang up. ``script(6)`` is the bounded form's classic add-dtmf-play-dtmf-remove-hang-up."""
+    def add(phone: str) -> Step:
+        # A short invitation timeout: an add's outcome deadline is it plus the outcome timeout (60 s by default).
+        return "participants", {"phone_number": phone, "source_caller_id": CALLER, "invitation_timeout": 5}, \
+            "addParticipant"
+
+    def dtmf(phone: str, tones: str) -> Step:
+        return "dtmf", {"phone_number": phone, "tones": tones}, "sendDtmfTones"
+
+    def remove(phone: str) -> Step:
+        return "participants/remove", {"phone_number": phone}, "removeParticipant"
+
+    middle: list[Step] = []
+    guest = 0
+    while len(middle) < length - 3:
+        guest += 1
+        other = f"+1425555{guest:04d}"
+        middle += [dtmf(PHONE, "1"), ("play", {"text": "one moment"}, "play"), dtmf(PHONE, "2"),
+                   add(other), dtmf(other, "3"), remove(other)]
+    return [add(PHONE), *middle[:length - 3], remove(PHONE), ("hang-up", {"for_everyone": True}, "terminate")]
 
 
 class Killer:
-    """Kills a random worker every ``every_s`` and starts a replacement, ``times`` times."""
+    """Kills a random worker every ``every_s`` and starts a replacement, ``times`` times (None: until stopped)."""
 
-    def __init__(self, start_worker: Callable[..., Any], workers: list[Any], times: int, every_s: float,
+    def __init__(self, start_worker: Callable[..., Any], workers: list[Any], times: int | None, every_s: float,
                  in_flight: Callable[[], set[str]]) -> None:
         self.start_worker, self.workers, self.times, self.every_s = start_worker, workers, times, every_s
         self.in_flight = in_flight
@@ -52,7 +84,7 @@ class Killer:
 
     def _run(self) -> None:
         rng = random.Random(5)
-        while self.kills < self.times and not self.stop.wait(self.every_s):  # load pacing, not synchronisation
+        while (self.times is None or self.kills < self.times) and not self.stop.wait(self.every_s):  # load pacing
             victim = self.workers.pop(rng.randrange(len(self.workers)))
             self.hit |= self.in_flight()
             os.killpg(victim.pid, signal.SIGKILL)
@@ -61,12 +93,14 @@ class Killer:
             self.workers.append(self.start_worker(f"r{self.kills}", extra_env=ENV, wait=False))
 
 
-@pytest.mark.timeout(300)
-def test_sigkilled_workers_lose_nothing_and_execute_nothing_twice(simulator: ThreadServer, api: httpx.Client,
-                                                                  start_worker: Callable, redis_url: str) -> None:  # type: ignore[type-arg]
+@pytest.mark.timeout(PLAN.timeout_s)
+def test_sigkilled_workers_lose_nothing_and_execute_nothing_twice(
+        simulator: ThreadServer, api: httpx.Client, start_worker: Callable, redis_url: str,  # type: ignore[type-arg]
+        record_figures: Callable[[Figures], None]) -> None:
+    steps = script(PLAN.commands_per_call)
     workers = [start_worker(f"w{n}", extra_env=ENV) for n in range(2)]
     calls = [wait(api, post(api, f"/v1/rooms/{sim_room_call(simulator)}/connect").json()["id"])
-             for _ in range(20)]
+             for _ in range(PLAN.calls)]
     assert all(c["status"] == "succeeded" for c in calls)
     faults(simulator, latency_ms=250)  # requests stay in flight long enough for kills to land mid-send
     r = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -76,39 +110,44 @@ def test_sigkilled_workers_lose_nothing_and_execute_nothing_twice(simulator: Thr
         return {i for group in list(ids.values()) for i in list(group)
                 if r.hget(keys.command_key(i), "status") == "running"}
 
-    killer = Killer(start_worker, workers, times=5, every_s=1.0, in_flight=in_flight)
+    killer = Killer(start_worker, workers, times=PLAN.kills, every_s=PLAN.kill_every_s, in_flight=in_flight)
     killer.thread.start()
-    for step, (path, body, _) in enumerate(SCRIPT):
+    answers_5xx = 0
+    for step, (path, body, _) in enumerate(steps):
         for c in calls:  # interleave calls so every kill lands in the middle of many calls' scripts
             resp = post(api, f"/v1/calls/{c['call_connection_id']}/{path}", body, key=f"{c['id']}-{step}")
+            answers_5xx += resp.status_code >= 500
             assert resp.status_code == 202, resp.text
             ids[c["call_connection_id"]].append(resp.json()["id"])
     every = [i for group in ids.values() for i in group]
-    wait_until(lambda: all_terminal(r, every), timeout_s=200, what="every command to end despite the kills")
+    lost = unfinished(r, every, timeout_s=PLAN.timeout_s - 60)
     killer.stop.set()
     killer.thread.join(timeout=30)
-    assert killer.kills >= 3, "the scenario must actually kill workers"
 
     records = {i: r.hgetall(keys.command_key(i)) for i in every}
-    outcomes = Counter(rec["status"] if rec["status"] == "succeeded" else json.loads(rec["error"])["code"]
-                       for rec in records.values())
+    ended = outcomes(r, every)
+    log = sim_log(simulator)
+    executed = executions(log, every)
+    record_figures(Figures(
+        "worker kills", f"2 workers; {PLAN.calls} calls × {PLAN.commands_per_call} commands; 250 ms ACS latency; "
+        f"a worker SIGKILLed every {PLAN.kill_every_s:g} s" + (f", {PLAN.kills} times" if PLAN.kills else ""),
+        commands=len(every), faults=f"{killer.kills} worker SIGKILLs", lost=len(lost),
+        duplicated=sum(1 for n in executed.values() if n > 1), http_5xx=answers_5xx,
+        notes={"mid-send at a kill": len(killer.hit), **ended}))
+
+    assert not lost, f"{len(lost)} commands never ended, e.g. {[records[i] for i in lost[:2]]}"
+    assert killer.kills >= 3, "the scenario must actually kill workers"
     # Nothing lost: every command ended. The only honest non-success is a non-repeatable command whose
     # worker died mid-send and whose effect ACS cannot be asked about.
-    print(f"kills={killer.kills} outcomes={dict(outcomes)} mid-send at a kill={len(killer.hit)}")  # on -s/failure
     assert killer.hit, "no kill landed while a command was being sent: the scenario proved nothing"
-    assert set(outcomes) <= {"succeeded", "outcome_unknown"}, outcomes
-    log = sim_log(simulator)
-    by_context = Counter(e["operation_context"] for e in log if e.get("operation_context"))
-    by_repeat = Counter(e["repeatability_id"] for e in log if e["operation"] == "terminate")
+    assert set(ended) <= {"succeeded", "succeeded, reconciled", "outcome_unknown"}, ended
     for cc, group in ids.items():
-        for command_id, (_, _, operation) in zip(group, SCRIPT, strict=True):
-            executed = by_repeat[repeatability_id(command_id)] if operation == "terminate" else \
-                by_context[command_id]
-            assert executed <= 1, f"{operation} {command_id} executed {executed} times"
+        for command_id, (_, _, operation) in zip(group, steps, strict=True):
+            assert executed[command_id] <= 1, f"{operation} {command_id} executed {executed[command_id]} times"
             if records[command_id]["status"] == "succeeded":
-                assert executed == 1, f"{operation} {command_id} succeeded but ACS never executed it"
+                assert executed[command_id] == 1, f"{operation} {command_id} succeeded but ACS never executed it"
         # Per-call order: what ACS executed for this call, it executed in acceptance order.
         seen = sorted((e["t"], e["operation"]) for e in log if e.get("call_connection_id") == cc
                       and e["operation"] != "connect")
-        assert [op for _, op in seen] == [op for (_, _, op), cid in zip(SCRIPT, group, strict=True)
-                                          if by_context[cid] or by_repeat[repeatability_id(cid)]], cc
+        assert [op for _, op in seen] == [op for (_, _, op), cid in zip(steps, group, strict=True)
+                                          if executed[cid]], cc
