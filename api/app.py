@@ -49,6 +49,7 @@ from workers.errors import (
 from workers.ratelimit import RateLimited, RateLimiter
 from workers.settings import Settings
 
+REDIS_POOL_WAIT_S = 10.0
 log = logging.getLogger("callq.api")
 
 STATUS: dict[type[CallqError], int] = {
@@ -114,7 +115,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     logs.setup(settings, process="api")
     if not settings.api_keys:
         raise ConfigError("CALLQ_API_KEYS is empty: set name:key pairs (callq up generates a dev key)")
-    app.state.redis = app.state.redis_override or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    # Blocking pool: under a burst a request waits (up to REDIS_POOL_WAIT_S) for a connection instead of failing
+    # with "too many connections", which would be a 503 for a store that is perfectly up.
+    app.state.redis = app.state.redis_override or aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections,
+        timeout=REDIS_POOL_WAIT_S))
     app.state.http = httpx.AsyncClient(timeout=10.0)
     app.state.api_keys = ApiKeys(settings.api_keys)
     app.state.celery = create_celery(settings)

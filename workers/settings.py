@@ -78,6 +78,7 @@ class Settings:
     redis_port: int = 6390
     flower_port: int = 5555
     redis_url: str = "redis://127.0.0.1:6390/0"
+    redis_max_connections: int = 200  # per API process; a request waits for a free one rather than failing
     external_redis: bool = False  # CALLQ_REDIS_URL was given: `callq up` starts no redis-server
     data_dir: str = ".callq"
     public_url: str = "http://127.0.0.1:8000"
@@ -144,6 +145,8 @@ class Settings:
             redis_port=redis_port,
             flower_port=_int(env, "CALLQ_FLOWER_PORT", cls.flower_port, high=65535),
             redis_url=redis_url or f"redis://127.0.0.1:{redis_port}/0",
+            redis_max_connections=_int(env, "CALLQ_REDIS_MAX_CONNECTIONS", cls.redis_max_connections, low=2,
+                                       high=100_000),
             external_redis=bool(redis_url),
             data_dir=env.get("CALLQ_DATA_DIR", cls.data_dir),
             public_url=(env.get("CALLQ_PUBLIC_URL", "") or f"http://127.0.0.1:{api_port}").rstrip("/"),

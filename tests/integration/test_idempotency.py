@@ -37,6 +37,24 @@ def test_many_concurrent_requests_with_one_key_make_one_command_and_one_task(api
     assert _counts(redis.Redis.from_url(redis_url)) == (1, 1, 1)
 
 
+def test_a_burst_larger_than_the_redis_pool_waits_for_connections_instead_of_failing(
+        stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    monkeypatch.setenv("CALLQ_REDIS_MAX_CONNECTIONS", "2")
+    server = ThreadServer("api.app:create_app", stack_env, int(stack_env["CALLQ_API_PORT"])).start()
+    try:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, limits=httpx.Limits(max_connections=40), timeout=30,
+                                         headers={"Authorization": f"Bearer {TEST_API_KEY}"}) as c:
+                posts = (c.post(f"/v1/rooms/room-{i}/connect", headers={"Idempotency-Key": f"b{i}"})
+                         for i in range(40))
+                return await asyncio.gather(*posts)
+
+        assert sorted({a.status_code for a in asyncio.run(burst())}) == [202]
+        assert _counts(redis.Redis.from_url(redis_url)) == (40, 40, 40)
+    finally:
+        server.stop()
+
+
 def test_a_failing_accept_leaves_nothing_and_the_retry_succeeds(api_server: ThreadServer, redis_url: str) -> None:
     """Inject a Redis error inside the accept script (the broker list is the wrong type)."""
     r = redis.Redis.from_url(redis_url)
