@@ -48,6 +48,9 @@ class Component:
     url: str = ""  # shown in the ready table; empty for components nobody connects to
     note: str = ""
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # variables only this child gets (secrets)
+    # Restarted when it dies unexpectedly: it keeps no state of its own (Redis holds it all). Redis and the
+    # simulator (whose calls live in its memory) are not: losing them ends the stack.
+    restart: bool = False
 
 
 def local_host(host: str) -> str:
@@ -99,7 +102,7 @@ def api(settings: Settings, python: str) -> Component:
     url = f"http://{local_host(settings.api_host)}:{settings.api_port}"
     argv = (python, "-m", "uvicorn", "--factory", "api.app:create_app",
             "--host", settings.api_host, "--port", str(settings.api_port))
-    return Component("api", argv, HttpOk(f"{url}/healthz"), url=url)
+    return Component("api", argv, HttpOk(f"{url}/healthz"), url=url, restart=True)
 
 
 def _celery(settings: Settings, python: str) -> tuple[str, ...]:
@@ -114,14 +117,14 @@ def worker(settings: Settings, python: str) -> Component:
     # The API's /readyz needs Redis, the broker and a worker answering a ping: the end-to-end proof.
     readyz = f"http://{local_host(settings.api_host)}:{settings.api_port}/readyz"
     return Component("worker", argv, HttpOk(readyz),
-                     note=f"queue {settings.queue}, {settings.worker_concurrency} threads")
+                     note=f"queue {settings.queue}, {settings.worker_concurrency} threads", restart=True)
 
 
 def beat(settings: Settings, python: str) -> Component:
     argv = (*_celery(settings, python), "beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", settings.log_level)
     # "beat: Starting..." is logged once the app is loaded and the scheduler service runs. Waiting for redbeat's
     # "Acquired lock" instead would hang start-up for the lock's whole TTL after a crashed beat left its lock behind.
-    return Component("beat", argv, LogLine("beat: Starting"), note="redbeat scheduler")
+    return Component("beat", argv, LogLine("beat: Starting"), note="redbeat scheduler", restart=True)
 
 
 def flower(settings: Settings, python: str) -> Component:
@@ -130,7 +133,7 @@ def flower(settings: Settings, python: str) -> Component:
             f"--port={settings.flower_port}")
     # Credentials go in the environment: anything on the command line is readable by every user through ps.
     return Component("flower", argv, HttpOk(f"{url}/healthcheck"), url=url,
-                     env={"FLOWER_BASIC_AUTH": flower_basic_auth(settings)})
+                     env={"FLOWER_BASIC_AUTH": flower_basic_auth(settings)}, restart=True)
 
 
 def stack(settings: Settings, *, python: str, redis_server: str | None) -> list[Component]:

@@ -30,6 +30,9 @@ __all__ = [
 READY_BANNER = "callq is ready"
 PID_FILE = "callq.pid"
 _POLL_S = 0.1
+# A component that keeps dying is not saved by restarting it: more than this many restarts within the window
+# stops the stack, with the component's last lines, as a start-up failure does.
+RESTARTS_MAX, RESTARTS_WINDOW_S = 5, 60.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -186,6 +189,8 @@ class _Runner:
         self._env = env
         self._grace_s = stop_grace_s
         self._procs: list[ManagedProcess] = []
+        self._components: dict[str, _components.Component] = {}
+        self._restarts: dict[str, list[float]] = {}
         self._demo: ManagedProcess | None = None
 
     def _spawn(self, name: str, argv: tuple[str, ...], extra_env: Mapping[str, str], watch: tuple[str, ...]) -> (
@@ -195,23 +200,45 @@ class _Runner:
 
     def start_healthy(self, component: _components.Component, deadline_s: float, stop: _StopRequest) -> bool:
         """Start ``component`` and wait until it is healthy; on failure say why and show its last lines."""
-        watch = (component.health.text,) if isinstance(component.health, _components.LogLine) else ()
-        proc = self._spawn(component.name, component.argv, component.env, watch)
+        proc = self._spawn_component(component)
         self._procs.append(proc)
+        self._components[component.name] = component
         healthy = _wait(lambda: probe(component.health, proc.saw), deadline_s, stop, exited=proc.has_exited)
         if not healthy and not stop:
             why = "exited" if proc.has_exited() else f"was not healthy within {deadline_s:g} s"
             self._report_failure(proc, f"{component.name} {why} during start-up")
         return healthy
 
+    def _spawn_component(self, component: _components.Component) -> ManagedProcess:
+        watch = (component.health.text,) if isinstance(component.health, _components.LogLine) else ()
+        return self._spawn(component.name, component.argv, component.env, watch)
+
+    def _restart(self, proc: ManagedProcess) -> bool:
+        """Start a died component again, if it may be restarted and has not been too often lately."""
+        component = self._components.get(proc.name)
+        now = time.monotonic()
+        recent = [t for t in self._restarts.get(proc.name, []) if now - t < RESTARTS_WINDOW_S]
+        if component is None or not component.restart or len(recent) >= RESTARTS_MAX:
+            return False
+        self._restarts[proc.name] = [*recent, now]
+        count = f"{len(recent) + 1} of {RESTARTS_MAX} within {RESTARTS_WINDOW_S:g} s"
+        self._report_failure(proc, f"{proc.name} stopped unexpectedly", then=f"; restarting it ({count})")
+        proc.stop(0)  # reap it and close its pipes
+        self._procs[self._procs.index(proc)] = self._spawn_component(component)
+        return True
+
     def start_demo(self) -> None:
         self._demo = self._spawn("demo", (sys.executable, "-m", "callq", "demo"), {}, ())
 
     def supervise(self, stop: _StopRequest) -> int:
-        """Watch the children until a stop signal (0) or one of them dies (1); the demo may finish on its own."""
+        """Watch the children until a stop signal (0) or one that may not be restarted dies (1).
+
+        A stateless component (API, worker, beat, Flower) that dies is started again (a worker can exit when
+        its broker connection drops mid-restore, kombu 5.7); the demo may finish on its own.
+        """
         while not stop:
-            for proc in self._procs:
-                if proc.has_exited():
+            for proc in list(self._procs):
+                if proc.has_exited() and not self._restart(proc):
                     self._report_failure(proc, f"{proc.name} stopped unexpectedly")
                     return 1
             if self._demo is not None and self._demo.has_exited():
@@ -221,12 +248,12 @@ class _Runner:
             time.sleep(_POLL_S)  # poll interval for child liveness and the stop flag
         return 0
 
-    def _report_failure(self, proc: ManagedProcess, what: str) -> None:
+    def _report_failure(self, proc: ManagedProcess, what: str, then: str = "") -> None:
         code = "still running" if proc.exit_code is None else describe_exit(proc.exit_code)
         # A process that just died may still have its last words (often the traceback) in the pipe.
         tail = proc.last_lines(drain_s=2.0 if proc.exit_code is not None else 0.0)
         lines = "\n".join(f"    {line}" for line in tail)
-        self.console.write(f"callq: {what} ({code}); its last {len(tail)} lines:\n{lines}")
+        self.console.write(f"callq: {what} ({code}){then}; its last {len(tail)} lines:\n{lines}")
 
     def stop_all(self, hurry: Callable[[], bool]) -> None:
         """Stop every child, newest first, so workers finish with Redis still up."""

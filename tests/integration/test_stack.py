@@ -17,6 +17,7 @@ import pytest
 from callq._health import port_is_free
 from callq._procs import Console, ManagedProcess
 from callq.stack import PID_FILE
+from tests.conftest import wait_until
 from tests.integration.stackutil import ROOT, free_ports, is_running, running_stack, stack_env, wait_gone
 from tests.integration.test_end_to_end import SEED_SCENARIO
 
@@ -61,17 +62,28 @@ def test_up_serves_every_component_then_sigterm_stops_all_of_them(tmp_path: Path
 
 
 @pytest.mark.timeout(300)
-def test_a_component_that_dies_later_stops_the_stack_with_its_last_lines(tmp_path: Path) -> None:
+def test_a_dead_worker_is_restarted_and_a_dead_simulator_stops_the_stack(tmp_path: Path) -> None:
+    def worker_pids() -> list[int]:
+        return [pid for pid in stack.children() if "worker" in _cmdline(pid) and "tasks.app" in _cmdline(pid)]
+
     with running_stack(tmp_path / "callq") as stack:
         children = stack.children()
-        worker = next(pid for pid in children if "worker" in _cmdline(pid) and "tasks.app" in _cmdline(pid))
-        os.kill(worker, signal.SIGKILL)
+        first = worker_pids()
+        os.kill(first[0], signal.SIGKILL)
+        wait_until(lambda: "worker stopped unexpectedly (ended by SIGKILL); restarting it (1 of 5"
+                   in stack.output.text(last=1000), timeout_s=60, what="the worker's restart")
+        wait_until(lambda: worker_pids() and not set(worker_pids()) & set(first) and
+                   httpx.get(f"{stack.api_url}/readyz", timeout=15).status_code == 200,
+                   timeout_s=120, what="a new worker answering /readyz")
+        children |= stack.children()
+        sim = next(pid for pid in children if "simulator.app" in " ".join(_cmdline(pid)))
+        os.kill(sim, signal.SIGKILL)  # the simulator's calls live in its memory: not restarted
         code = stack.proc.wait(timeout=120)
         stack.output.join()
 
     assert code == 1
     text = stack.output.text(last=1000)
-    assert "callq: worker stopped unexpectedly (ended by SIGKILL); its last" in text
+    assert "callq: simulator stopped unexpectedly (ended by SIGKILL); its last" in text
     assert "stopped redis" in text
     left = [pid for pid, start in children.items() if not wait_gone(pid, start, timeout_s=10)]
     assert not left, f"still running after callq up exited: {[_cmdline(p) for p in left]}"

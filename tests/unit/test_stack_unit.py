@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,22 @@ def test_exit_codes_are_described_for_humans() -> None:
     assert stack.describe_exit(0) == "exit code 0"
     assert stack.describe_exit(3) == "exit code 3"
     assert stack.describe_exit(-9) == "ended by SIGKILL"
+
+
+def test_a_component_that_keeps_dying_is_restarted_a_few_times_then_stops_the_stack(tmp_path: Path) -> None:
+    out = io.StringIO()
+    runner = stack._Runner(Console(out, ["crashy", "callq"], colour=False), dict(os.environ), stop_grace_s=1.0)
+    go = tmp_path / "go"  # the first one lives until it was seen healthy; every later one dies at once
+    script = f"import os, time\nprint('up', flush=True)\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)\n" \
+             "raise SystemExit(3)"
+    crashy = _components.Component("crashy", (sys.executable, "-c", script), _components.LogLine("up"), restart=True)
+    assert runner.start_healthy(crashy, deadline_s=30, stop=stack._StopRequest())
+    go.touch()
+    try:
+        assert runner.supervise(stack._StopRequest()) == 1  # returns only because the restarts ran out
+    finally:
+        runner.stop_all(lambda: True)
+    text = out.getvalue()
+    assert [f"restarting it ({n} of {stack.RESTARTS_MAX}" in text for n in range(1, stack.RESTARTS_MAX + 1)] == \
+        [True] * stack.RESTARTS_MAX
+    assert text.count("callq: crashy stopped unexpectedly (exit code 3); its last") == 1
