@@ -1,4 +1,9 @@
-"""Long-poll support: one Redis subscription per API process wakes every request waiting on a command."""
+"""Long-poll support: one Redis subscription per API process wakes every request waiting on a command.
+
+A command's terminal transition publishes its record with its id (``ledger.TRANSITION_FN``), so a woken
+request answers with that record instead of reading it back: the read would queue behind the rest of the
+callback that resolved the command, on this process's event loop and on Redis.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,30 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-from workers import keys
+from workers import keys, ledger
 
 log = logging.getLogger("callq.api")
+
+
+class Waiter:
+    """One long-poll's wake-up: ``record`` is the command as it ended, or None when it must be read again."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.record: dict[str, str] | None = None
+
+    def set(self, record: dict[str, str] | None) -> None:
+        self.record = record
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 class Notifier:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[str, set[Waiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -48,26 +68,33 @@ class Notifier:
                         outage = False
                     async for message in pubsub.listen():
                         if message["type"] == "message":
-                            for event in self._waiters.get(message["data"], ()):
-                                event.set()
+                            self._wake(message["data"])
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 if not outage:
                     log.warning("command notifications lost their Redis connection (%s); retrying", exc)
                     outage = True
                 # Wake everyone so they re-read the record instead of waiting out their timeout blind.
-                for events in self._waiters.values():
-                    for event in events:
-                        event.set()
+                for waiters in self._waiters.values():
+                    for waiter in waiters:
+                        waiter.set(None)
                 await asyncio.sleep(1.0)  # sleep-ok: reconnect back-off, not synchronisation
 
+    def _wake(self, message: str) -> None:
+        command_id = message.partition(" ")[0]
+        waiters = self._waiters.get(command_id)
+        if waiters:  # most announcements concern commands nobody here waits for: parse only the wanted ones
+            record = ledger.announced(message)[1]
+            for waiter in waiters:
+                waiter.set(record)
+
     @contextlib.asynccontextmanager
-    async def watch(self, command_id: str) -> AsyncIterator[asyncio.Event]:
+    async def watch(self, command_id: str) -> AsyncIterator[Waiter]:
         """Register before reading the record, so a resolution between read and wait is not missed."""
-        event = asyncio.Event()
-        self._waiters[command_id].add(event)
+        waiter = Waiter()
+        self._waiters[command_id].add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
-            self._waiters[command_id].discard(event)
+            self._waiters[command_id].discard(waiter)
             if not self._waiters[command_id]:
                 del self._waiters[command_id]

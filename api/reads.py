@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -55,11 +56,13 @@ async def get_command(request: Request) -> Response:
     async with state.notifier.watch(command_id) as done:
         record = await _own_command(request, client, command_id)
         if record["status"] not in ledger.TERMINAL and wait_s > 0:
-            try:
-                await asyncio.wait_for(done.wait(), timeout=wait_s)
-            except TimeoutError:
-                pass
-            record = await _own_command(request, client, command_id)
+            # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its own, so a wake-up takes
+            # extra turns of the event loop, each behind whatever else is ready (the callback that woke us).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await done.wait()
+            # The announcement carries the record as it ended (whose owner was checked above); else read it.
+            record = done.record or await _own_command(request, client, command_id)
     return JSONResponse(ledger.render(record))
 
 

@@ -5,11 +5,14 @@ Task arguments are only the command id: parameters live in the command record, s
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -17,6 +20,7 @@ from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutdown
 
 from tasks.app import app, task_name
+from tasks.publish import task_message
 from workers import keys
 from workers.operations import OPERATIONS
 from workers.runtime import RetryLater, Runtime
@@ -54,6 +58,16 @@ class _Scheduler:
 
     def check(self, command_id: str, countdown_s: float) -> None:
         self._app.send_task(RECONCILE, args=[command_id], countdown=_capped(self._app, countdown_s))
+
+    def check_message(self, command_id: str, countdown_s: float) -> str:
+        # The message send_task would publish, less its "task-sent" event (as the API's accept, which also
+        # pushes from a script). task_message takes no countdown, so its eta goes in here, as Celery's
+        # as_task_v2 would set it.
+        message = json.loads(task_message(self._app, RECONCILE, str(uuid.uuid4()), [command_id],
+                                          queue=self._app.conf.callq_settings.queue))
+        eta = self._app.now() + timedelta(seconds=_capped(self._app, countdown_s))
+        message["headers"]["eta"] = eta.isoformat()
+        return json.dumps(message)
 
 
 def _capped(celery: Celery, countdown_s: float) -> float:

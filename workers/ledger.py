@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workers import keys
+from workers.ratelimit import GCRA_FN
 
 TERMINAL = frozenset({"succeeded", "failed"})
 SWEEP_GRACE_MS = 30_000  # the sweeper leaves a new command alone this long: its own message should run it
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed")
+_CALL_LIST = keys.call_commands_key("\n").split("\n")  # a call's command list key: head + call id + tail
 
 # Redis does not roll back a script that fails half-way, so a script refuses before its first write when a
 # key it will write has a type a later command would choke on: a failure then leaves nothing behind.
@@ -40,7 +42,8 @@ end
 
 # Move the command ``id`` (hash ``key``) to status ``to`` from a non-terminal one (only from the csv
 # ``allowed`` unless it is ''), setting ``fields`` (a flat field/value list); terminal moves leave the
-# sweeper's index and are announced on ``channel`` for long-polling API requests.
+# sweeper's index and are announced on ``channel`` for long-polling API requests: "{id} {record as JSON}",
+# so a waiting request can answer at once instead of reading the record back (see ``announced``).
 TRANSITION_FN = """
 local function transition(key, id, to, allowed, now, channel, fields)
   local cur = redis.call('HGET', key, 'status')
@@ -53,7 +56,9 @@ local function transition(key, id, to, allowed, now, channel, fields)
   if to == 'succeeded' or to == 'failed' then
     redis.call('HSET', key, 'resolved_at', now)
     redis.call('ZREM', '""" + keys.ACTIVE_ZSET + """', id)
-    redis.call('PUBLISH', channel, id)
+    local flat, record = redis.call('HGETALL', key), {}
+    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    redis.call('PUBLISH', channel, id .. ' ' .. cjson.encode(record))
   end
   return {'applied', to}
 end
@@ -116,26 +121,81 @@ local function blocks(id, t)
 end
 """
 
-# KEYS: command hash, call's command list ("" = no call yet, e.g. connect).
-# ARGV: lease ms, now iso, command id, command type, then the common ones.
-CLAIM_LUA = _BLOCKS + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'lease_until')
-if not st[1] then return {'missing', ''} end
-if st[1] ~= 'queued' and st[1] ~= 'running' then return {'done', st[1]} end
-if tonumber(st[2] or '0') > now then return {'leased', ''} end
-if KEYS[2] ~= '' then
-  for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-    if id == ARGV[3] then break end
-    if blocks(id, ARGV[4]) then
+# Everything a worker does before it sends a command, in one round trip: read the command, check its turn on
+# its call, pay the shared ACS budget for its request (ratelimit.GCRA_FN; nothing is paid for a command
+# that may not go), claim it. The call's command list is named by the record, so it is read here without
+# being declared in KEYS (like the command hashes above; single Redis, not Cluster).
+# KEYS: command hash, the budget's theoretical-arrival-time and pause keys.
+# ARGV: lease ms, now iso, the budget's emission interval ms and burst, then the common ones.
+# Returns {'missing'}, {'done', status, call}, {'leased'}, {'blocked', parks}, {'throttled', wait ms, type},
+# or {'claimed', attempts, status before, the record as field/value...}.
+CLAIM_LUA = _BLOCKS + GCRA_FN + """
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then return {'missing'} end
+local f = {}
+for i = 1, #rec, 2 do f[rec[i]] = rec[i + 1] end
+local status, call = f['status'], f['call_connection_id'] or ''
+if status ~= 'queued' and status ~= 'running' then return {'done', status, call} end
+if tonumber(f['lease_until'] or '0') > now then return {'leased'} end
+if call ~= '' then
+  local list = '""" + _CALL_LIST[0] + """' .. call .. '""" + _CALL_LIST[1] + """'
+  for _, id in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    if id == f['id'] then break end
+    if blocks(id, f['type']) then
       redis.call('HSET', KEYS[1], 'parked', '1')
       return {'blocked', tostring(redis.call('HINCRBY', KEYS[1], 'parks', 1))}
     end
   end
 end
+local wait = gcra(KEYS[2], KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if wait > 0 then return {'throttled', wait, f['type']} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(now + tonumber(ARGV[1])),
            'updated_at', ARGV[2], 'parked', '')
 -- Third: the status before this claim; 'running' means an earlier attempt died while sending.
-return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), st[1]}
+return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), status, rec}
+"""
+
+# What ACS answered a command's request, in one round trip: its fields; for a connect, the call ACS made
+# (the command heads the call's list: an early CallConnected can let later commands be accepted before this
+# response); for a recording start, the recording (after the fields, so whoever sees the command resolved
+# sees its recording id); then running → ``to`` (waiting, or succeeded when the answer is the outcome).
+# A command that now waits for its event is listed as waiting and its reconcile check (a Celery message
+# with a countdown) is pushed onto the broker queue in the same step, so no crash can leave a wait without
+# its deadline. The fields are recorded even if an early event already resolved the command: the response
+# is still true.
+# KEYS: 1 command hash; 2 hash and 3 command list of the call ACS made, 4 its room's call key; 5 hash and
+# 6 command list of the recording ACS started, 7 the hash of the call it records ('' for what ACS did not
+# make); 8 the broker queue
+# ARGV: 1 to, 2 now iso, 3 ttl s, 4 wait deadline ms, 5 client, 6 room id, 7 call made, 8 recording id,
+#       9 the command's call, 10 the check's broker message, then field/value...
+SENT_LUA = CHECK_TYPES_FN + TRANSITION_FN + """
+local bad = check_types({'hash', 'hash', 'list', 'string', 'hash', 'list', 'hash', 'list'})
+if bad then return bad end
+local id = string.sub(KEYS[1], """ + str(len(keys.COMMAND_PREFIX) + 1) + """)
+local ttl = tonumber(ARGV[3])
+if KEYS[2] ~= '' then
+  redis.call('HSETNX', KEYS[2], 'state', 'connecting')
+  redis.call('HSET', KEYS[2], 'client', ARGV[5], 'room_id', ARGV[6], 'connect_command', id)
+  redis.call('LPUSH', KEYS[3], id)
+  if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ttl) end
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+if KEYS[5] ~= '' then
+  redis.call('HSET', KEYS[5], 'client', ARGV[5], 'call_connection_id', ARGV[9], 'start_command', id)
+  redis.call('RPUSH', KEYS[6], id)
+  if KEYS[7] ~= '' then redis.call('HSET', KEYS[7], 'recording_id', ARGV[8]) end
+  redis.call('EXPIRE', KEYS[5], ttl)
+  redis.call('EXPIRE', KEYS[6], ttl)
+end
+local moved = transition(KEYS[1], id, ARGV[1], 'running', ARGV[2], '""" + keys.COMMAND_DONE_CHANNEL + """',
+                         {'lease_until', '0'})
+if moved[1] == 'applied' and ARGV[1] == 'waiting' then
+  redis.call('ZADD', '""" + keys.OPS_WAITING + """', ARGV[4], id)
+  redis.call('LPUSH', KEYS[8], ARGV[10])
+end
+return moved
 """
 
 # The call's first unsent command, if it parked waiting for its turn and nothing before it holds it back
@@ -156,6 +216,16 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 return {}
 """
+
+
+def announced(message: str) -> tuple[str, dict[str, str] | None]:
+    """The command id and record of a ``TRANSITION_FN`` announcement; no record (read it) from an older callq."""
+    command_id, _, doc = message.partition(" ")
+    try:
+        record = json.loads(doc) if doc else None
+    except ValueError:  # never from our script; but a bad message must cost a read, not the subscription
+        record = None
+    return command_id, record if isinstance(record, dict) else None
 
 
 def now_iso() -> str:

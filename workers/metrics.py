@@ -263,17 +263,6 @@ def sent(cmd: Mapping[str, Any], sent_at: str) -> None:
              extra={"command_id": cmd.get("id"), "call_connection_id": cmd.get("call_connection_id") or None})
 
 
-def track_waiting(client: redis.Redis, command_id: str, deadline_ms: int) -> None:
-    """List a command as waiting for its event, unless its event resolved it meanwhile."""
-    pipe = client.pipeline(transaction=False)
-    pipe.zadd(WAITING_KEY, {command_id: deadline_ms})
-    pipe.hget(keys.command_key(command_id), "status")
-    _, status = pipe.execute()
-    if status != "waiting":
-        # Resolved between the transition and the ZADD: its finisher's ZREM may have come first, so undo ours.
-        client.zrem(WAITING_KEY, command_id)
-
-
 def retrying(cmd: Mapping[str, Any], code: str) -> None:
     RECORDER.inc("callq_command_retries", str(cmd.get("type")), code)
     RECORDER.mark(ATTENTION_KEY, str(cmd.get("id")))

@@ -305,6 +305,24 @@ _OPS = (
     Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True),
 )
 OPERATIONS: dict[str, Operation] = {op.type: op for op in _OPS}
+
+
+def reconcile(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+    """How a command whose event never came ended, read from ACS; None when ACS cannot tell.
+
+    The operation's own reading first. When it cannot tell (or has none) and the call is gone, the command
+    ends ``call_ended``, as it would have had CallDisconnected reached callq before its own event did.
+    """
+    check = OPERATIONS[cmd["type"]].reconcile
+    try:
+        verdict = check(client, cmd) if check else None
+    except ResourceNotFoundError:
+        verdict = None  # the call (or recording) is gone: said below
+    if verdict is not None or cmd["type"] in ("connect", "hang_up") or not cmd.get("call_connection_id"):
+        return verdict
+    if _left_call(client, cmd):
+        return _lost("call_ended", "The call ended before ACS reported this command's outcome.", "read call")
+    return None
 # Passed to the ordering scripts: types whose sending alone lets the call's next command go, the media
 # types of which ACS runs one at a time, and the interrupts that never wait for an earlier outcome.
 NON_BLOCKING_TYPES = ",".join(op.type for op in _OPS if not op.blocks_until_resolved)

@@ -5,12 +5,17 @@ window edges as with fixed windows) with an explicit burst allowance, and tells 
 how long to wait. The script reads Redis ``TIME`` so every host shares one clock. A 429 from ACS pauses
 the whole budget for its ``Retry-After`` (``PAUSE_LUA``), so all workers slow down, not only the one
 that saw it. ``RateLimitPolicy`` applies the budget inside the SDK pipeline: every ACS request — commands,
-reads, extra pages of a list — pays before it is sent.
+reads, extra pages of a list — pays before it is sent. A command's own request is paid by the script that
+claims the command (``ledger.CLAIM_LUA`` runs ``GCRA_FN``), which saves a round trip on every send; the
+runtime marks it ``prepaid()`` so the policy does not charge it twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
+from collections.abc import Iterator
 
 import redis
 from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -19,22 +24,28 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from workers import keys, metrics
 from workers.errors import CallqError
 
+# Take one request from the budget: 0 when it may go now (and it is taken), else the milliseconds to wait.
+# tat_key: theoretical arrival time; pause_key: until when a 429 paused everyone; emission interval ms, burst.
+GCRA_FN = """
+local function gcra(tat_key, pause_key, emission, burst)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local paused = tonumber(redis.call('GET', pause_key) or '0')
+  if paused > now then return paused - now end
+  local tolerance = emission * (burst - 1)
+  local tat = tonumber(redis.call('GET', tat_key) or '0')
+  if tat < now then tat = now end
+  local allow_at = tat - tolerance
+  if now < allow_at then return math.ceil(allow_at - now) end
+  local new_tat = tat + emission
+  redis.call('SET', tat_key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+  return 0
+end
+"""
+
 # KEYS: theoretical-arrival-time key, pause-until key.  ARGV: emission interval ms, burst.
-# Returns 0 when the request may go now, else the milliseconds to wait.
-ACQUIRE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > now then return paused - now end
-local emission = tonumber(ARGV[1])
-local tolerance = emission * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then return math.ceil(allow_at - now) end
-local new_tat = tat + emission
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
+ACQUIRE_LUA = GCRA_FN + """
+return gcra(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 
 # KEYS: pause-until key.  ARGV: pause ms.  Extends, never shortens, a pause.
@@ -75,27 +86,59 @@ class RateLimiter:
         """One budget per ACS resource (its host), shared by everything pointed at it."""
         return cls(client, keys.rate_resource(endpoint), rate_per_s=rate_per_s, burst=burst)
 
+    @property
+    def script_keys(self) -> list[str]:
+        """KEYS of ``GCRA_FN`` for this budget (a script that pays for a request passes these)."""
+        return [self._tat_key, self._pause_key]
+
+    @property
+    def script_args(self) -> list[float | int]:
+        """The emission interval (ms) and burst ``GCRA_FN`` takes for this budget."""
+        return [self._emission_ms, self._burst]
+
     def try_acquire(self) -> float:
         """Take one request from the budget if possible; returns 0.0, or the seconds to wait first."""
-        return int(self._acquire(keys=[self._tat_key, self._pause_key], args=[self._emission_ms, self._burst])) / 1000
+        return int(self._acquire(keys=self.script_keys, args=self.script_args)) / 1000
 
     def acquire(self, max_wait_s: float) -> None:
         """Wait in place for at most ``max_wait_s``; longer waits raise RateLimited for a re-queue."""
         deadline = time.monotonic() + max_wait_s
-        while True:
-            wait_s = self.try_acquire()
-            if wait_s == 0:
-                return
-            if time.monotonic() + wait_s > deadline:
-                metrics.RECORDER.inc("callq_rate_limit_deferrals")
-                raise RateLimited(wait_s)
-            metrics.RECORDER.inc("callq_rate_limit_waits")
-            metrics.RECORDER.inc("callq_rate_limit_wait_seconds", by=wait_s)
-            time.sleep(wait_s)  # bounded by max_wait_s: a short, deliberate pause
+        while (wait_s := self.try_acquire()) > 0:
+            wait_or_defer(wait_s, deadline)
 
     def pause(self, seconds: float) -> None:
         """ACS said 429: nobody sends for ``seconds``."""
         self._pause(keys=[self._pause_key], args=[max(1, int(seconds * 1000))])
+
+
+def wait_or_defer(wait_s: float, deadline: float) -> None:
+    """Sleep ``wait_s`` if that ends by ``deadline`` (monotonic); otherwise raise RateLimited for a re-queue."""
+    if time.monotonic() + wait_s > deadline:
+        metrics.RECORDER.inc("callq_rate_limit_deferrals")
+        raise RateLimited(wait_s)
+    metrics.RECORDER.inc("callq_rate_limit_waits")
+    metrics.RECORDER.inc("callq_rate_limit_wait_seconds", by=wait_s)
+    time.sleep(wait_s)  # bounded by the caller's max wait: a short, deliberate pause
+
+
+class _Credit:
+    """Requests of a ``prepaid()`` block already paid for."""
+
+    def __init__(self) -> None:
+        self.requests = 1
+
+
+_prepaid: contextvars.ContextVar[_Credit | None] = contextvars.ContextVar("callq_prepaid", default=None)
+
+
+@contextlib.contextmanager
+def prepaid() -> Iterator[None]:
+    """The first ACS request sent in this block was already paid for (by the claim script); later ones pay."""
+    token = _prepaid.set(_Credit())
+    try:
+        yield
+    finally:
+        _prepaid.reset(token)
 
 
 class RateLimitPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
@@ -106,6 +149,10 @@ class RateLimitPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
         self._max_wait_s = max_wait_s
 
     def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+        credit = _prepaid.get()
+        if credit is not None and credit.requests > 0:
+            credit.requests -= 1  # its slot was taken when the command was claimed
+            return
         self._limiter.acquire(self._max_wait_s)
 
     def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]

@@ -6,7 +6,8 @@ even when the event beat the HTTP response here. Running a command id twice is h
 
 * the claim (``ledger.CLAIM_LUA``) admits a command only while it is unsent, only when every earlier
   command of its call has been sent (per-call order), and only for one worker at a time (a lease that a
-  crashed worker's redelivered message outlives);
+  crashed worker's redelivered message outlives); the same round trip reads the command and pays the
+  shared ACS budget for its request;
 * a resend after a crash carries the same repeatability id, and an operation ACS cannot deduplicate is
   re-sent only after a read of ACS's state shows the first attempt did not take effect.
 
@@ -16,6 +17,7 @@ the command before it; a rate-limited or retried command is re-queued with a cou
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -30,8 +32,8 @@ from azure.communication.callautomation import CallAutomationClient
 from workers import correlation, keys, ledger, logs, metrics
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.errors import AcsError
-from workers.operations import OPERATIONS, Record, Sent, is_repeatable, lane_args, outcome_timeout_s
-from workers.ratelimit import RateLimited, RateLimiter
+from workers.operations import OPERATIONS, Record, Sent, is_repeatable, lane_args, outcome_timeout_s, reconcile
+from workers.ratelimit import RateLimited, RateLimiter, prepaid, wait_or_defer
 from workers.retry import retry_delay_s, should_retry
 from workers.settings import Settings
 
@@ -50,6 +52,9 @@ class Scheduler(Protocol):
 
     def check(self, command_id: str, countdown_s: float) -> None:
         """Reconcile a waiting command after ``countdown_s`` if its event has not resolved it."""
+
+    def check_message(self, command_id: str, countdown_s: float) -> str:
+        """The broker message of ``check`` (the runtime pushes it in the script that starts the wait)."""
 
 
 class RetryLater(Exception):
@@ -70,6 +75,11 @@ def _created(cmd: Record) -> datetime:
     return datetime.fromisoformat(cmd["created_at"].replace("Z", "+00:00"))
 
 
+def _budget(r: redis.Redis, settings: Settings) -> RateLimiter:
+    return RateLimiter.for_endpoint(r, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s,
+                                    burst=settings.acs_rate_burst)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -81,9 +91,12 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings, scheduler: Scheduler) -> Runtime:
         r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        limiter = RateLimiter.for_endpoint(r, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s,
-                                           burst=settings.acs_rate_burst)
-        return cls(settings, r, create_client(settings, limiter), scheduler, random.Random())
+        return cls(settings, r, create_client(settings, _budget(r, settings)), scheduler, random.Random())
+
+    @functools.cached_property
+    def limiter(self) -> RateLimiter:
+        """The shared ACS budget (the client's policy pays reads from it; the claim pays a command's send)."""
+        return _budget(self.redis, self.settings)
 
     @property
     def lease_ms(self) -> int:
@@ -111,28 +124,44 @@ class Runtime:
 
     def _step(self, command_id: str) -> tuple[str, str]:
         """Claim and send one command; returns (status, its call) — the call only when it may have moved."""
-        record = self.redis.hgetall(keys.command_key(command_id))
-        if not record:
+        logs.bind(command_id=command_id)  # a drain runs several commands in one task
+        claim = self._claim(command_id)
+        if claim[0] == "missing":
             log.warning("command %s not found (expired?)", command_id, extra={"command_id": command_id})
             return "missing", ""
-        cmd = _parse(record)
-        lane = cmd.get("call_connection_id") or ""
-        logs.bind(command_id=command_id, call_connection_id=lane)  # a drain runs several commands in one task
-        claim = self.redis.eval(ledger.CLAIM_LUA, 2, keys.command_key(command_id),
-                                keys.call_commands_key(lane) if lane else "", self.lease_ms, ledger.now_iso(),
-                                command_id, cmd["type"], *lane_args(int(time.time() * 1000)))
         if claim[0] == "done":
-            return str(claim[1]), lane  # e.g. redelivered after a crash: the call may still need a push
+            return str(claim[1]), str(claim[2])  # e.g. redelivered after a crash: the call may still need a push
         if claim[0] == "blocked":
             raise RetryLater(min(PARK_RECHECK_CAP_S, 2.0 ** int(claim[1])))
-        if claim[0] != "claimed":  # leased by another worker, or gone
-            return "running" if claim[0] == "leased" else "missing", ""
+        if claim[0] != "claimed":  # leased by another worker
+            return "running", ""
+        cmd = _parse(dict(zip(claim[3][::2], claim[3][1::2], strict=True)))
+        lane = cmd.get("call_connection_id") or ""
+        logs.bind(call_connection_id=lane)
         if claim[2] == "running" and not is_repeatable(cmd):
             # The last attempt died mid-send (worker killed): ACS may have acted, and this request would
             # not be deduplicated. Ask ACS before sending again; if it cannot tell, say so.
             crashed = AcsError("the previous attempt stopped while sending", retryable=True)
-            return self._failed(cmd, crashed, int(claim[1])), lane
+            with prepaid():  # the claim paid for one request: the read that verifies
+                return self._failed(cmd, crashed, int(claim[1])), lane
         return self._send(cmd, attempt=int(claim[1])), lane
+
+    def _claim(self, command_id: str) -> list[Any]:
+        """``CLAIM_LUA``, waiting in place while the ACS budget is short by less than ``rate_wait_max_s``."""
+        deadline = time.monotonic() + self.settings.rate_wait_max_s
+        while True:
+            claim: list[Any] = self.redis.eval(
+                ledger.CLAIM_LUA, 3, keys.command_key(command_id), *self.limiter.script_keys, self.lease_ms,
+                ledger.now_iso(), *self.limiter.script_args, *lane_args(int(time.time() * 1000)))
+            if claim[0] != "throttled":
+                return claim
+            try:
+                wait_or_defer(int(claim[1]) / 1000, deadline)
+            except RateLimited as limited:
+                # Not claimed, not sent, not an attempt: the slot is freed while the budget refills.
+                self._transition(command_id, "queued", {"throttled": limited.message}, only_from=("queued",))
+                metrics.throttled({"id": command_id, "type": claim[2]})
+                raise RetryLater(limited.retry_after_s) from None
 
     def _drain(self, lane: str) -> None:
         for _ in range(CHAIN_MAX):
@@ -198,10 +227,10 @@ class Runtime:
                      cmd["type"].split("_")[0] + "; start one first."}
             return self._transition(cmd["id"], "failed", {"error": error})
         try:
-            with command_scope(cmd["id"], _created(cmd)):
+            with command_scope(cmd["id"], _created(cmd)), prepaid():  # the claim paid for its request
                 sent = op.send(self.client, cmd, self.settings)
         except RateLimited as limited:
-            # Never reached ACS: not an attempt. The slot is freed while the budget refills.
+            # A further request of this send found the budget spent. Never reached ACS: not an attempt.
             # Back to queued (not sent), so a later claim does not take this for a crash mid-send.
             self._transition(cmd["id"], "queued", {"throttled": limited.message}, only_from=("running",))
             self.redis.hincrby(keys.command_key(cmd["id"]), "attempts", -1)
@@ -226,30 +255,45 @@ class Runtime:
 
     def _accepted(self, cmd: Record, sent: Sent) -> str:
         cid = cmd["id"]
-        fields: dict[str, Any] = {"sent_at": ledger.now_iso(), "last_error": "", "throttled": ""}
-        metrics.sent(cmd, fields["sent_at"])
+        now = ledger.now_iso()
+        fields: dict[str, Any] = {"sent_at": now, "last_error": "", "throttled": ""}
+        metrics.sent(cmd, now)
         if sent.call_connection_id:
             fields["call_connection_id"] = sent.call_connection_id
-            self._remember_call(cmd, sent.call_connection_id)
         if sent.recording_id:
             fields["recording_id"] = sent.recording_id
         if sent.result is not None:
             fields["result"] = sent.result
         timeout_s = outcome_timeout_s(cmd, self.settings.outcome_timeout_s)
+        deadline_ms = int((time.time() + timeout_s) * 1000)
         if not sent.resolved:
-            fields["wait_deadline"] = int((time.time() + timeout_s) * 1000)
-        # Recorded even if an early event already resolved the command: the response is still true. Written
-        # before the recording is registered, so whoever sees the command resolved also sees its recording id.
-        self.redis.hset(keys.command_key(cid), mapping=dict(zip(*[iter(ledger.flatten(fields))] * 2, strict=True)))
-        if sent.recording_id:
-            self._remember_recording(cmd, sent.recording_id)
-        status = self._transition(cid, "succeeded" if sent.resolved else "waiting", {}, only_from=("running",))
+            fields["wait_deadline"] = deadline_ms
+        to = "succeeded" if sent.resolved else "waiting"
+        # Built even when an early event has resolved the command (the script then drops it): cheaper than a
+        # second round trip, and a Celery publish here would cost more still, in the very moment the event
+        # is being ingested.
+        check = self.scheduler.check_message(cid, timeout_s) if not sent.resolved else ""
+        outcome, status = self.redis.eval(ledger.SENT_LUA, 8, *self._sent_keys(cmd, sent),
+                                          keys.queue_key(self.settings.queue), to, now, self.settings.command_ttl_s,
+                                          deadline_ms, cmd["client"], cmd.get("room_id") or "",
+                                          sent.call_connection_id or "", sent.recording_id or "",
+                                          cmd.get("call_connection_id") or "", check, *ledger.flatten(fields))
+        if outcome == "applied" and to in ledger.TERMINAL:
+            metrics.finished(self.redis, cid)
+        status = to if outcome == "applied" else str(status)
         if sent.recording_id and status == "waiting":
             status = self._catch_up_recording(cid, sent.recording_id)
-        if status == "waiting":
-            metrics.track_waiting(self.redis, cid, int(fields["wait_deadline"]))
-            self.scheduler.check(cid, timeout_s)
         return status
+
+    @staticmethod
+    def _sent_keys(cmd: Record, sent: Sent) -> list[str]:
+        """KEYS of ``SENT_LUA``: the command, the call ACS made (if any), the recording it started (if any)."""
+        made, rec, own = sent.call_connection_id or "", sent.recording_id or "", cmd.get("call_connection_id") or ""
+        return [keys.command_key(cmd["id"]),
+                keys.call_key(made) if made else "", keys.call_commands_key(made) if made else "",
+                keys.room_call_key(cmd["room_id"]) if made and cmd.get("room_id") else "",
+                keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else "",
+                keys.call_key(own) if rec and own else ""]
 
     def reconcile(self, command_id: str) -> str:
         """The deadline of a waiting command passed: resolve it from ACS's state, or fail callback_timeout.
@@ -263,9 +307,8 @@ class Runtime:
         if left_s > 0:
             raise RetryLater(left_s)
         cmd = _parse(record)
-        check = OPERATIONS[cmd["type"]].reconcile
         try:
-            verdict = check(self.client, cmd) if check else None
+            verdict = reconcile(self.client, cmd)
         except RateLimited as limited:
             raise RetryLater(limited.retry_after_s) from None
         except Exception as exc:
@@ -284,32 +327,6 @@ class Runtime:
             self.redis.hset(keys.call_key(cc), mapping=update)
         self._drain(cc)
         return status
-
-    def _remember_call(self, cmd: Record, call_connection_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        call = keys.call_key(call_connection_id)
-        pipe.hsetnx(call, "state", "connecting")
-        pipe.hset(call, mapping={"client": cmd["client"], "room_id": cmd.get("room_id") or "",
-                                 "connect_command": cmd["id"]})
-        # At the head: an early CallConnected can let later commands be accepted before this response.
-        pipe.lpush(keys.call_commands_key(call_connection_id), cmd["id"])
-        if cmd.get("room_id"):
-            pipe.set(keys.room_call_key(cmd["room_id"]), call_connection_id, ex=self.settings.command_ttl_s)
-        pipe.expire(call, self.settings.command_ttl_s)
-        pipe.expire(keys.call_commands_key(call_connection_id), self.settings.command_ttl_s)
-        pipe.execute()
-
-    def _remember_recording(self, cmd: Record, recording_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        rec = keys.recording_key(recording_id)
-        pipe.hset(rec, mapping={"client": cmd["client"], "call_connection_id": cmd.get("call_connection_id") or "",
-                                "start_command": cmd["id"]})
-        pipe.rpush(keys.recording_commands_key(recording_id), cmd["id"])
-        if cmd.get("call_connection_id"):
-            pipe.hset(keys.call_key(cmd["call_connection_id"]), "recording_id", recording_id)
-        pipe.expire(rec, self.settings.command_ttl_s)
-        pipe.expire(keys.recording_commands_key(recording_id), self.settings.command_ttl_s)
-        pipe.execute()
 
     def _catch_up_recording(self, command_id: str, recording_id: str) -> str:
         """Resolve a start whose RecordingStateChanged arrived before we knew its recording id.
