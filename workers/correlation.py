@@ -10,6 +10,7 @@ event for an unknown call is still kept in the call's timeline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -23,6 +24,7 @@ from workers import keys, ledger, metrics
 from workers.operations import OPERATIONS, Operation
 
 PREFIX = "Microsoft.Communication."
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder for every event, not one per json.dumps call
 
 
 @dataclass
@@ -164,7 +166,8 @@ end
 -- Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
 redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ttl)
-local plan, resolved = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or {types = {}, steps = {}}, {}
+-- Decoded only when there is a command to apply it to (most events only join the timeline).
+local plan, resolved = (#found > 0 and ARGV[9] ~= '') and cjson.decode(ARGV[9]) or {types = {}, steps = {}}, {}
 for _, cmd in ipairs(found) do
   local tag = plan.types[cmd.type]
   local step = tag and plan.steps[tag]
@@ -222,16 +225,18 @@ def _steps(event: dict[str, Any]) -> str:
     fields of a step depend on the event alone, so each is built (and sent) once however many types take it.
     """
     kind, data = short_type(event), event["data"]
-    types: dict[str, str] = {}
+    types = _tags(kind, data.get("state") if kind == "RecordingStateChanged" else None)
     steps: dict[str, list[Any]] = {}
-    for type_, op in OPERATIONS.items():
-        tag = _tag(op, kind, data)
-        if tag is not None:
-            types[type_] = tag
-            if tag not in steps:
-                status, fields = _step(tag, kind, event)
-                steps[tag] = [status, ledger.flatten(fields)]
-    return json.dumps({"types": types, "steps": steps}, separators=(",", ":")) if types else ""
+    for tag in set(types.values()):
+        status, fields = _step(tag, kind, event)
+        steps[tag] = [status, ledger.flatten(fields)]
+    return _COMPACT.encode({"types": types, "steps": steps}) if types else ""
+
+
+@functools.lru_cache(maxsize=256)  # event kinds (and recording states) are few; the answer depends on nothing else
+def _tags(kind: str, recording_state: str | None) -> dict[str, str]:
+    data = {"state": recording_state} if recording_state is not None else {}
+    return {type_: tag for type_, op in OPERATIONS.items() if (tag := _tag(op, kind, data)) is not None}
 
 
 _CANCELED = {"code": "invitation_canceled", "message": "The invitation was canceled before it was answered."}
@@ -250,10 +255,10 @@ def _script_args(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int,
              keys.call_key(cc) if cc else "", keys.call_commands_key(cc) if cc else "",
              keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else ""]
     min_id = str(int((time.time() - retention_s) * 1000))
-    args = [str(dedup_ttl_s), str(ttl_s), min_id, json.dumps(event, separators=(",", ":")), context,
+    args = [str(dedup_ttl_s), str(ttl_s), min_id, _COMPACT.encode(event), context,
             kind, "1" if kind == "CallDisconnected" else "", data.get("state") or "", _steps(event),
             ledger.now_iso(), _late(event) if context else "", invitation,
-            json.dumps(ledger.flatten(canceled), separators=(",", ":")) if invitation else "",
+            _COMPACT.encode(ledger.flatten(canceled)) if invitation else "",
             data.get("serverCallId") or ""]
     return keys_, args
 
