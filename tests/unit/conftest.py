@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
+import redis
 from starlette.testclient import TestClient
 
 from api.app import create_app
@@ -32,3 +33,12 @@ def client(settings: Settings, server: fakeredis.FakeServer) -> Iterator[TestCli
     app = create_app(settings, redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture(params=["fake", "real"])
+def fake_and_real_redis(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """Each test that takes it runs twice: on fakeredis, and on the suite's real redis-server."""
+    if request.param == "fake":
+        yield fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    else:
+        yield redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)

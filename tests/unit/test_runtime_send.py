@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,12 +51,9 @@ class Acs:
         return SimpleNamespace(call_connection_id=f"cc-{operation_context}")
 
 
-@pytest.fixture(params=["fake", "real"])
-def r(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
-    if request.param == "fake":
-        yield fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    else:
-        yield redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+@pytest.fixture
+def r(fake_and_real_redis: redis.Redis) -> redis.Redis:
+    return fake_and_real_redis
 
 
 def put(r: redis.Redis, cid: str, type_: str = "connect", **fields: Any) -> None:

@@ -298,8 +298,12 @@ def test_a_component_that_keeps_dying_is_restarted_a_few_times_then_stops_the_st
     out = io.StringIO()
     runner = stack._Runner(Console(out, ["crashy", "callq"], colour=False), dict(os.environ), stop_grace_s=1.0)
     go = tmp_path / "go"  # the first one lives until it was seen healthy; every later one dies at once
-    script = f"import os, time\nprint('up', flush=True)\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)\n" \
-             "raise SystemExit(3)"
+    script = "\n".join([
+        "import os, time",
+        "print('up', flush=True)",
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)",  # sleep-ok: the child polls for its go file
+        "raise SystemExit(3)",
+    ])
     crashy = _components.Component("crashy", (sys.executable, "-c", script), _components.LogLine("up"), restart=True)
     assert runner.start_healthy(crashy, deadline_s=30, stop=stack._StopRequest())
     go.touch()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
 
@@ -28,12 +26,9 @@ class Recorder:
         self.checks.append(command_id)
 
 
-@pytest.fixture(params=["fake", "real"])
-def r(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
-    if request.param == "fake":
-        yield fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    else:
-        yield redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+@pytest.fixture
+def r(fake_and_real_redis: redis.Redis) -> redis.Redis:
+    return fake_and_real_redis
 
 
 def put(r: redis.Redis, cid: str, **fields: Any) -> None:
