@@ -16,7 +16,9 @@ from simulator.settings import Settings
 # works under any pytest import mode (this directory has no __init__.py: "tests.simulator" would shadow the
 # real "simulator" package under the default mode).
 sys.path.insert(0, str(Path(__file__).parent))
-from simharness import KEY, Receiver, ServerThread, Sim, free_port
+from simharness import KEY, Receiver, ServerThread, Sim
+
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="session")

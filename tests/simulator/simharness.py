@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import time
 import uuid
@@ -22,27 +21,10 @@ from azure.communication.callautomation import CallAutomationClient, CallConnect
 from azure.core.credentials import AzureKeyCredential
 
 from simulator.settings import Settings
+from tests.conftest import wait_until
 
 KEY = base64.b64encode(b"callq-simulator-test-key").decode()
 CALLER_ID = "+18005550199"
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.005)  # sleep-ok: poll interval of a deadline-bounded wait, not synchronisation
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:
@@ -55,7 +37,7 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        wait_until(lambda: self.server.started, 10.0, "uvicorn to start")
+        wait_until(lambda: self.server.started, timeout_s=10.0, what="uvicorn to start")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from azure.communication.callautomation import PhoneNumberIdentifier
-from simharness import CALLER_ID, Sim, wait_until
+from simharness import CALLER_ID, Sim
+
+from tests.conftest import wait_until
 
 
 def test_health(sim: Sim) -> None:
@@ -77,7 +79,8 @@ def test_log_lists_executed_state_changes_in_order(sim: Sim, client) -> None:
 def test_callbacks_log_and_stats(sim: Sim, client) -> None:
     room_id, _ = sim.room()
     sim.connect(client, room_id)
-    delivered = wait_until(lambda: sim.deliveries(target=sim.callback_url, outcome="delivered"), what="deliveries")
+    delivered = wait_until(lambda: sim.deliveries(target=sim.callback_url, outcome="delivered"), timeout_s=5.0,
+                           what="deliveries")
     assert "Microsoft.Communication.CallConnected" in [t for d in delivered for t in d["types"]]
     assert delivered[0]["status"] == 200
     stats = sim.admin.get("/_sim/stats").json()

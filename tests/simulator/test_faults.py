@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from azure.communication.callautomation import FileSource, PhoneNumberIdentifier
 from azure.core.exceptions import AzureError, HttpResponseError
-from simharness import CALLER_ID, Sim, wait_until
+from simharness import CALLER_ID, Sim
+
+from tests.conftest import wait_until
 
 PHONE = PhoneNumberIdentifier("+16045550100")
 CALLER = PhoneNumberIdentifier(CALLER_ID)
@@ -102,7 +104,7 @@ def test_drop_rate_drops_callbacks_and_logs_them(sim: Sim, client) -> None:
     room_id, _ = sim.room()
     sim.faults(drop_rate=1.0)
     client.connect_call(callback_url=sim.callback_url, room_id=room_id)
-    wait_until(lambda: len(sim.deliveries(outcome="dropped_by_fault")) >= 2, what="dropped events")
+    wait_until(lambda: len(sim.deliveries(outcome="dropped_by_fault")) >= 2, timeout_s=5.0, what="dropped events")
     dropped = sim.deliveries(outcome="dropped_by_fault")
     assert [t for d in dropped for t in d["types"]] == [
         "Microsoft.Communication.CallConnected", "Microsoft.Communication.ParticipantsUpdated"]
@@ -115,7 +117,8 @@ def test_duplicate_rate_redelivers_same_event_ids(sim: Sim, client) -> None:
     client.connect_call(callback_url=sim.callback_url, room_id=room_id)
     connected = sim.receiver.wait_for(sim.path, "CallConnected", count=2)
     assert connected[0]["id"] == connected[1]["id"]
-    wait_until(lambda: any(d["duplicate"] for d in sim.deliveries(outcome="delivered")), what="a duplicate logged")
+    wait_until(lambda: any(d["duplicate"] for d in sim.deliveries(outcome="delivered")), timeout_s=5.0,
+               what="a duplicate logged")
 
 
 def test_reorder_delivers_a_batch_out_of_order(sim: Sim, client) -> None:
@@ -146,7 +149,7 @@ def test_callback_target_down_retries_then_drops(sim: Sim, client) -> None:
     room_id, _ = sim.room()
     sim.faults(callback_target_down=True)
     client.connect_call(callback_url=sim.callback_url, room_id=room_id)
-    dropped = wait_until(lambda: sim.deliveries(outcome="dropped"), what="a dropped delivery")
+    dropped = wait_until(lambda: sim.deliveries(outcome="dropped"), timeout_s=5.0, what="a dropped delivery")
     attempts = [d["attempt"] for d in sim.deliveries(target=sim.callback_url)]
     assert attempts[: dropped[0]["attempt"]] == list(range(1, dropped[0]["attempt"] + 1))
     assert dropped[0]["status"] is None and "callback_target_down" in dropped[0]["error"]
@@ -160,7 +163,7 @@ def test_failing_target_is_retried_until_it_accepts(sim: Sim, client) -> None:
     sim.receiver.fail_next[sim.path] = 2
     client.connect_call(callback_url=sim.callback_url, room_id=room_id)
     sim.receiver.wait_for(sim.path, "CallConnected")
-    wait_until(lambda: sim.deliveries(outcome="delivered"), what="the delivery to be logged")
+    wait_until(lambda: sim.deliveries(outcome="delivered"), timeout_s=5.0, what="the delivery to be logged")
     outcomes = [(d["attempt"], d["status"], d["outcome"]) for d in sim.deliveries(target=sim.callback_url)]
     assert outcomes[:3] == [(1, 500, "retrying"), (2, 500, "retrying"), (3, 200, "delivered")]
     assert len(sim.receiver.wait_for(sim.path, "CallConnected")) == 1
