@@ -18,6 +18,7 @@ the command before it; a rate-limited or retried command is re-queued with a cou
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import random
@@ -71,6 +72,11 @@ def _parse(record: dict[str, str]) -> Record:
     return cmd
 
 
+@functools.lru_cache(maxsize=16)
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
 def _created(cmd: Record) -> datetime:
     return datetime.fromisoformat(cmd["created_at"].replace("Z", "+00:00"))
 
@@ -105,9 +111,16 @@ class Runtime:
         return int(min(2 * self.settings.acs_timeout_s + self.settings.rate_wait_max_s + 5,
                        self.settings.visibility_timeout_s * 0.8) * 1000)
 
+    def _eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
+        """``redis.eval`` by the script's SHA: its text (kilobytes) crosses the wire once, not on every command."""
+        try:
+            return self.redis.evalsha(_sha(script), numkeys, *keys_and_args)
+        except redis.exceptions.NoScriptError:
+            return self.redis.eval(script, numkeys, *keys_and_args)
+
     def _transition(self, command_id: str, to: str, fields: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> str:
         args = ledger.transition_args(to, {**fields, "lease_until": 0}, only_from=only_from)
-        outcome, status = self.redis.eval(ledger.TRANSITION_LUA, 1, keys.command_key(command_id), *args)
+        outcome, status = self._eval(ledger.TRANSITION_LUA, 1, keys.command_key(command_id), *args)
         if outcome == "applied" and to in ledger.TERMINAL:
             metrics.finished(self.redis, command_id)  # counted once: only one transition to terminal applies
         return status if outcome != "applied" else to
@@ -150,7 +163,7 @@ class Runtime:
         """``CLAIM_LUA``, waiting in place while the ACS budget is short by less than ``rate_wait_max_s``."""
         deadline = time.monotonic() + self.settings.rate_wait_max_s
         while True:
-            claim: list[Any] = self.redis.eval(
+            claim: list[Any] = self._eval(
                 ledger.CLAIM_LUA, 3, keys.command_key(command_id), *self.limiter.script_keys, self.lease_ms,
                 ledger.now_iso(), *self.limiter.script_args, *lane_args(int(time.time() * 1000)))
             if claim[0] != "throttled":
@@ -181,7 +194,7 @@ class Runtime:
         """The call's next command if it parked waiting for its turn and the turn is now its (unparks it)."""
         if not lane:
             return None
-        nxt = self.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), *lane_args(int(time.time() * 1000)))
+        nxt = self._eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), *lane_args(int(time.time() * 1000)))
         return (nxt[0], nxt[1]) if nxt else None
 
     def sweep(self) -> int:
@@ -273,7 +286,7 @@ class Runtime:
         # second round trip, and a Celery publish here would cost more still, in the very moment the event
         # is being ingested.
         check = self.scheduler.check_message(cid, timeout_s) if not sent.resolved else ""
-        outcome, status = self.redis.eval(ledger.SENT_LUA, 8, *self._sent_keys(cmd, sent),
+        outcome, status = self._eval(ledger.SENT_LUA, 8, *self._sent_keys(cmd, sent),
                                           keys.queue_key(self.settings.queue), to, now, self.settings.command_ttl_s,
                                           deadline_ms, cmd["client"], cmd.get("room_id") or "",
                                           sent.call_connection_id or "", sent.recording_id or "",
