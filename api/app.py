@@ -31,7 +31,7 @@ from api.routes import command_routes
 from api.schedules import schedule_routes
 from api.ui import ui_routes
 from tasks.app import create_celery
-from workers import ledger, logs
+from workers import logs
 from workers.acs import create_client
 from workers.errors import (
     AcsError,
@@ -47,6 +47,7 @@ from workers.errors import (
     Unauthorized,
 )
 from workers.ratelimit import RateLimited, RateLimiter
+from workers.scripts import AutoPipeline
 from workers.settings import Settings
 
 REDIS_POOL_WAIT_S = 10.0
@@ -123,7 +124,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.http = httpx.AsyncClient(timeout=10.0)
     app.state.api_keys = ApiKeys(settings.api_keys)
     app.state.celery = create_celery(settings)
-    app.state.accept_script = app.state.redis.register_script(ledger.ACCEPT_LUA)
+    app.state.scripts = AutoPipeline(app.state.redis)  # every hot-path script call: accept, ingest, kick
     # Reads pay the same shared ACS budget as the workers' commands (sync client: run in a threadpool).
     app.state.sync_redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     app.state.acs = create_client(settings, RateLimiter.for_endpoint(

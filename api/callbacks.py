@@ -127,7 +127,7 @@ async def acs_events(request: Request) -> Response:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("ACS callbacks must carry 'Authorization: Bearer <jwt>'.")
     await state.verifier.verify(token.strip())
-    report = await correlation.ingest(state.redis, events, dedup_ttl_s=settings.event_dedup_ttl_s,
+    report = await correlation.ingest(state.scripts, events, dedup_ttl_s=settings.event_dedup_ttl_s,
                                       ttl_s=settings.command_ttl_s, retention_s=settings.event_retention_s)
     callbacks_ingested(report)  # outcomes, latency, duplicates for /metrics
     for lane in report.lanes:
@@ -138,8 +138,8 @@ async def acs_events(request: Request) -> Response:
 async def _kick(request: Request, lane: str) -> None:
     """A resolved command may be what the call's next command was waiting for: publish its task now."""
     state = request.app.state
-    nxt = await state.redis.eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane),
-                                 *lane_args(int(time.time() * 1000)))
+    nxt = await state.scripts.run(ledger.KICK_LUA, [keys.call_commands_key(lane)],
+                                  lane_args(int(time.time() * 1000)))
     if nxt:
         message = task_message(state.celery, task_name(nxt[1]), str(uuid.uuid4()), [nxt[0]],
                                queue=state.settings.queue)

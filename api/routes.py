@@ -19,7 +19,7 @@ from api import schemas
 from api.auth import idempotency_key
 from tasks.app import task_name
 from tasks.publish import task_message
-from workers import commands, keys
+from workers import commands, keys, ledger
 from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand
 
 MAX_BODY_BYTES = 16_384
@@ -175,7 +175,7 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
         state.settings, message_for(request), client=client, type_=spec.type, params=params, idempotency_key=idem,
         route=f"{request.method} {request.scope['path']}", call_connection_id=target.get("call_connection_id", ""),
         room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
-    found = commands.accepted(await state.accept_script(keys=prepared.keys, args=prepared.args))
+    found = commands.accepted(await state.scripts.run(ledger.ACCEPT_LUA, prepared.keys, prepared.args))
     headers = {"Location": f"/v1/commands/{found.command_id}"}
     if found.replayed:
         if found.fingerprint != prepared.fingerprint:

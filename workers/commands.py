@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from workers import keys, ledger
+from workers import keys, ledger, scripts
 from workers.settings import Settings
 
 # (command type, command id) -> the broker message that runs it (tasks.publish.task_message, bound to an app)
@@ -85,4 +85,4 @@ def accepted(result: list[str]) -> Accepted:
 
 def accept(r: redis.Redis, prepared: Accept) -> Accepted:
     """Run the accept on a synchronous client (workers); the API runs the same script on its async one."""
-    return accepted(r.eval(ledger.ACCEPT_LUA, len(prepared.keys), *prepared.keys, *prepared.args))
+    return accepted(scripts.run(r, ledger.ACCEPT_LUA, prepared.keys, prepared.args))

@@ -11,17 +11,14 @@ event for an unknown call is still kept in the call's timeline.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
-
 from workers import keys, ledger, metrics
 from workers.operations import OPERATIONS, Operation
+from workers.scripts import AutoPipeline
 
 PREFIX = "Microsoft.Communication."
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder for every event, not one per json.dumps call
@@ -111,7 +108,7 @@ def outcome(command_type: str, event: dict[str, Any]) -> tuple[str, dict[str, An
     return None if tag is None else _step(tag, kind, event)
 
 
-# One event, in one round trip and atomically: dedupe, store, find the commands it may resolve, resolve them,
+# One event, in one script call and atomically: dedupe, store, find the commands it may resolve, resolve them,
 # update the call. Python decides beforehand what the event means for each command type (``steps``); the
 # script decides which commands it reaches, reading them as they are at that instant.
 #
@@ -263,11 +260,13 @@ def _script_args(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int,
     return keys_, args
 
 
-async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s: int, ttl_s: int,
+async def ingest(scripts: AutoPipeline, events: list[dict[str, Any]], *, dedup_ttl_s: int, ttl_s: int,
                  retention_s: int) -> IngestReport:
-    """Store and apply a batch of CloudEvents, in order, one round trip each. Safe to call again with the same events.
+    """Store and apply a batch of CloudEvents, in order, one script call each. Safe to call again with the same events.
 
-    A duplicate (same CloudEvent id within ``dedup_ttl_s``) changes nothing.
+    Each call joins the API's pipeline (``scripts.AutoPipeline``), so concurrent POSTs share round trips; the
+    next event of this batch is sent only once the last one's answer is in. A duplicate (same CloudEvent id
+    within ``dedup_ttl_s``) changes nothing.
     """
     report = IngestReport()
     for raw in events:
@@ -276,10 +275,7 @@ async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s
             report.duplicates += 1  # nothing to dedupe by: ACS always sends one, so this is not ACS
             continue
         keys_, args = _script_args(event, dedup_ttl_s=dedup_ttl_s, ttl_s=ttl_s, retention_s=retention_s)
-        try:
-            reply = await r.evalsha(_INGEST_SHA, len(keys_), *keys_, *args)
-        except NoScriptError:
-            reply = await r.eval(INGEST_LUA, len(keys_), *keys_, *args)
+        reply = await scripts.run(INGEST_LUA, keys_, args)
         if reply[0] == "duplicate":
             report.duplicates += 1
             continue
@@ -294,5 +290,3 @@ async def ingest(r: aioredis.Redis, events: list[dict[str, Any]], *, dedup_ttl_s
                 report.lanes.add(cc)
     return report
 
-
-_INGEST_SHA = hashlib.sha1(INGEST_LUA.encode()).hexdigest()

@@ -18,7 +18,6 @@ the command before it; a rate-limited or retried command is re-queued with a cou
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import random
@@ -30,7 +29,7 @@ from typing import Any, Protocol
 import redis
 from azure.communication.callautomation import CallAutomationClient
 
-from workers import correlation, keys, ledger, logs, metrics
+from workers import correlation, keys, ledger, logs, metrics, scripts
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.errors import AcsError
 from workers.operations import OPERATIONS, Record, Sent, is_repeatable, lane_args, outcome_timeout_s, reconcile
@@ -72,11 +71,6 @@ def _parse(record: dict[str, str]) -> Record:
     return cmd
 
 
-@functools.lru_cache(maxsize=16)
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
-
-
 def _created(cmd: Record) -> datetime:
     return datetime.fromisoformat(cmd["created_at"].replace("Z", "+00:00"))
 
@@ -112,11 +106,8 @@ class Runtime:
                        self.settings.visibility_timeout_s * 0.8) * 1000)
 
     def _eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
-        """``redis.eval`` by the script's SHA: its text (kilobytes) crosses the wire once, not on every command."""
-        try:
-            return self.redis.evalsha(_sha(script), numkeys, *keys_and_args)
-        except redis.exceptions.NoScriptError:
-            return self.redis.eval(script, numkeys, *keys_and_args)
+        """``redis.eval``'s arguments, run by the script's SHA (``scripts.run``)."""
+        return scripts.run(self.redis, script, list(keys_and_args[:numkeys]), list(keys_and_args[numkeys:]))
 
     def _transition(self, command_id: str, to: str, fields: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> str:
         args = ledger.transition_args(to, {**fields, "lease_until": 0}, only_from=only_from)

@@ -23,6 +23,7 @@ from api.openapi import document
 from tests.conftest import TEST_API_KEY
 from tests.integration.conftest import ThreadServer
 from workers import correlation
+from workers.scripts import AutoPipeline
 from workers.settings import Settings
 
 schema = schemathesis.openapi.from_dict(document())
@@ -62,7 +63,7 @@ def test_ingest_never_crashes_on_odd_events(events: list[dict[str, Any]]) -> Non
     """Whatever shape a (validly signed) event has, it is stored or skipped — never a crash."""
     async def go() -> None:
         r = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-        await correlation.ingest(r, events, dedup_ttl_s=60, ttl_s=60, retention_s=60)
+        await correlation.ingest(AutoPipeline(r), events, dedup_ttl_s=60, ttl_s=60, retention_s=60)
         await r.aclose()
     asyncio.run(go())
 

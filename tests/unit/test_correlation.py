@@ -13,6 +13,7 @@ import redis
 import redis.asyncio as aioredis
 
 from workers import correlation, keys, ledger
+from workers.scripts import AutoPipeline
 
 
 @pytest.fixture(params=["fake", "real"])
@@ -52,7 +53,7 @@ def ingest(new_client: Callable[[], aioredis.Redis], *events: dict[str, Any]) ->
     async def go() -> correlation.IngestReport:
         ar = new_client()
         try:
-            return await correlation.ingest(ar, list(events), dedup_ttl_s=60, ttl_s=60, retention_s=3600)
+            return await correlation.ingest(AutoPipeline(ar), list(events), dedup_ttl_s=60, ttl_s=60, retention_s=3600)
         finally:
             await ar.aclose()
     return asyncio.run(go())
