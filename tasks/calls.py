@@ -5,14 +5,11 @@ Task arguments are only the command id: parameters live in the command record, s
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import redis
@@ -20,7 +17,6 @@ from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutdown
 
 from tasks.app import app, task_name
-from tasks.publish import task_message
 from workers import keys
 from workers.operations import OPERATIONS
 from workers.runtime import RetryLater, Runtime
@@ -28,6 +24,7 @@ from workers.runtime import RetryLater, Runtime
 log = logging.getLogger("callq.tasks")
 HEARTBEAT_EVERY_S = 2.0
 SWEEP_EVERY_S = 5.0
+DUE_EVERY_S = 0.25  # a waiting command is reconciled at most this long after its outcome deadline (plus queueing)
 MAX_INTERNAL_RETRIES = 10
 RECONCILE = "callq.reconcile"
 
@@ -40,10 +37,15 @@ class CommandTask(Task):  # type: ignore[misc]
 
     @property
     def runtime(self) -> Runtime:
-        with CommandTask._lock:
-            if CommandTask._runtime is None:
-                CommandTask._runtime = Runtime.from_settings(self.app.conf.callq_settings, _Scheduler(self.app))
-            return CommandTask._runtime
+        return _shared_runtime()
+
+
+def _shared_runtime() -> Runtime:
+    """The process's one Runtime (thread-safe), shared by its task threads and its deadline checker."""
+    with CommandTask._lock:
+        if CommandTask._runtime is None:
+            CommandTask._runtime = Runtime.from_settings(app.conf.callq_settings, _Scheduler(app))
+        return CommandTask._runtime
 
 
 class _Scheduler:
@@ -58,16 +60,6 @@ class _Scheduler:
 
     def check(self, command_id: str, countdown_s: float) -> None:
         self._app.send_task(RECONCILE, args=[command_id], countdown=_capped(self._app, countdown_s))
-
-    def check_message(self, command_id: str, countdown_s: float) -> str:
-        # The message send_task would publish, less its "task-sent" event (as the API's accept, which also
-        # pushes from a script). task_message takes no countdown, so its eta goes in here, as Celery's
-        # as_task_v2 would set it.
-        message = json.loads(task_message(self._app, RECONCILE, str(uuid.uuid4()), [command_id],
-                                          queue=self._app.conf.callq_settings.queue))
-        eta = self._app.now() + timedelta(seconds=_capped(self._app, countdown_s))
-        message["headers"]["eta"] = eta.isoformat()
-        return json.dumps(message)
 
 
 def _capped(celery: Celery, countdown_s: float) -> float:
@@ -115,18 +107,29 @@ _stop_heartbeat = threading.Event()
 def _heartbeat(redis_url: str, name: str) -> None:
     """Let the API's /readyz see live workers; and, one worker at a time, sweep for lost commands."""
     client = redis.Redis.from_url(redis_url)
-    runtime: Runtime | None = None
     while not _stop_heartbeat.is_set():
         try:
             client.zadd(keys.WORKERS_ZSET, {name: time.time()})
             # Whichever worker takes the lock sweeps this round; the lock outlives the round, not the worker.
             if client.set(keys.SWEEP_LOCK, name, nx=True, px=int(SWEEP_EVERY_S * 1000)):
-                runtime = runtime or Runtime.from_settings(app.conf.callq_settings, _Scheduler(app))
-                runtime.sweep()
+                _shared_runtime().sweep()
         except Exception as exc:
             log.warning("worker heartbeat or sweep failed: %s", type(exc).__name__)
         _stop_heartbeat.wait(HEARTBEAT_EVERY_S)
     client.zrem(keys.WORKERS_ZSET, name)
+
+
+def _check_deadlines() -> None:
+    """Have waiting commands reconciled as their outcome deadlines pass (``Runtime.check_due``)."""
+    failing = False
+    while not _stop_heartbeat.wait(DUE_EVERY_S):
+        try:
+            _shared_runtime().check_due()
+            failing = False
+        except Exception as exc:
+            if not failing:  # once per outage, not four times a second
+                log.warning("checking outcome deadlines failed: %s", type(exc).__name__)
+            failing = True
 
 
 @worker_ready.connect
@@ -134,6 +137,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or socket.gethostname()
     threading.Thread(target=_heartbeat, args=(app.conf.callq_settings.redis_url, name),
                      name="callq-heartbeat", daemon=True).start()
+    threading.Thread(target=_check_deadlines, name="callq-deadlines", daemon=True).start()
 
 
 @worker_shutdown.connect

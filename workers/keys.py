@@ -10,6 +10,7 @@ WORKERS_ZSET = "callq:workers"
 # Every command that has not ended, scored by when the sweeper should next look at it (epoch ms).
 ACTIVE_ZSET = "callq:active"
 SWEEP_LOCK = "callq:sweep:lock"
+WAIT_DEADLINES = "callq:wait:deadlines"  # waiting command id → when to reconcile it (ms; re-armed as handed out)
 
 
 COMMAND_PREFIX = "callq:cmd:"

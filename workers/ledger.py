@@ -56,6 +56,7 @@ local function transition(key, id, to, allowed, now, channel, fields)
   if to == 'succeeded' or to == 'failed' then
     redis.call('HSET', key, 'resolved_at', now)
     redis.call('ZREM', '""" + keys.ACTIVE_ZSET + """', id)
+    redis.call('ZREM', '""" + keys.WAIT_DEADLINES + """', id)
     local flat, record = redis.call('HGETALL', key), {}
     for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
     redis.call('PUBLISH', channel, id .. ' ' .. cjson.encode(record))
@@ -159,17 +160,16 @@ return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), stat
 # (the command heads the call's list: an early CallConnected can let later commands be accepted before this
 # response); for a recording start, the recording (after the fields, so whoever sees the command resolved
 # sees its recording id); then running → ``to`` (waiting, or succeeded when the answer is the outcome).
-# A command that now waits for its event is listed as waiting and its reconcile check (a Celery message
-# with a countdown) is pushed onto the broker queue in the same step, so no crash can leave a wait without
-# its deadline. The fields are recorded even if an early event already resolved the command: the response
-# is still true.
+# A command that now waits for its event is listed as waiting and under its outcome deadline in the same
+# step (``DUE_LUA`` reads that index), so no crash can leave a wait without its deadline. The fields are
+# recorded even if an early event already resolved the command: the response is still true.
 # KEYS: 1 command hash; 2 hash and 3 command list of the call ACS made, 4 its room's call key; 5 hash and
 # 6 command list of the recording ACS started, 7 the hash of the call it records ('' for what ACS did not
-# make); 8 the broker queue
+# make)
 # ARGV: 1 to, 2 now iso, 3 ttl s, 4 wait deadline ms, 5 client, 6 room id, 7 call made, 8 recording id,
-#       9 the command's call, 10 the check's broker message, then field/value...
+#       9 the command's call, then field/value...
 SENT_LUA = CHECK_TYPES_FN + TRANSITION_FN + """
-local bad = check_types({'hash', 'hash', 'list', 'string', 'hash', 'list', 'hash', 'list'})
+local bad = check_types({'hash', 'hash', 'list', 'string', 'hash', 'list', 'hash'})
 if bad then return bad end
 local id = string.sub(KEYS[1], """ + str(len(keys.COMMAND_PREFIX) + 1) + """)
 local ttl = tonumber(ARGV[3])
@@ -181,7 +181,7 @@ if KEYS[2] ~= '' then
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('EXPIRE', KEYS[3], ttl)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 if KEYS[5] ~= '' then
   redis.call('HSET', KEYS[5], 'client', ARGV[5], 'call_connection_id', ARGV[9], 'start_command', id)
   redis.call('RPUSH', KEYS[6], id)
@@ -193,9 +193,27 @@ local moved = transition(KEYS[1], id, ARGV[1], 'running', ARGV[2], '""" + keys.C
                          {'lease_until', '0'})
 if moved[1] == 'applied' and ARGV[1] == 'waiting' then
   redis.call('ZADD', '""" + keys.OPS_WAITING + """', ARGV[4], id)
-  redis.call('LPUSH', KEYS[8], ARGV[10])
+  redis.call('ZADD', '""" + keys.WAIT_DEADLINES + """', ARGV[4], id)
 end
 return moved
+"""
+
+# Waiting commands whose outcome deadline has passed, for the caller to reconcile: each is re-armed
+# ``ARGV[2]`` ms ahead as it is handed out, so among many workers scanning, one takes it, and if its
+# reconcile is lost (a crash, a lost message) it comes round again. Entries of commands no longer waiting
+# are dropped (a terminal transition removes its own; this catches anything else).
+# KEYS: 1 the deadline index. ARGV: 1 now ms, 2 re-arm ms, 3 at most this many, 4 command key prefix
+DUE_LUA = """
+local due, out = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3])), {}
+for _, id in ipairs(due) do
+  if redis.call('HGET', ARGV[4] .. id, 'status') == 'waiting' then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+    out[#out + 1] = id
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
 """
 
 # The call's first unsent command, if it parked waiting for its turn and nothing before it holds it back

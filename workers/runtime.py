@@ -53,9 +53,6 @@ class Scheduler(Protocol):
     def check(self, command_id: str, countdown_s: float) -> None:
         """Reconcile a waiting command after ``countdown_s`` if its event has not resolved it."""
 
-    def check_message(self, command_id: str, countdown_s: float) -> str:
-        """The broker message of ``check`` (the runtime pushes it in the script that starts the wait)."""
-
 
 class RetryLater(Exception):
     """Raised when a command should be tried again after ``delay_s`` without holding a worker slot."""
@@ -219,6 +216,19 @@ class Runtime:
             log.warning("sweeper revived %d command(s) whose task had been lost", revived)
         return revived
 
+    def check_due(self) -> list[str]:
+        """Ask for the reconcile of every waiting command whose outcome deadline has passed; their ids.
+
+        Waits need no message of their own while they wait (``ledger.SENT_LUA`` indexes their deadline): each
+        worker process calls this a few times a second, and the script hands each due command to one of
+        them. A reconcile that is lost comes round again ``SWEEP_AGAIN_MS`` later.
+        """
+        due: list[str] = self._eval(ledger.DUE_LUA, 1, keys.WAIT_DEADLINES, int(time.time() * 1000),
+                                    SWEEP_AGAIN_MS, SWEEP_BATCH, keys.COMMAND_PREFIX)
+        for cid in due:
+            self.scheduler.check(cid, 0)
+        return due
+
     def give_up(self, command_id: str, exc: Exception) -> str:
         """Record an internal failure after the task layer stopped retrying it."""
         error = {"code": "internal", "message": f"callq could not run this command ({type(exc).__name__})"}
@@ -273,15 +283,11 @@ class Runtime:
         if not sent.resolved:
             fields["wait_deadline"] = deadline_ms
         to = "succeeded" if sent.resolved else "waiting"
-        # Built even when an early event has resolved the command (the script then drops it): cheaper than a
-        # second round trip, and a Celery publish here would cost more still, in the very moment the event
-        # is being ingested.
-        check = self.scheduler.check_message(cid, timeout_s) if not sent.resolved else ""
-        outcome, status = self._eval(ledger.SENT_LUA, 8, *self._sent_keys(cmd, sent),
-                                          keys.queue_key(self.settings.queue), to, now, self.settings.command_ttl_s,
-                                          deadline_ms, cmd["client"], cmd.get("room_id") or "",
-                                          sent.call_connection_id or "", sent.recording_id or "",
-                                          cmd.get("call_connection_id") or "", check, *ledger.flatten(fields))
+        outcome, status = self._eval(ledger.SENT_LUA, 7, *self._sent_keys(cmd, sent), to, now,
+                                     self.settings.command_ttl_s, deadline_ms, cmd["client"],
+                                     cmd.get("room_id") or "", sent.call_connection_id or "",
+                                     sent.recording_id or "", cmd.get("call_connection_id") or "",
+                                     *ledger.flatten(fields))
         if outcome == "applied" and to in ledger.TERMINAL:
             metrics.finished(self.redis, cid)
         status = to if outcome == "applied" else str(status)

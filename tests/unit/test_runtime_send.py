@@ -31,10 +31,7 @@ class Scheduler:
         self.commands.append((command_type, command_id, countdown_s))
 
     def check(self, command_id: str, countdown_s: float) -> None:
-        raise AssertionError("the runtime pushes a new wait's check itself (check_message)")
-
-    def check_message(self, command_id: str, countdown_s: float) -> str:
-        return f"check {command_id} in {countdown_s:g}s"
+        raise AssertionError("a wait needs no message of its own: its deadline is indexed (Runtime.check_due)")
 
 
 class Acs:
@@ -68,7 +65,7 @@ def runtime(r: redis.Redis, acs: Acs, **settings: Any) -> Runtime:
                    scheduler=Scheduler(), rng=random.Random(1))
 
 
-def test_a_connect_is_sent_once_then_waits_listed_with_its_check_queued(r: redis.Redis) -> None:
+def test_a_connect_is_sent_once_then_waits_listed_under_its_deadline(r: redis.Redis) -> None:
     put(r, "c1")
     rt = runtime(r, acs := Acs(), outcome_timeout_s=60)
     assert rt.run("c1") == "waiting"
@@ -81,7 +78,8 @@ def test_a_connect_is_sent_once_then_waits_listed_with_its_check_queued(r: redis
     assert r.lrange(keys.call_commands_key("cc-c1"), 0, -1) == ["c1"]
     assert r.get(keys.room_call_key("room-1")) == "cc-c1"
     assert r.zscore(keys.OPS_WAITING, "c1") == float(cmd["wait_deadline"])
-    assert r.lrange(keys.queue_key(rt.settings.queue), 0, -1) == ["check c1 in 60s"]
+    assert r.zscore(keys.WAIT_DEADLINES, "c1") == float(cmd["wait_deadline"])
+    assert r.llen(keys.queue_key(rt.settings.queue)) == 0  # nothing queued for the wait itself
     assert r.get(keys.rate_tat_key("acs.test")) is not None  # the claim paid for the request
 
 
@@ -95,6 +93,7 @@ def test_an_answer_after_the_event_is_recorded_but_starts_no_wait(r: redis.Redis
     cmd = r.hgetall(keys.command_key("c1"))
     assert cmd["status"] == "succeeded" and cmd["sent_at"] and cmd["call_connection_id"] == "cc-c1"
     assert r.zscore(keys.OPS_WAITING, "c1") is None
+    assert r.zscore(keys.WAIT_DEADLINES, "c1") is None
     assert r.llen(keys.queue_key(rt.settings.queue)) == 0
 
 

@@ -1,4 +1,4 @@
-"""The sweeper: commands whose task message was lost are revived from their records alone."""
+"""The sweeper and the deadline checker: work is revived and waits reconciled from the records alone."""
 
 from __future__ import annotations
 
@@ -64,3 +64,34 @@ def test_accepting_and_ending_a_command_maintains_the_index(r: redis.Redis) -> N
     assert r.zscore(keys.ACTIVE_ZSET, "c1") is not None
     r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("c1"), *ledger.transition_args("failed", {}))
     assert r.zscore(keys.ACTIVE_ZSET, "c1") is None
+
+
+def waiting(r: redis.Redis, cid: str, deadline_ms: int) -> None:
+    put(r, cid, status="waiting", wait_deadline=deadline_ms)
+    r.zadd(keys.WAIT_DEADLINES, {cid: deadline_ms})  # as ledger.SENT_LUA lists a wait
+
+
+def test_each_passed_deadline_is_handed_out_once_then_again_if_its_reconcile_was_lost(r: redis.Redis) -> None:
+    now_ms = int(time.time() * 1000)
+    waiting(r, "overdue", now_ms - 1)
+    waiting(r, "later", now_ms + 60_000)
+    waiting(r, "resolved", now_ms - 1)
+    r.hset(keys.command_key("resolved"), "status", "succeeded")  # its event came; the index kept a stale entry
+    checker, other = Recorder(), Recorder()
+    runtime = Runtime(Settings(), r, client=None, scheduler=checker, rng=random.Random(1))  # type: ignore[arg-type]
+    second = Runtime(Settings(), r, client=None, scheduler=other, rng=random.Random(2))  # type: ignore[arg-type]
+    assert runtime.check_due() == ["overdue"]
+    assert second.check_due() == []  # another worker scanning meanwhile does not get it too
+    assert checker.checks == ["overdue"] and other.checks == []
+    assert r.zscore(keys.WAIT_DEADLINES, "resolved") is None
+    assert r.zscore(keys.WAIT_DEADLINES, "later") == now_ms + 60_000
+    # Its reconcile never ran (a lost message): once the re-arm time passes it is handed out again.
+    assert r.zscore(keys.WAIT_DEADLINES, "overdue") >= now_ms + 30_000
+    r.zadd(keys.WAIT_DEADLINES, {"overdue": now_ms - 1})
+    assert second.check_due() == ["overdue"]
+
+
+def test_a_terminal_transition_takes_the_command_off_the_deadline_index(r: redis.Redis) -> None:
+    waiting(r, "c1", int(time.time() * 1000) + 60_000)
+    r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("c1"), *ledger.transition_args("succeeded", {}))
+    assert r.zscore(keys.WAIT_DEADLINES, "c1") is None
