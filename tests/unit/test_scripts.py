@@ -109,7 +109,7 @@ def test_a_lost_connection_fails_every_waiting_caller(new_client) -> None:  # ty
             return self
 
         def evalsha(self, *_: Any) -> None:
-            pass
+            """Queued, as a pipeline does; nothing is sent before execute."""
 
         async def execute(self, **_: Any) -> list[Any]:
             raise redis.ConnectionError("connection refused")
@@ -128,7 +128,7 @@ def test_a_cancelled_caller_leaves_the_others_answered(new_client) -> None:  # t
         pipe = AutoPipeline(r)
         doomed = asyncio.ensure_future(pipe.run(ECHO, ["k"], ["doomed"]))
         others = asyncio.ensure_future(asyncio.gather(*(pipe.run(ECHO, ["k"], [str(i)]) for i in range(3))))
-        await asyncio.sleep(0)  # both have queued their calls
+        await asyncio.sleep(0)  # sleep-ok: one turn of the loop (no time), in which both queue their calls
         doomed.cancel()
         return await others, await r.get("k")
 
