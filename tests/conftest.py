@@ -45,9 +45,19 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def fake_redis() -> Iterator[fakeredis.FakeRedis]:
-    server = fakeredis.FakeServer()
-    yield fakeredis.FakeRedis(server=server, decode_responses=True)
+def server() -> fakeredis.FakeServer:
+    """One fake Redis store per test; every fakeredis client a test builds on it sees the same data."""
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def sync_redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=server, decode_responses=True)
+
+
+@pytest.fixture
+def r(sync_redis: fakeredis.FakeRedis) -> fakeredis.FakeRedis:
+    return sync_redis
 
 
 @pytest.fixture(scope="session")

@@ -63,20 +63,10 @@ def jwks_server() -> Iterator[ThreadServer]:
 
 
 @pytest.fixture
-def store() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def r(store: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=store, decode_responses=True)
-
-
-@pytest.fixture
-def client(settings: Settings, jwks_server: ThreadServer, store: fakeredis.FakeServer) -> Iterator[TestClient]:
+def client(settings: Settings, jwks_server: ThreadServer, server: fakeredis.FakeServer) -> Iterator[TestClient]:
     s = settings.with_(acs_resource_id=AUDIENCE, callback_token="url-secret-0123",
                        acs_openid_url=f"{jwks_server.url}/calling/.well-known/acsopenidconfiguration")
-    app = create_app(s, redis=fakeredis.FakeAsyncRedis(server=store, decode_responses=True))
+    app = create_app(s, redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
     with TestClient(app) as c:
         c.app.state.verifier = AcsTokenVerifier(s, c.app.state.http, refresh_min_s=0)  # rotation is immediate here
         yield c

@@ -1,4 +1,4 @@
-"""The API on fakeredis, shared by the unit tests of its routes; a test module may override any of these."""
+"""The API on fakeredis (the store and its clients are in tests/conftest.py), shared by the unit tests of its routes."""
 
 from __future__ import annotations
 
@@ -11,21 +11,6 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from workers.settings import Settings
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def sync_redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=server, decode_responses=True)
-
-
-@pytest.fixture
-def r(sync_redis: fakeredis.FakeRedis) -> fakeredis.FakeRedis:
-    return sync_redis
 
 
 @pytest.fixture

@@ -54,8 +54,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def occ(settings: Settings, fake_redis: fakeredis.FakeRedis, clock: Clock) -> Occurrences:
-    return Occurrences(settings.with_(schedule_grace_s=10), fake_redis, FakeTimers(), lambda t, c: f"msg {t} {c}",
+def occ(settings: Settings, sync_redis: fakeredis.FakeRedis, clock: Clock) -> Occurrences:
+    return Occurrences(settings.with_(schedule_grace_s=10), sync_redis, FakeTimers(), lambda t, c: f"msg {t} {c}",
                        clock=clock)
 
 
@@ -89,54 +89,54 @@ def queued_types(r: fakeredis.FakeRedis) -> list[str]:
 
 
 def test_two_fires_of_one_occurrence_make_one_run_and_one_connect(occ: Occurrences,
-                                                                  fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis)
+                                                                  sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
     assert occ.fire("rs_1", PLANNED, claim="beat-a") == "starting"
     assert occ.fire("rs_1", PLANNED, claim="beat-b") == "duplicate"
-    assert queued_types(fake_redis) == ["connect"]
-    assert fake_redis.llen(keys.queue_key("callq")) == 1  # one Celery message, from the accept script
+    assert queued_types(sync_redis) == ["connect"]
+    assert sync_redis.llen(keys.queue_key("callq")) == 1  # one Celery message, from the accept script
 
 
 def test_a_redelivered_fire_carries_on_without_repeating_a_step(occ: Occurrences,
-                                                                fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis)
-    live_call(fake_redis)
+                                                                sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
+    live_call(sync_redis)
     occ.fire("rs_1", PLANNED, claim="beat-a")
     assert occ.fire("rs_1", PLANNED, claim="beat-a") == "starting"  # same message again (worker died)
-    assert queued_types(fake_redis) == ["start_recording"]
+    assert queued_types(sync_redis) == ["start_recording"]
 
 
 def test_the_one_off_is_finished_once_fired_and_nothing_more_is_booked(occ: Occurrences,
-                                                                       fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis)
+                                                                       sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
     occ.fire("rs_1", PLANNED, claim="beat-a")
-    assert fake_redis.hget(s.schedule_key("rs_1"), "status") == "finished"
-    assert not fake_redis.sismember(s.ACTIVE_SCHEDULES, "rs_1")
+    assert sync_redis.hget(s.schedule_key("rs_1"), "status") == "finished"
+    assert not sync_redis.sismember(s.ACTIVE_SCHEDULES, "rs_1")
     assert occ.timers.booked_at == set()  # type: ignore[attr-defined]
 
 
-def test_a_recurring_fire_books_the_next_occurrence_once(occ: Occurrences, fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis, kind="every", every_s=300)
+def test_a_recurring_fire_books_the_next_occurrence_once(occ: Occurrences, sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis, kind="every", every_s=300)
     occ.fire("rs_1", PLANNED, claim="a")
     occ.fire("rs_1", PLANNED, claim="b")
-    assert fake_redis.hget(s.schedule_key("rs_1"), "next_planned") == str(PLANNED + 300)
+    assert sync_redis.hget(s.schedule_key("rs_1"), "next_planned") == str(PLANNED + 300)
     assert occ.timers.booked_at == {("rs_1", PLANNED + 300)}  # type: ignore[attr-defined]
 
 
 def test_an_occurrence_connects_starts_pauses_resumes_and_stops_on_time(occ: Occurrences, clock: Clock,
-                                                                         fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis, duration_s=60, windows=[(10, 5)])
+                                                                         sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis, duration_s=60, windows=[(10, 5)])
     occ.fire("rs_1", PLANNED, claim="a")
-    connect = run(fake_redis)["cmd:connect:1"]
-    resolve(fake_redis, connect, call_connection_id=live_call(fake_redis))
+    connect = run(sync_redis)["cmd:connect:1"]
+    resolve(sync_redis, connect, call_connection_id=live_call(sync_redis))
     assert occ.advance("rs_1", PLANNED, None) == "starting"
-    resolve(fake_redis, run(fake_redis)["cmd:start"], recording_id="rec-1")
+    resolve(sync_redis, run(sync_redis)["cmd:start"], recording_id="rec-1")
     assert occ.advance("rs_1", PLANNED, None) == "recording"
     assert occ.timers.wakes[-1][3] == PLANNED + 10  # type: ignore[attr-defined]  # sleeps until the pause
 
     clock.now = PLANNED + 9  # an early wake-up (kombu #337): nothing is due yet
     occ.advance("rs_1", PLANNED, None)
-    assert queued_types(fake_redis) == ["connect", "start_recording"]
+    assert queued_types(sync_redis) == ["connect", "start_recording"]
     clock.now = PLANNED + 10
     assert occ.advance("rs_1", PLANNED, None) == "paused"
     assert occ.advance("rs_1", PLANNED, None) == "paused"  # again: still one pause
@@ -144,84 +144,84 @@ def test_an_occurrence_connects_starts_pauses_resumes_and_stops_on_time(occ: Occ
     assert occ.advance("rs_1", PLANNED, None) == "recording"
     clock.now = PLANNED + 60
     assert occ.advance("rs_1", PLANNED, None) == "stopping"
-    resolve(fake_redis, run(fake_redis)["cmd:stop"])
+    resolve(sync_redis, run(sync_redis)["cmd:stop"])
     assert occ.advance("rs_1", PLANNED, None) == "completed"
-    assert queued_types(fake_redis) == ["connect", "start_recording", "pause_recording", "resume_recording",
+    assert queued_types(sync_redis) == ["connect", "start_recording", "pause_recording", "resume_recording",
                                         "stop_recording"]
-    stop = fake_redis.hgetall(keys.command_key(run(fake_redis)["cmd:stop"]))
+    stop = sync_redis.hgetall(keys.command_key(run(sync_redis)["cmd:stop"]))
     assert stop["recording_id"] == "rec-1" and stop["call_connection_id"] == "cc-1"
     assert stop["idempotency_key"] == "sched:rs_1:2027-01-15T08:00:00Z:stop"
 
 
-def test_a_stale_wake_up_does_nothing(occ: Occurrences, fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis)
-    live_call(fake_redis)
+def test_a_stale_wake_up_does_nothing(occ: Occurrences, sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
+    live_call(sync_redis)
     occ.fire("rs_1", PLANNED, claim="a")
     assert occ.advance("rs_1", PLANNED, "an-old-token") == "stale"
-    token = run(fake_redis)["wake_token"]
+    token = run(sync_redis)["wake_token"]
     assert occ.advance("rs_1", PLANNED, token) == "starting"
 
 
 def test_no_room_call_within_the_grace_window_is_missed(occ: Occurrences, clock: Clock,
-                                                        fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis)
+                                                        sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
     occ.fire("rs_1", PLANNED, claim="a")
     for attempt in range(1, 10):
-        cid = run(fake_redis).get(f"cmd:connect:{attempt}")
+        cid = run(sync_redis).get(f"cmd:connect:{attempt}")
         if cid is None:
             break
-        resolve(fake_redis, cid, "failed", error=json.dumps({"code": "acs_failed", "message": "not started"}))
+        resolve(sync_redis, cid, "failed", error=json.dumps({"code": "acs_failed", "message": "not started"}))
         if occ.advance("rs_1", PLANNED, None) == "missed":  # notices the failure: retry or give up
             break
-        clock.now = float(run(fake_redis)["connect_retry_at"])
+        clock.now = float(run(sync_redis)["connect_retry_at"])
         occ.advance("rs_1", PLANNED, None)
-    final = run(fake_redis)
+    final = run(sync_redis)
     assert final["state"] == "missed"
     error = json.loads(final["error"])
     assert error["code"] == "room_call_not_started" and error["cause"]["code"] == "acs_failed"
-    assert queued_types(fake_redis) == ["connect"] * 4  # at +0, +1, +3, +7 s; the next would be past +10
+    assert queued_types(sync_redis) == ["connect"] * 4  # at +0, +1, +3, +7 s; the next would be past +10
     assert clock.now < PLANNED + 10
 
 
 def test_a_late_fire_after_the_session_is_missed_without_commands(occ: Occurrences, clock: Clock,
-                                                                  fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis, duration_s=60)
+                                                                  sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis, duration_s=60)
     clock.now = PLANNED + 61  # beat was down through the whole session
     assert occ.fire("rs_1", PLANNED, claim="a") == "missed"
-    assert queued_types(fake_redis) == []
+    assert queued_types(sync_redis) == []
 
 
-def test_a_call_that_ends_early_completes_early(occ: Occurrences, fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis)
-    live_call(fake_redis)
+def test_a_call_that_ends_early_completes_early(occ: Occurrences, sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
+    live_call(sync_redis)
     occ.fire("rs_1", PLANNED, claim="a")
-    resolve(fake_redis, run(fake_redis)["cmd:start"], recording_id="rec-1")
+    resolve(sync_redis, run(sync_redis)["cmd:start"], recording_id="rec-1")
     occ.advance("rs_1", PLANNED, None)
-    fake_redis.hset(keys.call_key("cc-1"), "state", "disconnected")
+    sync_redis.hset(keys.call_key("cc-1"), "state", "disconnected")
     assert occ.advance("rs_1", PLANNED, None) == "completed_early"
-    assert "stop_recording" not in queued_types(fake_redis)
+    assert "stop_recording" not in queued_types(sync_redis)
 
 
 def test_cancelling_stops_the_running_recording_and_books_nothing(occ: Occurrences,
-                                                                  fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis, kind="every", every_s=300)
-    live_call(fake_redis)
+                                                                  sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis, kind="every", every_s=300)
+    live_call(sync_redis)
     occ.fire("rs_1", PLANNED, claim="a")
-    resolve(fake_redis, run(fake_redis)["cmd:start"], recording_id="rec-1")
+    resolve(sync_redis, run(sync_redis)["cmd:start"], recording_id="rec-1")
     occ.advance("rs_1", PLANNED, None)
-    fake_redis.hset(s.schedule_key("rs_1"), mapping={"status": "cancelled", "cancelled_next": str(PLANNED + 300)})
+    sync_redis.hset(s.schedule_key("rs_1"), mapping={"status": "cancelled", "cancelled_next": str(PLANNED + 300)})
     assert occ.cancel("rs_1") == 1
     assert occ.timers.booked_at == set()  # type: ignore[attr-defined]
     assert occ.advance("rs_1", PLANNED, None) == "stopping"
-    resolve(fake_redis, run(fake_redis)["cmd:stop"])
+    resolve(sync_redis, run(sync_redis)["cmd:stop"])
     assert occ.advance("rs_1", PLANNED, None) == "cancelled"
     assert occ.fire("rs_1", PLANNED + 300, claim="late") == "cancelled"  # an entry that fired anyway
 
 
 def test_the_sweep_resends_lost_wake_ups_and_rebooks_lost_fires(occ: Occurrences, clock: Clock,
-                                                               fake_redis: fakeredis.FakeRedis) -> None:
-    schedule(fake_redis, kind="every", every_s=300)
-    live_call(fake_redis)
+                                                               sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis, kind="every", every_s=300)
+    live_call(sync_redis)
     occ.fire("rs_1", PLANNED, claim="a")
     timers: FakeTimers = occ.timers  # type: ignore[assignment]
     timers.wakes.clear()

@@ -17,18 +17,18 @@ SCHEDULE = "callq:redbeat:schedule"
 
 
 @pytest.fixture
-def timers(settings: Settings, fake_redis: fakeredis.FakeRedis) -> RedBeatTimers:
+def timers(settings: Settings, sync_redis: fakeredis.FakeRedis) -> RedBeatTimers:
     app = create_celery(settings)
-    setattr(app, REDBEAT_REDIS_KEY, fake_redis)  # redbeat's own client, as get_redis() would cache it
+    setattr(app, REDBEAT_REDIS_KEY, sync_redis)  # redbeat's own client, as get_redis() would cache it
     return RedBeatTimers(app)
 
 
 def test_a_future_occurrence_is_scored_at_its_time_and_fires_once(timers: RedBeatTimers,
-                                                                  fake_redis: fakeredis.FakeRedis) -> None:
+                                                                  sync_redis: fakeredis.FakeRedis) -> None:
     planned = int(time.time()) + 3600
     timers.book("rs_1", planned)
     timers.book("rs_1", planned)  # booking twice is one entry
-    [(key, score)] = fake_redis.zrange(SCHEDULE, 0, -1, withscores=True)
+    [(key, score)] = sync_redis.zrange(SCHEDULE, 0, -1, withscores=True)
     assert key == f"callq:redbeat:sched:rs_1:{planned}"
     assert planned - 1 <= score <= planned  # beat loads it only when it is about due, not on every tick
     entry = RedBeatSchedulerEntry.from_key(key, app=timers._app)
@@ -36,18 +36,18 @@ def test_a_future_occurrence_is_scored_at_its_time_and_fires_once(timers: RedBea
     assert not entry.is_due().is_due
     assert timers.booked("rs_1", planned)
     timers.unbook("rs_1", planned)
-    assert not timers.booked("rs_1", planned) and fake_redis.zcard(SCHEDULE) == 0
+    assert not timers.booked("rs_1", planned) and sync_redis.zcard(SCHEDULE) == 0
 
 
 def test_an_occurrence_already_due_fires_at_once_and_then_never_again(timers: RedBeatTimers,
-                                                                      fake_redis: fakeredis.FakeRedis) -> None:
+                                                                      sync_redis: fakeredis.FakeRedis) -> None:
     planned = int(time.time()) - 5  # a catch-up: beat or the workers were down at its time
     timers.book("rs_1", planned)
     key = f"callq:redbeat:sched:rs_1:{planned}"
     entry = RedBeatSchedulerEntry.from_key(key, app=timers._app)
     assert entry.is_due().is_due
     entry.next()  # what beat does as it sends the task
-    assert fake_redis.zscore(SCHEDULE, key) == -1  # redbeat skips negative scores: a one-shot
+    assert sync_redis.zscore(SCHEDULE, key) == -1  # redbeat skips negative scores: a one-shot
 
 
 def test_the_beat_tick_is_a_fifth_of_the_lock_timeout(settings: Settings) -> None:
