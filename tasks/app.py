@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from celery import Celery
 from kombu import Exchange, Queue
 
-from tasks import observe  # noqa: F401  (connects the logging and metrics signal handlers)
+from tasks import broker, observe  # noqa: F401  (observe connects the logging and metrics signal handlers)
 from workers.settings import Settings
 
 SWEEP_EVERY_S = 15.0
@@ -43,6 +45,9 @@ def create_celery(settings: Settings) -> Celery:
                                   "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
                                   "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
+        # kombu's Redis transport, reusing one client per channel (tasks.broker). rediss:// keeps kombu's own
+        # resolution, which derives the TLS defaults from the scheme name.
+        broker_transport=broker.TRANSPORT if urlsplit(settings.redis_url).scheme == "redis" else None,
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
