@@ -109,9 +109,15 @@ class Runtime:
     def _transition(self, command_id: str, to: str, fields: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> str:
         args = ledger.transition_args(to, {**fields, "lease_until": 0}, only_from=only_from)
         outcome, status = self._eval(ledger.TRANSITION_LUA, 1, keys.command_key(command_id), *args)
-        if outcome == "applied" and to in ledger.TERMINAL:
+        return self._settled(command_id, to, outcome, status)
+
+    def _settled(self, command_id: str, to: str, outcome: str, status: str) -> str:
+        """The status after a ``TRANSITION_FN`` move to ``to`` answered (outcome, status); counts a finish once."""
+        if outcome != "applied":
+            return str(status)
+        if to in ledger.TERMINAL:
             metrics.finished(self.redis, command_id)  # counted once: only one transition to terminal applies
-        return status if outcome != "applied" else to
+        return to
 
     def run(self, command_id: str) -> str:
         """Execute a command once; returns its status afterwards. Raises RetryLater for a later try.
@@ -288,9 +294,7 @@ class Runtime:
                                      cmd.get("room_id") or "", sent.call_connection_id or "",
                                      sent.recording_id or "", cmd.get("call_connection_id") or "",
                                      *ledger.flatten(fields))
-        if outcome == "applied" and to in ledger.TERMINAL:
-            metrics.finished(self.redis, cid)
-        status = to if outcome == "applied" else str(status)
+        status = self._settled(cid, to, outcome, status)
         if sent.recording_id and status == "waiting":
             status = self._catch_up_recording(cid, sent.recording_id)
         return status
