@@ -25,8 +25,12 @@ def idempotency_key(client: str, key: str) -> str:
     return f"callq:idem:{client}:{key}"
 
 
+CALL_PREFIX = "callq:call:"
+CALL_COMMANDS_SUFFIX = ":commands"
+
+
 def call_key(call_connection_id: str) -> str:
-    return f"callq:call:{call_connection_id}"
+    return f"{CALL_PREFIX}{call_connection_id}"
 
 
 def room_call_key(room_id: str) -> str:
@@ -35,7 +39,7 @@ def room_call_key(room_id: str) -> str:
 
 
 def call_commands_key(call_connection_id: str) -> str:
-    return f"callq:call:{call_connection_id}:commands"
+    return f"{CALL_PREFIX}{call_connection_id}{CALL_COMMANDS_SUFFIX}"
 
 
 def call_events_key(call_connection_id: str) -> str:

@@ -1,8 +1,17 @@
-"""Running callq's Lua scripts: by SHA, and from the API pipelined across concurrent requests.
+"""callq's Lua scripts: loaded from ``workers/lua/`` once per process, run by SHA through one runner.
 
-A script's text (kilobytes) crosses the wire once per Redis server, not once per call: both runners send
-``EVALSHA`` and fall back to ``EVAL`` only when Redis answers ``NOSCRIPT`` (after a restart or
-``SCRIPT FLUSH``), which also loads the script for the next call.
+Every script is a ``.lua`` file with a ``-- KEYS: ... ARGV: ...`` header. At load it gets two things put in
+front of it: a header of constants (key prefixes and channel names from ``workers.keys``, rendered once, so no
+Python value is ever spliced into a script's own text) and ``lib.lua``, the functions scripts share
+(``check_types``, ``transition``, ``gcra``, ...). The result is what Redis runs and what ``make test`` lints.
+
+A script is called through its one typed function (in the module that owns the concept: ``ledger.claim``,
+``correlation.ingest_call`` ...). That function returns a ``ScriptCall[T]``: the script, its KEYS and ARGV and
+the parser that turns Redis' reply into ``T``. The same call runs on a blocking client (``run``: workers,
+beat) or joins the API's ``AutoPipeline``; no caller reads a reply by position.
+
+Both runners send ``EVALSHA`` and fall back to ``EVAL`` only when Redis answers ``NOSCRIPT`` (after a restart
+or ``SCRIPT FLUSH``), which also loads the script for the next call.
 
 ``AutoPipeline`` is the API's runner. Under load many requests reach their script in the same event-loop
 turn; their calls go out together as one pipeline (one connection taken from the pool, one write, the
@@ -17,27 +26,103 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from workers import keys
 
-@functools.lru_cache(maxsize=64)  # callq has a dozen scripts
-def sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
+LUA_DIR = Path(__file__).with_name("lua")
+LIB = "lib"
+T = TypeVar("T")
+Arg = str | int | float
+
+# The constants every script may use, rendered once as Lua locals ahead of lib.lua.
+CONSTANTS: dict[str, str | int] = {
+    "COMMAND_PREFIX": keys.COMMAND_PREFIX,
+    "COMMAND_DONE_CHANNEL": keys.COMMAND_DONE_CHANNEL,
+    "ACTIVE_ZSET": keys.ACTIVE_ZSET,
+    "WAIT_DEADLINES": keys.WAIT_DEADLINES,
+    "CALL_PREFIX": keys.CALL_PREFIX,
+    "CALL_COMMANDS_SUFFIX": keys.CALL_COMMANDS_SUFFIX,
+    "OPS_WAITING": keys.OPS_WAITING,
+}
 
 
-def run(r: redis.Redis, script: str, keys: list[str], args: list[Any]) -> Any:
+def _lua_literal(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    # Key names are plain ASCII by construction; refuse anything that would need escaping rather than escape it.
+    if not value.isascii() or any(c in value for c in "'\\\n\r"):
+        raise ValueError(f"constant {value!r} cannot be a plain Lua string")
+    return f"'{value}'"
+
+
+def header() -> str:
+    """The constants block that heads every script (also what the Lua lint sees)."""
+    return "".join(f"local {name} = {_lua_literal(value)}\n" for name, value in CONSTANTS.items())
+
+
+@dataclass(frozen=True)
+class Script:
+    """One loaded script: its name (file stem), full text as Redis runs it, and that text's SHA1."""
+
+    name: str
+    text: str
+    sha: str
+
+
+@functools.cache
+def load(name: str) -> Script:
+    """``workers/lua/{name}.lua`` with the constants header and the shared library in front; cached per process."""
+    if name == LIB or not (LUA_DIR / f"{name}.lua").is_file():
+        raise ValueError(f"no script named {name!r} in {LUA_DIR}")
+    text = header() + (LUA_DIR / f"{LIB}.lua").read_text() + (LUA_DIR / f"{name}.lua").read_text()
+    return Script(name=name, text=text, sha=hashlib.sha1(text.encode()).hexdigest())
+
+
+def names() -> list[str]:
+    """Every script there is (the lint and the load-all test walk these)."""
+    return sorted(p.stem for p in LUA_DIR.glob("*.lua") if p.stem != LIB)
+
+
+@dataclass(frozen=True)
+class ScriptCall(Generic[T]):
+    """A script bound to its KEYS and ARGV, with the parser of its reply: what a typed script function returns."""
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[Arg]
+    parse: Callable[[Any], T]
+
+
+def call(name: str, keys_: Sequence[str], args: Sequence[Arg], parse: Callable[[Any], T]) -> ScriptCall[T]:
+    return ScriptCall(load(name), list(keys_), list(args), parse)
+
+
+def run(r: redis.Redis, sc: ScriptCall[T]) -> T:
     """One script call on a blocking client."""
     try:
-        return r.evalsha(sha(script), len(keys), *keys, *args)
+        reply = r.evalsha(sc.script.sha, len(sc.keys), *sc.keys, *sc.args)
     except NoScriptError:
-        return r.eval(script, len(keys), *keys, *args)
+        reply = r.eval(sc.script.text, len(sc.keys), *sc.keys, *sc.args)
+    return sc.parse(reply)
 
 
-_Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
+def queue(pipe: redis.client.Pipeline, sc: ScriptCall[Any]) -> None:
+    """Add a script call to a blocking pipeline (the caller parses ``execute()``'s reply with ``sc.parse``).
+
+    ``EVAL`` (not ``EVALSHA``): a pipeline cannot retry one command on ``NOSCRIPT``; these are rare paths.
+    """
+    pipe.eval(sc.script.text, len(sc.keys), *sc.keys, *sc.args)
+
+
+_Pending = tuple[ScriptCall[Any], "asyncio.Future[Any]"]
 
 
 class AutoPipeline:
@@ -45,48 +130,48 @@ class AutoPipeline:
 
     def __init__(self, r: aioredis.Redis) -> None:
         self._redis = r
-        self._pending: list[_Call] = []
+        self._pending: list[_Pending] = []
         self._sending: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
-    async def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """The script's reply; Redis errors (connection, timeout, a script error) are raised to this caller."""
+    async def run(self, sc: ScriptCall[T]) -> T:
+        """The script's parsed reply; Redis errors (connection, timeout, a script error) are raised to this caller."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((script, keys, args, answer))
+        self._pending.append((sc, answer))
         if len(self._pending) == 1:
             # The task's first step runs on the next turn, after every request already woken on this one
             # has queued its call: that is the batch.
             task = loop.create_task(self._send())
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
-        return await answer
+        return sc.parse(await answer)
 
     async def _send(self) -> None:
         batch, self._pending = self._pending, []
         try:
             await self._answer(batch)
         finally:  # cancelled (shutdown) or failed while re-running: nobody may wait for ever
-            for *_, answer in batch:
+            for _, answer in batch:
                 if not answer.done():
                     answer.set_exception(redis.ConnectionError("The pipeline to Redis was interrupted."))
 
-    async def _answer(self, batch: list[_Call]) -> None:
+    async def _answer(self, batch: list[_Pending]) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.evalsha(sha(script), len(keys), *keys, *args)
+        for sc, _ in batch:
+            pipe.evalsha(sc.script.sha, len(sc.keys), *sc.keys, *sc.args)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # the connection failed: nobody in this batch got an answer
-            for *_, answer in batch:
+            for _, answer in batch:
                 if not answer.done():
                     answer.set_exception(exc)
             return
-        for (script, keys, args, answer), reply in zip(batch, replies, strict=True):
+        for (sc, answer), reply in zip(batch, replies, strict=True):
             if isinstance(reply, NoScriptError):
                 # Every call of this script in the batch failed alike, so re-running them in batch order
                 # keeps a caller's calls in order.
                 try:
-                    reply = await self._redis.eval(script, len(keys), *keys, *args)
+                    reply = await self._redis.eval(sc.script.text, len(sc.keys), *sc.keys, *sc.args)
                 except Exception as exc:
                     reply = exc
             if answer.done():  # its caller was cancelled; the script ran all the same

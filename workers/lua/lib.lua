@@ -1,0 +1,92 @@
+-- Functions shared by callq's scripts; workers/scripts.py puts this (after the constants header) in front of
+-- every script. A function a script does not use costs nothing but its definition.
+-- luacheck: push ignore 211
+
+-- Redis does not roll back a script that fails half-way, so a script refuses before its first write when a
+-- key it will write has a type a later command would choke on: a failure then leaves nothing behind.
+-- want[i] is the type KEYS[i] must have (or not exist); '' keys are skipped.
+local function check_types(want)
+  for i = 1, #want do
+    if KEYS[i] ~= '' then
+      local t = redis.call('TYPE', KEYS[i])['ok']
+      if t ~= 'none' and t ~= want[i] then
+        return redis.error_reply('WRONGTYPE callq cannot use ' .. KEYS[i] .. ', a ' .. t)
+      end
+    end
+  end
+end
+
+local function is_terminal(status)
+  return status == 'succeeded' or status == 'failed'
+end
+
+-- Is `item` one of the comma-separated `csv`?
+local function listed(csv, item)
+  return string.find(',' .. csv .. ',', ',' .. item .. ',', 1, true) ~= nil
+end
+
+-- Move the command `id` to status `to` from a non-terminal one (only from the csv `allowed` unless it is ''),
+-- setting `fields` (a flat field/value list) and adding `attempts_by` to its attempts. A terminal move leaves
+-- the sweeper's and the deadline index, and is announced on COMMAND_DONE_CHANNEL for long-polling API
+-- requests: "{id} {record as JSON}", so a waiting request can answer at once instead of reading the record.
+-- Returns {outcome, status}: outcome 'applied' (status = to), 'terminal' or 'skipped' (status = the current
+-- one), or 'missing'; a terminal move that applied adds the record as a third element.
+local function transition(id, to, allowed, now, fields, attempts_by)
+  local key = COMMAND_PREFIX .. id
+  local cur = redis.call('HGET', key, 'status')
+  if not cur then return {'missing', ''} end
+  if is_terminal(cur) then return {'terminal', cur} end
+  if allowed ~= '' and not listed(allowed, cur) then return {'skipped', cur} end
+  redis.call('HSET', key, 'status', to, 'updated_at', now, unpack(fields))
+  if attempts_by and attempts_by ~= 0 then redis.call('HINCRBY', key, 'attempts', attempts_by) end
+  if not is_terminal(to) then return {'applied', to} end
+  redis.call('HSET', key, 'resolved_at', now)
+  redis.call('ZREM', ACTIVE_ZSET, id)
+  redis.call('ZREM', WAIT_DEADLINES, id)
+  redis.call('ZREM', OPS_WAITING, id)
+  local flat, record = redis.call('HGETALL', key), {}
+  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  local doc = cjson.encode(record)
+  redis.call('PUBLISH', COMMAND_DONE_CHANNEL, id .. ' ' .. doc)
+  return {'applied', to, flat}
+end
+
+-- The milliseconds of Redis' clock: every host shares it.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- GCRA: take one request from the shared ACS budget. 0 when it may go now (and it is taken), else the
+-- milliseconds to wait. tat_key: theoretical arrival time; pause_key: until when a 429 paused everyone.
+local function gcra(tat_key, pause_key, emission, burst)
+  local now = now_ms()
+  local paused = tonumber(redis.call('GET', pause_key) or '0')
+  if paused > now then return paused - now end
+  local tolerance = emission * (burst - 1)
+  local tat = tonumber(redis.call('GET', tat_key) or '0')
+  if tat < now then tat = now end
+  local allow_at = tat - tolerance
+  if now < allow_at then return math.ceil(allow_at - now) end
+  local new_tat = tat + emission
+  redis.call('SET', tat_key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+  return 0
+end
+
+-- Per-call order: does the earlier command `id` keep a command of type `t` from being sent at `now`?
+-- lanes = {nonblocking = csv, media = csv, interrupts = csv} from the Operation table (ledger.lane_args).
+-- A command may be sent only when every command accepted before it on the same call is out of its way: sent
+-- and resolved, or sent and of a kind that does not hold the call (background media, which still holds back
+-- the next media operation: ACS allows one at a time, 400/8500), or past its outcome deadline (a lost event
+-- must not stall a call). Interrupts (hang up, cancel an invitation, cancel media) wait for earlier commands
+-- to be sent, never for their outcomes: they exist to cut those short. Reading command hashes that are not
+-- in KEYS is fine on a single Redis (not on Cluster, which callq does not support).
+local function blocks(id, t, now, lanes)
+  local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'type', 'wait_deadline')
+  if st[1] == 'queued' or st[1] == 'running' then return true end
+  if st[1] ~= 'waiting' or tonumber(st[3] or '0') <= now or listed(lanes.interrupts, t) then return false end
+  if not listed(lanes.nonblocking, st[2]) then return true end
+  return listed(lanes.media, st[2]) and listed(lanes.media, t)
+end
+
+-- luacheck: pop
