@@ -29,7 +29,6 @@ from tasks.app import task_name
 from tasks.publish import task_message
 from workers import correlation, keys, ledger
 from workers.errors import InvalidCommand, Unauthorized
-from workers.operations import lane_args
 from workers.settings import Settings
 
 log = logging.getLogger("callq.api.callbacks")
@@ -138,9 +137,8 @@ async def acs_events(request: Request) -> Response:
 async def _kick(request: Request, lane: str) -> None:
     """A resolved command may be what the call's next command was waiting for: publish its task now."""
     state = request.app.state
-    nxt = await state.scripts.run(ledger.KICK_LUA, [keys.call_commands_key(lane)],
-                                  lane_args(int(time.time() * 1000)))
-    if nxt:
-        message = task_message(state.celery, task_name(nxt[1]), str(uuid.uuid4()), [nxt[0]],
+    nxt = await state.scripts.run(ledger.kick(lane, now_ms=int(time.time() * 1000)))
+    if nxt is not None:
+        message = task_message(state.celery, task_name(nxt.type), str(uuid.uuid4()), [nxt.command_id],
                                queue=state.settings.queue)
         await state.redis.lpush(keys.queue_key(state.settings.queue), message)

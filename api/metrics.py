@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import prometheus
 from api.reads import WORKER_FRESH_S
 from api.routes import COMMANDS
 from workers import keys, metrics
@@ -102,11 +103,9 @@ def record_error(request: Request, exc: CallqError) -> None:
 
 
 def callbacks_ingested(report: IngestReport) -> None:
-    """After a callback batch: duplicates dropped, and the commands its events resolved (their outcomes, latency)."""
+    """After a callback batch: duplicates dropped (the commands its events resolved were counted as they ended)."""
     if report.duplicates:
         metrics.RECORDER.inc("callq_callback_duplicates", by=report.duplicates)
-    for cid, fields in report.finished.items():
-        metrics.record_finished(cid, fields)
 
 
 @contextlib.asynccontextmanager
@@ -162,15 +161,15 @@ async def read_health(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> He
     now = time.time()
     now_ms = int(now * 1000)
     pipe = r.pipeline(transaction=False)
-    # A wait whose finisher never ran (a crash between transition and bookkeeping) must not count forever.
-    pipe.zremrangebyscore(metrics.WAITING_KEY, "-inf", now_ms - metrics.OPS_KEEP_MS)
     pipe.llen(keys.queue_key(queue))
     pipe.hlen(metrics.KOMBU_UNACKED)
-    pipe.zcard(metrics.WAITING_KEY)
-    pipe.zcount(metrics.WAITING_KEY, "-inf", now_ms - metrics.OVERDUE_GRACE_MS)
+    # One index of waiting commands (the reconciler's): scored by the outcome deadline, re-armed as a worker
+    # takes a due one, so "overdue" is a wait past its deadline that no worker has taken up for a minute.
+    pipe.zcard(keys.WAIT_DEADLINES)
+    pipe.zcount(keys.WAIT_DEADLINES, "-inf", now_ms - prometheus.OVERDUE_GRACE_MS)
     pipe.zcount(keys.WORKERS_ZSET, now - WORKER_FRESH_S, "+inf")
-    pipe.get(metrics.pause_key(acs_endpoint))
-    _, depth, unacked, waiting, overdue, workers, paused_until = await pipe.execute()
+    pipe.get(prometheus.pause_key(acs_endpoint))
+    depth, unacked, waiting, overdue, workers, paused_until = await pipe.execute()
     return Health(int(depth), int(unacked), int(waiting), int(overdue), int(workers),
                   max(0.0, (int(paused_until or 0) - now_ms) / 1000))
 
@@ -192,7 +191,7 @@ async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> list[
         "callq_workers_alive": [({}, float(health.workers_alive))],
         "callq_acs_pause_seconds": [({}, health.acs_pause_s)],
     }
-    return metrics.families(hashes, gauges)
+    return prometheus.families(hashes, gauges)
 
 
 def _authorize(request: Request) -> None:

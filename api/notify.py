@@ -1,6 +1,6 @@
 """Long-poll support: one Redis subscription per API process wakes every request waiting on a command.
 
-A command's terminal transition publishes its record with its id (``ledger.TRANSITION_FN``), so a woken
+A command's terminal transition publishes its record with its id (lib.lua's ``transition``), so a woken
 request answers with that record instead of reading it back: the read would queue behind the rest of the
 callback that resolved the command, on this process's event loop and on Redis.
 """

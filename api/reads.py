@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from workers import keys, ledger, reads
+from api import render
+from workers import keys, reads
+from workers.command import is_terminal
 from workers.errors import CommandNotFound, InvalidCommand
 
 WORKER_FRESH_S = 10.0
@@ -55,7 +57,7 @@ async def get_command(request: Request) -> Response:
     wait_s = _number(request, "wait", 0, state.settings.wait_max_s)
     async with state.notifier.watch(command_id) as done:
         record = await _own_command(request, client, command_id)
-        if record["status"] not in ledger.TERMINAL and wait_s > 0:
+        if not is_terminal(record["status"]) and wait_s > 0:
             # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its own, so a wake-up takes
             # extra turns of the event loop, each behind whatever else is ready (the callback that woke us).
             with contextlib.suppress(TimeoutError):
@@ -63,7 +65,7 @@ async def get_command(request: Request) -> Response:
                     await done.wait()
             # The announcement carries the record as it ended (whose owner was checked above); else read it.
             record = done.record or await _own_command(request, client, command_id)
-    return JSONResponse(ledger.render(record))
+    return JSONResponse(render.command_record(record))
 
 
 async def call_commands(request: Request) -> Response:
@@ -73,7 +75,7 @@ async def call_commands(request: Request) -> Response:
     pipe = state.redis.pipeline(transaction=False)
     for cid in await state.redis.lrange(keys.call_commands_key(cc), 0, -1):
         pipe.hgetall(keys.command_key(cid))
-    return JSONResponse({"items": [ledger.render(r) for r in await pipe.execute() if r]})
+    return JSONResponse({"items": [render.command_record(r) for r in await pipe.execute() if r]})
 
 
 async def call_events(request: Request) -> Response:

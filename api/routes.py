@@ -15,11 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import schemas
+from api import render, schemas
 from api.auth import idempotency_key
 from tasks.app import task_name
 from tasks.publish import task_message
-from workers import commands, keys, ledger
+from workers import commands, keys
+from workers.command import Command
 from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand
 
 MAX_BODY_BYTES = 16_384
@@ -171,18 +172,26 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
     target = await _target(request, spec, client)
     params = {**body.params(), **{k: v for k, v in target.items() if k in ("room_id", "server_call_id")}}
     _check_media(request, params)
-    prepared = commands.prepare(
-        state.settings, message_for(request), client=client, type_=spec.type, params=params, idempotency_key=idem,
+    new = commands.new(
+        client=client, type_=spec.type, params=params, idempotency_key=idem,
         route=f"{request.method} {request.scope['path']}", call_connection_id=target.get("call_connection_id", ""),
         room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
-    found = commands.accepted(await state.scripts.run(ledger.ACCEPT_LUA, prepared.keys, prepared.args))
+    found = await state.scripts.run(commands.accept_call(state.settings, message_for(request), new,
+                                                         response_json=render.command_json(new.command)))
     headers = {"Location": f"/v1/commands/{found.command_id}"}
     if found.replayed:
-        if found.fingerprint != prepared.fingerprint:
+        if found.fingerprint != new.fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request; "
                                        "use a new key for a new request.")
         headers["Idempotent-Replayed"] = "true"
-    return Response(found.response_json, status_code=202, headers=headers, media_type="application/json")
+    body_json = found.response_json or await _current(request, found.command_id)
+    return Response(body_json, status_code=202, headers=headers, media_type="application/json")
+
+
+async def _current(request: Request, command_id: str) -> str:
+    """A replay of a command accepted without a stored response (the scheduler keeps none): as it is now."""
+    record = await request.app.state.redis.hgetall(keys.command_key(command_id))
+    return render.command_json(Command.from_hash(record))
 
 
 def _endpoint(spec: CommandSpec):  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ from api.auth import idempotency_key
 from api.routes import read_json
 from api.schedule_schemas import CODES, ScheduleBody
 from tasks.publish import task_message
-from workers import commands, keys, ledger
+from workers import command, commands, keys, ledger
 from workers import schedules as s
 from workers.errors import IdempotencyKeyReused, InvalidCommand, ScheduleNotFound
 
@@ -78,7 +78,7 @@ def _message(request: Request, task: str, schedule_id: str) -> str:
 
 
 def _answer(result: list[str], fingerprint: str, status: int) -> Response:
-    found = commands.accepted(result)
+    found = ledger.Accepted.parse(result)
     headers = {"Location": f"/v1/recording-schedules/{found.command_id}"}
     if found.replayed:
         if found.fingerprint != fingerprint:
@@ -99,7 +99,7 @@ async def create_schedule(request: Request) -> Response:
     sid = f"rs_{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:16]}"  # time-ordered: lists page by id
     record = s.new_schedule(schedule_id=sid, client=client, room_id=body.room_id, plan=body.plan(now),
                             recording=body.recording(), windows=body.windows(), first=first, idempotency_key=idem)
-    fields = ledger.flatten(record)
+    fields = command.flatten(record)
     response = json.dumps(s.render(dict(zip(fields[::2], fields[1::2], strict=True))))
     fingerprint = commands.fingerprint("POST /v1/recording-schedules", body.model_dump(mode="json"))
     result = await state.redis.eval(
@@ -150,7 +150,7 @@ async def delete_schedule(request: Request) -> Response:
     idem = idempotency_key(request)
     record = await _own(request, client)
     sid = record["id"]
-    now = ledger.now_iso()
+    now = command.now_iso()
     response = json.dumps(s.render({**record, "status": "cancelled", "next_planned": "", "updated_at": now,
                                     "cancelled_at": record.get("cancelled_at") or now}))
     fingerprint = commands.fingerprint(f"DELETE /v1/recording-schedules/{sid}", {})

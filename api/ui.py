@@ -27,7 +27,8 @@ from starlette.routing import Route
 
 from api.auth import SESSION_COOKIE
 from api.metrics import Health, read_health
-from workers import keys, ledger, metrics
+from workers import keys, metrics
+from workers.command import Status
 from workers.errors import Unauthorized
 from workers.operations import OPERATIONS
 
@@ -177,7 +178,7 @@ async def _describe(r: Any, entry: dict[str, Any]) -> dict[str, Any]:
     *statuses, connect_status = await pipe.execute()
     return {**entry, "participants": await _participants(r, cc), "recording": await _recording(r, call),
             "state": _call_state(call, connect_status),
-            "pending": sum(1 for s in statuses if s and s not in ledger.TERMINAL)}
+            "pending": sum(1 for s in statuses if s and s not in Status.TERMINAL)}
 
 
 async def _attention(r: Any, client: str) -> list[dict[str, Any]]:
@@ -191,8 +192,8 @@ async def _attention(r: Any, client: str) -> list[dict[str, Any]]:
         if record.get("client") != client:
             continue
         status = record.get("status", "")
-        trouble = ("failed" if status == "failed" else "throttled" if status not in ledger.TERMINAL and
-                   record.get("throttled") else "retrying" if status not in ledger.TERMINAL and
+        trouble = ("failed" if status == "failed" else "throttled" if status not in Status.TERMINAL and
+                   record.get("throttled") else "retrying" if status not in Status.TERMINAL and
                    record.get("last_error") else None)
         if trouble:
             items.append({**record, "trouble": trouble})
@@ -286,8 +287,8 @@ def _command_rows(records: list[dict[str, str]]) -> str:
     rows = []
     for n, rec in enumerate(records, 1):
         status = rec.get("status", "")
-        trouble = "throttled" if status not in ledger.TERMINAL and rec.get("throttled") else (
-            "retrying" if status not in ledger.TERMINAL and rec.get("last_error") else "")
+        trouble = "throttled" if status not in Status.TERMINAL and rec.get("throttled") else (
+            "retrying" if status not in Status.TERMINAL and rec.get("last_error") else "")
         outcome = ""
         if status == "failed":
             error = _json(rec.get("error")) or {}

@@ -1,6 +1,6 @@
 """Create a command and enqueue its task in one atomic step; the API and the recording scheduler share it.
 
-Both go through ``ledger.ACCEPT_LUA``: the idempotency key, the command record, its place in the call's
+Both go through ``ledger.accept`` (accept.lua): the idempotency key, the command record, its place in the call's
 (and recording's) order and its Celery message are written together or not at all. The scheduler's
 idempotency keys are derived from the occurrence (``sched:{id}:{planned}:start``), so a step that runs
 twice (a redelivered task, a second beat) gets the first command back instead of making a second.
@@ -17,7 +17,10 @@ from typing import Any
 
 import redis
 
-from workers import keys, ledger, scripts
+from workers import command, keys, ledger, scripts
+from workers.command import Command
+from workers.ledger import Accepted
+from workers.scripts import ScriptCall
 from workers.settings import Settings
 
 # (command type, command id) -> the broker message that runs it (tasks.publish.task_message, bound to an app)
@@ -25,27 +28,12 @@ MessageFor = Callable[[str, str], str]
 
 
 @dataclass(frozen=True)
-class Accept:
-    """A prepared accept: the script's keys and arguments, for a sync or an async Redis client."""
+class NewCommand:
+    """A command about to be accepted, with what makes a request for it "the same" as another."""
 
-    command_id: str
+    command: Command
     fingerprint: str
-    keys: list[str]
-    args: list[Any]
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """What the script found: a new command, or the one an earlier request with this key created."""
-
-    command_id: str
-    replayed: bool
-    fingerprint: str  # the stored one: differs from the request's when a key is reused for something else
-    response_json: str  # the command resource as first answered, byte for byte what a replay answers
-
-    @property
-    def response(self) -> dict[str, Any]:
-        return json.loads(self.response_json)  # type: ignore[no-any-return]
+    idempotency_key: str  # as the client sent it
 
 
 def fingerprint(route: str, params: dict[str, Any]) -> str:
@@ -54,35 +42,27 @@ def fingerprint(route: str, params: dict[str, Any]) -> str:
                                      separators=(",", ":")).encode()).hexdigest()
 
 
-def prepare(
-    settings: Settings, message_for: MessageFor, *, client: str, type_: str, params: dict[str, Any],
-    idempotency_key: str, route: str, call_connection_id: str = "", room_id: str = "", recording_id: str = "",
-) -> Accept:
-    """Build the command record, its public response and its Celery message, ready for ``ACCEPT_LUA``."""
-    command_id = f"cmd_{uuid.uuid4().hex}"
-    record = ledger.new_command(command_id=command_id, client=client, type_=type_, params=params,
-                                idempotency_key=idempotency_key, call_connection_id=call_connection_id,
-                                room_id=room_id, recording_id=recording_id)
-    response = json.dumps(ledger.render({k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}),
-                          separators=(",", ":"))
-    fp = fingerprint(route, params)
-    return Accept(
-        command_id=command_id,
-        fingerprint=fp,
-        keys=[keys.idempotency_key(client, idempotency_key), keys.command_key(command_id),
-              keys.queue_key(settings.queue), keys.call_commands_key(call_connection_id) if call_connection_id else "",
-              keys.recording_commands_key(recording_id) if recording_id else ""],
-        args=[fp, command_id, settings.idempotency_ttl_s, settings.command_ttl_s, message_for(type_, command_id),
-              response, *ledger.flatten(record)],
-    )
+def new(
+    *, client: str, type_: str, params: dict[str, Any], idempotency_key: str, route: str,
+    call_connection_id: str = "", room_id: str = "", recording_id: str = "",
+) -> NewCommand:
+    cmd = command.new(command_id=f"cmd_{uuid.uuid4().hex}", client=client, type_=type_, params=params,
+                      idempotency_key=idempotency_key, call_connection_id=call_connection_id, room_id=room_id,
+                      recording_id=recording_id)
+    return NewCommand(cmd, fingerprint(route, params), idempotency_key)
 
 
-def accepted(result: list[str]) -> Accepted:
-    """Read ``ACCEPT_LUA``'s answer."""
-    outcome, command_id, fp, response = result
-    return Accepted(command_id=command_id, replayed=outcome == "replay", fingerprint=fp, response_json=response)
+def accept_call(settings: Settings, message_for: MessageFor, new_: NewCommand, *,
+                response_json: str = "") -> ScriptCall[Accepted]:
+    """The accept of ``new_`` (``response_json``: the resource a replay of this request answers, if any)."""
+    cmd = new_.command
+    return ledger.accept(
+        idempotency_key=keys.idempotency_key(cmd.client, new_.idempotency_key), fingerprint=new_.fingerprint,
+        command=command.new_fields(cmd), queue=settings.queue, message=message_for(cmd.type, cmd.id),
+        response_json=response_json, idempotency_ttl_s=settings.idempotency_ttl_s,
+        command_ttl_s=settings.command_ttl_s)
 
 
-def accept(r: redis.Redis, prepared: Accept) -> Accepted:
-    """Run the accept on a synchronous client (workers); the API runs the same script on its async one."""
-    return accepted(scripts.run(r, ledger.ACCEPT_LUA, prepared.keys, prepared.args))
+def accept(r: redis.Redis, settings: Settings, message_for: MessageFor, new_: NewCommand) -> Accepted:
+    """Run the accept on a synchronous client (workers); the API runs the same call on its pipeline."""
+    return scripts.run(r, accept_call(settings, message_for, new_))

@@ -3,7 +3,7 @@
 An event resolves the command named by its ``operationContext`` (every command sends its id there).
 Events that carry none fall back to the call they belong to: ``CallConnected`` resolves the call's
 connect command, ``CallDisconnected`` resolves pending hang-ups and fails every other pending command
-of that call with ``call_ended``. Transitions go through ``ledger.TRANSITION_FN``, so a command is
+of that call with ``call_ended``. Transitions go through lib.lua's ``transition`` (ingest.lua), so a command is
 resolved at most once and never moves backwards; an event for a terminal command, a duplicate, or an
 event for an unknown call is still kept in the call's timeline.
 """
@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers import keys, ledger, metrics
+from workers import keys, logs, metrics, scripts
+from workers.command import Status, flatten, now_iso
 from workers.operations import OPERATIONS, Operation
-from workers.scripts import AutoPipeline
+from workers.scripts import AutoPipeline, ScriptCall
+
+log = logging.getLogger("callq.commands")
 
 PREFIX = "Microsoft.Communication."
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder for every event, not one per json.dumps call
@@ -30,7 +35,6 @@ class IngestReport:
     duplicates: int = 0
     resolved: list[str] = field(default_factory=list)
     lanes: set[str] = field(default_factory=set)  # calls whose next command may now have its turn
-    finished: dict[str, dict[str, str | None]] = field(default_factory=dict)  # resolved: their metrics.FINISH_FIELDS
 
 
 _STRING_FIELDS = ("callConnectionId", "serverCallId", "correlationId", "operationContext", "recordingId",
@@ -80,134 +84,31 @@ def _tag(op: Operation, kind: str, data: dict[str, Any]) -> str | None:
     return "ended" if kind == "CallDisconnected" else None
 
 
-def _step(tag: str, kind: str, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _step(tag: str, kind: str, event: dict[str, Any]) -> tuple[Status, dict[str, Any]]:
     """The transition of a step; it depends on the event only, never on which command takes it."""
     data = event.get("data") or {}
     resolved_by = {"type": kind, "id": event.get("id"), "time": event.get("time")}
     if tag == "recorded":
-        return "succeeded", {"result": {"recording_id": data.get("recordingId"), "state": data.get("state")},
-                             "resolved_by": resolved_by}
+        return Status.SUCCEEDED, {"result": {"recording_id": data.get("recordingId"), "state": data.get("state")},
+                                  "resolved_by": resolved_by}
     if tag == "succeeded":
         fields = {"result": _result_from(kind, data), "resolved_by": resolved_by}
         if kind == "CallConnected" and data.get("callConnectionId"):
             # The event may beat connect's HTTP response: it names the call as well as the response does.
             fields["call_connection_id"] = data["callConnectionId"]
-        return "succeeded", fields
+        return Status.SUCCEEDED, fields
     if tag == "failed":
-        return "failed", {"error": _error_from(data, "acs_failed"), "resolved_by": resolved_by}
-    return "failed", {"error": _error_from(data, "call_ended") | {"message": "The call ended before this "
-                                                                 "command completed."},
-                      "resolved_by": resolved_by}
+        return Status.FAILED, {"error": _error_from(data, "acs_failed"), "resolved_by": resolved_by}
+    ended = _error_from(data, "call_ended") | {"message": "The call ended before this command completed."}
+    return Status.FAILED, {"error": ended, "resolved_by": resolved_by}
 
 
-def outcome(command_type: str, event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+def outcome(command_type: str, event: dict[str, Any]) -> tuple[Status, dict[str, Any]] | None:
     """The transition an event implies for a command of this type, or None when it says nothing of it."""
     op = OPERATIONS.get(command_type)
     kind = short_type(event)
     tag = None if op is None else _tag(op, kind, event.get("data") or {})
     return None if tag is None else _step(tag, kind, event)
-
-
-# One event, in one script call and atomically: dedupe, store, find the commands it may resolve, resolve them,
-# update the call. Python decides beforehand what the event means for each command type (``steps``); the
-# script decides which commands it reaches, reading them as they are at that instant.
-#
-# Candidates: an ``operationContext`` names its command. Without one (real 2024 samples of CallConnected,
-# CallDisconnected and SendDtmfTonesCompleted lack it) the event answers the call's oldest pending command
-# of a type it resolves. CallDisconnected answers every pending command of the call; a
-# RecordingStateChanged answers the oldest pending command of its recording that expects that state; a
-# CancelAddParticipantSucceeded also fails the pending add whose invitation it withdrew (ACS sends that add
-# nothing more).
-#
-# KEYS: 1 seen marker, 2 the call's event stream, 3 call hash, 4 call's command list, 5 recording hash,
-#       6 recording's command list ('' for those the event names no call / recording for)
-# ARGV: 1 dedupe ttl, 2 ttl, 3 stream MINID, 4 event json, 5 operationContext, 6 short type,
-#       7 '1' when the event answers every candidate (else the first), 8 recording state, 9 steps json
-#       ('' = the event resolves nothing; see _steps), 10 now, 11 late-event json ('' without a context),
-#       12 withdrawn invitation id, 13 its failure fields json, 14 server call id
-# Returns {'duplicate'} or {'stored', 'orphan' | '', {id, call, {FINISH_FIELDS...}} for each command resolved}.
-_FINISH_FIELDS_LUA = ", ".join(f"'{name}'" for name in metrics.FINISH_FIELDS)
-INGEST_LUA = ledger.CHECK_TYPES_FN + ledger.TRANSITION_FN + """
-local bad = check_types({'string', 'stream', 'hash', 'list', 'hash', 'list'})
-if bad then return bad end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return {'duplicate'} end
-local ttl, now, kind, context = tonumber(ARGV[2]), ARGV[10], ARGV[6], ARGV[5]
-local prefix, channel = '""" + keys.COMMAND_PREFIX + """', '""" + keys.COMMAND_DONE_CHANNEL + """'
-if KEYS[5] ~= '' then
-  -- Stored before the recording's commands are read, while a worker registers a start before it reads
-  -- this: whichever runs second sees the other (runtime._catch_up_recording).
-  redis.call('HSET', KEYS[5], 'state', ARGV[8], 'last_event', ARGV[4])
-  redis.call('EXPIRE', KEYS[5], ttl)
-end
-local ids, listed = {}, {}
-local function add(id)
-  if id and id ~= '' and not listed[id] then listed[id] = true; ids[#ids + 1] = id end
-end
-add(context)
-if KEYS[6] ~= '' then
-  for _, id in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do add(id) end
-elseif KEYS[4] ~= '' and (kind == 'CallDisconnected' or context == '') then
-  if kind == 'CallConnected' then add(redis.call('HGET', KEYS[3], 'connect_command')) end
-  for _, id in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do add(id) end
-end
-local found, connect = {}, nil
-for _, id in ipairs(ids) do
-  local c = redis.call('HMGET', prefix .. id, 'type', 'status', 'client', 'call_connection_id')
-  if c[1] then
-    local cmd = {id = id, type = c[1], status = c[2], client = c[3] or '', cc = c[4] or ''}
-    cmd.terminal = cmd.status == 'succeeded' or cmd.status == 'failed'
-    found[#found + 1] = cmd
-    if cmd.type == 'connect' and not cmd.terminal and not connect then connect = cmd end
-  end
-end
--- Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
-redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
-redis.call('EXPIRE', KEYS[2], ttl)
--- Decoded only when there is a command to apply it to (most events only join the timeline).
-local plan, resolved = (#found > 0 and ARGV[9] ~= '') and cjson.decode(ARGV[9]) or {types = {}, steps = {}}, {}
-for _, cmd in ipairs(found) do
-  local tag = plan.types[cmd.type]
-  local step = tag and plan.steps[tag]
-  if step then
-    if cmd.terminal then
-      if cmd.id == context then redis.call('HSET', prefix .. cmd.id, 'late_event', ARGV[11]) end  -- kept, not applied
-    else
-      if transition(prefix .. cmd.id, cmd.id, step[1], '', now, channel, step[2])[1] == 'applied' then
-        resolved[#resolved + 1] = cmd
-      end
-      if ARGV[7] ~= '1' then break end  -- one event answers one command: the one it names, else the oldest
-    end
-  end
-end
-if ARGV[12] ~= '' and KEYS[4] ~= '' then
-  local fields = cjson.decode(ARGV[13])
-  for _, id in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-    local c = redis.call('HMGET', prefix .. id, 'type', 'status', 'result', 'call_connection_id')
-    if c[1] == 'add_participant' and c[2] ~= 'succeeded' and c[2] ~= 'failed' and c[3] then
-      local ok, result = pcall(cjson.decode, c[3])
-      if ok and type(result) == 'table' and result['invitation_id'] == ARGV[12] and
-          transition(prefix .. id, id, 'failed', '', now, channel, fields)[1] == 'applied' then
-        found[#found + 1] = {id = id}
-        resolved[#resolved + 1] = {id = id, cc = c[4] or ''}
-      end
-    end
-  end
-end
-if KEYS[3] ~= '' and kind == 'CallConnected' then
-  redis.call('HSET', KEYS[3], 'state', 'connected', 'server_call_id', ARGV[14])
-  if connect then redis.call('HSET', KEYS[3], 'connect_command', connect.id, 'client', connect.client) end
-  redis.call('EXPIRE', KEYS[3], ttl)
-elseif KEYS[3] ~= '' and kind == 'CallDisconnected' then
-  redis.call('HSET', KEYS[3], 'state', 'disconnected')
-  redis.call('EXPIRE', KEYS[3], ttl)
-end
-local out = {'stored', #found == 0 and 'orphan' or ''}
-for _, cmd in ipairs(resolved) do
-  redis.call('ZREM', '""" + metrics.WAITING_KEY + """', cmd.id)
-  out[#out + 1] = {cmd.id, cmd.cc, redis.call('HMGET', prefix .. cmd.id, """ + _FINISH_FIELDS_LUA + """)}
-end
-return out
-"""
 
 
 def _late(event: dict[str, Any]) -> str:
@@ -226,7 +127,7 @@ def _steps(event: dict[str, Any]) -> str:
     steps: dict[str, list[Any]] = {}
     for tag in set(types.values()):
         status, fields = _step(tag, kind, event)
-        steps[tag] = [status, ledger.flatten(fields)]
+        steps[tag] = [status, flatten(fields)]
     return _COMPACT.encode({"types": types, "steps": steps}) if types else ""
 
 
@@ -239,9 +140,34 @@ def _tags(kind: str, recording_state: str | None) -> dict[str, str]:
 _CANCELED = {"code": "invitation_canceled", "message": "The invitation was canceled before it was answered."}
 
 
-def _script_args(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int,
-                 retention_s: int) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV of INGEST_LUA for one cleaned event."""
+@dataclass(frozen=True)
+class Resolved:
+    """A command an event ended: its id, its call ('' for none) and its record as it ended."""
+
+    command_id: str
+    call_connection_id: str
+    record: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What one event did: nothing (a duplicate), or stored, naming no known call or command (orphan) or not,
+    and the commands it resolved."""
+
+    duplicate: bool
+    orphan: bool = False
+    resolved: tuple[Resolved, ...] = ()
+
+    @classmethod
+    def parse(cls, reply: list[Any]) -> Ingested:
+        if reply[0] == "duplicate":
+            return cls(duplicate=True)
+        return cls(duplicate=False, orphan=reply[1] == "orphan", resolved=tuple(
+            Resolved(str(cid), str(cc), dict(zip(flat[::2], flat[1::2], strict=True))) for cid, cc, flat in reply[2:]))
+
+
+def ingest_call(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int, retention_s: int) -> ScriptCall[Ingested]:
+    """Store one cleaned event and apply it to the commands it resolves (ingest.lua), atomically."""
     data, kind = event["data"], short_type(event)
     cc, context, rec = data.get("callConnectionId") or "", data.get("operationContext") or "", ""
     if kind == "RecordingStateChanged":
@@ -254,13 +180,48 @@ def _script_args(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int,
     min_id = str(int((time.time() - retention_s) * 1000))
     args = [str(dedup_ttl_s), str(ttl_s), min_id, _COMPACT.encode(event), context,
             kind, "1" if kind == "CallDisconnected" else "", data.get("state") or "", _steps(event),
-            ledger.now_iso(), _late(event) if context else "", invitation,
-            _COMPACT.encode(ledger.flatten(canceled)) if invitation else "",
-            data.get("serverCallId") or ""]
-    return keys_, args
+            now_iso(), _late(event) if context else "", invitation,
+            _COMPACT.encode(flatten(canceled)) if invitation else "",
+            data.get("serverCallId") or "", cc]
+    return scripts.call("ingest", keys_, args, Ingested.parse)
 
 
-async def ingest(scripts: AutoPipeline, events: list[dict[str, Any]], *, dedup_ttl_s: int, ttl_s: int,
+def finished(record: Mapping[str, str]) -> None:
+    """A command reached its terminal state (called once, by whoever's transition applied): count it, say it."""
+    command_id, type_, status = record.get("id", ""), record.get("type") or "unknown", record.get("status")
+    metrics.finished(command_id, record)
+    extra = {"command_id": command_id, "call_connection_id": record.get("call_connection_id") or None}
+    if status == Status.SUCCEEDED:
+        by = (_json_field(record.get("resolved_by")) or {}).get("type") or ""
+        log.info("command %s (%s) succeeded%s", command_id, type_, f" on {by}" if by else "", extra=extra)
+    elif status == Status.FAILED:
+        log.warning("command %s (%s) failed: %s", command_id, type_, metrics.error_code(record.get("error")),
+                    extra=extra)
+
+
+def _json_field(raw: str | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _event_stored(event: dict[str, Any], *, orphan: bool) -> None:
+    kind, data = short_type(event), event["data"]
+    metrics.event(kind, data.get("callConnectionId"), orphan=orphan)
+    # DEBUG: events are many and each is kept in its call's timeline anyway; the commands they resolve get
+    # an INFO line of their own (``finished``).
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    token = logs.bind(call_connection_id=data.get("callConnectionId"), operation_context=data.get("operationContext"))
+    try:
+        log.debug("event %s%s", kind or "unknown", " for no known call or command (orphan)" if orphan else "")
+    finally:
+        logs.unbind(token)
+
+
+async def ingest(pipeline: AutoPipeline, events: list[dict[str, Any]], *, dedup_ttl_s: int, ttl_s: int,
                  retention_s: int) -> IngestReport:
     """Store and apply a batch of CloudEvents, in order, one script call each. Safe to call again with the same events.
 
@@ -274,19 +235,15 @@ async def ingest(scripts: AutoPipeline, events: list[dict[str, Any]], *, dedup_t
         if not event["id"]:
             report.duplicates += 1  # nothing to dedupe by: ACS always sends one, so this is not ACS
             continue
-        keys_, args = _script_args(event, dedup_ttl_s=dedup_ttl_s, ttl_s=ttl_s, retention_s=retention_s)
-        reply = await scripts.run(INGEST_LUA, keys_, args)
-        if reply[0] == "duplicate":
+        done = await pipeline.run(ingest_call(event, dedup_ttl_s=dedup_ttl_s, ttl_s=ttl_s, retention_s=retention_s))
+        if done.duplicate:
             report.duplicates += 1
             continue
         report.stored += 1
-        data = event["data"]
-        metrics.event(short_type(event), data.get("callConnectionId"), data.get("operationContext"),
-                      orphan=reply[1] == "orphan")
-        for cid, cc, values in reply[2:]:
-            report.resolved.append(cid)
-            report.finished[cid] = dict(zip(metrics.FINISH_FIELDS, values, strict=True))
-            if cc:
-                report.lanes.add(cc)
+        _event_stored(event, orphan=done.orphan)
+        for resolved in done.resolved:
+            report.resolved.append(resolved.command_id)
+            finished(resolved.record)
+            if resolved.call_connection_id:
+                report.lanes.add(resolved.call_connection_id)
     return report
-

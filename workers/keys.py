@@ -82,7 +82,6 @@ def rate_pause_key(resource: str) -> str:
 # --- operator figures (workers/metrics.py, api/ui.py) ---------------------------------------------------
 
 METRICS_PREFIX = "callq:metrics:"
-OPS_WAITING = "callq:ops:waiting"  # command id → its outcome deadline (ms)
 OPS_ATTENTION = "callq:ops:attention"  # command id → when it last retried, was throttled or failed (ms)
 OPS_CALLS = "callq:ops:calls"  # call connection id → its last activity (ms)
 

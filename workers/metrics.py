@@ -29,20 +29,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 import redis
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from workers import keys, logs
+from workers import keys
 
-log = logging.getLogger("callq.commands")
+log = logging.getLogger("callq.metrics")
 
 PREFIX = keys.METRICS_PREFIX
-WAITING_KEY = keys.OPS_WAITING
 ATTENTION_KEY = keys.OPS_ATTENTION
 CALLS_KEY = keys.OPS_CALLS
 KOMBU_UNACKED = "unacked"  # kombu's Redis transport: delivered, not yet acknowledged (running or counting down)
 OPS_KEEP_MS = 86_400_000  # the attention and call indexes forget what is older than a day
 OPS_KEEP_MAX = 2000  # ... and keep at most this many entries
-OVERDUE_GRACE_MS = 60_000  # a wait this far past its deadline means reconciliation is not keeping up
 
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -85,27 +82,6 @@ SPECS = {s.name: s for s in (
     Spec("callq_command_sent_to_resolved_seconds", "histogram", "From ACS's answer to the command's terminal state.",
          ("type", "status")),
 )}
-
-GAUGES = {
-    "callq_queue_depth": "Messages waiting in the broker queue (LLEN).",
-    "callq_broker_unacked": "Messages delivered to workers and not yet acknowledged (running or counting down).",
-    "callq_commands_waiting": "Commands sent to ACS and waiting for their outcome event.",
-    "callq_commands_waiting_overdue": "Waiting commands more than a minute past their outcome deadline.",
-    "callq_workers_alive": "Workers whose heartbeat is fresh.",
-    "callq_acs_pause_seconds": "Seconds left of the shared pause a 429 from ACS imposed (0: not paused).",
-}
-
-
-def exposed_names() -> set[str]:
-    """Every sample name /metrics can show (for dashboards and alert rules to be checked against)."""
-    names = set(GAUGES)
-    for spec in SPECS.values():
-        if spec.kind == "counter":
-            names.add(f"{spec.name}_total")
-        else:
-            names |= {f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count"}
-    return names
-
 
 @functools.lru_cache(maxsize=4096)  # label sets are few and repeat on every request
 def _labels_field(labels: tuple[str, ...]) -> str:
@@ -240,7 +216,7 @@ class Flusher:
         self._client.close()
 
 
-# --- what the runtime, the correlator and the API record ----------------------------------------------------------
+# --- what the runtime, the correlator and the API count (their log lines are theirs) ----------------------------
 
 def seconds_between(start_iso: str | None, end_iso: str | None) -> float | None:
     """Seconds from one stored ISO time to another; None when either is missing or unreadable."""
@@ -254,49 +230,37 @@ def seconds_between(start_iso: str | None, end_iso: str | None) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
-def sent(cmd: Mapping[str, Any], sent_at: str) -> None:
+def sent(type_: str, created_at: str, sent_at: str) -> None:
     """ACS answered the command's request (the outcome may still be an event away)."""
-    latency = seconds_between(cmd.get("created_at"), sent_at)
+    latency = seconds_between(created_at, sent_at)
     if latency is not None:
-        RECORDER.observe("callq_command_accept_to_sent_seconds", latency, str(cmd.get("type")))
-    log.info("command %s (%s) sent to ACS", cmd.get("id"), cmd.get("type"),
-             extra={"command_id": cmd.get("id"), "call_connection_id": cmd.get("call_connection_id") or None})
+        RECORDER.observe("callq_command_accept_to_sent_seconds", latency, type_)
 
 
-def retrying(cmd: Mapping[str, Any], code: str) -> None:
-    RECORDER.inc("callq_command_retries", str(cmd.get("type")), code)
-    RECORDER.mark(ATTENTION_KEY, str(cmd.get("id")))
+def retrying(command_id: str, type_: str, code: str) -> None:
+    RECORDER.inc("callq_command_retries", type_, code)
+    RECORDER.mark(ATTENTION_KEY, command_id)
 
 
-def throttled(cmd: Mapping[str, Any]) -> None:
-    RECORDER.inc("callq_commands_throttled", str(cmd.get("type")))
-    RECORDER.mark(ATTENTION_KEY, str(cmd.get("id")))
+def throttled(command_id: str, type_: str) -> None:
+    RECORDER.inc("callq_commands_throttled", type_)
+    RECORDER.mark(ATTENTION_KEY, command_id)
 
 
-FINISH_FIELDS = ("type", "status", "error", "created_at", "sent_at", "resolved_at", "call_connection_id",
-                 "resolved_by")
-
-
-def finished(client: redis.Redis, command_id: str) -> None:
-    """Count a command that just reached its terminal state (called once: by whoever's transition applied)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hmget(keys.command_key(command_id), *FINISH_FIELDS)
-    pipe.zrem(WAITING_KEY, command_id)
-    values, _ = pipe.execute()
-    record_finished(command_id, dict(zip(FINISH_FIELDS, values, strict=True)))
-
-
-def _code(raw_error: str | None) -> str:
+def error_code(raw_error: str | None) -> str:
+    """The ``code`` of a stored error (JSON), ``unknown`` when there is none."""
     try:
         return str((json.loads(raw_error or "{}") or {}).get("code") or "unknown")
     except ValueError:
         return "unknown"
 
 
-def record_finished(command_id: str, rec: Mapping[str, str | None]) -> None:
-    """Counts, latency and a log line for a terminal command, from its stored fields (no I/O)."""
+def finished(command_id: str, rec: Mapping[str, str | None]) -> None:
+    """Count a command that just reached its terminal state, from its stored fields (no I/O).
+
+    Called once per command: by whoever's transition to terminal applied (the script returns the record).
+    """
     type_, status = rec.get("type") or "unknown", rec.get("status")
-    extra = {"command_id": command_id, "call_connection_id": rec.get("call_connection_id") or None}
     latency = seconds_between(rec.get("sent_at"), rec.get("resolved_at"))
     if latency is not None and status in ("succeeded", "failed"):
         RECORDER.observe("callq_command_sent_to_resolved_seconds", latency, type_, status)
@@ -304,23 +268,12 @@ def record_finished(command_id: str, rec: Mapping[str, str | None]) -> None:
         RECORDER.mark(CALLS_KEY, str(rec["call_connection_id"]))
     if status == "succeeded":
         RECORDER.inc("callq_commands_succeeded", type_)
-        by = _resolved_by(rec.get("resolved_by"))
-        log.info("command %s (%s) succeeded%s", command_id, type_, f" on {by}" if by else "", extra=extra)
     elif status == "failed":
-        code = _code(rec.get("error"))
-        RECORDER.inc("callq_commands_failed", type_, code)
+        RECORDER.inc("callq_commands_failed", type_, error_code(rec.get("error")))
         RECORDER.mark(ATTENTION_KEY, command_id)
-        log.warning("command %s (%s) failed: %s", command_id, type_, code, extra=extra)
 
 
-def _resolved_by(raw: str | None) -> str:
-    try:
-        return str((json.loads(raw or "{}") or {}).get("type") or "")
-    except ValueError:
-        return ""
-
-
-def event(kind: str, call_connection_id: str | None, operation_context: str | None, *, orphan: bool) -> None:
+def event(kind: str, call_connection_id: str | None, *, orphan: bool) -> None:
     """An ACS event was stored; an orphan names no call or command callq knows."""
     kind = kind or "unknown"
     RECORDER.inc("callq_callback_events", kind)
@@ -328,60 +281,3 @@ def event(kind: str, call_connection_id: str | None, operation_context: str | No
         RECORDER.inc("callq_callback_orphans", kind)
     elif call_connection_id:
         RECORDER.mark(CALLS_KEY, call_connection_id)
-    # DEBUG: events are many and each is kept in its call's timeline anyway; the commands they resolve get
-    # an INFO line of their own (record_finished).
-    if not log.isEnabledFor(logging.DEBUG):
-        return
-    token = logs.bind(call_connection_id=call_connection_id, operation_context=operation_context)
-    try:
-        log.debug("event %s%s", kind, " for no known call or command (orphan)" if orphan else "")
-    finally:
-        logs.unbind(token)
-
-
-# --- rendering ---------------------------------------------------------------------------------------------------
-
-def pause_key(acs_endpoint: str) -> str:
-    """The shared 429 pause of this ACS resource: the key the rate limiter itself writes."""
-    return keys.rate_pause_key(keys.rate_resource(acs_endpoint))
-
-
-def _histogram(spec: Spec, fields: Mapping[str, str]) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-    series: dict[str, tuple[list[float], float]] = {}
-    for name, raw in fields.items():
-        where, _, slot = name.rpartition("#")
-        counts, total = series.setdefault(where, ([0.0] * (len(BUCKETS_S) + 1), 0.0))
-        if slot == "sum":
-            series[where] = (counts, float(raw))
-        elif slot.isdigit() and int(slot) <= len(BUCKETS_S):
-            counts[int(slot)] += float(raw)
-    for where, (counts, total) in sorted(series.items()):
-        running, buckets = 0.0, []
-        for bound, count in zip((*(str(b) for b in BUCKETS_S), "+Inf"), counts, strict=True):
-            running += count
-            buckets.append((bound, running))
-        family.add_metric(json.loads(where), buckets, sum_value=total)
-    return family
-
-
-def families(hashes: Mapping[str, Mapping[str, str]], gauges: Mapping[str, list[tuple[dict[str, str], float]]]) -> (
-        list[Metric]):
-    """Prometheus metric families from the stored hashes ({metric name: hash}) and scrape-time gauges."""
-    out: list[Metric] = []
-    for spec in SPECS.values():
-        fields = hashes.get(spec.name) or {}
-        if spec.kind == "histogram":
-            out.append(_histogram(spec, fields))
-            continue
-        counter = CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-        for where, raw in sorted(fields.items()):
-            counter.add_metric(json.loads(where), float(raw))
-        out.append(counter)
-    for name, help_ in GAUGES.items():
-        samples = gauges.get(name) or []
-        gauge = GaugeMetricFamily(name, help_, labels=sorted(samples[0][0]) if samples else [])
-        for labels, value in samples:
-            gauge.add_metric([labels[k] for k in sorted(labels)], value)
-        out.append(gauge)
-    return out

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import redis
 
-from workers import commands, keys, ledger
+from workers import command, commands, keys
 from workers import schedules as s
 from workers.recurrence import iso
 from workers.settings import Settings
@@ -166,7 +166,7 @@ class Occurrences:
     def _move_on(self, sched: dict[str, str], planned: int) -> None:
         nxt = s.plan_of(sched).next_open(planned, int(self.clock()))
         self.redis.eval(s.MOVE_ON_LUA, 2, s.schedule_key(sched["id"]), s.ACTIVE_SCHEDULES, planned,
-                        "" if nxt is None else nxt, ledger.now_iso(), self.settings.command_ttl_s, sched["id"])
+                        "" if nxt is None else nxt, command.now_iso(), self.settings.command_ttl_s, sched["id"])
         self.ensure_booked(sched["id"])
 
     def _claim(self, schedule_id: str, planned: int, claim: str) -> bool:
@@ -176,7 +176,7 @@ class Occurrences:
         return bool(self.redis.get(key) == claim)  # a redelivery of the claiming message carries on
 
     def _open_run(self, schedule_id: str, planned: int, claim: str) -> None:
-        now = ledger.now_iso()
+        now = command.now_iso()
         fields: dict[str, str | int] = {"schedule_id": schedule_id, "planned": planned, "planned_at": iso(planned),
                                         "state": "starting", "claimed_by": claim, "created_at": now, "updated_at": now}
         pipe = self.redis.pipeline(transaction=True)
@@ -289,7 +289,7 @@ class Occurrences:
         if cmd["status"] != "succeeded" or not cmd.get("recording_id"):
             return self._finish(o, "failed", _error("start_failed", "ACS did not start the recording.",
                                                     cmd.get("error")))
-        self._set(o, recording_id=cmd["recording_id"], state="recording", started_at=ledger.now_iso())
+        self._set(o, recording_id=cmd["recording_id"], state="recording", started_at=command.now_iso())
         return None
 
     def _record(self, o: _Occ) -> float | None:
@@ -357,11 +357,12 @@ class Occurrences:
         field = f"cmd:{step}"
         if o.run.get(field):
             return o.run[field]
-        prepared = commands.prepare(
-            self.settings, self.message_for, client=o.sched["client"], type_=type_, params=params or {},
+        new = commands.new(
+            client=o.sched["client"], type_=type_, params=params or {},
             idempotency_key=f"sched:{o.id}:{iso(o.planned)}:{step}", route=f"schedule {o.id}",
             call_connection_id=cc, room_id=room_id, recording_id=rid)
-        command_id = commands.accept(self.redis, prepared).command_id  # a replay returns the first command
+        # A replay returns the first command.
+        command_id = commands.accept(self.redis, self.settings, self.message_for, new).command_id
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(s.run_key(o.id, o.planned), field, command_id)
         pipe.rpush(s.run_commands_key(o.id, o.planned), command_id)
@@ -382,13 +383,13 @@ class Occurrences:
                 "recording_id": rid}
 
     def _set(self, o: _Occ, **fields: Any) -> None:
-        changes = {k: str(v) for k, v in fields.items()} | {"updated_at": ledger.now_iso()}
+        changes = {k: str(v) for k, v in fields.items()} | {"updated_at": command.now_iso()}
         self.redis.hset(s.run_key(o.id, o.planned), mapping=changes)
         o.run.update(changes)
 
     def _finish(self, o: _Occ, state: str, error: dict[str, Any] | None = None) -> float | None:
         """End the run; returns None, "no further wake-up", so a step can ``return self._finish(...)``."""
-        self._set(o, state=state, ended_at=ledger.now_iso(), error=json.dumps(error) if error else "", wake_token="")
+        self._set(o, state=state, ended_at=command.now_iso(), error=json.dumps(error) if error else "", wake_token="")
         pipe = self.redis.pipeline(transaction=True)
         pipe.expire(s.run_key(o.id, o.planned), self.settings.command_ttl_s)
         pipe.expire(s.run_commands_key(o.id, o.planned), self.settings.command_ttl_s)

@@ -14,6 +14,7 @@ from typing import Any
 
 from azure.communication.callautomation import (
     CallAutomationClient,
+    CallConnectionClient,
     FileSource,
     PhoneNumberIdentifier,
     RecognizeInputType,
@@ -21,11 +22,9 @@ from azure.communication.callautomation import (
 )
 from azure.core.exceptions import ResourceNotFoundError
 
+from workers.command import Command, Status
 from workers.identifiers import to_identifier
-from workers.keys import COMMAND_PREFIX
 from workers.settings import Settings
-
-Record = dict[str, Any]  # a command: its stored fields, with ``params`` already parsed
 
 # API tone characters → the SDK's DtmfTone values.
 TONES = {**{str(d): name for d, name in enumerate(
@@ -45,40 +44,68 @@ class Sent:
 
 @dataclass(frozen=True)
 class Operation:
+    """One command type: how it is sent, which events end it, and every rule the runtime applies to it."""
+
     type: str
-    send: Callable[[CallAutomationClient, Record, Settings], Sent]
+    send: Callable[[CallAutomationClient, Command, Settings], Sent]
     succeeds_on: frozenset[str] = frozenset()
     fails_on: frozenset[str] = frozenset()
+    # The request carries ACS repeatability headers, so a resend after an unclear failure cannot act twice;
+    # ``repeatable_if`` decides per command when that depends on its parameters.
     repeatable: bool = False
+    repeatable_if: Callable[[Command], bool] | None = None
     recording_state: str | None = None  # resolves on RecordingStateChanged to this state
     # For operations ACS cannot deduplicate: after an unclear failure, did the request take effect?
     # True / False from a read of ACS's state; None when no read can tell (play, recognize, ...).
-    verify: Callable[[CallAutomationClient, Record], bool | None] | None = None
-    # Later commands of the call wait for this one's outcome (not just its sending), so "DTMF" never
-    # overtakes the "add" that brings its target in and ACS sees no parallel actions (409/8519).
-    # Background media (play, recognize) only has to be sent: a hang-up or cancel may follow at once.
-    blocks_until_resolved: bool = True
-    recording_by_call: bool = False  # pause/resume/stop: recording id may come from the call at send time
+    verify: Callable[[CallAutomationClient, Command], bool | None] | None = None
+    # Per-call order (lib.lua's ``blocks``). By default later commands of the call wait for this one's outcome
+    # (not just its sending), so "DTMF" never overtakes the "add" that brings its target in and ACS sees no
+    # parallel actions (409/8519). ``background`` (play, recognize) only has to be sent: a hang-up or cancel may
+    # follow at once; ``media`` operations still hold back the next media operation (ACS runs one at a time,
+    # 400/8500); ``interrupts`` (hang up, cancel an invitation, cancel media) wait for earlier commands to be
+    # sent, never for their outcomes: they exist to cut those short.
+    background: bool = False
+    media: bool = False
+    interrupts: bool = False
+    # pause/resume/stop: the recording may be named by the call, known only at send time; ``verb`` names the
+    # action in the error when the call has none.
+    recording_by_call: bool = False
+    verb: str = ""
+    # The outcome may take longer than callq's default wait (an invitation rings for its own timeout).
+    extra_wait_s: Callable[[Command], float] | None = None
     # When the event never came: read ACS and say how the command ended (None: ACS cannot tell).
-    reconcile: Callable[[CallAutomationClient, Record], Verdict | None] | None = None
+    reconcile: Callable[[CallAutomationClient, Command], Verdict | None] | None = None
+    # A command that is about the call itself is not failed ``call_ended`` when the call is gone (connect,
+    # hang up); and what its success tells the call record when a read stood in for the event.
+    ends_with_call: bool = True
+    call_state_on_success: str | None = None
+
+    def is_repeatable(self, cmd: Command) -> bool:
+        return self.repeatable_if(cmd) if self.repeatable_if else self.repeatable
+
+    def outcome_timeout_s(self, cmd: Command, default_s: float) -> float:
+        """How long a command may wait for its event before callq reads ACS instead."""
+        return default_s + (self.extra_wait_s(cmd) if self.extra_wait_s else 0.0)
 
 
-Verdict = tuple[str, dict[str, Any]]  # (terminal status, fields to record)
+Verdict = tuple[Status, dict[str, Any]]  # (terminal status, fields to record)
 
 
-def _reconciled(status: str, how: str, **fields: Any) -> Verdict:
+def _reconciled(status: Status, how: str, **fields: Any) -> Verdict:
     return status, {**fields, "resolved_by": {"type": "reconciled", "how": how}}
 
 
 def _lost(code: str, message: str, how: str) -> Verdict:
-    return _reconciled("failed", how, error={"code": code, "message": message})
+    return _reconciled(Status.FAILED, how, error={"code": code, "message": message})
 
 
-def outcome_timeout_s(cmd: Record, default_s: float) -> float:
-    """How long a command may wait for its event before callq reads ACS instead (add: plus ring time)."""
-    if cmd["type"] == "add_participant":
-        return float(cmd["params"].get("invitation_timeout") or 60) + default_s
-    return default_s
+def _ring_time_s(cmd: Command) -> float:
+    return float(cmd.params.get("invitation_timeout") or 60)
+
+
+def _for_everyone(cmd: Command) -> bool:
+    # Terminate (for everyone) carries repeatability headers; hang up for self (DELETE) does not.
+    return bool(cmd.params.get("for_everyone", True))
 
 
 def _media_source(spec: dict[str, Any]) -> FileSource | TextSource:
@@ -87,66 +114,66 @@ def _media_source(spec: dict[str, Any]) -> FileSource | TextSource:
     return TextSource(text=spec["text"], voice_name=spec.get("voice_name") or "en-US-NancyNeural")
 
 
-def _connection(client: CallAutomationClient, cmd: Record):  # type: ignore[no-untyped-def]
-    return client.get_call_connection(cmd["call_connection_id"])
+def _connection(client: CallAutomationClient, cmd: Command) -> CallConnectionClient:
+    return client.get_call_connection(cmd.call_connection_id)
 
 
-def _connect(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+def _connect(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
     # room_id= sends the same roomCallLocator body as RoomCallLocator(...), which SDK 1.6 deprecates.
-    props = client.connect_call(callback_url=settings.callback_url, room_id=cmd["room_id"],
-                                operation_context=cmd["id"])
+    props = client.connect_call(callback_url=settings.callback_url, room_id=cmd.room_id,
+                                operation_context=cmd.id)
     return Sent(call_connection_id=props.call_connection_id)
 
 
-def _hang_up(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    _connection(client, cmd).hang_up(is_for_everyone=bool(cmd["params"].get("for_everyone", True)))
+def _hang_up(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).hang_up(is_for_everyone=bool(cmd.params.get("for_everyone", True)))
     return Sent()
 
 
-def _add_participant(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    p = cmd["params"]
+def _add_participant(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    p = cmd.params
     caller = PhoneNumberIdentifier(p["source_caller_id"]) if p.get("source_caller_id") else None
     result = _connection(client, cmd).add_participant(
         to_identifier(p["participant"]), invitation_timeout=p.get("invitation_timeout"),
-        source_caller_id_number=caller, operation_context=cmd["id"], operation_callback_url=settings.callback_url)
+        source_caller_id_number=caller, operation_context=cmd.id, operation_callback_url=settings.callback_url)
     return Sent(result={"invitation_id": result.invitation_id, "participant": p["participant"]})
 
 
-def _remove_participant(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    _connection(client, cmd).remove_participant(to_identifier(cmd["params"]["participant"]),
-                                                operation_context=cmd["id"],
+def _remove_participant(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).remove_participant(to_identifier(cmd.params["participant"]),
+                                                operation_context=cmd.id,
                                                 operation_callback_url=settings.callback_url)
     return Sent()
 
 
-def _cancel_add(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    _connection(client, cmd).cancel_add_participant_operation(cmd["params"]["invitation_id"],
-                                                              operation_context=cmd["id"],
+def _cancel_add(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).cancel_add_participant_operation(cmd.params["invitation_id"],
+                                                              operation_context=cmd.id,
                                                               operation_callback_url=settings.callback_url)
     return Sent()
 
 
-def _send_dtmf(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    p = cmd["params"]
+def _send_dtmf(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    p = cmd.params
     _connection(client, cmd).send_dtmf_tones([TONES[t] for t in p["tones"]], to_identifier(p["participant"]),
-                                             operation_context=cmd["id"],
+                                             operation_context=cmd.id,
                                              operation_callback_url=settings.callback_url)
     return Sent()
 
 
-def _play(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    p = cmd["params"]
+def _play(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    p = cmd.params
     targets = [to_identifier(t) for t in p.get("targets") or []]
     # An empty play_to list plays to everyone in the call (playTo: [] on the wire).
     _connection(client, cmd).play_media(_media_source(p["source"]), play_to=targets or "all",
-                                        loop=bool(p.get("loop")), operation_context=cmd["id"],
+                                        loop=bool(p.get("loop")), operation_context=cmd.id,
                                         operation_callback_url=settings.callback_url)
     return Sent()
 
 
-def _recognize(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    p = cmd["params"]
-    kwargs: dict[str, Any] = {"operation_context": cmd["id"], "operation_callback_url": settings.callback_url,
+def _recognize(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    p = cmd.params
+    kwargs: dict[str, Any] = {"operation_context": cmd.id, "operation_callback_url": settings.callback_url,
                               "initial_silence_timeout": p.get("initial_silence_timeout"),
                               "interrupt_prompt": bool(p.get("interrupt_prompt"))}
     if p.get("prompt"):
@@ -163,65 +190,65 @@ def _recognize(client: CallAutomationClient, cmd: Record, settings: Settings) ->
     return Sent()
 
 
-def _continuous_dtmf_start(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    _connection(client, cmd).start_continuous_dtmf_recognition(to_identifier(cmd["params"]["participant"]),
-                                                                operation_context=cmd["id"])
+def _continuous_dtmf_start(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).start_continuous_dtmf_recognition(to_identifier(cmd.params["participant"]),
+                                                                operation_context=cmd.id)
     return Sent(resolved=True)  # 200 is the outcome; tones then arrive as ToneReceived events
 
 
-def _continuous_dtmf_stop(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    _connection(client, cmd).stop_continuous_dtmf_recognition(to_identifier(cmd["params"]["participant"]),
-                                                               operation_context=cmd["id"],
+def _continuous_dtmf_stop(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).stop_continuous_dtmf_recognition(to_identifier(cmd.params["participant"]),
+                                                               operation_context=cmd.id,
                                                                operation_callback_url=settings.callback_url)
     return Sent()
 
 
-def _cancel_media(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
+def _cancel_media(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
     _connection(client, cmd).cancel_all_media_operations()
     return Sent(resolved=True)  # the canceled operations report PlayCanceled/RecognizeCanceled themselves
 
 
-def _start_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    p = cmd["params"]
+def _start_recording(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    p = cmd.params
     props = client.start_recording(
         server_call_id=p["server_call_id"], recording_state_callback_url=settings.callback_url,
         recording_content_type=p["content"], recording_channel_type=p["channel"], recording_format_type=p["format"])
     return Sent(recording_id=props.recording_id, result={"recording_id": props.recording_id})
 
 
-def _pause_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    client.pause_recording(cmd["recording_id"])
+def _pause_recording(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    client.pause_recording(cmd.recording_id)
     return Sent()
 
 
-def _resume_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    client.resume_recording(cmd["recording_id"])
+def _resume_recording(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    client.resume_recording(cmd.recording_id)
     return Sent()
 
 
-def _stop_recording(client: CallAutomationClient, cmd: Record, settings: Settings) -> Sent:
-    client.stop_recording(cmd["recording_id"])
+def _stop_recording(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    client.stop_recording(cmd.recording_id)
     return Sent(resolved=True)  # 204 is the outcome; a final RecordingStateChanged may follow
 
 
-def _recording_is(state: str) -> Callable[[CallAutomationClient, Record], bool | None]:
-    def verify(client: CallAutomationClient, cmd: Record) -> bool | None:
+def _recording_is(state: str) -> Callable[[CallAutomationClient, Command], bool | None]:
+    def verify(client: CallAutomationClient, cmd: Command) -> bool | None:
         try:
-            return bool(client.get_recording_properties(cmd["recording_id"]).recording_state == state)
+            return bool(client.get_recording_properties(cmd.recording_id).recording_state == state)
         except ResourceNotFoundError:
             return None  # the recording is gone: neither state can be read
     return verify
 
 
-def _recording_gone(client: CallAutomationClient, cmd: Record) -> bool | None:
+def _recording_gone(client: CallAutomationClient, cmd: Command) -> bool | None:
     try:
-        client.get_recording_properties(cmd["recording_id"])
+        client.get_recording_properties(cmd.recording_id)
     except ResourceNotFoundError:
         return True
     return False
 
 
-def _left_call(client: CallAutomationClient, cmd: Record) -> bool | None:
+def _left_call(client: CallAutomationClient, cmd: Command) -> bool | None:
     try:
         state = _connection(client, cmd).get_call_properties().call_connection_state
     except ResourceNotFoundError:
@@ -229,47 +256,47 @@ def _left_call(client: CallAutomationClient, cmd: Record) -> bool | None:
     return state in ("disconnected", "disconnecting")
 
 
-def _reconcile_connect(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+def _reconcile_connect(client: CallAutomationClient, cmd: Command) -> Verdict | None:
     try:
         props = _connection(client, cmd).get_call_properties()
     except ResourceNotFoundError:
         return _lost("connect_failed", "ACS does not know the call connection: the connect did not hold.",
                      "read call")
     if props.call_connection_state == "connected":
-        return _reconciled("succeeded", "read call", result={
+        return _reconciled(Status.SUCCEEDED, "read call", result={
             "call_connection_id": props.call_connection_id, "server_call_id": props.server_call_id,
             "correlation_id": props.correlation_id})
     return None
 
 
-def _participant_present(client: CallAutomationClient, cmd: Record) -> bool:
-    raw = cmd["params"]["participant"]
+def _participant_present(client: CallAutomationClient, cmd: Command) -> bool:
+    raw = cmd.params["participant"]
     return any(p.identifier.raw_id == raw for p in _connection(client, cmd).list_participants())
 
 
-def _reconcile_add(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+def _reconcile_add(client: CallAutomationClient, cmd: Command) -> Verdict | None:
     if _participant_present(client, cmd):
-        return _reconciled("succeeded", "read participants", result={"participant": cmd["params"]["participant"]})
+        return _reconciled(Status.SUCCEEDED, "read participants", result={"participant": cmd.params["participant"]})
     return _lost("participant_not_added", "The participant is not in the call.", "read participants")
 
 
-def _reconcile_remove(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+def _reconcile_remove(client: CallAutomationClient, cmd: Command) -> Verdict | None:
     if _participant_present(client, cmd):
         return _lost("participant_still_present", "The participant is still in the call.", "read participants")
-    return _reconciled("succeeded", "read participants")
+    return _reconciled(Status.SUCCEEDED, "read participants")
 
 
-def _reconcile_hang_up(client: CallAutomationClient, cmd: Record) -> Verdict | None:
-    return _reconciled("succeeded", "read call") if _left_call(client, cmd) else None
+def _reconcile_hang_up(client: CallAutomationClient, cmd: Command) -> Verdict | None:
+    return _reconciled(Status.SUCCEEDED, "read call") if _left_call(client, cmd) else None
 
 
-def _reconcile_recording(state: str) -> Callable[[CallAutomationClient, Record], Verdict | None]:
-    def reconcile(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+def _reconcile_recording(state: str) -> Callable[[CallAutomationClient, Command], Verdict | None]:
+    def reconcile(client: CallAutomationClient, cmd: Command) -> Verdict | None:
         now = _recording_is(state)(client, cmd)
         if now is None:
             return None
         if now:
-            return _reconciled("succeeded", "read recording", result={"recording_id": cmd["recording_id"],
+            return _reconciled(Status.SUCCEEDED, "read recording", result={"recording_id": cmd.recording_id,
                                                                       "state": state})
         return _lost("recording_state_unchanged", f"The recording is not {state}.", "read recording")
     return reconcile
@@ -277,65 +304,50 @@ def _reconcile_recording(state: str) -> Callable[[CallAutomationClient, Record],
 
 _OPS = (
     Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}), repeatable=True,
-              reconcile=_reconcile_connect),
-    # Terminate (for everyone) carries repeatability headers; hang up for self (DELETE) does not.
-    Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable=True, verify=_left_call,
-              reconcile=_reconcile_hang_up),
+              reconcile=_reconcile_connect, ends_with_call=False, call_state_on_success="connected"),
+    Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable_if=_for_everyone, verify=_left_call,
+              reconcile=_reconcile_hang_up, interrupts=True, ends_with_call=False,
+              call_state_on_success="disconnected"),
     Operation("add_participant", _add_participant, frozenset({"AddParticipantSucceeded"}),
-              frozenset({"AddParticipantFailed"}), repeatable=True, reconcile=_reconcile_add),
+              frozenset({"AddParticipantFailed"}), repeatable=True, reconcile=_reconcile_add,
+              extra_wait_s=_ring_time_s),
     Operation("remove_participant", _remove_participant, frozenset({"RemoveParticipantSucceeded"}),
               frozenset({"RemoveParticipantFailed"}), repeatable=True, reconcile=_reconcile_remove),
     Operation("cancel_add_participant", _cancel_add, frozenset({"CancelAddParticipantSucceeded"}),
-              frozenset({"CancelAddParticipantFailed"}), repeatable=True),
+              frozenset({"CancelAddParticipantFailed"}), repeatable=True, interrupts=True),
     Operation("send_dtmf", _send_dtmf, frozenset({"SendDtmfTonesCompleted"}), frozenset({"SendDtmfTonesFailed"}),
               repeatable=True),
     Operation("play", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"}),
-              blocks_until_resolved=False),
+              background=True, media=True),
     Operation("recognize", _recognize, frozenset({"RecognizeCompleted"}),
-              frozenset({"RecognizeFailed", "RecognizeCanceled"}), blocks_until_resolved=False),
+              frozenset({"RecognizeFailed", "RecognizeCanceled"}), background=True, media=True),
     Operation("continuous_dtmf_start", _continuous_dtmf_start),
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
-    Operation("cancel_media", _cancel_media),
+    Operation("cancel_media", _cancel_media, interrupts=True),
     Operation("start_recording", _start_recording, repeatable=True, recording_state="active",
               reconcile=_reconcile_recording("active")),
     Operation("pause_recording", _pause_recording, recording_state="inactive", verify=_recording_is("inactive"),
-              recording_by_call=True, reconcile=_reconcile_recording("inactive")),
+              recording_by_call=True, verb="pause", reconcile=_reconcile_recording("inactive")),
     Operation("resume_recording", _resume_recording, recording_state="active", verify=_recording_is("active"),
-              recording_by_call=True, reconcile=_reconcile_recording("active")),
-    Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True),
+              recording_by_call=True, verb="resume", reconcile=_reconcile_recording("active")),
+    Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True, verb="stop"),
 )
 OPERATIONS: dict[str, Operation] = {op.type: op for op in _OPS}
 
 
-def reconcile(client: CallAutomationClient, cmd: Record) -> Verdict | None:
+def reconcile(client: CallAutomationClient, cmd: Command) -> Verdict | None:
     """How a command whose event never came ended, read from ACS; None when ACS cannot tell.
 
     The operation's own reading first. When it cannot tell (or has none) and the call is gone, the command
     ends ``call_ended``, as it would have had CallDisconnected reached callq before its own event did.
     """
-    check = OPERATIONS[cmd["type"]].reconcile
+    check = OPERATIONS[cmd.type].reconcile
     try:
         verdict = check(client, cmd) if check else None
     except ResourceNotFoundError:
         verdict = None  # the call (or recording) is gone: said below
-    if verdict is not None or cmd["type"] in ("connect", "hang_up") or not cmd.get("call_connection_id"):
+    if verdict is not None or not OPERATIONS[cmd.type].ends_with_call or not cmd.call_connection_id:
         return verdict
     if _left_call(client, cmd):
         return _lost("call_ended", "The call ended before ACS reported this command's outcome.", "read call")
     return None
-# Passed to the ordering scripts: types whose sending alone lets the call's next command go, the media
-# types of which ACS runs one at a time, and the interrupts that never wait for an earlier outcome.
-NON_BLOCKING_TYPES = ",".join(op.type for op in _OPS if not op.blocks_until_resolved)
-MEDIA_TYPES = "play,recognize"
-INTERRUPT_TYPES = "hang_up,cancel_add_participant,cancel_media"
-
-
-def lane_args(now_ms: int) -> list[str | int]:
-    """The trailing arguments both ordering scripts take."""
-    return [COMMAND_PREFIX, now_ms, NON_BLOCKING_TYPES, MEDIA_TYPES, INTERRUPT_TYPES]
-
-
-def is_repeatable(cmd: Record) -> bool:
-    if cmd["type"] == "hang_up":
-        return bool(cmd["params"].get("for_everyone", True))
-    return OPERATIONS[cmd["type"]].repeatable

@@ -3,10 +3,10 @@
 Why GCRA: it needs one Redis key and one round trip per request, spaces requests evenly (no burst at
 window edges as with fixed windows) with an explicit burst allowance, and tells a denied caller exactly
 how long to wait. The script reads Redis ``TIME`` so every host shares one clock. A 429 from ACS pauses
-the whole budget for its ``Retry-After`` (``PAUSE_LUA``), so all workers slow down, not only the one
+the whole budget for its ``Retry-After`` (rate_pause.lua), so all workers slow down, not only the one
 that saw it. ``RateLimitPolicy`` applies the budget inside the SDK pipeline: every ACS request — commands,
 reads, extra pages of a list — pays before it is sent. A command's own request is paid by the script that
-claims the command (``ledger.CLAIM_LUA`` runs ``GCRA_FN``), which saves a round trip on every send; the
+claims the command (claim.lua runs lib.lua's ``gcra``), which saves a round trip on every send; the
 runtime marks it ``prepaid()`` so the policy does not charge it twice.
 """
 
@@ -21,43 +21,23 @@ import redis
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-from workers import keys, metrics
+from workers import keys, metrics, scripts
 from workers.errors import CallqError
+from workers.scripts import ScriptCall
 
-# Take one request from the budget: 0 when it may go now (and it is taken), else the milliseconds to wait.
-# tat_key: theoretical arrival time; pause_key: until when a 429 paused everyone; emission interval ms, burst.
-GCRA_FN = """
-local function gcra(tat_key, pause_key, emission, burst)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local paused = tonumber(redis.call('GET', pause_key) or '0')
-  if paused > now then return paused - now end
-  local tolerance = emission * (burst - 1)
-  local tat = tonumber(redis.call('GET', tat_key) or '0')
-  if tat < now then tat = now end
-  local allow_at = tat - tolerance
-  if now < allow_at then return math.ceil(allow_at - now) end
-  local new_tat = tat + emission
-  redis.call('SET', tat_key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-  return 0
-end
-"""
 
-# KEYS: theoretical-arrival-time key, pause-until key.  ARGV: emission interval ms, burst.
-ACQUIRE_LUA = GCRA_FN + """
-return gcra(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
-"""
+def acquire_call(*, tat_key: str, pause_key: str, emission_ms: float, burst: int) -> ScriptCall[float]:
+    """Take one request from the budget (rate_acquire.lua): 0.0 when it may go now, else the seconds to wait."""
+    return scripts.call("rate_acquire", [tat_key, pause_key], [emission_ms, burst], _seconds)
 
-# KEYS: pause-until key.  ARGV: pause ms.  Extends, never shortens, a pause.
-PAUSE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local till = now + tonumber(ARGV[1])
-if till > tonumber(redis.call('GET', KEYS[1]) or '0') then
-  redis.call('SET', KEYS[1], tostring(till), 'PX', ARGV[1])
-end
-return till
-"""
+
+def pause_call(*, pause_key: str, pause_ms: int) -> ScriptCall[int]:
+    """Pause the whole budget for ``pause_ms`` (rate_pause.lua; extends, never shortens); the pause's end (ms)."""
+    return scripts.call("rate_pause", [pause_key], [pause_ms], int)
+
+
+def _seconds(reply: int) -> float:
+    return int(reply) / 1000
 
 
 class RateLimited(CallqError):
@@ -78,8 +58,6 @@ class RateLimiter:
         self._pause_key = keys.rate_pause_key(resource)
         self._emission_ms = 1000.0 / rate_per_s
         self._burst = max(1, burst)
-        self._acquire = client.register_script(ACQUIRE_LUA)
-        self._pause = client.register_script(PAUSE_LUA)
 
     @classmethod
     def for_endpoint(cls, client: redis.Redis, endpoint: str, *, rate_per_s: float, burst: int) -> RateLimiter:
@@ -88,17 +66,18 @@ class RateLimiter:
 
     @property
     def script_keys(self) -> list[str]:
-        """KEYS of ``GCRA_FN`` for this budget (a script that pays for a request passes these)."""
+        """The budget's keys (a script that pays for a request with lib.lua's ``gcra`` passes these)."""
         return [self._tat_key, self._pause_key]
 
     @property
     def script_args(self) -> list[float | int]:
-        """The emission interval (ms) and burst ``GCRA_FN`` takes for this budget."""
+        """The emission interval (ms) and burst lib.lua's ``gcra`` takes for this budget."""
         return [self._emission_ms, self._burst]
 
     def try_acquire(self) -> float:
         """Take one request from the budget if possible; returns 0.0, or the seconds to wait first."""
-        return int(self._acquire(keys=self.script_keys, args=self.script_args)) / 1000
+        return scripts.run(self._redis, acquire_call(tat_key=self._tat_key, pause_key=self._pause_key,
+                                                     emission_ms=self._emission_ms, burst=self._burst))
 
     def acquire(self, max_wait_s: float) -> None:
         """Wait in place for at most ``max_wait_s``; longer waits raise RateLimited for a re-queue."""
@@ -108,7 +87,7 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """ACS said 429: nobody sends for ``seconds``."""
-        self._pause(keys=[self._pause_key], args=[max(1, int(seconds * 1000))])
+        scripts.run(self._redis, pause_call(pause_key=self._pause_key, pause_ms=max(1, int(seconds * 1000))))
 
 
 def wait_or_defer(wait_s: float, deadline: float) -> None:

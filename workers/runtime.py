@@ -4,7 +4,7 @@ A task never waits for the callback: after ACS accepts a request the command is 
 slot is free. The event endpoint resolves it (``workers.correlation``), whichever process receives it,
 even when the event beat the HTTP response here. Running a command id twice is harmless:
 
-* the claim (``ledger.CLAIM_LUA``) admits a command only while it is unsent, only when every earlier
+* the claim (``ledger.claim``, claim.lua) admits a command only while it is unsent, only when every earlier
   command of its call has been sent (per-call order), and only for one worker at a time (a lease that a
   crashed worker's redelivered message outlives); the same round trip reads the command and pays the
   shared ACS budget for its request;
@@ -17,13 +17,13 @@ the command before it; a rate-limited or retried command is re-queued with a cou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import redis
@@ -31,8 +31,9 @@ from azure.communication.callautomation import CallAutomationClient
 
 from workers import correlation, keys, ledger, logs, metrics, scripts
 from workers.acs import command_scope, create_client, to_acs_error
+from workers.command import Command, Status, is_terminal, now_iso
 from workers.errors import AcsError
-from workers.operations import OPERATIONS, Record, Sent, is_repeatable, lane_args, outcome_timeout_s, reconcile
+from workers.operations import OPERATIONS, Sent, reconcile
 from workers.ratelimit import RateLimited, RateLimiter, prepaid, wait_or_defer
 from workers.retry import retry_delay_s, should_retry
 from workers.settings import Settings
@@ -62,19 +63,13 @@ class RetryLater(Exception):
         self.delay_s = delay_s
 
 
-def _parse(record: dict[str, str]) -> Record:
-    cmd: Record = dict(record)
-    cmd["params"] = json.loads(record.get("params") or "{}")
-    return cmd
-
-
-def _created(cmd: Record) -> datetime:
-    return datetime.fromisoformat(cmd["created_at"].replace("Z", "+00:00"))
-
-
 def _budget(r: redis.Redis, settings: Settings) -> RateLimiter:
     return RateLimiter.for_endpoint(r, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s,
                                     burst=settings.acs_rate_burst)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass
@@ -102,22 +97,19 @@ class Runtime:
         return int(min(2 * self.settings.acs_timeout_s + self.settings.rate_wait_max_s + 5,
                        self.settings.visibility_timeout_s * 0.8) * 1000)
 
-    def _eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
-        """``redis.eval``'s arguments, run by the script's SHA (``scripts.run``)."""
-        return scripts.run(self.redis, script, list(keys_and_args[:numkeys]), list(keys_and_args[numkeys:]))
+    def _transition(self, command_id: str, to: Status, fields: dict[str, Any], *,
+                    only_from: tuple[Status, ...] = (), attempts_by: int = 0) -> str:
+        moved = scripts.run(self.redis, ledger.transition(command_id, to, fields, only_from=only_from,
+                                                          attempts_by=attempts_by))
+        return self._settled(moved)
 
-    def _transition(self, command_id: str, to: str, fields: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> str:
-        args = ledger.transition_args(to, {**fields, "lease_until": 0}, only_from=only_from)
-        outcome, status = self._eval(ledger.TRANSITION_LUA, 1, keys.command_key(command_id), *args)
-        return self._settled(command_id, to, outcome, status)
-
-    def _settled(self, command_id: str, to: str, outcome: str, status: str) -> str:
-        """The status after a ``TRANSITION_FN`` move to ``to`` answered (outcome, status); counts a finish once."""
-        if outcome != "applied":
-            return str(status)
-        if to in ledger.TERMINAL:
-            metrics.finished(self.redis, command_id)  # counted once: only one transition to terminal applies
-        return to
+    @staticmethod
+    def _settled(moved: ledger.Moved) -> str:
+        """The status after a transition answered; counts (and says) a command's end once: only one
+        transition to terminal applies, and it hands back the record."""
+        if moved.finished is not None:
+            correlation.finished(moved.finished)
+        return moved.status
 
     def run(self, command_id: str) -> str:
         """Execute a command once; returns its status afterwards. Raises RetryLater for a later try.
@@ -133,41 +125,41 @@ class Runtime:
         """Claim and send one command; returns (status, its call) — the call only when it may have moved."""
         logs.bind(command_id=command_id)  # a drain runs several commands in one task
         claim = self._claim(command_id)
-        if claim[0] == "missing":
+        if claim.kind == "missing":
             log.warning("command %s not found (expired?)", command_id, extra={"command_id": command_id})
             return "missing", ""
-        if claim[0] == "done":
-            return str(claim[1]), str(claim[2])  # e.g. redelivered after a crash: the call may still need a push
-        if claim[0] == "blocked":
-            raise RetryLater(min(PARK_RECHECK_CAP_S, 2.0 ** int(claim[1])))
-        if claim[0] != "claimed":  # leased by another worker
-            return "running", ""
-        cmd = _parse(dict(zip(claim[3][::2], claim[3][1::2], strict=True)))
-        lane = cmd.get("call_connection_id") or ""
-        logs.bind(call_connection_id=lane)
-        if claim[2] == "running" and not is_repeatable(cmd):
+        if claim.kind == "done":
+            return claim.status, claim.call  # e.g. redelivered after a crash: the call may still need a push
+        if claim.kind == "blocked":
+            raise RetryLater(min(PARK_RECHECK_CAP_S, 2.0 ** claim.parks))
+        if claim.command is None:  # leased by another worker
+            return Status.RUNNING.value, ""
+        cmd = claim.command
+        logs.bind(call_connection_id=cmd.call_connection_id)
+        if claim.crashed and not OPERATIONS[cmd.type].is_repeatable(cmd):
             # The last attempt died mid-send (worker killed): ACS may have acted, and this request would
             # not be deduplicated. Ask ACS before sending again; if it cannot tell, say so.
             crashed = AcsError("the previous attempt stopped while sending", retryable=True)
             with prepaid():  # the claim paid for one request: the read that verifies
-                return self._failed(cmd, crashed, int(claim[1])), lane
-        return self._send(cmd, attempt=int(claim[1])), lane
+                return self._failed(cmd, crashed, claim.attempt), cmd.call_connection_id
+        return self._send(cmd, attempt=claim.attempt), cmd.call_connection_id
 
-    def _claim(self, command_id: str) -> list[Any]:
-        """``CLAIM_LUA``, waiting in place while the ACS budget is short by less than ``rate_wait_max_s``."""
+    def _claim(self, command_id: str) -> ledger.Claim:
+        """The claim (claim.lua), waiting in place while the ACS budget is short by less than ``rate_wait_max_s``."""
         deadline = time.monotonic() + self.settings.rate_wait_max_s
         while True:
-            claim: list[Any] = self._eval(
-                ledger.CLAIM_LUA, 3, keys.command_key(command_id), *self.limiter.script_keys, self.lease_ms,
-                ledger.now_iso(), *self.limiter.script_args, *lane_args(int(time.time() * 1000)))
-            if claim[0] != "throttled":
+            claim = scripts.run(self.redis, ledger.claim(
+                command_id, lease_ms=self.lease_ms, budget_keys=self.limiter.script_keys,
+                budget_args=self.limiter.script_args, now_ms=_now_ms()))
+            if claim.kind != "throttled":
                 return claim
             try:
-                wait_or_defer(int(claim[1]) / 1000, deadline)
+                wait_or_defer(claim.wait_s, deadline)
             except RateLimited as limited:
                 # Not claimed, not sent, not an attempt: the slot is freed while the budget refills.
-                self._transition(command_id, "queued", {"throttled": limited.message}, only_from=("queued",))
-                metrics.throttled({"id": command_id, "type": claim[2]})
+                self._transition(command_id, Status.QUEUED, {"throttled": limited.message},
+                                 only_from=(Status.QUEUED,))
+                metrics.throttled(command_id, claim.type)
                 raise RetryLater(limited.retry_after_s) from None
 
     def _drain(self, lane: str) -> None:
@@ -176,20 +168,19 @@ class Runtime:
             if nxt is None:
                 return
             try:
-                self._step(nxt[0])
+                self._step(nxt.command_id)
             except RetryLater as later:  # it must wait (rate limit, retry, still blocked): back to the queue
-                self.scheduler.command(nxt[1], nxt[0], later.delay_s)
+                self.scheduler.command(nxt.type, nxt.command_id, later.delay_s)
                 return
         nxt = self._next_parked(lane)  # the budget is spent: let another slot carry on with this call
         if nxt is not None:
-            self.scheduler.command(nxt[1], nxt[0])
+            self.scheduler.command(nxt.type, nxt.command_id)
 
-    def _next_parked(self, lane: str) -> tuple[str, str] | None:
+    def _next_parked(self, lane: str) -> ledger.Kicked | None:
         """The call's next command if it parked waiting for its turn and the turn is now its (unparks it)."""
         if not lane:
             return None
-        nxt = self._eval(ledger.KICK_LUA, 1, keys.call_commands_key(lane), *lane_args(int(time.time() * 1000)))
-        return (nxt[0], nxt[1]) if nxt else None
+        return scripts.run(self.redis, ledger.kick(lane, now_ms=_now_ms()))
 
     def sweep(self) -> int:
         """Revive commands nobody is working on; returns how many were re-published or reconciled.
@@ -199,23 +190,24 @@ class Runtime:
         unsent command whose lease has expired gets its task again; a waiting one past its deadline is
         reconciled. Duplicates are harmless: the claim admits one sender, and reconcile acts only once.
         """
-        now_ms = int(time.time() * 1000)
+        now_ms = _now_ms()
         due = self.redis.zrangebyscore(keys.ACTIVE_ZSET, "-inf", now_ms, start=0, num=SWEEP_BATCH)
         revived = 0
-        for cid in due:
-            status, type_, lease, deadline = self.redis.hmget(keys.command_key(cid), "status", "type",
-                                                              "lease_until", "wait_deadline")
-            if status is None or status in ledger.TERMINAL:
+        for raw_id in due:
+            cid = str(raw_id)
+            status, type_, lease, deadline = (None if v is None else str(v) for v in self.redis.hmget(
+                keys.command_key(cid), "status", "type", "lease_until", "wait_deadline"))
+            if status is None or is_terminal(status):
                 self.redis.zrem(keys.ACTIVE_ZSET, cid)
                 continue
             again = now_ms + SWEEP_AGAIN_MS
-            if status in ("queued", "running") and int(lease or 0) < now_ms:
-                self.scheduler.command(type_, cid)
+            if status in (Status.QUEUED, Status.RUNNING) and int(lease or 0) < now_ms:
+                self.scheduler.command(type_ or "", cid)
                 revived += 1
-            elif status == "waiting" and int(deadline or 0) + SWEEP_AGAIN_MS < now_ms:
+            elif status == Status.WAITING and int(deadline or 0) + SWEEP_AGAIN_MS < now_ms:
                 self.scheduler.check(cid, 0)
                 revived += 1
-            elif status == "waiting":
+            elif status == Status.WAITING:
                 again = int(deadline or 0) + SWEEP_AGAIN_MS
             self.redis.zadd(keys.ACTIVE_ZSET, {cid: again})
         if revived:
@@ -225,12 +217,11 @@ class Runtime:
     def check_due(self) -> list[str]:
         """Ask for the reconcile of every waiting command whose outcome deadline has passed; their ids.
 
-        Waits need no message of their own while they wait (``ledger.SENT_LUA`` indexes their deadline): each
-        worker process calls this a few times a second, and the script hands each due command to one of
-        them. A reconcile that is lost comes round again ``SWEEP_AGAIN_MS`` later.
+        Waits need no message of their own while they wait (sent.lua indexes their deadline): each worker
+        process calls this a few times a second, and the script hands each due command to one of them. A
+        reconcile that is lost comes round again ``SWEEP_AGAIN_MS`` later.
         """
-        due: list[str] = self._eval(ledger.DUE_LUA, 1, keys.WAIT_DEADLINES, int(time.time() * 1000),
-                                    SWEEP_AGAIN_MS, SWEEP_BATCH, keys.COMMAND_PREFIX)
+        due = scripts.run(self.redis, ledger.due(now_ms=_now_ms(), rearm_ms=SWEEP_AGAIN_MS, limit=SWEEP_BATCH))
         for cid in due:
             self.scheduler.check(cid, 0)
         return due
@@ -238,89 +229,82 @@ class Runtime:
     def give_up(self, command_id: str, exc: Exception) -> str:
         """Record an internal failure after the task layer stopped retrying it."""
         error = {"code": "internal", "message": f"callq could not run this command ({type(exc).__name__})"}
-        return self._transition(command_id, "failed", {"error": error})
+        return self._transition(command_id, Status.FAILED, {"error": error})
 
-    def _send(self, cmd: Record, *, attempt: int) -> str:
-        op = OPERATIONS[cmd["type"]]
-        if op.recording_by_call and not cmd.get("recording_id") and not self._recording_of_call(cmd):
-            error = {"code": "no_recording", "message": "The call has no recording to " +
-                     cmd["type"].split("_")[0] + "; start one first."}
-            return self._transition(cmd["id"], "failed", {"error": error})
+    def _send(self, cmd: Command, *, attempt: int) -> str:
+        op = OPERATIONS[cmd.type]
+        if op.recording_by_call and not cmd.recording_id:
+            found = self._recording_of_call(cmd)
+            if found is None:
+                error = {"code": "no_recording",
+                         "message": f"The call has no recording to {op.verb}; start one first."}
+                return self._transition(cmd.id, Status.FAILED, {"error": error})
+            cmd = found
         try:
-            with command_scope(cmd["id"], _created(cmd)), prepaid():  # the claim paid for its request
+            with command_scope(cmd.id, cmd.created), prepaid():  # the claim paid for its request
                 sent = op.send(self.client, cmd, self.settings)
         except RateLimited as limited:
             # A further request of this send found the budget spent. Never reached ACS: not an attempt.
             # Back to queued (not sent), so a later claim does not take this for a crash mid-send.
-            self._transition(cmd["id"], "queued", {"throttled": limited.message}, only_from=("running",))
-            self.redis.hincrby(keys.command_key(cmd["id"]), "attempts", -1)
-            metrics.throttled(cmd)
+            self._transition(cmd.id, Status.QUEUED, {"throttled": limited.message}, only_from=(Status.RUNNING,),
+                             attempts_by=-1)
+            metrics.throttled(cmd.id, cmd.type)
             raise RetryLater(limited.retry_after_s) from None
         except Exception as exc:
             return self._failed(cmd, to_acs_error(exc), attempt)
         return self._accepted(cmd, sent)
 
-    def _recording_of_call(self, cmd: Record) -> bool:
+    def _recording_of_call(self, cmd: Command) -> Command | None:
         """Pause/resume/stop addressed to the call: act on its current recording, known only once sent."""
-        rid = self.redis.hget(keys.call_key(cmd["call_connection_id"]), "recording_id")
-        if not rid:
-            return False
-        cmd["recording_id"] = rid
+        raw = self.redis.hget(keys.call_key(cmd.call_connection_id), "recording_id")
+        if not raw:
+            return None
+        rid = str(raw)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.command_key(cmd["id"]), "recording_id", rid)
+        pipe.hset(keys.command_key(cmd.id), "recording_id", rid)
         # Listed under the recording before it is sent, so its RecordingStateChanged finds it.
-        pipe.rpush(keys.recording_commands_key(rid), cmd["id"])
+        pipe.rpush(keys.recording_commands_key(rid), cmd.id)
         pipe.execute()
-        return True
+        return dataclasses.replace(cmd, recording_id=rid)
 
-    def _accepted(self, cmd: Record, sent: Sent) -> str:
-        cid = cmd["id"]
-        now = ledger.now_iso()
+    def _accepted(self, cmd: Command, sent: Sent) -> str:
+        now = now_iso()
         fields: dict[str, Any] = {"sent_at": now, "last_error": "", "throttled": ""}
-        metrics.sent(cmd, now)
+        metrics.sent(cmd.type, cmd.created_at, now)
+        log.info("command %s (%s) sent to ACS", cmd.id, cmd.type,
+                 extra={"command_id": cmd.id, "call_connection_id": cmd.call_connection_id or None})
         if sent.call_connection_id:
             fields["call_connection_id"] = sent.call_connection_id
         if sent.recording_id:
             fields["recording_id"] = sent.recording_id
         if sent.result is not None:
             fields["result"] = sent.result
-        timeout_s = outcome_timeout_s(cmd, self.settings.outcome_timeout_s)
+        timeout_s = OPERATIONS[cmd.type].outcome_timeout_s(cmd, self.settings.outcome_timeout_s)
         deadline_ms = int((time.time() + timeout_s) * 1000)
         if not sent.resolved:
             fields["wait_deadline"] = deadline_ms
-        to = "succeeded" if sent.resolved else "waiting"
-        outcome, status = self._eval(ledger.SENT_LUA, 7, *self._sent_keys(cmd, sent), to, now,
-                                     self.settings.command_ttl_s, deadline_ms, cmd["client"],
-                                     cmd.get("room_id") or "", sent.call_connection_id or "",
-                                     sent.recording_id or "", cmd.get("call_connection_id") or "",
-                                     *ledger.flatten(fields))
-        status = self._settled(cid, to, outcome, status)
-        if sent.recording_id and status == "waiting":
-            status = self._catch_up_recording(cid, sent.recording_id)
+        to = Status.SUCCEEDED if sent.resolved else Status.WAITING
+        moved = scripts.run(self.redis, ledger.sent(
+            cmd, to, fields, made=ledger.SentTo(call_made=sent.call_connection_id or "",
+                                               recording_id=sent.recording_id or ""),
+            ttl_s=self.settings.command_ttl_s, wait_deadline_ms=deadline_ms))
+        status = self._settled(moved)
+        if sent.recording_id and status == Status.WAITING:
+            status = self._catch_up_recording(cmd.id, sent.recording_id)
         return status
-
-    @staticmethod
-    def _sent_keys(cmd: Record, sent: Sent) -> list[str]:
-        """KEYS of ``SENT_LUA``: the command, the call ACS made (if any), the recording it started (if any)."""
-        made, rec, own = sent.call_connection_id or "", sent.recording_id or "", cmd.get("call_connection_id") or ""
-        return [keys.command_key(cmd["id"]),
-                keys.call_key(made) if made else "", keys.call_commands_key(made) if made else "",
-                keys.room_call_key(cmd["room_id"]) if made and cmd.get("room_id") else "",
-                keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else "",
-                keys.call_key(own) if rec and own else ""]
 
     def reconcile(self, command_id: str) -> str:
         """The deadline of a waiting command passed: resolve it from ACS's state, or fail callback_timeout.
 
         Raises RetryLater while the deadline is still ahead (checks are capped below the visibility timeout).
         """
-        record = self.redis.hgetall(keys.command_key(command_id))
-        if record.get("status") != "waiting":
+        record = {str(k): str(v) for k, v in self.redis.hgetall(keys.command_key(command_id)).items()}
+        if record.get("status") != Status.WAITING:
             return record.get("status") or "missing"
-        left_s = int(record.get("wait_deadline") or 0) / 1000 - time.time()
+        cmd = Command.from_hash(record)
+        left_s = cmd.wait_deadline_ms / 1000 - time.time()
         if left_s > 0:
             raise RetryLater(left_s)
-        cmd = _parse(record)
         try:
             verdict = reconcile(self.client, cmd)
         except RateLimited as limited:
@@ -329,17 +313,11 @@ class Runtime:
             log.warning("could not reconcile %s: %s", command_id, type(exc).__name__)
             verdict = None
         if verdict is None:
-            verdict = ("failed", {"error": {"code": "callback_timeout", "message": "ACS sent no outcome in time "
-                                            "and its state cannot tell whether this command took effect."},
-                                  "resolved_by": {"type": "timeout"}})
-        status = self._transition(command_id, verdict[0], verdict[1], only_from=("waiting",))
-        cc = cmd.get("call_connection_id") or ""
-        if status == "succeeded" and cc and cmd["type"] in ("connect", "hang_up"):
-            # What CallConnected / CallDisconnected would have told the call record, had they arrived.
-            update = {"state": "connected", "server_call_id": (verdict[1].get("result") or {}).get(
-                "server_call_id") or ""} if cmd["type"] == "connect" else {"state": "disconnected"}
-            self.redis.hset(keys.call_key(cc), mapping=update)
-        self._drain(cc)
+            verdict = (Status.FAILED, {"error": {"code": "callback_timeout", "message": "ACS sent no outcome in "
+                                                 "time and its state cannot tell whether this command took effect."},
+                                       "resolved_by": {"type": "timeout"}})
+        status = self._settled(scripts.run(self.redis, ledger.reconciled(cmd, *verdict)))
+        self._drain(cmd.call_connection_id)
         return status
 
     def _catch_up_recording(self, command_id: str, recording_id: str) -> str:
@@ -351,25 +329,25 @@ class Runtime:
         last = self.redis.hget(keys.recording_key(recording_id), "last_event")
         step = correlation.outcome("start_recording", json.loads(last)) if last else None
         if step is None:
-            return "waiting"
+            return Status.WAITING.value
         status, fields = step
         return self._transition(command_id, status, fields)
 
-    def _verify(self, cmd: Record) -> bool | None:
+    def _verify(self, cmd: Command) -> bool | None:
         """After an unclear failure of a non-repeatable command: did it take effect? (None: cannot tell.)"""
-        verify = OPERATIONS[cmd["type"]].verify
+        verify = OPERATIONS[cmd.type].verify
         if verify is None:
             return None
         try:
             return verify(self.client, cmd)
         except Exception as exc:
-            log.warning("could not verify command %s: %s", cmd["id"], type(exc).__name__)
+            log.warning("could not verify command %s: %s", cmd.id, type(exc).__name__)
             return None
 
-    def _failed(self, cmd: Record, err: AcsError, attempt: int) -> str:
+    def _failed(self, cmd: Command, err: AcsError, attempt: int) -> str:
         error = {"code": "acs_error", "message": err.message, "acs_status": err.status,
                  "acs_code": err.acs_code, "acs_subcode": err.acs_subcode}
-        repeatable = is_repeatable(cmd)
+        repeatable = OPERATIONS[cmd.type].is_repeatable(cmd)
         if err.retryable and err.may_have_executed and not repeatable:
             took_effect = self._verify(cmd)
             if took_effect:
@@ -377,16 +355,16 @@ class Runtime:
             if took_effect is None:
                 error |= {"code": "outcome_unknown", "message": f"{err.message}; ACS may or may not have acted "
                           "and this operation cannot be safely repeated or checked"}
-                return self._transition(cmd["id"], "failed", {"error": error})
+                return self._transition(cmd.id, Status.FAILED, {"error": error})
             repeatable = True  # verified not to have taken effect: sending again cannot double it
         if should_retry(err, repeatable=repeatable, attempt=attempt, max_attempts=self.settings.max_attempts):
             delay = retry_delay_s(err, attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_cap_s,
                                   rng=self.rng)
-            status = self._transition(cmd["id"], "queued", {"last_error": error}, only_from=("running",))
-            if status in ledger.TERMINAL:
+            status = self._transition(cmd.id, Status.QUEUED, {"last_error": error}, only_from=(Status.RUNNING,))
+            if is_terminal(status):
                 return status  # its event resolved it meanwhile (ACS had acted): nothing left to retry
-            metrics.retrying(cmd, error["code"])
-            log.info("command %s attempt %d failed (%s); retrying in %.2fs", cmd["id"], attempt, err.message, delay,
-                     extra={"command_id": cmd["id"], "attempt": attempt})
+            metrics.retrying(cmd.id, cmd.type, str(error["code"]))
+            log.info("command %s attempt %d failed (%s); retrying in %.2fs", cmd.id, attempt, err.message, delay,
+                     extra={"command_id": cmd.id, "attempt": attempt})
             raise RetryLater(delay)
-        return self._transition(cmd["id"], "failed", {"error": error})
+        return self._transition(cmd.id, Status.FAILED, {"error": error})

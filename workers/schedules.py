@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers import keys, ledger
+from workers import command, keys
 from workers.keys import (  # noqa: F401 - re-exported: callers address them as schedules.<name>
     ACTIVE_SCHEDULES,
     claim_key,
@@ -159,7 +159,7 @@ def render_run(run: dict[str, str], commands: list[dict[str, str]]) -> dict[str,
 def new_schedule(*, schedule_id: str, client: str, room_id: str, plan: Plan, recording: dict[str, str],
                  windows: list[tuple[int, int]], first: int, idempotency_key: str) -> dict[str, Any]:
     """The stored fields of a new, active schedule whose first occurrence is ``first``."""
-    now = ledger.now_iso()
+    now = command.now_iso()
     return {
         "id": schedule_id, "client": client, "room_id": room_id, "kind": plan.kind,
         "start": plan.start, "every_s": plan.every_s, "cron": plan.cron, "timezone": plan.timezone,

@@ -50,7 +50,6 @@ CONSTANTS: dict[str, str | int] = {
     "WAIT_DEADLINES": keys.WAIT_DEADLINES,
     "CALL_PREFIX": keys.CALL_PREFIX,
     "CALL_COMMANDS_SUFFIX": keys.CALL_COMMANDS_SUFFIX,
-    "OPS_WAITING": keys.OPS_WAITING,
 }
 
 
@@ -65,7 +64,8 @@ def _lua_literal(value: str | int) -> str:
 
 def header() -> str:
     """The constants block that heads every script (also what the Lua lint sees)."""
-    return "".join(f"local {name} = {_lua_literal(value)}\n" for name, value in CONSTANTS.items())
+    lines = "".join(f"local {name} = {_lua_literal(value)}\n" for name, value in CONSTANTS.items())
+    return f"-- luacheck: push ignore 211\n{lines}-- luacheck: pop\n"
 
 
 @dataclass(frozen=True)

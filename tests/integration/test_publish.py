@@ -11,8 +11,10 @@ import redis
 
 from tasks.app import create_celery, task_name
 from tasks.publish import build_message, task_message
+from tests import records
 from tests.conftest import wait_until
-from workers import keys, ledger
+from workers import keys, ledger, scripts
+from workers.command import Status
 from workers.settings import Settings
 
 
@@ -40,13 +42,14 @@ def test_a_real_worker_consumes_the_accepted_message(stack_settings: Settings, s
     app = create_celery(stack_settings)
     r = redis.Redis.from_url(stack_settings.redis_url, decode_responses=True)
     cid = "cmd_" + uuid.uuid4().hex
-    record = ledger.new_command(command_id=cid, client="alice", type_="connect", params={"room_id": "r1"},
+    record = records.new_command(command_id=cid, client="alice", type_="connect", params={"room_id": "r1"},
                                 idempotency_key="k1", room_id="r1")
     message = task_message(app, task_name("connect"), cid, [cid], queue="callq")
-    outcome = r.eval(ledger.ACCEPT_LUA, 5, keys.idempotency_key("alice", "k1"), keys.command_key(cid), "callq", "", "",
-                     "fp", cid, 60, 60, message, "{}", *ledger.flatten(record))
-    assert outcome[0] == "new"
-    final = wait_until(lambda: r.hget(keys.command_key(cid), "status") in ledger.TERMINAL and
+    outcome = scripts.run(r, ledger.accept(
+        idempotency_key=keys.idempotency_key("alice", "k1"), fingerprint="fp", command=record, queue="callq",
+        message=message, response_json="{}", idempotency_ttl_s=60, command_ttl_s=60))
+    assert not outcome.replayed
+    final = wait_until(lambda: r.hget(keys.command_key(cid), "status") in Status.TERMINAL and
                        r.hgetall(keys.command_key(cid)), timeout_s=30, what="command to be run")
     assert final["status"] == "failed"
     assert json.loads(final["error"])["code"] == "acs_error"

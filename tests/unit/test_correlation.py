@@ -12,7 +12,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from workers import correlation, keys, ledger
+from tests import records
+from workers import command, correlation, keys, ledger, scripts
+from workers.command import Status
 from workers.scripts import AutoPipeline
 
 
@@ -33,9 +35,9 @@ def any_redis(request: pytest.FixtureRequest) -> Iterator[tuple[redis.Redis, Cal
 
 
 def make_command(r: redis.Redis, cid: str, type_: str, status: str = "waiting", cc: str = "cc-1") -> None:
-    record = ledger.new_command(command_id=cid, client="alice", type_=type_, params={}, idempotency_key=cid,
+    record = records.new_command(command_id=cid, client="alice", type_=type_, params={}, idempotency_key=cid,
                                 call_connection_id=cc)
-    r.hset(keys.command_key(cid), mapping=dict(zip(*[iter(ledger.flatten(record | {"status": status}))] * 2,
+    r.hset(keys.command_key(cid), mapping=dict(zip(*[iter(command.flatten(record | {"status": status}))] * 2,
                                                    strict=True)))
     if cc:
         r.rpush(keys.call_commands_key(cc), cid)
@@ -81,9 +83,8 @@ def test_early_event_resolves_a_command_still_running(any_redis) -> None:  # typ
     r, ar = any_redis
     make_command(r, "cmd_c", "connect", status="running", cc="")
     ingest(ar, event("CallConnected", eid="e1", ctx="cmd_c"))
-    outcome = r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("cmd_c"),
-                     *ledger.transition_args("waiting", {}, only_from=("running",)))
-    assert outcome == ["terminal", "succeeded"]
+    outcome = scripts.run(r, ledger.transition("cmd_c", Status("waiting"), {}, only_from=(Status("running"),)))
+    assert (outcome.outcome, outcome.status) == ("terminal", "succeeded")
     assert status(r, "cmd_c") == "succeeded"
     # The command names its call even though the HTTP response that would have said so has not arrived.
     assert r.hget(keys.command_key("cmd_c"), "call_connection_id") == "cc-1"

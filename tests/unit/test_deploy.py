@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workers.metrics import exposed_names
+from api.prometheus import exposed_names
 from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

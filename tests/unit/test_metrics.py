@@ -12,9 +12,11 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from api import prometheus
 from api.app import create_app
 from tests.conftest import TEST_API_KEY
-from workers import keys, metrics
+from workers import keys, ledger, metrics, scripts
+from workers.command import Status
 from workers.settings import Settings
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
@@ -95,21 +97,21 @@ def test_figures_from_other_processes_are_rendered_with_cumulative_buckets(
     assert found[("callq_command_accept_to_sent_seconds_sum", (("type", "play"),))] == pytest.approx(999.32)
     assert found[("callq_acs_responses_total", (("status", "429"),))] == 3
     assert found[("callq_rate_limit_wait_seconds_total", ())] == pytest.approx(0.25)
-    assert {name for name, _ in found} <= metrics.exposed_names()
+    assert {name for name, _ in found} <= prometheus.exposed_names()
 
 
 def test_a_finished_command_counts_its_outcome_latency_and_leaves_the_waiting_set(
         sync_redis: fakeredis.FakeRedis) -> None:
     cid = "cmd_1"
     sync_redis.hset(keys.command_key(cid), mapping={
-        "type": "play", "status": "waiting", "created_at": "2026-01-01T00:00:00.000Z",
+        "id": cid, "type": "play", "status": "waiting", "created_at": "2026-01-01T00:00:00.000Z",
         "sent_at": "2026-01-01T00:00:00.100Z", "call_connection_id": "cc-1"})
-    sync_redis.zadd(metrics.WAITING_KEY, {cid: int(time.time() * 1000) + 60_000})  # as ledger.SENT_LUA lists it
-    sync_redis.hset(keys.command_key(cid), mapping={"status": "failed", "resolved_at": "2026-01-01T00:00:01.600Z",
-                                                    "error": json.dumps({"code": "acs_failed"})})
-    metrics.finished(sync_redis, cid)
+    sync_redis.zadd(keys.WAIT_DEADLINES, {cid: int(time.time() * 1000) + 60_000})  # as sent.lua lists it
+    moved = scripts.run(sync_redis, ledger.transition(cid, Status.FAILED, {"error": {"code": "acs_failed"}}))
+    assert moved.finished is not None  # the transition hands back what the count needs: no second read
+    metrics.finished(cid, {**moved.finished, "resolved_at": "2026-01-01T00:00:01.600Z"})
     metrics.flush(sync_redis)
-    assert sync_redis.zscore(metrics.WAITING_KEY, cid) is None
+    assert sync_redis.zscore(keys.WAIT_DEADLINES, cid) is None
     assert sync_redis.hget(metrics.PREFIX + "callq_commands_failed", '["play","acs_failed"]') == "1"
     hist = sync_redis.hgetall(metrics.PREFIX + "callq_command_sent_to_resolved_seconds")
     assert float(hist['["play","failed"]#sum']) == pytest.approx(1.5)
@@ -131,8 +133,8 @@ def test_a_failed_flush_keeps_the_figures_for_the_next_one(sync_redis: fakeredis
 def test_callback_events_count_types_orphans_duplicates_and_auth_failures(
         client: TestClient, sync_redis: fakeredis.FakeRedis) -> None:
     assert client.post("/v1/acs/events", json=[{"id": "e1", "type": "x"}]).status_code == 401
-    metrics.event("CallConnected", "cc-1", "cmd_1", orphan=False)
-    metrics.event("PlayCompleted", "cc-unknown", None, orphan=True)
+    metrics.event("CallConnected", "cc-1", orphan=False)
+    metrics.event("PlayCompleted", "cc-unknown", orphan=True)
     found = samples(client)
     assert found[("callq_callback_auth_failures_total", ())] == 1
     assert found[("callq_callback_events_total", (("type", "CallConnected"),))] == 1
@@ -144,9 +146,9 @@ def test_callback_events_count_types_orphans_duplicates_and_auth_failures(
 def test_gauges_read_the_queue_waits_workers_and_the_acs_pause(
         client: TestClient, sync_redis: fakeredis.FakeRedis, settings: Settings) -> None:
     now_ms = int(time.time() * 1000)
-    sync_redis.zadd(metrics.WAITING_KEY, {"a": now_ms + 10_000, "b": now_ms - 5 * 60_000})
+    sync_redis.zadd(keys.WAIT_DEADLINES, {"a": now_ms + 10_000, "b": now_ms - 5 * 60_000})
     sync_redis.zadd(keys.WORKERS_ZSET, {"w1": time.time()})
-    sync_redis.set(metrics.pause_key(settings.acs_endpoint), str(now_ms + 30_000))
+    sync_redis.set(prometheus.pause_key(settings.acs_endpoint), str(now_ms + 30_000))
     found = samples(client)
     assert found[("callq_commands_waiting", ())] == 2
     assert found[("callq_commands_waiting_overdue", ())] == 1

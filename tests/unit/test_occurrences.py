@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import fakeredis
 import pytest
 
-from workers import keys, ledger
+from workers import command, keys
 from workers import schedules as s
 from workers.occurrences import LATE_S, Occurrences
 from workers.recurrence import Plan
@@ -65,7 +65,7 @@ def schedule(r: fakeredis.FakeRedis, *, kind: str = "once", duration_s: int = 60
     record = s.new_schedule(schedule_id=sid, client="alice", room_id=ROOM, plan=plan,
                             recording={"content": "audio", "channel": "mixed", "format": "wav"},
                             windows=windows or [], first=PLANNED, idempotency_key="k")
-    r.hset(s.schedule_key(sid), mapping=dict(zip(*[iter(ledger.flatten(record))] * 2, strict=True)))
+    r.hset(s.schedule_key(sid), mapping=dict(zip(*[iter(command.flatten(record))] * 2, strict=True)))
     r.sadd(s.ACTIVE_SCHEDULES, sid)
     return sid
 

@@ -17,7 +17,9 @@ import pytest
 import redis
 
 from api.notify import Notifier
-from workers import keys, ledger
+from tests import records
+from workers import command, keys, ledger, scripts
+from workers.command import Status
 from workers.ratelimit import RateLimited, RateLimiter, RateLimitPolicy, prepaid
 from workers.runtime import RetryLater, Runtime
 from workers.settings import Settings
@@ -54,9 +56,9 @@ def r(fake_and_real_redis: redis.Redis) -> redis.Redis:
 
 
 def put(r: redis.Redis, cid: str, type_: str = "connect", **fields: Any) -> None:
-    record = ledger.new_command(command_id=cid, client="alice", type_=type_, params={}, idempotency_key=cid,
+    record = records.new_command(command_id=cid, client="alice", type_=type_, params={}, idempotency_key=cid,
                                 room_id="room-1" if type_ == "connect" else "")
-    flat = ledger.flatten(record | fields)
+    flat = command.flatten(record | fields)
     r.hset(keys.command_key(cid), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
@@ -77,7 +79,6 @@ def test_a_connect_is_sent_once_then_waits_listed_under_its_deadline(r: redis.Re
                                                  "connect_command": "c1"}
     assert r.lrange(keys.call_commands_key("cc-c1"), 0, -1) == ["c1"]
     assert r.get(keys.room_call_key("room-1")) == "cc-c1"
-    assert r.zscore(keys.OPS_WAITING, "c1") == float(cmd["wait_deadline"])
     assert r.zscore(keys.WAIT_DEADLINES, "c1") == float(cmd["wait_deadline"])
     assert r.llen(keys.queue_key(rt.settings.queue)) == 0  # nothing queued for the wait itself
     assert r.get(keys.rate_tat_key("acs.test")) is not None  # the claim paid for the request
@@ -85,14 +86,13 @@ def test_a_connect_is_sent_once_then_waits_listed_under_its_deadline(r: redis.Re
 
 def test_an_answer_after_the_event_is_recorded_but_starts_no_wait(r: redis.Redis) -> None:
     def early_event(cid: str) -> None:  # CallConnected beat the HTTP response
-        r.eval(ledger.TRANSITION_LUA, 1, keys.command_key(cid), *ledger.transition_args("succeeded", {}))
+        scripts.run(r, ledger.transition(cid, Status("succeeded"), {}))
 
     put(r, "c1")
     rt = runtime(r, Acs(on_connect=early_event))
     assert rt.run("c1") == "succeeded"
     cmd = r.hgetall(keys.command_key("c1"))
     assert cmd["status"] == "succeeded" and cmd["sent_at"] and cmd["call_connection_id"] == "cc-c1"
-    assert r.zscore(keys.OPS_WAITING, "c1") is None
     assert r.zscore(keys.WAIT_DEADLINES, "c1") is None
     assert r.llen(keys.queue_key(rt.settings.queue)) == 0
 
@@ -138,7 +138,7 @@ def test_a_terminal_transition_announces_the_record_with_its_id(r: redis.Redis) 
     pubsub = r.pubsub()
     pubsub.subscribe(keys.COMMAND_DONE_CHANNEL)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("c1"), *ledger.transition_args("succeeded", {"result": {}}))
+    scripts.run(r, ledger.transition("c1", Status("succeeded"), {"result": {}}))
     message = pubsub.get_message(timeout=5)
     assert message is not None
     command_id, record = ledger.announced(message["data"])
@@ -157,8 +157,8 @@ def test_a_long_poll_is_handed_the_announced_record() -> None:
         await notifier.start()
         try:
             async with notifier.watch("c1") as done:
-                await asyncio.to_thread(sync.eval, ledger.TRANSITION_LUA, 1, keys.command_key("c1"),
-                                        *ledger.transition_args("failed", {"error": {"code": "acs_failed"}}))
+                await asyncio.to_thread(scripts.run, sync, ledger.transition(
+                    "c1", Status.FAILED, {"error": {"code": "acs_failed"}}))
                 async with asyncio.timeout(10):
                     await done.wait()
                 return done.record

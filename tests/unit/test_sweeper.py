@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import redis
 
-from workers import keys, ledger
+from tests import records
+from workers import command, keys, ledger, scripts
+from workers.command import Status
 from workers.runtime import Runtime
 from workers.settings import Settings
 
@@ -32,8 +34,8 @@ def r(fake_and_real_redis: redis.Redis) -> redis.Redis:
 
 
 def put(r: redis.Redis, cid: str, **fields: Any) -> None:
-    record = ledger.new_command(command_id=cid, client="alice", type_="play", params={}, idempotency_key=cid)
-    flat = ledger.flatten(record | fields)
+    record = records.new_command(command_id=cid, client="alice", type_="play", params={}, idempotency_key=cid)
+    flat = command.flatten(record | fields)
     r.hset(keys.command_key(cid), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
     r.zadd(keys.ACTIVE_ZSET, {cid: 0})  # due now
 
@@ -58,17 +60,17 @@ def test_lost_work_is_revived_and_finished_work_forgotten(r: redis.Redis) -> Non
 
 
 def test_accepting_and_ending_a_command_maintains_the_index(r: redis.Redis) -> None:
-    record = ledger.new_command(command_id="c1", client="alice", type_="play", params={}, idempotency_key="k")
-    r.eval(ledger.ACCEPT_LUA, 5, "idem", keys.command_key("c1"), "q", "", "", "fp", "c1", 60, 60, "msg", "{}",
-           *ledger.flatten(record))
+    record = records.new_command(command_id="c1", client="alice", type_="play", params={}, idempotency_key="k")
+    scripts.run(r, ledger.accept(idempotency_key="idem", fingerprint="fp", command=record, queue="q", message="msg",
+                                 response_json="{}", idempotency_ttl_s=60, command_ttl_s=60))
     assert r.zscore(keys.ACTIVE_ZSET, "c1") is not None
-    r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("c1"), *ledger.transition_args("failed", {}))
+    scripts.run(r, ledger.transition("c1", Status("failed"), {}))
     assert r.zscore(keys.ACTIVE_ZSET, "c1") is None
 
 
 def waiting(r: redis.Redis, cid: str, deadline_ms: int) -> None:
     put(r, cid, status="waiting", wait_deadline=deadline_ms)
-    r.zadd(keys.WAIT_DEADLINES, {cid: deadline_ms})  # as ledger.SENT_LUA lists a wait
+    r.zadd(keys.WAIT_DEADLINES, {cid: deadline_ms})  # as sent.lua lists a wait
 
 
 def test_each_passed_deadline_is_handed_out_once_then_again_if_its_reconcile_was_lost(r: redis.Redis) -> None:
@@ -93,5 +95,5 @@ def test_each_passed_deadline_is_handed_out_once_then_again_if_its_reconcile_was
 
 def test_a_terminal_transition_takes_the_command_off_the_deadline_index(r: redis.Redis) -> None:
     waiting(r, "c1", int(time.time() * 1000) + 60_000)
-    r.eval(ledger.TRANSITION_LUA, 1, keys.command_key("c1"), *ledger.transition_args("succeeded", {}))
+    scripts.run(r, ledger.transition("c1", Status("succeeded"), {}))
     assert r.zscore(keys.WAIT_DEADLINES, "c1") is None

@@ -43,7 +43,6 @@ local function transition(id, to, allowed, now, fields, attempts_by)
   redis.call('HSET', key, 'resolved_at', now)
   redis.call('ZREM', ACTIVE_ZSET, id)
   redis.call('ZREM', WAIT_DEADLINES, id)
-  redis.call('ZREM', OPS_WAITING, id)
   local flat, record = redis.call('HGETALL', key), {}
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
   local doc = cjson.encode(record)
@@ -87,6 +86,29 @@ local function blocks(id, t, now, lanes)
   if st[1] ~= 'waiting' or tonumber(st[3] or '0') <= now or listed(lanes.interrupts, t) then return false end
   if not listed(lanes.nonblocking, st[2]) then return true end
   return listed(lanes.media, st[2]) and listed(lanes.media, t)
+end
+
+-- The call record (callq:call:{id}) is written only through these three, by the scripts that learn what
+-- they say: sent.lua (ACS made the call), ingest.lua (CallConnected / CallDisconnected) and reconciled.lua
+-- (a read of ACS said what those events would have).
+local function call_made(call, client, room_id, command_id, ttl)
+  local key = CALL_PREFIX .. call
+  redis.call('HSETNX', key, 'state', 'connecting')
+  redis.call('HSET', key, 'client', client, 'room_id', room_id, 'connect_command', command_id)
+  redis.call('EXPIRE', key, ttl)
+end
+
+local function call_connected(call, server_call_id, connect_command, client, ttl)
+  local key = CALL_PREFIX .. call
+  redis.call('HSET', key, 'state', 'connected', 'server_call_id', server_call_id)
+  if connect_command then redis.call('HSET', key, 'connect_command', connect_command, 'client', client) end
+  if ttl then redis.call('EXPIRE', key, ttl) end
+end
+
+local function call_disconnected(call, ttl)
+  local key = CALL_PREFIX .. call
+  redis.call('HSET', key, 'state', 'disconnected')
+  if ttl then redis.call('EXPIRE', key, ttl) end
 end
 
 -- luacheck: pop

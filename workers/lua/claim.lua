@@ -1,0 +1,33 @@
+-- Everything a worker does before it sends a command, in one round trip: read the command, check its turn on
+-- its call (lib.lua's blocks), pay the shared ACS budget for its request (lib.lua's gcra; nothing is paid for a
+-- command that may not go), claim it. The call's command list is named by the record, so it is read here
+-- without being declared in KEYS (single Redis, not Cluster).
+-- KEYS: 1 command hash, 2 the budget's theoretical-arrival-time key, 3 the budget's pause key
+-- ARGV: 1 lease ms, 2 now iso, 3 the budget's emission interval ms, 4 its burst, 5 now ms,
+--       6 non-blocking types csv, 7 media types csv, 8 interrupt types csv
+-- Returns: {'missing'}, {'done', status, call}, {'leased'}, {'blocked', parks}, {'throttled', wait ms, type},
+--          or {'claimed', attempts, status before, the record as field/value...}
+local now = tonumber(ARGV[5])
+local lanes = {nonblocking = ARGV[6], media = ARGV[7], interrupts = ARGV[8]}
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then return {'missing'} end
+local f = {}
+for i = 1, #rec, 2 do f[rec[i]] = rec[i + 1] end
+local status, call = f['status'], f['call_connection_id'] or ''
+if status ~= 'queued' and status ~= 'running' then return {'done', status, call} end
+if tonumber(f['lease_until'] or '0') > now then return {'leased'} end
+if call ~= '' then
+  for _, id in ipairs(redis.call('LRANGE', CALL_PREFIX .. call .. CALL_COMMANDS_SUFFIX, 0, -1)) do
+    if id == f['id'] then break end
+    if blocks(id, f['type'], now, lanes) then
+      redis.call('HSET', KEYS[1], 'parked', '1')
+      return {'blocked', tostring(redis.call('HINCRBY', KEYS[1], 'parks', 1))}
+    end
+  end
+end
+local wait = gcra(KEYS[2], KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if wait > 0 then return {'throttled', wait, f['type']} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(now + tonumber(ARGV[1])),
+           'updated_at', ARGV[2], 'parked', '')
+-- The status before this claim: 'running' means an earlier attempt died while sending.
+return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), status, rec}

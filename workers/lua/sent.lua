@@ -1,0 +1,35 @@
+-- What ACS answered a command's request, in one round trip: its fields; for a connect, the call ACS made (the
+-- command heads the call's list: an early CallConnected can let later commands be accepted before this
+-- response); for a recording start, the recording (after the fields, so whoever sees the command resolved
+-- sees its recording id); then running -> ARGV[2] (waiting, or succeeded when the answer is the outcome).
+-- A command that now waits for its event is indexed under its outcome deadline in the same step (due.lua
+-- reads that index), so no crash can leave a wait without its deadline. The fields are recorded even if an
+-- early event already resolved the command: the response is still true.
+-- KEYS: 1 command hash; 2 hash and 3 command list of the call ACS made, 4 its room's call key; 5 hash and
+--       6 command list of the recording ACS started, 7 the hash of the call it records ('' for what ACS did
+--       not make)
+-- ARGV: 1 command id, 2 to, 3 now iso, 4 ttl s, 5 wait deadline ms, 6 client, 7 room id, 8 call made,
+--       9 recording id, 10 the command's call, 11... field/value pairs
+-- Returns: lib.transition's reply
+local bad = check_types({'hash', 'hash', 'list', 'string', 'hash', 'list', 'hash'})
+if bad then return bad end
+local id, ttl = ARGV[1], tonumber(ARGV[4])
+if KEYS[2] ~= '' then
+  call_made(ARGV[8], ARGV[6], ARGV[7], id, ttl)
+  redis.call('LPUSH', KEYS[3], id)
+  if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'EX', ttl) end
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+if KEYS[5] ~= '' then
+  redis.call('HSET', KEYS[5], 'client', ARGV[6], 'call_connection_id', ARGV[10], 'start_command', id)
+  redis.call('RPUSH', KEYS[6], id)
+  if KEYS[7] ~= '' then redis.call('HSET', KEYS[7], 'recording_id', ARGV[9]) end
+  redis.call('EXPIRE', KEYS[5], ttl)
+  redis.call('EXPIRE', KEYS[6], ttl)
+end
+local moved = transition(id, ARGV[2], 'running', ARGV[3], {'lease_until', '0'})
+if moved[1] == 'applied' and ARGV[2] == 'waiting' then
+  redis.call('ZADD', WAIT_DEADLINES, ARGV[5], id)
+end
+return moved
