@@ -1,6 +1,7 @@
 # callq developer entry points. `make up` runs the stack with the demo; `make test` is what CI runs.
-# Everything the targets need is installed here (venv, redis-server, docker-compose): a fresh machine needs only
-# python3, make and apt.
+# Everything the targets need is installed here (venv, redis-server, docker-compose, luacheck): a fresh machine
+# needs only python3, make and apt. Python packages come from requirements.lock (`make lock` regenerates it), so
+# every machine, CI and the image run the same versions.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -8,6 +9,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+RUNTIME_LOCK := requirements-runtime.lock
+TYPED := api tasks workers callq simulator
 
 # apt-get as root, through sudo otherwise; says what to run by hand when neither works.
 define apt_install
@@ -24,17 +28,36 @@ define apt_install
 	fi
 endef
 
-.PHONY: up test lint bench chaos clean setup redis-server docker-compose chromium
+.PHONY: up test lint typecheck lint-lua lock bench chaos clean setup redis-server docker-compose chromium luacheck
 
 up: setup
 	$(VENV)/bin/callq up --demo
 
+# CI runs this (.ci/run): ruff, mypy --strict, the Lua lint, then the whole test suite, stopping at the first failure.
 test: setup docker-compose chromium
-	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory typecheck
+	$(MAKE) --no-print-directory lint-lua
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy --strict $(TYPED)
+
+# The Redis scripts (workers/lua) through luacheck, with the globals Redis gives a script.
+lint-lua: $(STAMP) luacheck
+	$(PY) -m workers.lualint
+
+# Regenerate the lock files from pyproject.toml (after changing a dependency there; add --upgrade to move every pin
+# to the newest release its range allows: `make lock PIP_COMPILE_ARGS=--upgrade`). requirements.lock: runtime and
+# dev (make, CI); requirements-runtime.lock: runtime only (the Docker image).
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --strip-extras --allow-unsafe \
+	--no-emit-index-url --no-emit-find-links $(PIP_COMPILE_ARGS)
+lock: $(STAMP)
+	$(PIP_COMPILE) --extra dev -o $(LOCK) pyproject.toml
+	$(PIP_COMPILE) -o $(RUNTIME_LOCK) pyproject.toml
 
 bench: setup
 	$(VENV)/bin/callq bench
@@ -48,9 +71,11 @@ setup: $(STAMP) redis-server
 $(PY):
 	python3 -m venv $(VENV)
 
-# Reinstall only when the dependencies may have changed; the editable install picks up code changes by itself.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --disable-pip-version-check -e '.[dev]'
+# Reinstall only when the lock (or the project's metadata) changed; the editable install picks up code changes by
+# itself. The lock holds every dependency, so callq itself goes in without resolving any.
+$(STAMP): $(LOCK) pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -r $(LOCK)
+	$(PY) -m pip install --disable-pip-version-check --no-deps -e .
 	touch $@
 
 redis-server:
@@ -59,6 +84,10 @@ redis-server:
 # Only the compose-file test needs it (`docker-compose config` validates without a Docker engine).
 docker-compose:
 	@command -v docker-compose >/dev/null || { $(call apt_install,docker-compose,--no-install-recommends); }
+
+# Debian's lua-check package provides luacheck, which workers.lualint runs.
+luacheck:
+	@command -v luacheck >/dev/null || { $(call apt_install,lua-check,--no-install-recommends); }
 
 # The operator-page test drives Debian's Chromium with Playwright (Playwright's own browser download cannot work here).
 chromium:

@@ -18,6 +18,10 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+from tasks.versions import require_tested
+
+require_tested("kombu")  # the overrides below match kombu 5.7's Channel; refuse any other minor
+
 TRANSPORT = "tasks.broker:Transport"
 
 

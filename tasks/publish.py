@@ -20,6 +20,10 @@ import uuid
 
 from celery import Celery
 
+from tasks.versions import require_tested
+
+require_tested("celery")  # as_task_v2 is Celery's internal message builder; refuse an untested minor
+
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")  # appear verbatim in JSON and in repr(): safe to fill in
 _TASK_ID, _ARG, _TAG = "callqtaskidmark7c1e", "callqargmark0b9d", "callqtagmark4f2a"
 # (app, task name, queue, pid): the message with marks, and its body document with the argument's mark
