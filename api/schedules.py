@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api import render
 from api.auth import idempotency_key
 from api.routes import read_json
 from api.schedule_schemas import CODES, ScheduleBody
 from tasks.publish import task_message
-from workers import command, commands, keys, ledger
+from workers import command, commands, keys
 from workers import schedules as s
 from workers.errors import IdempotencyKeyReused, InvalidCommand, ScheduleNotFound
 
@@ -77,15 +78,14 @@ def _message(request: Request, task: str, schedule_id: str) -> str:
     return task_message(state.celery, task, str(uuid.uuid4()), [schedule_id], queue=state.settings.queue)
 
 
-def _answer(result: list[str], fingerprint: str, status: int) -> Response:
-    found = ledger.Accepted.parse(result)
-    headers = {"Location": f"/v1/recording-schedules/{found.command_id}"}
+def _answer(found: s.Recorded, fingerprint: str, status: int) -> Response:
+    headers = {"Location": f"/v1/recording-schedules/{found.resource_id}"}
     if found.replayed:
         if found.fingerprint != fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request; "
                                        "use a new key for a new request.")
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(found.response, status_code=status, headers=headers)
+    return JSONResponse(json.loads(found.response_json), status_code=status, headers=headers)
 
 
 async def create_schedule(request: Request) -> Response:
@@ -97,22 +97,21 @@ async def create_schedule(request: Request) -> Response:
     now = int(time.time())
     first = _first_occurrence(body, now)
     sid = f"rs_{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:16]}"  # time-ordered: lists page by id
-    record = s.new_schedule(schedule_id=sid, client=client, room_id=body.room_id, plan=body.plan(now),
-                            recording=body.recording(), windows=body.windows(), first=first, idempotency_key=idem)
-    fields = command.flatten(record)
-    response = json.dumps(s.render(dict(zip(fields[::2], fields[1::2], strict=True))))
+    record = s.stored(s.new_schedule(schedule_id=sid, client=client, room_id=body.room_id, plan=body.plan(now),
+                                     recording=body.recording(), windows=body.windows(), first=first,
+                                     idempotency_key=idem))
     fingerprint = commands.fingerprint("POST /v1/recording-schedules", body.model_dump(mode="json"))
-    result = await state.redis.eval(
-        s.CREATE_LUA, 5, keys.idempotency_key(client, idem), s.schedule_key(sid), s.client_schedules_key(client),
-        s.ACTIVE_SCHEDULES, keys.queue_key(state.settings.queue),
-        fingerprint, sid, state.settings.idempotency_ttl_s, _message(request, BOOK, sid), response, *fields)
-    return _answer(result, fingerprint, 201)
+    found: s.Recorded = await state.scripts.run(s.create(
+        client=client, idempotency_key=idem, schedule_id=sid, record=record, fingerprint=fingerprint,
+        idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.queue,
+        book_message=_message(request, BOOK, sid), response_json=json.dumps(render.schedule(record))))
+    return _answer(found, fingerprint, 201)
 
 
 async def get_schedule(request: Request) -> Response:
     """One schedule, with its status and next run."""
     record = await _own(request, request.app.state.api_keys.client_for(request))
-    return JSONResponse(s.render(record))
+    return JSONResponse(render.schedule(record))
 
 
 def _limit(request: Request) -> int:
@@ -137,7 +136,7 @@ async def list_schedules(request: Request) -> Response:
     gone = [sid for sid, r in zip(ids, records, strict=False) if not r]
     if gone:
         await state.redis.zrem(index, *gone)  # expired after they ended: drop them from the index
-    page: dict[str, Any] = {"items": [s.render(r) for r in records if r]}
+    page: dict[str, Any] = {"items": [render.schedule(r) for r in records if r]}
     if len(ids) > limit:
         page["next"] = f"/v1/recording-schedules?after={ids[limit - 1]}&limit={limit}"
     return JSONResponse(page)
@@ -151,17 +150,17 @@ async def delete_schedule(request: Request) -> Response:
     record = await _own(request, client)
     sid = record["id"]
     now = command.now_iso()
-    response = json.dumps(s.render({**record, "status": "cancelled", "next_planned": "", "updated_at": now,
-                                    "cancelled_at": record.get("cancelled_at") or now}))
+    response = render.schedule({**record, "status": "cancelled", "next_planned": "", "updated_at": now,
+                                "cancelled_at": record.get("cancelled_at") or now})
     fingerprint = commands.fingerprint(f"DELETE /v1/recording-schedules/{sid}", {})
-    result = await state.redis.eval(
-        s.CANCEL_LUA, 5, keys.idempotency_key(client, idem), s.schedule_key(sid), s.client_schedules_key(client),
-        s.ACTIVE_SCHEDULES, keys.queue_key(state.settings.queue),
-        fingerprint, sid, state.settings.idempotency_ttl_s, _message(request, CANCEL, sid), response, now,
-        state.settings.command_ttl_s)
-    if result[0] == "missing":
+    found: s.Recorded = await state.scripts.run(s.cancel(
+        client=client, idempotency_key=idem, schedule_id=sid, fingerprint=fingerprint,
+        idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.queue,
+        cancel_message=_message(request, CANCEL, sid), response_json=json.dumps(response), now_iso=now,
+        retention_s=state.settings.command_ttl_s))
+    if found.outcome == "missing":
         raise ScheduleNotFound(f"No recording schedule {sid!r} is known to this client.")
-    return _answer(result, fingerprint, 200)
+    return _answer(found, fingerprint, 200)
 
 
 async def schedule_runs(request: Request) -> Response:
@@ -190,7 +189,7 @@ async def _run(request: Request, sid: str, planned: int) -> dict[str, Any] | Non
     for cid in await r.lrange(s.run_commands_key(sid, planned), 0, -1):
         pipe.hmget(keys.command_key(cid), "id", "type", "status")
     cmds = [dict(zip(("id", "type", "status"), c, strict=True)) for c in await pipe.execute() if c[0]]
-    return s.render_run(run, cmds)
+    return render.schedule_run(run, cmds)
 
 
 _SCHEDULE = {"type": "object", "description": "A recording schedule: id, room_id, kind (once|cron|every), "

@@ -12,13 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import redis
-from celery import Celery, Task
-from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf, get_redis
-from redbeat.schedules import rrule
+from celery import Celery, Task  # type: ignore[import-untyped]  # Celery ships no type hints
+from redbeat.schedulers import (  # type: ignore[import-untyped]  # nor does redbeat
+    RedBeatSchedulerEntry,
+    ensure_conf,
+    get_redis,
+)
+from redbeat.schedules import rrule  # type: ignore[import-untyped]  # nor does redbeat
 
 from tasks.app import app, task_name
 from tasks.publish import task_message
@@ -28,6 +33,8 @@ log = logging.getLogger("callq.tasks.schedules")
 FIRE, ADVANCE, BOOK, CANCEL, SWEEP = ("callq.schedule_fire", "callq.schedule_advance", "callq.schedule_book",
                                       "callq.schedule_cancel", "callq.schedule_sweep")
 MAX_INTERNAL_RETRIES = 10
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class RedBeatTimers:
@@ -67,7 +74,7 @@ class RedBeatTimers:
         self._app.send_task(ADVANCE, args=[schedule_id, planned, token], countdown=countdown or None)
 
 
-class ScheduleTask(Task):  # type: ignore[misc]
+class ScheduleTask(Task):  # type: ignore[misc]  # Task is Any to mypy: Celery ships no type hints
     """Base task: builds the process's Occurrences on first use (after the pool starts)."""
 
     _occurrences: Occurrences | None = None
@@ -94,7 +101,15 @@ def _retrying(task: ScheduleTask, what: str, exc: Exception) -> Any:
     return "gave_up"
 
 
-@app.task(name=FIRE, base=ScheduleTask, bind=True, acks_late=True, max_retries=None)
+def _task(name: str, *, max_retries: int | None) -> Callable[[Callable[Concatenate[ScheduleTask, P], R]],
+                                                              Callable[P, R]]:
+    """``app.task`` for a bound, late-acked ScheduleTask, with the type Celery's untyped decorator cannot give."""
+    decorator = app.task(name=name, base=ScheduleTask, bind=True, acks_late=True, max_retries=max_retries)
+    # A bound task is called without its ``self``: Callable[P, R] is what calling it takes and gives.
+    return cast("Callable[[Callable[Concatenate[ScheduleTask, P], R]], Callable[P, R]]", decorator)
+
+
+@_task(FIRE, max_retries=None)
 def fire(self: ScheduleTask, schedule_id: str, planned: int) -> str:
     """Beat: an occurrence is due. The task id is the claim, so only this message (or its redelivery) runs it."""
     try:
@@ -103,7 +118,7 @@ def fire(self: ScheduleTask, schedule_id: str, planned: int) -> str:
         return str(_retrying(self, f"fire {schedule_id}@{planned}", exc))
 
 
-@app.task(name=ADVANCE, base=ScheduleTask, bind=True, acks_late=True, max_retries=None)
+@_task(ADVANCE, max_retries=None)
 def advance(self: ScheduleTask, schedule_id: str, planned: int, token: str | None) -> str:
     try:
         return self.occurrences.advance(schedule_id, int(planned), token)
@@ -111,7 +126,7 @@ def advance(self: ScheduleTask, schedule_id: str, planned: int, token: str | Non
         return str(_retrying(self, f"advance {schedule_id}@{planned}", exc))
 
 
-@app.task(name=BOOK, base=ScheduleTask, bind=True, acks_late=True, max_retries=None)
+@_task(BOOK, max_retries=None)
 def book(self: ScheduleTask, schedule_id: str) -> str:
     """The API created a schedule: save its first beat entry."""
     try:
@@ -120,7 +135,7 @@ def book(self: ScheduleTask, schedule_id: str) -> str:
         return str(_retrying(self, f"book {schedule_id}", exc))
 
 
-@app.task(name=CANCEL, base=ScheduleTask, bind=True, acks_late=True, max_retries=None)
+@_task(CANCEL, max_retries=None)
 def cancel(self: ScheduleTask, schedule_id: str) -> int:
     """The API cancelled a schedule: drop its beat entry, stop its running occurrence."""
     try:
@@ -130,7 +145,7 @@ def cancel(self: ScheduleTask, schedule_id: str) -> int:
         return 0
 
 
-@app.task(name=SWEEP, base=ScheduleTask, bind=True, acks_late=True, max_retries=0)
+@_task(SWEEP, max_retries=0)
 def sweep(self: ScheduleTask) -> list[int]:
     """Beat, every few seconds: re-send lost wake-ups, re-book lost fires (the next sweep retries failures)."""
     return list(self.occurrences.sweep())

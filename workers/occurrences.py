@@ -25,13 +25,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 
-from workers import command, commands, keys
+from workers import command, commands, keys, scripts
 from workers import schedules as s
 from workers.recurrence import iso
 from workers.settings import Settings
@@ -43,7 +43,12 @@ LOCK_MS = 30_000  # one advance at a time per occurrence (longer than a step tak
 LATE_S = 60.0  # a wake-up or a fire this overdue was lost: the sweep sends it again
 CONNECT_RETRY_CAP_S = 30.0
 PENDING = frozenset({"queued", "running", "waiting"})
-UNLOCK_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def release_lock(*, schedule_id: str, planned: int, token: str) -> scripts.ScriptCall[bool]:
+    """Release the occurrence's advance lock if ``token`` still holds it (True: released)."""
+    return scripts.call("lock_release", [s.run_lock_key(schedule_id, planned)], [token],
+                        lambda released: bool(released))
 
 
 class Timers(Protocol):
@@ -99,7 +104,7 @@ def _error(code: str, message: str, cause: dict[str, Any] | None = None) -> dict
 @dataclass
 class Occurrences:
     settings: Settings
-    redis: redis.Redis
+    redis: redis.Redis  # built with decode_responses=True: every reply is text (the casts below rely on it)
     timers: Timers
     message_for: commands.MessageFor
     clock: Callable[[], float] = time.time
@@ -108,7 +113,7 @@ class Occurrences:
 
     def ensure_booked(self, schedule_id: str, *, repair_late: bool = False) -> str:
         """Make sure the schedule's next occurrence has its beat entry (after create, a fire, or a loss)."""
-        status, nxt = self.redis.hmget(s.schedule_key(schedule_id), "status", "next_planned")
+        status, nxt = self._hmget(s.schedule_key(schedule_id), "status", "next_planned")
         if status != "active" or not nxt:
             return "idle"
         planned = int(nxt)
@@ -125,7 +130,7 @@ class Occurrences:
 
     def fire(self, schedule_id: str, planned: int, claim: str) -> str:
         """Beat says an occurrence is due; ``claim`` is the task id (the same on a redelivery)."""
-        sched = self.redis.hgetall(s.schedule_key(schedule_id))
+        sched = self._hash(s.schedule_key(schedule_id))
         if not sched or sched["status"] == "cancelled":
             self.timers.unbook(schedule_id, planned)
             return "cancelled"
@@ -140,12 +145,12 @@ class Occurrences:
 
     def cancel(self, schedule_id: str) -> int:
         """After the API cancelled a schedule: drop its beat entry, and wake its unfinished runs to stop."""
-        cancelled_next = self.redis.hget(s.schedule_key(schedule_id), "cancelled_next")
+        cancelled_next = self._hget(s.schedule_key(schedule_id), "cancelled_next")
         if cancelled_next:
             self.timers.unbook(schedule_id, int(cancelled_next))
         poked = 0
-        for member in self.redis.zrange(s.runs_key(schedule_id), -3, -1):
-            if self.redis.hget(s.run_key(schedule_id, int(member)), "state") not in (None, *s.RUN_TERMINAL):
+        for member in cast("list[str]", self.redis.zrange(s.runs_key(schedule_id), -3, -1)):
+            if self._hget(s.run_key(schedule_id, int(member)), "state") not in (None, *s.RUN_TERMINAL):
                 self.timers.wake(schedule_id, int(member), None, self.clock())
                 poked += 1
         return poked
@@ -153,20 +158,20 @@ class Occurrences:
     def sweep(self) -> tuple[int, int]:
         """Re-send lost wake-ups and re-book lost fires; returns (runs poked, schedules checked)."""
         now = self.clock()
-        overdue = self.redis.zrangebyscore(s.WAKES, 0, now - LATE_S)
+        overdue = cast("list[str]", self.redis.zrangebyscore(s.WAKES, 0, now - LATE_S))
         for member in overdue:
             schedule_id, planned = member.split(" ")
             self.timers.wake(schedule_id, int(planned), None, now)
         checked = 0
-        for schedule_id in self.redis.sscan_iter(s.ACTIVE_SCHEDULES):
+        for schedule_id in cast("Iterator[str]", self.redis.sscan_iter(s.ACTIVE_SCHEDULES)):
             self.ensure_booked(schedule_id, repair_late=True)
             checked += 1
         return len(overdue), checked
 
     def _move_on(self, sched: dict[str, str], planned: int) -> None:
         nxt = s.plan_of(sched).next_open(planned, int(self.clock()))
-        self.redis.eval(s.MOVE_ON_LUA, 2, s.schedule_key(sched["id"]), s.ACTIVE_SCHEDULES, planned,
-                        "" if nxt is None else nxt, command.now_iso(), self.settings.command_ttl_s, sched["id"])
+        scripts.run(self.redis, s.move_on(schedule_id=sched["id"], planned=planned, to=nxt, now_iso=command.now_iso(),
+                                          retention_s=self.settings.command_ttl_s))
         self.ensure_booked(sched["id"])
 
     def _claim(self, schedule_id: str, planned: int, claim: str) -> bool:
@@ -196,19 +201,19 @@ class Occurrences:
             self.timers.wake(schedule_id, planned, token, self.clock() + 1.0)  # another step is running
             return "busy"
         try:
-            run = self.redis.hgetall(s.run_key(schedule_id, planned))
+            run = self._hash(s.run_key(schedule_id, planned))
             if not run or run.get("state") in s.RUN_TERMINAL:
                 self.redis.zrem(s.WAKES, s.wake_member(schedule_id, planned))
                 return run.get("state") or "missing"
             if token is not None and token != run.get("wake_token"):
                 return "stale"  # a newer wake-up owns this occurrence's timeline
-            sched = self.redis.hgetall(s.schedule_key(schedule_id)) or {"id": schedule_id, "status": "cancelled",
-                                                                         "duration_s": "0"}
+            sched = self._hash(s.schedule_key(schedule_id)) or {"id": schedule_id, "status": "cancelled",
+                                                                "duration_s": "0"}
             occ = _Occ(sched, run, planned, self.clock())
             self._schedule_wake(occ, self._step(occ))
             return occ.run["state"]
         finally:
-            self.redis.eval(UNLOCK_LUA, 1, lock_key, lock)
+            scripts.run(self.redis, release_lock(schedule_id=schedule_id, planned=planned, token=lock))
 
     def _step(self, o: _Occ) -> float | None:
         if o.sched.get("status") == "cancelled":
@@ -217,7 +222,7 @@ class Occurrences:
             at = self._connect(o)
             if at is not None or o.done:
                 return at
-        call = self.redis.hgetall(keys.call_key(o.cc))
+        call = self._hash(keys.call_key(o.cc))
         if call.get("state") == "disconnected":
             return self._call_ended(o)
         if call.get("state") != "connected":  # connect sent, CallConnected not here yet
@@ -265,10 +270,10 @@ class Occurrences:
         return o.now + POLL_S
 
     def _live_call(self, o: _Occ) -> str | None:
-        cc = self.redis.get(keys.room_call_key(o.sched["room_id"]))
+        cc = cast("str | None", self.redis.get(keys.room_call_key(o.sched["room_id"])))
         if not cc:
             return None
-        state, client = self.redis.hmget(keys.call_key(cc), "state", "client")
+        state, client = self._hmget(keys.call_key(cc), "state", "client")
         # Another client's connection is not ours to command (the API would refuse it too).
         return cc if state == "connected" and client == o.sched["client"] else None
 
@@ -337,7 +342,7 @@ class Occurrences:
         start = o.run.get("cmd:start")
         if not start:
             return self._finish(o, "cancelled", cancelled)
-        if self.redis.hget(keys.call_key(o.cc), "state") == "disconnected":
+        if self._hget(keys.call_key(o.cc), "state") == "disconnected":
             return self._call_ended(o)
         if not o.rid:
             cmd = self._status(start)
@@ -372,8 +377,8 @@ class Occurrences:
         return command_id
 
     def _status(self, command_id: str) -> dict[str, Any]:
-        status, error, cc, rid, result = self.redis.hmget(keys.command_key(command_id), "status", "error",
-                                                          "call_connection_id", "recording_id", "result")
+        status, error, cc, rid, result = self._hmget(keys.command_key(command_id), "status", "error",
+                                                     "call_connection_id", "recording_id", "result")
         if status is None:
             return {"status": "failed", "error": {"code": "command_expired", "message": "The command expired."}}
         # The event can resolve a start a moment before the worker stores the recording id it got from ACS's
@@ -384,7 +389,8 @@ class Occurrences:
 
     def _set(self, o: _Occ, **fields: Any) -> None:
         changes = {k: str(v) for k, v in fields.items()} | {"updated_at": command.now_iso()}
-        self.redis.hset(s.run_key(o.id, o.planned), mapping=changes)
+        # A flat field/value list: redis-py types ``mapping`` with invariant keys, which a dict[str, str] fails.
+        self.redis.hset(s.run_key(o.id, o.planned), items=[item for pair in changes.items() for item in pair])
         o.run.update(changes)
 
     def _finish(self, o: _Occ, state: str, error: dict[str, Any] | None = None) -> float | None:
@@ -397,6 +403,17 @@ class Occurrences:
         pipe.execute()
         log.info("occurrence %s@%s ended %s%s", o.id, iso(o.planned), state, f" ({error['code']})" if error else "")
         return None
+
+    # Reads, typed as what the decoding client returns (redis-py's hints say bytes | str whatever the client).
+
+    def _hash(self, key: str) -> dict[str, str]:
+        return cast("dict[str, str]", self.redis.hgetall(key))
+
+    def _hget(self, key: str, field: str) -> str | None:
+        return cast("str | None", self.redis.hget(key, field))
+
+    def _hmget(self, key: str, *fields: str) -> list[str | None]:
+        return cast("list[str | None]", self.redis.hmget(key, list(fields)))
 
     def _schedule_wake(self, o: _Occ, at: float | None) -> None:
         if at is None or o.done:

@@ -1,23 +1,26 @@
-"""Recording schedules and their runs in Redis: keys, the atomic create/cancel scripts, and rendering.
+"""Recording schedules and their runs in Redis: keys, the stored record, and the create/cancel/move-on scripts.
 
 A schedule is a hash; ``next_planned`` names the one occurrence its beat entry will fire next and moves
-forward only by compare-and-set (``MOVE_ON_LUA``), so a redelivered or duplicated fire cannot move it
-twice or backwards. Each occurrence that fired has a run hash, keyed by the schedule id and its planned
-time (epoch seconds, UTC): that pair is the occurrence's identity everywhere (claim key, idempotency keys
-of its commands, beat entry name).
+forward only by compare-and-set (``move_on``, ``lua/schedule_move_on.lua``), so a redelivered or duplicated
+fire cannot move it twice or backwards. Each occurrence that fired has a run hash, keyed by the schedule id
+and its planned time (epoch seconds, UTC): that pair is the occurrence's identity everywhere (claim key,
+idempotency keys of its commands, beat entry name).
 
-Create and cancel follow ``ledger.ACCEPT_LUA``: one script records the idempotency key (in the same
-per-client namespace as commands, so a key reused across the two is caught), writes the schedule and
-pushes the Celery message that books or unbooks its beat entry — all or nothing.
+Create and cancel follow a command's accept: one script records the idempotency key (in the same per-client
+namespace as commands, so a key reused across the two is caught), writes the schedule and pushes the Celery
+message that books or unbooks its beat entry, all or nothing. The public JSON of a schedule is the API's
+(``api.render``); the API renders the answer a replay gives and hands it to the script to store.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from workers import command, keys
-from workers.keys import (  # noqa: F401 - re-exported: callers address them as schedules.<name>
+from workers import command, keys, scripts
+from workers.keys import (
     ACTIVE_SCHEDULES,
     claim_key,
     client_schedules_key,
@@ -27,7 +30,14 @@ from workers.keys import (  # noqa: F401 - re-exported: callers address them as 
     runs_key,
     schedule_key,
 )
-from workers.recurrence import Plan, format_duration, iso
+from workers.recurrence import Kind, Plan
+
+# The keys are re-exported: callers address them as schedules.<name>.
+__all__ = [
+    "ACTIVE_SCHEDULES", "MAX_RUNS", "RUN_TERMINAL", "STATUSES", "WAKES", "Recorded", "cancel", "claim_key",
+    "client_schedules_key", "create", "move_on", "new_schedule", "plan_of", "run_commands_key", "run_key",
+    "run_lock_key", "runs_key", "schedule_key", "stored", "wake_member", "windows_of",
+]
 
 STATUSES = ("active", "finished", "cancelled")  # finished: a one-off that fired; nothing more to book
 RUN_TERMINAL = frozenset({"completed", "completed_early", "missed", "failed", "cancelled"})
@@ -36,124 +46,80 @@ WAKES = keys.SCHEDULE_WAKES
 
 
 def wake_member(schedule_id: str, planned: int) -> str:
+    """The run's member in ``WAKES``."""
     return f"{schedule_id} {planned}"
 
 
-_GUARD = """
-local want = {'hash', 'hash', 'zset', 'set', 'list'}
-for i = 1, #KEYS do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= want[i] then
-    return redis.error_reply('WRONGTYPE callq cannot use ' .. KEYS[i] .. ', a ' .. t)
-  end
-end
-local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
-if existing[1] then
-  return {'replay', existing[1], existing[2], existing[3]}
-end
-"""
+@dataclass(frozen=True)
+class Recorded:
+    """What a create or cancel found: a new change, an earlier request's replay, or (cancel) no such schedule."""
 
-# KEYS: idempotency hash, schedule hash, client's schedules, active schedules, broker queue.
-# ARGV: fingerprint, schedule id, idempotency ttl, book message, response, field/value...
-# The idempotency hash names the schedule in ``command_id`` (the field ACCEPT_LUA reads), so a command
-# request reusing this key is a replay with another fingerprint: 422, never a silent overwrite.
-CREATE_LUA = _GUARD + """
-redis.call('HSET', KEYS[1], 'command_id', ARGV[2], 'fingerprint', ARGV[1], 'response', ARGV[5])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-redis.call('HSET', KEYS[2], unpack(ARGV, 6))
-redis.call('ZADD', KEYS[3], 0, ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[2])
-redis.call('LPUSH', KEYS[5], ARGV[4])
-return {'new', ARGV[2], ARGV[1], ARGV[5]}
-"""
+    outcome: Literal["new", "replay", "missing"]
+    resource_id: str  # what the key's first request made: this schedule, or (a key reused) something else
+    fingerprint: str  # the stored one: differs from the request's when a key is reused for something else
+    response_json: str  # the resource as first answered, byte for byte what a replay answers
 
-# KEYS: idempotency hash, schedule hash, (unused), active schedules, broker queue.
-# ARGV: fingerprint, schedule id, idempotency ttl, cancel message, response, now iso, retention ttl.
-CANCEL_LUA = _GUARD + """
-if redis.call('EXISTS', KEYS[2]) == 0 then return {'missing', ARGV[2], '', ''} end
-redis.call('HSET', KEYS[1], 'command_id', ARGV[2], 'fingerprint', ARGV[1], 'response', ARGV[5])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-if redis.call('HGET', KEYS[2], 'status') ~= 'cancelled' then
-  -- cancelled_next: the occurrence whose beat entry the cancel task removes
-  local nxt = redis.call('HGET', KEYS[2], 'next_planned') or ''
-  redis.call('HSET', KEYS[2], 'status', 'cancelled', 'cancelled_at', ARGV[6], 'updated_at', ARGV[6],
-             'next_planned', '', 'cancelled_next', nxt)
-end
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
-redis.call('SREM', KEYS[4], ARGV[2])
-redis.call('LPUSH', KEYS[5], ARGV[4])
-return {'new', ARGV[2], ARGV[1], ARGV[5]}
-"""
-
-# Move a schedule's next occurrence from ARGV[1] to ARGV[2] ('' = none left), only if it is still at
-# ARGV[1] and the schedule is active.  KEYS: schedule hash, active schedules.  ARGV: from, to, now, ttl, id.
-MOVE_ON_LUA = """
-local cur = redis.call('HMGET', KEYS[1], 'status', 'next_planned')
-if cur[1] ~= 'active' or cur[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'next_planned', ARGV[2], 'updated_at', ARGV[3])
-if ARGV[2] == '' then
-  redis.call('HSET', KEYS[1], 'status', 'finished')
-  redis.call('SREM', KEYS[2], ARGV[5])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-end
-return 1
-"""
+    @property
+    def replayed(self) -> bool:
+        return self.outcome == "replay"
 
 
-def plan_of(record: dict[str, str]) -> Plan:
+def _recorded(reply: Any) -> Recorded:
+    outcome, resource_id, fingerprint, response = reply
+    if outcome not in ("new", "replay", "missing"):
+        raise ValueError(f"unexpected schedule script outcome {outcome!r}")
+    # A key whose hash lacks a field (never written so by callq) comes back as None: keep the types honest.
+    return Recorded(outcome=outcome, resource_id=resource_id or "", fingerprint=fingerprint or "",
+                    response_json=response or "")
+
+
+def create(*, client: str, idempotency_key: str, schedule_id: str, record: Mapping[str, str], fingerprint: str,
+           idempotency_ttl_s: int, queue: str, book_message: str, response_json: str) -> scripts.ScriptCall[Recorded]:
+    """Store a new schedule (``record``, from ``stored``) with its idempotency key and its book message."""
+    return scripts.call(
+        "schedule_create",
+        [keys.idempotency_key(client, idempotency_key), schedule_key(schedule_id), client_schedules_key(client),
+         ACTIVE_SCHEDULES, keys.queue_key(queue)],
+        [fingerprint, schedule_id, idempotency_ttl_s, book_message, response_json,
+         *(item for field_value in record.items() for item in field_value)],
+        _recorded)
+
+
+def cancel(*, client: str, idempotency_key: str, schedule_id: str, fingerprint: str, idempotency_ttl_s: int,
+           queue: str, cancel_message: str, response_json: str, now_iso: str,
+           retention_s: int) -> scripts.ScriptCall[Recorded]:
+    """Cancel a schedule (kept ``retention_s`` for reads) with its idempotency key and its cancel message."""
+    return scripts.call(
+        "schedule_cancel",
+        [keys.idempotency_key(client, idempotency_key), schedule_key(schedule_id), ACTIVE_SCHEDULES,
+         keys.queue_key(queue)],
+        [fingerprint, schedule_id, idempotency_ttl_s, cancel_message, response_json, now_iso, retention_s],
+        _recorded)
+
+
+def move_on(*, schedule_id: str, planned: int, to: int | None, now_iso: str,
+            retention_s: int) -> scripts.ScriptCall[bool]:
+    """Move the next occurrence from ``planned`` to ``to`` (None: finished) if nothing moved it already."""
+    return scripts.call(
+        "schedule_move_on", [schedule_key(schedule_id), ACTIVE_SCHEDULES],
+        [planned, "" if to is None else to, now_iso, retention_s, schedule_id],
+        lambda moved: bool(moved))
+
+
+_KINDS: dict[str, Kind] = {"once": "once", "every": "every", "cron": "cron"}
+
+
+def plan_of(record: Mapping[str, str]) -> Plan:
     """The timing of a stored schedule."""
-    return Plan(kind=record["kind"], duration_s=int(record["duration_s"]),  # type: ignore[arg-type]
+    return Plan(kind=_KINDS[record["kind"]], duration_s=int(record["duration_s"]),
                 start=int(record["start"]) if record.get("start") else None,
                 every_s=int(record["every_s"]) if record.get("every_s") else None,
                 cron=record.get("cron") or None, timezone=record.get("timezone") or None)
 
 
-def windows_of(record: dict[str, str]) -> list[tuple[int, int]]:
+def windows_of(record: Mapping[str, str]) -> list[tuple[int, int]]:
     """Pause windows as (offset s, duration s), in order."""
     return [(int(o), int(d)) for o, d in json.loads(record.get("pause_windows") or "[]")]
-
-
-def render(record: dict[str, str]) -> dict[str, Any]:
-    """The public schedule resource for a stored schedule hash."""
-    sid = record["id"]
-    plan = plan_of(record)
-    nxt = record.get("next_planned")
-    return {
-        "id": sid,
-        "room_id": record["room_id"],
-        "kind": plan.kind,
-        "start_at": iso(plan.start) if plan.start is not None else None,
-        "cron": plan.cron,
-        "timezone": record.get("timezone") or None,
-        "every": format_duration(plan.every_s) if plan.every_s else None,
-        "duration": format_duration(plan.duration_s),
-        "recording": json.loads(record["recording"]),
-        "pause_windows": [{"offset": format_duration(o), "duration": format_duration(d)}
-                          for o, d in windows_of(record)],
-        "status": record["status"],
-        "next_run_at": iso(int(nxt)) if nxt else None,
-        "created_at": record["created_at"],
-        "updated_at": record.get("updated_at") or record["created_at"],
-        "cancelled_at": record.get("cancelled_at") or None,
-        "links": {"self": f"/v1/recording-schedules/{sid}", "runs": f"/v1/recording-schedules/{sid}/runs"},
-    }
-
-
-def render_run(run: dict[str, str], commands: list[dict[str, str]]) -> dict[str, Any]:
-    """The public run resource: one occurrence, what it did and how it ended."""
-    steps = {v: k.removeprefix("cmd:") for k, v in run.items() if k.startswith("cmd:")}
-    return {
-        "planned_at": iso(int(run["planned"])),
-        "state": run["state"],
-        "call_connection_id": run.get("call_connection_id") or None,
-        "recording_id": run.get("recording_id") or None,
-        "commands": [{"id": c["id"], "step": steps.get(c["id"]), "type": c.get("type"), "status": c.get("status"),
-                      "links": {"self": f"/v1/commands/{c['id']}"}} for c in commands],
-        "error": json.loads(run["error"]) if run.get("error") else None,
-        "started_at": run.get("started_at") or None,
-        "ended_at": run.get("ended_at") or None,
-        "updated_at": run.get("updated_at") or None,
-    }
 
 
 def new_schedule(*, schedule_id: str, client: str, room_id: str, plan: Plan, recording: dict[str, str],
@@ -167,3 +133,9 @@ def new_schedule(*, schedule_id: str, client: str, room_id: str, plan: Plan, rec
         "status": "active", "next_planned": first, "created_at": now, "updated_at": now,
         "idempotency_key": idempotency_key,
     }
+
+
+def stored(record: Mapping[str, Any]) -> dict[str, str]:
+    """A record (``new_schedule``'s) as its hash stores it: JSON for dicts and lists, '' for None."""
+    fields = command.flatten(dict(record))
+    return dict(zip(fields[::2], fields[1::2], strict=True))

@@ -111,4 +111,21 @@ local function call_disconnected(call, ttl)
   if ttl then redis.call('EXPIRE', key, ttl) end
 end
 
+-- Idempotency of the requests that are not commands (a recording schedule's create and cancel). Their key's
+-- hash is the one a command's accept writes, in the same per-client namespace, with what the first request
+-- made under `command_id`: so a key reused across a command and a schedule is a replay with another
+-- fingerprint (422), never a silent overwrite.
+-- The reply a replay answers, {'replay', id, fingerprint, response}; nil when the key is not used yet.
+local function idem_replay(key)
+  local found = redis.call('HMGET', key, 'command_id', 'fingerprint', 'response')
+  if found[1] then return {'replay', found[1], found[2], found[3]} end
+  return nil
+end
+
+-- Record the first request under an idempotency key: the id of what it made, its fingerprint and its answer.
+local function idem_record(key, id, fingerprint, response, ttl_s)
+  redis.call('HSET', key, 'command_id', id, 'fingerprint', fingerprint, 'response', response)
+  redis.call('EXPIRE', key, tonumber(ttl_s))
+end
+
 -- luacheck: pop
