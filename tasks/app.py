@@ -11,7 +11,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from tasks import broker, observe  # noqa: F401  (observe connects the logging and metrics signal handlers)
-from workers.settings import Settings
+from workers.settings import Settings, process_settings
 
 SCHEDULE_SWEEP_EVERY_S = 15.0  # beat re-sends lost wake-ups and re-books lost fires of scheduled recordings
 
@@ -76,4 +76,4 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-app = create_celery(Settings.from_env())
+app = create_celery(process_settings())

@@ -6,6 +6,7 @@ Every other module receives a :class:`Settings` instance; tests build one direct
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -205,3 +206,13 @@ class Settings:
     @property
     def uses_real_acs(self) -> bool:
         return urlsplit(self.acs_endpoint).scheme == "https"
+
+
+@functools.cache
+def process_settings() -> Settings:
+    """This process's settings, read from the environment on first use; every later call returns the same object.
+
+    For code with no caller to hand settings in (Celery's module-level app, its signal handlers, Flower's config):
+    a process reads its environment once, so all of them see one configuration.
+    """
+    return Settings.from_env()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -143,3 +143,26 @@ def test_a_secret_json_would_escape_is_scrubbed_in_text_lines(captured: Captured
     out = captured.getvalue()
     assert secret not in out
     assert "key ***  [command_id=cmd-***]" in out and "bad key ***" in out
+
+
+def test_celery_signal_handlers_read_the_environment_once(captured: Captured, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import observe
+    from workers import settings as settings_module
+
+    reads: list[Mapping[str, str] | None] = []
+
+    def from_env(cls: type[Settings], env: Mapping[str, str] | None = None) -> Settings:
+        reads.append(env)
+        return _settings("json")
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(from_env))
+    settings_module.process_settings.cache_clear()
+    try:
+        observe._setup_logging_early()
+        observe._setup_logging(loglevel="INFO")
+        observe._log_shutdown(how="Warm", sig="SIGTERM")
+        assert settings_module.process_settings() is settings_module.process_settings()
+    finally:
+        settings_module.process_settings.cache_clear()
+    assert len(reads) == 1
+    assert json.loads(captured.getvalue().splitlines()[-1])["msg"] == "worker: Warm shutdown (SIGTERM)"
