@@ -121,7 +121,7 @@ def _check_query_token(request: Request, settings: Settings) -> None:
 
 async def acs_events(request: Request) -> Response:
     """``POST /v1/acs/events``: CloudEvents arrays from ACS (and the Event Grid validation handshake)."""
-    state = request.app.state
+    state = request.state
     settings: Settings = state.settings
     _check_query_token(request, settings)
     body = await request.body()
@@ -153,7 +153,7 @@ async def acs_events(request: Request) -> Response:
 
 async def _kick(request: Request, lane: str) -> None:
     """A resolved command may be what the call's next command was waiting for: publish its task now."""
-    state = request.app.state
+    state = request.state
     nxt = await state.scripts.run(ledger.KICK_LUA, [keys.call_commands_key(lane)],
                                   lane_args(int(time.time() * 1000)))
     if nxt:

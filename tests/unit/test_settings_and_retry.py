@@ -107,3 +107,11 @@ def test_retry_after_as_an_http_date_is_the_time_until_it() -> None:
     when = datetime.now(UTC) + timedelta(hours=1)
     seconds = retry_after_s(acs_response(429, {"Retry-After": format_datetime(when, usegmt=True)}))
     assert seconds is not None and 3500 < seconds <= 3600  # whole seconds in the header; the clock moved on a bit
+
+
+def test_event_streams_have_a_redis_pool_size_of_their_own() -> None:
+    assert Settings.from_env({}).redis_stream_max_connections == 1000
+    s = Settings.from_env({"CALLQ_REDIS_MAX_CONNECTIONS": "50", "CALLQ_REDIS_STREAM_MAX_CONNECTIONS": "300"})
+    assert (s.redis_max_connections, s.redis_stream_max_connections) == (50, 300)
+    with pytest.raises(ConfigError, match="CALLQ_REDIS_STREAM_MAX_CONNECTIONS"):
+        Settings.from_env({"CALLQ_REDIS_STREAM_MAX_CONNECTIONS": "many"})
