@@ -32,12 +32,12 @@ def _setup_logging() -> None:
     import logging
 
     from workers import logs  # importable: celery loaded tasks.app from this directory before Flower read this file
-    from workers.settings import Settings
+    from workers.settings import process_settings
 
     # Flower parsed its command line before reading this file, and tornado then gave the root logger its own
     # plain-text handler; without removing it every line would be written twice, once unscrubbed.
     logging.getLogger().handlers.clear()
-    logs.setup(Settings.from_env(), process="flower", secrets=_flower_secrets())
+    logs.setup(process_settings(), process="flower", secrets=_flower_secrets())
 
 
 _setup_logging()

@@ -1,19 +1,23 @@
 """The API application factory and its error → HTTP status table.
 
 Serve with ``uvicorn --factory api.app:create_app``. Clients (Redis, HTTP, Celery message builder)
-are built in the lifespan and live on ``app.state``; nothing is global.
+are built in the lifespan and yielded as its :class:`State`, which handlers read as ``request.state``;
+nothing is global.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
-import redis
+import redis as redis_sync
 import redis.asyncio as aioredis
+from azure.communication.callautomation import CallAutomationClient
+from celery import Celery  # type: ignore[import-untyped]  # Celery ships no type hints
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -110,37 +114,59 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return _error(500, "internal", "Something went wrong inside callq; the request may be retried.")
 
 
+class State(TypedDict):
+    """What the lifespan builds; Starlette hands a copy to every request, read as ``request.state.<name>``."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    stream_redis: aioredis.Redis  # a pool of its own for SSE streams (see lifespan)
+    http: httpx.AsyncClient
+    api_keys: ApiKeys
+    celery: Celery
+    scripts: AutoPipeline
+    acs: CallAutomationClient
+    verifier: AcsTokenVerifier
+    notifier: Notifier
+
+
+def _redis_pool(settings: Settings, max_connections: int) -> aioredis.Redis:
+    # Blocking pool: under a burst a request waits (up to REDIS_POOL_WAIT_S) for a connection instead of failing
+    # with "too many connections", which would be a 503 for a store that is perfectly up.
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, decode_responses=True, max_connections=max_connections, timeout=REDIS_POOL_WAIT_S))
+
+
 @contextlib.asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis | None = None) -> AsyncIterator[State]:
+    """Build the clients every request uses, and close them at shutdown; ``redis`` replaces both Redis pools."""
     logs.setup(settings, process="api")
     if not settings.api_keys:
         raise ConfigError("CALLQ_API_KEYS is empty: set name:key pairs (callq up generates a dev key)")
-    # Blocking pool: under a burst a request waits (up to REDIS_POOL_WAIT_S) for a connection instead of failing
-    # with "too many connections", which would be a 503 for a store that is perfectly up.
-    app.state.redis = app.state.redis_override or aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections,
-        timeout=REDIS_POOL_WAIT_S))
-    app.state.http = httpx.AsyncClient(timeout=10.0)
-    app.state.api_keys = ApiKeys(settings.api_keys)
-    app.state.celery = create_celery(settings)
-    app.state.scripts = AutoPipeline(app.state.redis)  # every hot-path script call: accept, ingest, kick
+    commands = redis if redis is not None else _redis_pool(settings, settings.redis_max_connections)
+    # An SSE stream holds its connection in a blocking XREAD for as long as it is open: in their own pool, many
+    # open streams wait for each other there, never for the connections command requests and reads need.
+    streams = redis if redis is not None else _redis_pool(settings, settings.redis_stream_max_connections)
+    http = httpx.AsyncClient(timeout=10.0)
     # Reads pay the same shared ACS budget as the workers' commands (sync client: run in a threadpool).
-    app.state.sync_redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    app.state.acs = create_client(settings, RateLimiter.for_endpoint(
-        app.state.sync_redis, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s, burst=settings.acs_rate_burst))
-    app.state.verifier = AcsTokenVerifier(settings, app.state.http)
-    app.state.notifier = Notifier(app.state.redis)
-    await app.state.notifier.start()
+    sync_redis = redis_sync.Redis.from_url(settings.redis_url, decode_responses=True)
+    acs = create_client(settings, RateLimiter.for_endpoint(
+        sync_redis, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s, burst=settings.acs_rate_burst))
+    notifier = Notifier(commands)
+    await notifier.start()
     try:
-        async with flushing(app.state.redis):
-            yield
+        async with flushing(commands):
+            yield State(settings=settings, redis=commands, stream_redis=streams, http=http,
+                        api_keys=ApiKeys(settings.api_keys), celery=create_celery(settings),
+                        scripts=AutoPipeline(commands),  # every hot-path script call: accept, ingest, kick
+                        acs=acs, verifier=AcsTokenVerifier(settings, http), notifier=notifier)
     finally:
-        await app.state.notifier.stop()
-        await app.state.http.aclose()
-        await app.state.redis.aclose()
-        app.state.acs.close()
-        app.state.sync_redis.close()
+        await notifier.stop()
+        await http.aclose()
+        await commands.aclose()
+        if streams is not commands:
+            await streams.aclose()
+        acs.close()
+        sync_redis.close()
 
 
 def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
@@ -166,7 +192,10 @@ def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
 
 def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:
     """Build the API; ``redis`` lets tests hand in a (fake) client instead of one from settings."""
-    routes = [
+    if settings is None:  # served by `uvicorn --factory`: log in callq's format from uvicorn's first line on
+        settings = Settings.from_env()
+        logs.setup(settings, process="api")
+    routes: list[BaseRoute] = [
         # First: ACS posts here most, and Starlette tries routes in order.
         Route("/v1/acs/events", acs_events, methods=["POST"]),
         *command_routes,  # before reads: `participants/remove` must not be taken for `participants/{raw_id}`
@@ -177,17 +206,11 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         *metrics_routes,
         *ui_routes,
     ]
-    app = Starlette(
+    return Starlette(
         routes=_merged(routes),
-        lifespan=lifespan,
+        lifespan=functools.partial(lifespan, settings=settings, redis=redis),
         middleware=[Middleware(RequestMetrics)],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,
                             Exception: internal_error},
     )
-    if settings is None:  # served by `uvicorn --factory`: log in callq's format from uvicorn's first line on
-        settings = Settings.from_env()
-        logs.setup(settings, process="api")
-    app.state.settings = settings
-    app.state.redis_override = redis
-    return app

@@ -2,7 +2,8 @@
 
 Keys come from the OpenID configuration (real ACS's, or the simulator's at the same path) and are
 cached; a token signed with an unknown ``kid`` triggers one refresh (key rotation), at most every
-``REFRESH_MIN_S`` so forged kids cannot make us hammer the JWKS endpoint.
+``REFRESH_MIN_S`` so forged kids cannot make us hammer the JWKS endpoint. A refresh is single-flight: callbacks
+arriving while one is under way (the burst after a cold start) wait for it instead of fetching again.
 
 A token that verified is remembered (its exact text, until its ``exp``): ACS signs a token and reuses it for
 many callbacks, and checking the RSA signature again on each would only re-derive the same answer. An
@@ -12,6 +13,7 @@ stops being accepted at its expiry exactly as before.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -49,6 +51,20 @@ class AcsTokenVerifier:
         self._issuer = ""
         self._fetched_at = 0.0
         self._verified: dict[str, tuple[float, dict[str, Any]]] = {}  # token → (exp, claims)
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def _refresh_once(self) -> None:
+        """Refresh the keys, or join the refresh already under way, so a burst of callbacks fetches them once."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.create_task(self._refresh())
+            self._refreshing.add_done_callback(self._refreshed)
+        # Shielded: a caller that goes away (its client disconnected) must not cancel the others' refresh.
+        await asyncio.shield(self._refreshing)
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        self._refreshing = None
+        if not task.cancelled():
+            task.exception()  # retrieved even when every waiter went away, so asyncio does not report it as lost
 
     async def _refresh(self) -> None:
         config = (await self._http.get(self._settings.openid_url)).raise_for_status().json()
@@ -61,7 +77,7 @@ class AcsTokenVerifier:
         age = time.monotonic() - self._fetched_at
         if (kid not in self._keys and age > self._refresh_min_s) or age > KEYS_TTL_S:
             try:
-                await self._refresh()
+                await self._refresh_once()
             except (httpx.HTTPError, KeyError, ValueError, jwt.PyJWKError) as exc:
                 log.warning("could not fetch ACS signing keys from %s: %s", self._settings.openid_url, exc)
         if kid not in self._keys:
@@ -104,7 +120,7 @@ def _check_query_token(request: Request, settings: Settings) -> None:
 
 async def acs_events(request: Request) -> Response:
     """``POST /v1/acs/events``: CloudEvents arrays from ACS (and the Event Grid validation handshake)."""
-    state = request.app.state
+    state = request.state
     settings: Settings = state.settings
     _check_query_token(request, settings)
     body = await request.body()
@@ -136,7 +152,7 @@ async def acs_events(request: Request) -> Response:
 
 async def _kick(request: Request, lane: str) -> None:
     """A resolved command may be what the call's next command was waiting for: publish its task now."""
-    state = request.app.state
+    state = request.state
     nxt = await state.scripts.run(ledger.kick(lane, now_ms=int(time.time() * 1000)))
     if nxt is not None:
         message = task_message(state.celery, task_name(nxt.type), str(uuid.uuid4()), [nxt.command_id],

@@ -195,18 +195,18 @@ async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> list[
 
 
 def _authorize(request: Request) -> None:
-    settings = request.app.state.settings
+    settings = request.state.settings
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if settings.metrics_token and scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), settings.metrics_token.encode()):
         return
-    request.app.state.api_keys.client_for(request)  # raises Unauthorized
+    request.state.api_keys.client_for(request)  # raises Unauthorized
 
 
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition of every callq figure."""
     _authorize(request)
-    state = request.app.state
+    state = request.state
     families = await snapshot(state.redis, queue=state.settings.queue, acs_endpoint=state.settings.acs_endpoint)
     return Response(generate_latest(_Snapshot(families)), media_type=CONTENT_TYPE_LATEST)
 

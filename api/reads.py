@@ -24,7 +24,7 @@ EVENTS_PAGE = 100
 
 
 async def _own_command(request: Request, client: str, command_id: str) -> dict[str, str]:
-    record: dict[str, str] = await request.app.state.redis.hgetall(keys.command_key(command_id))
+    record: dict[str, str] = await request.state.redis.hgetall(keys.command_key(command_id))
     if not record or record.get("client") != client:
         # Another client's command is indistinguishable from a missing one.
         raise CommandNotFound(f"No command {command_id!r} is known to this client.")
@@ -33,7 +33,7 @@ async def _own_command(request: Request, client: str, command_id: str) -> dict[s
 
 async def _own_call(request: Request, client: str) -> str:
     cc: str = request.path_params["call_connection_id"]
-    if await request.app.state.redis.hget(keys.call_key(cc), "client") != client:
+    if await request.state.redis.hget(keys.call_key(cc), "client") != client:
         raise CommandNotFound(f"No call {cc!r} is known to this client.", code="call_not_found")
     return cc
 
@@ -51,7 +51,7 @@ def _number(request: Request, name: str, default: float, high: float) -> float:
 
 async def get_command(request: Request) -> Response:
     """A command; ``?wait=N`` (≤ 60 s) long-polls until it is terminal."""
-    state = request.app.state
+    state = request.state
     client = state.api_keys.client_for(request)
     command_id = request.path_params["command_id"]
     wait_s = _number(request, "wait", 0, state.settings.wait_max_s)
@@ -70,7 +70,7 @@ async def get_command(request: Request) -> Response:
 
 async def call_commands(request: Request) -> Response:
     """A call's commands, in acceptance order."""
-    state = request.app.state
+    state = request.state
     cc = await _own_call(request, state.api_keys.client_for(request))
     pipe = state.redis.pipeline(transaction=False)
     for cid in await state.redis.lrange(keys.call_commands_key(cc), 0, -1):
@@ -80,7 +80,7 @@ async def call_commands(request: Request) -> Response:
 
 async def call_events(request: Request) -> Response:
     """A call's ACS events in arrival order, paged with ``?after=<seq>``."""
-    state = request.app.state
+    state = request.state
     cc = await _own_call(request, state.api_keys.client_for(request))
     after = request.query_params.get("after")
     start = f"({after}" if after else "-"
@@ -106,7 +106,7 @@ async def call_event_stream(request: Request) -> Response:
     Resumable: a reconnecting client sends ``Last-Event-ID`` (or ``?after=``) and gets only what it
     missed. The stream ends after CallDisconnected, since ACS sends nothing for a call after it.
     """
-    state = request.app.state
+    state = request.state
     cc = await _own_call(request, state.api_keys.client_for(request))
     last = request.headers.get("last-event-id") or request.query_params.get("after") or "0-0"
     stream_key = keys.call_events_key(cc)
@@ -114,7 +114,7 @@ async def call_event_stream(request: Request) -> Response:
     async def events() -> AsyncIterator[bytes]:
         cursor = last
         while not await request.is_disconnected():
-            batch = await state.redis.xread({stream_key: cursor}, count=100, block=STREAM_HEARTBEAT_MS)
+            batch = await state.stream_redis.xread({stream_key: cursor}, count=100, block=STREAM_HEARTBEAT_MS)
             if not batch:
                 yield b": keep-alive\n\n"  # proxies close idle connections; comments are ignored by clients
                 continue
@@ -130,27 +130,27 @@ async def call_event_stream(request: Request) -> Response:
 
 
 async def _read(request: Request, fn: Any, *args: str) -> Response:
-    return JSONResponse(await run_in_threadpool(fn, request.app.state.acs, *args))
+    return JSONResponse(await run_in_threadpool(fn, request.state.acs, *args))
 
 
 async def get_call(request: Request) -> Response:
     """The call as ACS sees it now."""
-    cc = await _own_call(request, request.app.state.api_keys.client_for(request))
+    cc = await _own_call(request, request.state.api_keys.client_for(request))
     return await _read(request, reads.call, cc)
 
 
 async def get_participants(request: Request) -> Response:
-    cc = await _own_call(request, request.app.state.api_keys.client_for(request))
-    return JSONResponse({"items": await run_in_threadpool(reads.participants, request.app.state.acs, cc)})
+    cc = await _own_call(request, request.state.api_keys.client_for(request))
+    return JSONResponse({"items": await run_in_threadpool(reads.participants, request.state.acs, cc)})
 
 
 async def get_participant(request: Request) -> Response:
-    cc = await _own_call(request, request.app.state.api_keys.client_for(request))
+    cc = await _own_call(request, request.state.api_keys.client_for(request))
     return await _read(request, reads.participant, cc, request.path_params["raw_id"])
 
 
 async def get_recording(request: Request) -> Response:
-    state = request.app.state
+    state = request.state
     rid = request.path_params["recording_id"]
     if await state.redis.hget(keys.recording_key(rid), "client") != state.api_keys.client_for(request):
         raise CommandNotFound(f"No recording {rid!r} is known to this client.", code="recording_not_found")
@@ -163,7 +163,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """200 only when Redis (which is also the broker) answers and at least one worker is alive."""
-    redis = request.app.state.redis
+    redis = request.state.redis
     checks: dict[str, str] = {}
     alive = 0
     try:

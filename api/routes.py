@@ -114,7 +114,7 @@ async def _body(request: Request, model: type[schemas.Body]) -> schemas.Body:
 
 def _check_media(request: Request, params: dict[str, Any]) -> None:
     """Real ACS fetches media itself and accepts only https; the simulator takes http too."""
-    if not request.app.state.settings.uses_real_acs:
+    if not request.state.settings.uses_real_acs:
         return
     for source in (params.get("source"), params.get("prompt")):
         if source and str(source.get("file_url", "https:")).split(":")[0] != "https":
@@ -122,7 +122,7 @@ def _check_media(request: Request, params: dict[str, Any]) -> None:
 
 
 async def _call_state(request: Request, client: str, cc: str) -> dict[str, str]:
-    call: dict[str, str] = await request.app.state.redis.hgetall(keys.call_key(cc))
+    call: dict[str, str] = await request.state.redis.hgetall(keys.call_key(cc))
     if call.get("client") != client:
         raise CommandNotFound(f"No call {cc!r} is known to this client.", code="call_not_found")
     if call.get("state") == "disconnected":
@@ -140,7 +140,7 @@ async def _target(request: Request, spec: CommandSpec, client: str) -> dict[str,
         return {"room_id": room_id}
     if spec.scope == "recording":
         rid = path["recording_id"]
-        rec = await request.app.state.redis.hgetall(keys.recording_key(rid))
+        rec = await request.state.redis.hgetall(keys.recording_key(rid))
         if rec.get("client") != client:
             raise CommandNotFound(f"No recording {rid!r} is known to this client.", code="recording_not_found")
         await _call_state(request, client, rec["call_connection_id"])
@@ -158,14 +158,14 @@ async def _target(request: Request, spec: CommandSpec, client: str) -> dict[str,
 
 def message_for(request: Request) -> commands.MessageFor:
     """Builds a command's Celery message (task id = command id) with this app's Celery settings."""
-    state = request.app.state
+    state = request.state
     return lambda type_, command_id: task_message(state.celery, task_name(type_), command_id, [command_id],
                                                   queue=state.settings.queue)
 
 
 async def _accept(request: Request, spec: CommandSpec) -> Response:
     """Record the key, create the command and enqueue its task: atomically, exactly once per key."""
-    state = request.app.state
+    state = request.state
     client = state.api_keys.client_for(request)
     idem = idempotency_key(request)
     body = await _body(request, spec.body)
@@ -190,7 +190,7 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
 
 async def _current(request: Request, command_id: str) -> str:
     """A replay of a command accepted without a stored response (the scheduler keeps none): as it is now."""
-    record = await request.app.state.redis.hgetall(keys.command_key(command_id))
+    record = await request.state.redis.hgetall(keys.command_key(command_id))
     return render.command_json(Command.from_hash(record))
 
 

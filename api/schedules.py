@@ -67,14 +67,14 @@ def _first_occurrence(body: ScheduleBody, now: int) -> int:
 
 async def _own(request: Request, client: str) -> dict[str, str]:
     sid = request.path_params["schedule_id"]
-    record: dict[str, str] = await request.app.state.redis.hgetall(s.schedule_key(sid))
+    record: dict[str, str] = await request.state.redis.hgetall(s.schedule_key(sid))
     if not record or record.get("client") != client:
         raise ScheduleNotFound(f"No recording schedule {sid!r} is known to this client.")
     return record
 
 
 def _message(request: Request, task: str, schedule_id: str) -> str:
-    state = request.app.state
+    state = request.state
     return task_message(state.celery, task, str(uuid.uuid4()), [schedule_id], queue=state.settings.queue)
 
 
@@ -90,7 +90,7 @@ def _answer(found: s.Recorded, fingerprint: str, status: int) -> Response:
 
 async def create_schedule(request: Request) -> Response:
     """Create a recording schedule; its first occurrence is booked with beat."""
-    state = request.app.state
+    state = request.state
     client = state.api_keys.client_for(request)
     idem = idempotency_key(request)
     body = await _body(request)
@@ -110,7 +110,7 @@ async def create_schedule(request: Request) -> Response:
 
 async def get_schedule(request: Request) -> Response:
     """One schedule, with its status and next run."""
-    record = await _own(request, request.app.state.api_keys.client_for(request))
+    record = await _own(request, request.state.api_keys.client_for(request))
     return JSONResponse(render.schedule(record))
 
 
@@ -123,7 +123,7 @@ def _limit(request: Request) -> int:
 
 async def list_schedules(request: Request) -> Response:
     """The client's schedules, oldest first, paged with ``?after=<id>&limit=N``."""
-    state = request.app.state
+    state = request.state
     client = state.api_keys.client_for(request)
     limit = _limit(request)
     after = request.query_params.get("after")
@@ -144,7 +144,7 @@ async def list_schedules(request: Request) -> Response:
 
 async def delete_schedule(request: Request) -> Response:
     """Cancel future occurrences; a running one is stopped cleanly (its run ends ``cancelled``)."""
-    state = request.app.state
+    state = request.state
     client = state.api_keys.client_for(request)
     idem = idempotency_key(request)
     record = await _own(request, client)
@@ -165,7 +165,7 @@ async def delete_schedule(request: Request) -> Response:
 
 async def schedule_runs(request: Request) -> Response:
     """The schedule's occurrences so far (planned time order), paged with ``?after=<epoch s>&limit=N``."""
-    state = request.app.state
+    state = request.state
     record = await _own(request, state.api_keys.client_for(request))
     sid, limit = record["id"], _limit(request)
     after = request.query_params.get("after", "")
@@ -181,7 +181,7 @@ async def schedule_runs(request: Request) -> Response:
 
 
 async def _run(request: Request, sid: str, planned: int) -> dict[str, Any] | None:
-    r = request.app.state.redis
+    r = request.state.redis
     run = await r.hgetall(s.run_key(sid, planned))
     if not run:
         return None

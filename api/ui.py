@@ -63,7 +63,7 @@ def _template(name: str) -> Template:
 
 def _client(request: Request) -> str | None:
     try:
-        return str(request.app.state.api_keys.client_for(request))
+        return str(request.state.api_keys.client_for(request))
     except Unauthorized:
         return None
 
@@ -269,7 +269,7 @@ def _attention_table(items: list[dict[str, str]]) -> str:
 
 
 async def _overview(request: Request, client: str) -> str:
-    state = request.app.state
+    state = request.state
     r = state.redis
     described = [await _describe(r, c) for c in await _calls(r, client)]
     live = [c for c in described if c["state"] not in ENDED]
@@ -331,7 +331,7 @@ def _event_item(seq: str, event: dict[str, Any], types: dict[str, str]) -> str:
 
 
 async def _call_main(request: Request, client: str, cc: str) -> str | None:
-    r = request.app.state.redis
+    r = request.state.redis
     call = await r.hgetall(keys.call_key(cc))
     if call.get("client") != client:
         return None
@@ -370,7 +370,7 @@ async def home(request: Request) -> Response:
 
 
 async def overview_fragment(request: Request) -> Response:
-    client = request.app.state.api_keys.client_for(request)
+    client = request.state.api_keys.client_for(request)
     return HTMLResponse(await _overview(request, client), headers=HEADERS)
 
 
@@ -388,7 +388,7 @@ async def call_page(request: Request) -> Response:
 
 
 async def call_fragment(request: Request) -> Response:
-    client = request.app.state.api_keys.client_for(request)
+    client = request.state.api_keys.client_for(request)
     main = await _call_main(request, client, request.path_params["call_connection_id"])
     if main is None:
         return HTMLResponse('<p class="empty">No such call is known to this client.</p>', 404, headers=HEADERS)
@@ -408,11 +408,11 @@ async def login(request: Request) -> Response:
     if len(body) > MAX_FORM_BYTES:
         return _login("That is not an API key.", status=413)
     key = (parse_qs(body.decode("utf-8", errors="replace")).get("api_key") or [""])[0]
-    client = request.app.state.api_keys.name_for_key(key) if key else None
+    client = request.state.api_keys.name_for_key(key) if key else None
     if client is None:
         return _login("That API key is not valid.", status=401)
     response = RedirectResponse("/ui", status_code=303)
-    response.set_cookie(SESSION_COOKIE, request.app.state.api_keys.session_for(client, SESSION_TTL_S),
+    response.set_cookie(SESSION_COOKIE, request.state.api_keys.session_for(client, SESSION_TTL_S),
                         max_age=SESSION_TTL_S, path="/", httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
     return response

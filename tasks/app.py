@@ -11,9 +11,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from tasks import broker, observe  # noqa: F401  (observe connects the logging and metrics signal handlers)
-from workers.settings import Settings
+from workers.settings import Settings, process_settings
 
-SWEEP_EVERY_S = 15.0
+SCHEDULE_SWEEP_EVERY_S = 15.0  # beat re-sends lost wake-ups and re-books lost fires of scheduled recordings
 
 
 def task_name(command_type: str) -> str:
@@ -69,11 +69,11 @@ def create_celery(settings: Settings) -> Celery:
         beat_max_loop_interval=min(5.0, settings.beat_lock_timeout_s / 5),
         redbeat_lock_timeout=settings.beat_lock_timeout_s,
         # Scheduled recordings' safety net: re-sends lost wake-ups and re-books lost fires.
-        beat_schedule={":schedules-sweep": {"task": "callq.schedule_sweep", "schedule": SWEEP_EVERY_S}},
+        beat_schedule={":schedules-sweep": {"task": "callq.schedule_sweep", "schedule": SCHEDULE_SWEEP_EVERY_S}},
         enable_utc=True,
     )
     app.conf.callq_settings = settings
     return app
 
 
-app = create_celery(Settings.from_env())
+app = create_celery(process_settings())

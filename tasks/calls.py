@@ -23,7 +23,7 @@ from workers.runtime import RetryLater, Runtime
 
 log = logging.getLogger("callq.tasks")
 HEARTBEAT_EVERY_S = 2.0
-SWEEP_EVERY_S = 5.0
+LOST_COMMANDS_SWEEP_EVERY_S = 5.0  # one worker at a time looks for commands whose task was lost
 DUE_EVERY_S = 0.25  # a waiting command is reconciled at most this long after its outcome deadline (plus queueing)
 MAX_INTERNAL_RETRIES = 10
 RECONCILE = "callq.reconcile"
@@ -111,7 +111,7 @@ def _heartbeat(redis_url: str, name: str) -> None:
         try:
             client.zadd(keys.WORKERS_ZSET, {name: time.time()})
             # Whichever worker takes the lock sweeps this round; the lock outlives the round, not the worker.
-            if client.set(keys.SWEEP_LOCK, name, nx=True, px=int(SWEEP_EVERY_S * 1000)):
+            if client.set(keys.SWEEP_LOCK, name, nx=True, px=int(LOST_COMMANDS_SWEEP_EVERY_S * 1000)):
                 _shared_runtime().sweep()
         except Exception as exc:
             log.warning("worker heartbeat or sweep failed: %s", type(exc).__name__)

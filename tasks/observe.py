@@ -30,7 +30,7 @@ from celery.signals import (
 )
 
 from workers import logs, metrics
-from workers.settings import Settings
+from workers.settings import process_settings
 
 log = logging.getLogger("callq.celery")
 _tokens: dict[str, contextvars.Token[dict[str, Any] | None]] = {}
@@ -45,14 +45,14 @@ def _process_name() -> str:
 @setup_logging.connect
 def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     # Connecting this signal is what stops Celery from installing its own handlers and format.
-    logs.setup(Settings.from_env(), process=_process_name(), level=loglevel or None)
+    logs.setup(process_settings(), process=_process_name(), level=loglevel or None)
 
 
 @celeryd_init.connect
 def _setup_logging_early(**_: Any) -> None:
     # Celery checks the user right after this signal and, as root (a dev box), warns as bare text; set up now so
     # that warning is a line in our format. setup_logging sets up again later, at the level asked for.
-    logs.setup(Settings.from_env(), process="worker")
+    logs.setup(process_settings(), process="worker")
 
 
 @worker_ready.connect
@@ -63,7 +63,7 @@ def _log_worker_ready(sender: Any = None, **_: Any) -> None:
     log.info("%s: celery %s, queues %s, concurrency %s (%s), task events %s", worker.hostname, celery.__version__,
              ", ".join(sorted(sender.app.amqp.queues.consume_from)), worker.concurrency, pool.rsplit(".", 1)[-1],
              "on" if worker.task_events else "off")
-    if Settings.from_env().log_format == "json":
+    if process_settings().log_format == "json":
         # Celery's handler prints "worker: Warm shutdown (MainProcess)" as bare text; the same handler without
         # that print, and _log_shutdown logs it instead. (An older Celery has no such option: its line stays.)
         try:
@@ -74,7 +74,7 @@ def _log_worker_ready(sender: Any = None, **_: Any) -> None:
 
 @worker_shutting_down.connect
 def _log_shutdown(how: str = "", sig: str = "", **_: Any) -> None:
-    if Settings.from_env().log_format == "json":
+    if process_settings().log_format == "json":
         log.info("worker: %s shutdown (%s)", how, sig)
 
 
@@ -104,7 +104,7 @@ def _unbind_task(task_id: str = "", **_: Any) -> None:
 def _start_flusher() -> None:
     global _flusher
     if _flusher is None:
-        _flusher = metrics.Flusher(Settings.from_env().redis_url).start()
+        _flusher = metrics.Flusher(process_settings().redis_url).start()
 
 
 @worker_ready.connect

@@ -20,7 +20,7 @@ from email.utils import format_datetime
 from azure.communication.callautomation import CallAutomationClient
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline import PipelineContext, PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from requests import Session
@@ -28,6 +28,7 @@ from requests.utils import get_environ_proxies
 
 from workers.errors import AcsError, ConfigError
 from workers.ratelimit import RateLimiter, RateLimitPolicy
+from workers.retry import retry_after_s
 from workers.settings import Settings
 
 _NAMESPACE = uuid.UUID("6f1c3a52-8a1e-4c55-9d0e-ca11ca11ca11")
@@ -111,11 +112,7 @@ def _retry_after(exc: HttpResponseError) -> float | None:
     response = exc.response
     if response is None:
         return None
-    raw = response.headers.get("Retry-After")
-    try:
-        return float(raw) if raw is not None else None
-    except ValueError:
-        return None
+    return retry_after_s(PipelineResponse(response.request, response, PipelineContext(None)))
 
 
 def to_acs_error(exc: Exception) -> AcsError:

@@ -109,7 +109,19 @@ class JsonFormatter(logging.Formatter):
             doc |= {"http_method": record.args[1], "path": record.args[2], "status": record.args[4]}
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return self._scrub(json.dumps(doc, default=str))
+        # Scrub each value before encoding: JSON escapes a secret holding '"', '\\' or non-ASCII, and the escaped
+        # text no longer contains the secret the scrubber looks for.
+        return json.dumps({k: self._scrubbed(v) for k, v in doc.items()})
+
+    def _scrubbed(self, value: Any) -> Any:
+        """``value`` with secrets replaced, JSON-ready (anything else becomes its ``str``, as before)."""
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, dict):
+            return {str(k): self._scrubbed(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrubbed(v) for v in value]
+        return self._scrub(value if isinstance(value, str) else str(value))
 
 
 class TextFormatter(logging.Formatter):

@@ -23,6 +23,7 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from workers import keys, metrics, scripts
 from workers.errors import CallqError
+from workers.retry import retry_after_s
 from workers.scripts import ScriptCall
 
 
@@ -137,9 +138,5 @@ class RateLimitPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
     def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]
         metrics.RECORDER.inc("callq_acs_responses", str(response.http_response.status_code))
         if response.http_response.status_code == 429:
-            raw = response.http_response.headers.get("Retry-After", "1")
-            try:
-                seconds = float(raw)
-            except ValueError:
-                seconds = 1.0
-            self._limiter.pause(max(seconds, 0.001))
+            seconds = retry_after_s(response)
+            self._limiter.pause(max(1.0 if seconds is None else seconds, 0.001))  # no wait named: pause 1 s

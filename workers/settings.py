@@ -6,6 +6,7 @@ Every other module receives a :class:`Settings` instance; tests build one direct
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -79,6 +80,9 @@ class Settings:
     flower_port: int = 5555
     redis_url: str = "redis://127.0.0.1:6390/0"
     redis_max_connections: int = 200  # per API process; a request waits for a free one rather than failing
+    # Per API process, for SSE streams only: each open stream holds one in a blocking read, so they get their own
+    # pool and 300 open operator pages cannot take the connections command requests need.
+    redis_stream_max_connections: int = 1000
     external_redis: bool = False  # CALLQ_REDIS_URL was given: `callq up` starts no redis-server
     data_dir: str = ".callq"
     public_url: str = "http://127.0.0.1:8000"
@@ -147,6 +151,8 @@ class Settings:
             redis_url=redis_url or f"redis://127.0.0.1:{redis_port}/0",
             redis_max_connections=_int(env, "CALLQ_REDIS_MAX_CONNECTIONS", cls.redis_max_connections, low=2,
                                        high=100_000),
+            redis_stream_max_connections=_int(env, "CALLQ_REDIS_STREAM_MAX_CONNECTIONS",
+                                              cls.redis_stream_max_connections, high=100_000),
             external_redis=bool(redis_url),
             data_dir=env.get("CALLQ_DATA_DIR", cls.data_dir),
             public_url=(env.get("CALLQ_PUBLIC_URL", "") or f"http://127.0.0.1:{api_port}").rstrip("/"),
@@ -205,3 +211,13 @@ class Settings:
     @property
     def uses_real_acs(self) -> bool:
         return urlsplit(self.acs_endpoint).scheme == "https"
+
+
+@functools.cache
+def process_settings() -> Settings:
+    """This process's settings, read from the environment on first use; every later call returns the same object.
+
+    For code with no caller to hand settings in (Celery's module-level app, its signal handlers, Flower's config):
+    a process reads its environment once, so all of them see one configuration.
+    """
+    return Settings.from_env()

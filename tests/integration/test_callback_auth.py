@@ -68,7 +68,7 @@ def client(settings: Settings, jwks_server: ThreadServer, server: fakeredis.Fake
                        acs_openid_url=f"{jwks_server.url}/calling/.well-known/acsopenidconfiguration")
     app = create_app(s, redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
     with TestClient(app) as c:
-        c.app.state.verifier = AcsTokenVerifier(s, c.app.state.http, refresh_min_s=0)  # rotation is immediate here
+        c.app_state["verifier"] = AcsTokenVerifier(s, c.app_state["http"], refresh_min_s=0)  # rotation is immediate
         yield c
 
 
@@ -129,7 +129,7 @@ def test_the_no_expiry_token_really_has_none() -> None:
 
 
 def test_a_verified_token_is_remembered_until_it_expires(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    verifier: AcsTokenVerifier = client.app.state.verifier
+    verifier: AcsTokenVerifier = client.app_state["verifier"]
     checked: list[str] = []
     real = verifier._verify
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pytest
+import redis
 
+from tests.conftest import TEST_API_KEY, wait_until
 from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_room_call, wait
+from workers import keys
 
 
 def sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
@@ -54,3 +59,36 @@ def test_the_stream_replays_then_follows_live_and_resumes(simulator: ThreadServe
 def test_another_clients_call_stream_is_404(simulator: ThreadServer, api: httpx.Client) -> None:
     resp = api.get("/v1/calls/not-mine/events/stream")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "call_not_found"
+
+
+def test_open_streams_never_take_the_connections_command_requests_need(stack_env: dict[str, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLQ_REDIS_MAX_CONNECTIONS", "4")  # the requests' pool: far fewer than the streams held open
+    streams = 12
+    r = redis.Redis.from_url(stack_env["CALLQ_REDIS_URL"], decode_responses=True)
+    cc = "cc-many-watchers"
+    r.hset(keys.call_key(cc), mapping={"client": "alice", "state": "connected"})
+
+    def parked_streams() -> int:  # streams waiting in their blocking read, each holding a Redis connection
+        return sum(1 for c in r.client_list() if c.get("cmd") == "xread")
+
+    server = ThreadServer("api.app:create_app", stack_env, int(stack_env["CALLQ_API_PORT"])).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TEST_API_KEY}"},
+                          timeout=30) as api, contextlib.ExitStack() as open_streams:
+            opened = [open_streams.enter_context(api.stream("GET", f"/v1/calls/{cc}/events/stream"))
+                      for _ in range(streams)]
+            assert [s.status_code for s in opened] == [200] * streams
+            wait_until(lambda: parked_streams() >= streams, timeout_s=15, what=f"{streams} streams in XREAD")
+
+            accepted = post(api, f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
+            assert accepted.status_code == 202, accepted.text
+            assert api.get(accepted.headers["Location"]).json()["status"] == "queued"
+
+            # End every stream the way a call ends, so none is left blocked when the server stops.
+            r.xadd(keys.call_events_key(cc), {"event": json.dumps({"type": "Microsoft.Communication.CallDisconnected",
+                                                                   "data": {"callConnectionId": cc}})})
+            for stream in opened:
+                assert [m["event"] for m in sse(stream.iter_lines())] == ["CallDisconnected"]
+    finally:
+        server.stop()

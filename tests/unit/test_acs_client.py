@@ -7,10 +7,13 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import fakeredis
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from workers.acs import create_client
+from tests.unit.conftest import acs_response
+from workers.acs import create_client, to_acs_error
+from workers.ratelimit import RateLimiter, RateLimitPolicy
 from workers.settings import Settings
 
 
@@ -75,3 +78,30 @@ def test_an_environment_proxy_carries_the_sdks_requests(settings: Settings, prox
         client.get_call_connection("cc-1").get_call_properties()
     assert len(_Proxy.seen) == 1
     assert _Proxy.seen[0].startswith("GET http://acs.invalid/calling/callConnections/cc-1?")  # absolute form: proxied
+
+
+def test_a_429_error_carries_the_wait_acs_asked_for_in_any_header_form() -> None:
+    for headers, expected in [({"Retry-After": "3"}, 3.0), ({"retry-after-ms": "1500"}, 1.5),
+                              ({"x-ms-retry-after-ms": "250"}, 0.25), ({}, None)]:
+        response = acs_response(429, headers).http_response
+        err = to_acs_error(HttpResponseError(response=response))
+        assert (err.status, err.retry_after_s, err.retryable) == (429, expected, True)
+
+
+class _PauseRecorder(RateLimiter):
+    def __init__(self) -> None:
+        super().__init__(fakeredis.FakeRedis(), "acs.test", rate_per_s=10, burst=1)
+        self.paused: list[float] = []
+
+    def pause(self, seconds: float) -> None:
+        self.paused.append(seconds)
+
+
+def test_a_429_pauses_the_shared_budget_for_the_wait_in_any_header_form() -> None:
+    limiter = _PauseRecorder()
+    policy = RateLimitPolicy(limiter, max_wait_s=0.0)
+    for headers in ({"Retry-After": "2"}, {"retry-after-ms": "1500"}, {"x-ms-retry-after-ms": "250"}, {},
+                    {"Retry-After": "soon"}):
+        policy.on_response(None, acs_response(429, headers))  # type: ignore[arg-type]  # the request is unused
+    policy.on_response(None, acs_response(200, {"Retry-After": "9"}))  # type: ignore[arg-type]  # not throttled
+    assert limiter.paused == [2.0, 1.5, 0.25, 1.0, 1.0]  # none named (or unreadable): pause one second

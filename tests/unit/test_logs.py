@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -103,3 +103,66 @@ def test_setup_replaces_its_handler_and_takes_over_uvicorn(captured: Captured) -
     access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/healthz", "1.1", 200)
     doc = json.loads(captured.getvalue())
     assert (doc["http_method"], doc["path"], doc["status"]) == ("GET", "/healthz", 200)
+
+
+# JSON escapes these characters; a secret holding one must still be scrubbed (before encoding, not after).
+ESCAPED_SECRETS = {
+    "quote": 'api-key-with-"quote"-0123',
+    "backslash": "api-key-with-\\backslash-0123",
+    "non_ascii": "api-key-mit-ümlaut-ключ-0123",
+}
+
+
+@pytest.mark.parametrize("secret", ESCAPED_SECRETS.values(), ids=ESCAPED_SECRETS.keys())
+def test_a_secret_json_would_escape_is_scrubbed_in_json_lines(captured: Captured, secret: str) -> None:
+    logs.setup(_settings("json").with_(api_keys={"ops": secret}), process="api")
+    log = logging.getLogger("callq.test")
+    log.info("key %s", secret, extra={"command_id": f"cmd-{secret}"})
+    try:
+        raise ValueError(f"bad key {secret}")
+    except ValueError:
+        log.exception("failed")
+    out = captured.getvalue()
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["msg"] == "key ***" and first["command_id"] == "cmd-***"
+    assert "bad key ***" in second["exc"]
+    escaped = json.dumps(secret)[1:-1]  # the secret as it would appear escaped inside a JSON string
+    assert escaped not in out and secret not in out
+    assert all(secret not in str(value) for doc in (first, second) for value in doc.values())
+
+
+@pytest.mark.parametrize("secret", ESCAPED_SECRETS.values(), ids=ESCAPED_SECRETS.keys())
+def test_a_secret_json_would_escape_is_scrubbed_in_text_lines(captured: Captured, secret: str) -> None:
+    logs.setup(_settings("text").with_(api_keys={"ops": secret}), process="api")
+    log = logging.getLogger("callq.test")
+    log.info("key %s", secret, extra={"command_id": f"cmd-{secret}"})
+    try:
+        raise ValueError(f"bad key {secret}")
+    except ValueError:
+        log.exception("failed")
+    out = captured.getvalue()
+    assert secret not in out
+    assert "key ***  [command_id=cmd-***]" in out and "bad key ***" in out
+
+
+def test_celery_signal_handlers_read_the_environment_once(captured: Captured, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import observe
+    from workers import settings as settings_module
+
+    reads: list[Mapping[str, str] | None] = []
+
+    def from_env(cls: type[Settings], env: Mapping[str, str] | None = None) -> Settings:
+        reads.append(env)
+        return _settings("json")
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(from_env))
+    settings_module.process_settings.cache_clear()
+    try:
+        observe._setup_logging_early()
+        observe._setup_logging(loglevel="INFO")
+        observe._log_shutdown(how="Warm", sig="SIGTERM")
+        assert settings_module.process_settings() is settings_module.process_settings()
+    finally:
+        settings_module.process_settings.cache_clear()
+    assert len(reads) == 1
+    assert json.loads(captured.getvalue().splitlines()[-1])["msg"] == "worker: Warm shutdown (SIGTERM)"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 
+from tests.unit.conftest import acs_response
 from workers.errors import AcsError, ConfigError
-from workers.retry import backoff_s, retry_delay_s, should_retry
+from workers.retry import backoff_s, retry_after_s, retry_delay_s, should_retry
 from workers.settings import REAL_ACS_OPENID_URL, Settings
 
 
@@ -84,3 +87,31 @@ def test_only_safe_transient_failures_are_retried(err: AcsError, repeatable: boo
 def test_attempts_are_bounded() -> None:
     err = AcsError("503", status=503, retryable=True)
     assert not should_retry(err, repeatable=True, attempt=5, max_attempts=5)
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"Retry-After": "7"}, 7.0),
+    ({"Retry-After": "0.5"}, 0.5),
+    ({"retry-after-ms": "1500"}, 1.5),
+    ({"x-ms-retry-after-ms": "250"}, 0.25),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: go now
+    ({"Retry-After": "soon"}, None),  # neither seconds nor a date
+    ({"Retry-After": "inf"}, None),
+    ({}, None),
+], ids=["seconds", "fraction", "retry-after-ms", "x-ms-retry-after-ms", "past-date", "garbage", "inf", "absent"])
+def test_retry_after_is_read_in_every_form_azure_core_knows(headers: dict[str, str], expected: float | None) -> None:
+    assert retry_after_s(acs_response(429, headers)) == expected
+
+
+def test_retry_after_as_an_http_date_is_the_time_until_it() -> None:
+    when = datetime.now(UTC) + timedelta(hours=1)
+    seconds = retry_after_s(acs_response(429, {"Retry-After": format_datetime(when, usegmt=True)}))
+    assert seconds is not None and 3500 < seconds <= 3600  # whole seconds in the header; the clock moved on a bit
+
+
+def test_event_streams_have_a_redis_pool_size_of_their_own() -> None:
+    assert Settings.from_env({}).redis_stream_max_connections == 1000
+    s = Settings.from_env({"CALLQ_REDIS_MAX_CONNECTIONS": "50", "CALLQ_REDIS_STREAM_MAX_CONNECTIONS": "300"})
+    assert (s.redis_max_connections, s.redis_stream_max_connections) == (50, 300)
+    with pytest.raises(ConfigError, match="CALLQ_REDIS_STREAM_MAX_CONNECTIONS"):
+        Settings.from_env({"CALLQ_REDIS_STREAM_MAX_CONNECTIONS": "many"})
