@@ -6,6 +6,7 @@ idempotency key, creates the command and enqueues its task in one Lua script: al
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,7 +32,7 @@ Scope = Literal["room", "call", "recording"]
 class CommandSpec:
     path: str
     type: str
-    body: type[schemas.Body]
+    body: builtins.type[schemas.Body]  # builtins.: the field above shadows ``type`` in this class body
     scope: Scope
     summary: str
 
@@ -194,7 +195,7 @@ async def _current(request: Request, command_id: str) -> str:
     return render.command_json(Command.from_hash(record))
 
 
-def _endpoint(spec: CommandSpec):  # type: ignore[no-untyped-def]
+def _endpoint(spec: CommandSpec):  # type: ignore[no-untyped-def]  # a Starlette endpoint; its name is set per spec
     async def endpoint(request: Request) -> Response:
         return await _accept(request, spec)
     endpoint.__name__ = spec.type

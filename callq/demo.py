@@ -130,8 +130,8 @@ class Demo:
             return True
         room_id = self.start_room_call()
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=SCHEDULE_LEAD_S)
-        body = {"room_id": room_id, "start_at": start.isoformat().replace("+00:00", "Z"), "duration": "PT3S",
-                "pause_windows": [{"offset": "PT1S", "duration": "PT1S"}]}
+        body: dict[str, Any] = {"room_id": room_id, "start_at": start.isoformat().replace("+00:00", "Z"),
+                                "duration": "PT3S", "pause_windows": [{"offset": "PT1S", "duration": "PT1S"}]}
         schedule = self._check(self.api.post("/v1/recording-schedules", json=body,
                                              headers={"Idempotency-Key": str(uuid.uuid4())}), "creating a schedule")
         print(f"scheduled recording {schedule['id']}: room {room_id} at {schedule['next_run_at']} for "

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from starlette.types import Receive, Scope, Send
+
 from .errors import AcsError, invalid_request, not_supported, unauthenticated
 from .faults import Throttled
 from .hmac_auth import verify
@@ -34,7 +36,7 @@ class _Incoming:
     echo: Headers  # response headers every answer carries
 
 
-async def acs_endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def acs_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one ACS request (mounted at ``/calling``; ``raw_path`` keeps the SDK's percent-encoding)."""
     rt: Runtime = scope["state"]["runtime"]
     method = scope["method"]

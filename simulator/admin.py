@@ -33,7 +33,7 @@ def admin_error(request: Request, exc: Exception) -> Response:
 
 
 def _rt(request: Request) -> Runtime:
-    return request.state.runtime  # type: ignore[no-any-return]
+    return request.state.runtime  # type: ignore[no-any-return]  # Starlette state is untyped
 
 
 async def _body(request: Request) -> dict[str, Any]:

@@ -185,7 +185,7 @@ class Dispatcher:
 
 def _take_ready(queue: deque[_Pending]) -> list[_Pending]:
     now = time.monotonic()
-    batch = []
+    batch: list[_Pending] = []
     while queue and len(batch) < MAX_BATCH and queue[0].ready_at <= now:
         batch.append(queue.popleft())
     return batch

@@ -88,6 +88,7 @@ class Faults:
     """Current knobs plus the seeded random streams and the rate-limit bucket they drive."""
 
     def __init__(self) -> None:
+        self.knobs: Knobs = Knobs()
         self.clear()
 
     def set(self, patch: object) -> Knobs:

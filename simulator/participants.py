@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from . import events
@@ -163,6 +164,6 @@ def _offset(token: str | None) -> int:
         raise invalid_request("skipToken is not one this service issued") from None
 
 
-def _without_none(body: dict[str, object]) -> dict[str, object]:
+def _without_none(body: Mapping[str, object]) -> dict[str, object]:
     return {k: v for k, v in body.items() if v is not None}
 

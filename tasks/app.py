@@ -8,7 +8,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from tasks import broker, observe  # noqa: F401  (observe connects the logging and metrics signal handlers)
 from workers.settings import Settings, process_settings
@@ -24,9 +24,10 @@ def task_name(command_type: str) -> str:
 def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings (tests build their own)."""
     app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules"])
-    exchange = Exchange(settings.queue, type="direct")
+    exchange = Exchange(settings.queue, type="direct")  # type: ignore[no-untyped-call]  # kombu: unannotated
+    queue = Queue(settings.queue, exchange, routing_key=settings.queue)  # type: ignore[no-untyped-call]  # as above
     app.conf.update(
-        task_queues=[Queue(settings.queue, exchange, routing_key=settings.queue)],
+        task_queues=[queue],
         task_default_queue=settings.queue,
         task_default_exchange=settings.queue,
         task_default_routing_key=settings.queue,

@@ -25,22 +25,22 @@ require_tested("kombu")  # the overrides below match kombu 5.7's Channel; refuse
 TRANSPORT = "tasks.broker:Transport"
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     _shared_client: Any = None
 
     @contextlib.contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         if client is None:
             if self._shared_client is None:
-                self._shared_client = self._create_client()
+                self._shared_client = self._create_client()  # type: ignore[no-untyped-call]  # kombu: unannotated
             client = self._shared_client
         yield client
 
     def _disconnect_pools(self) -> None:
         # After a fork or on close the pools are dropped; the next use builds a client on the new pool.
         self._shared_client = None
-        super()._disconnect_pools()
+        super()._disconnect_pools()  # type: ignore[no-untyped-call]  # kombu: unannotated
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     Channel = Channel

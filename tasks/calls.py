@@ -29,7 +29,7 @@ MAX_INTERNAL_RETRIES = 10
 RECONCILE = "callq.reconcile"
 
 
-class CommandTask(Task):  # type: ignore[misc]
+class CommandTask(Task):  # type: ignore[misc]  # Celery's Task is untyped (Any)
     """Base task: builds the process's Runtime on first use (after the prefork/thread pool starts)."""
 
     _runtime: Runtime | None = None

@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import redis
-from celery import Celery, Task  # type: ignore[import-untyped]  # Celery ships no type hints
-from redbeat.schedulers import (  # type: ignore[import-untyped]  # nor does redbeat
+from celery import Celery, Task
+from redbeat.schedulers import (
     RedBeatSchedulerEntry,
     ensure_conf,
     get_redis,
 )
-from redbeat.schedules import rrule  # type: ignore[import-untyped]  # nor does redbeat
+from redbeat.schedules import rrule
 
 from tasks.app import app, task_name
 from tasks.publish import task_message

@@ -50,10 +50,10 @@ def command_scope(command_id: str, created_at: datetime) -> Iterator[None]:
         _current.reset(token)
 
 
-class StableRepeatability(SansIOHTTPPolicy):  # type: ignore[type-arg]
+class StableRepeatability(SansIOHTTPPolicy):  # type: ignore[type-arg]  # azure-core generics: any transport
     """Replace the SDK's per-call random repeatability headers with ones derived from the command."""
 
-    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]  # any transport
         current = _current.get()
         headers = request.http_request.headers
         if current is None or "Repeatability-Request-ID" not in headers:
@@ -63,7 +63,7 @@ class StableRepeatability(SansIOHTTPPolicy):  # type: ignore[type-arg]
         headers["Repeatability-First-Sent"] = format_datetime(created_at, usegmt=True)
 
 
-class EndpointTransport(RequestsTransport):  # type: ignore[misc]
+class EndpointTransport(RequestsTransport):  # type: ignore[misc]  # azure-core types its base as Any
     """The SDK's requests transport, with the environment's proxy and CA settings read once, not per request.
 
     With ``trust_env`` requests re-reads every proxy variable and ``~/.netrc`` on each call (~15 % of a send's

@@ -140,7 +140,7 @@ class TextFormatter(logging.Formatter):
         return self._scrub(line)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed: generic over the stream
     """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it; a stale one may be closed)."""
 
     def __init__(self) -> None:

@@ -271,7 +271,8 @@ def _reconcile_connect(client: CallAutomationClient, cmd: Command) -> Verdict | 
 
 def _participant_present(client: CallAutomationClient, cmd: Command) -> bool:
     raw = cmd.params["participant"]
-    return any(p.identifier.raw_id == raw for p in _connection(client, cmd).list_participants())
+    return any(p.identifier is not None and p.identifier.raw_id == raw
+               for p in _connection(client, cmd).list_participants())
 
 
 def _reconcile_add(client: CallAutomationClient, cmd: Command) -> Verdict | None:

@@ -121,21 +121,21 @@ def prepaid() -> Iterator[None]:
         _prepaid.reset(token)
 
 
-class RateLimitPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+class RateLimitPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]  # azure-core generics: any transport
     """SDK pipeline policy: pay the shared budget before each request; a 429 pauses everyone."""
 
     def __init__(self, limiter: RateLimiter, max_wait_s: float) -> None:
         self._limiter = limiter
         self._max_wait_s = max_wait_s
 
-    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]  # any transport
         credit = _prepaid.get()
         if credit is not None and credit.requests > 0:
             credit.requests -= 1  # its slot was taken when the command was claimed
             return
         self._limiter.acquire(self._max_wait_s)
 
-    def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]
+    def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]  # any
         metrics.RECORDER.inc("callq_acs_responses", str(response.http_response.status_code))
         if response.http_response.status_code == 429:
             seconds = retry_after_s(response)

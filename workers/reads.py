@@ -11,7 +11,7 @@ from workers.identifiers import to_identifier
 
 
 def _participant(p: CallParticipant) -> dict[str, Any]:
-    return {"raw_id": p.identifier.raw_id, "is_muted": p.is_muted, "is_on_hold": p.is_on_hold}
+    return {"raw_id": p.identifier.raw_id if p.identifier else None, "is_muted": p.is_muted, "is_on_hold": p.is_on_hold}
 
 
 def call(client: CallAutomationClient, call_connection_id: str) -> dict[str, Any]:

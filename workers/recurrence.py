@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from celery.schedules import ParseException, crontab  # type: ignore[import-untyped]  # Celery has no hints
+from celery.schedules import ParseException, crontab
 
 Kind = Literal["once", "every", "cron"]
 # Long enough for the rarest cron that can match at all (29 February on a given weekday: every 28 years).

@@ -190,7 +190,7 @@ class Settings:
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests, `callq up` filling generated credentials)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)  # type: ignore[arg-type]  # names checked above; values typed per field
 
     @property
     def callback_url(self) -> str:

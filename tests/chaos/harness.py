@@ -25,8 +25,9 @@ import redis
 
 from tests.conftest import TEST_API_KEY, free_port, wait_until
 from tests.integration.conftest import ROOT
-from workers import keys, ledger
+from workers import keys
 from workers.acs import repeatability_id
+from workers.command import Status
 from workers.operations import OPERATIONS
 
 
@@ -206,11 +207,11 @@ def statuses(r: redis.Redis, ids: list[str]) -> list[str | None]:
 def unfinished(r: redis.Redis, ids: list[str], *, timeout_s: float) -> list[str]:
     """Wait for every command to end; those that had not by the deadline (the scenario's *lost* ones)."""
     try:
-        wait_until(lambda: all(s in ledger.TERMINAL for s in statuses(r, ids)), timeout_s=timeout_s,
+        wait_until(lambda: all(s in Status.TERMINAL for s in statuses(r, ids)), timeout_s=timeout_s,
                    what=f"{len(ids)} commands to end", interval_s=0.1)
     except AssertionError:
         pass  # reported as lost by the caller, which records the figure before asserting
-    return [i for i, s in zip(ids, statuses(r, ids), strict=True) if s not in ledger.TERMINAL]
+    return [i for i, s in zip(ids, statuses(r, ids), strict=True) if s not in Status.TERMINAL]
 
 
 def outcomes(r: redis.Redis, ids: list[str]) -> Counter[str]:

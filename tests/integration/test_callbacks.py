@@ -27,7 +27,8 @@ from tests.conftest import TEST_API_KEY, wait_until
 from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_log, sim_room_call, wait
 from tests.integration.test_runtime import CALLER, PHONE, all_terminal, faults
-from workers import keys, ledger
+from workers import keys
+from workers.command import Status
 from workers.operations import OPERATIONS
 
 FAST = {"CALLQ_OUTCOME_TIMEOUT_SECONDS": "1.5"}  # lost events are noticed quickly
@@ -63,7 +64,7 @@ def assert_matches_truth(records: list[dict[str, str]], sim: ThreadServer) -> No
     executed = sim_log(sim)
     for rec in records:
         op = OPERATIONS[rec["type"]]
-        assert rec["status"] in ledger.TERMINAL
+        assert rec["status"] in Status.TERMINAL
         if rec["status"] == "succeeded":
             continue
         error = json.loads(rec["error"])

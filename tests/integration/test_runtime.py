@@ -21,8 +21,9 @@ import redis
 from tests.conftest import TEST_API_KEY, wait_until
 from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_log, sim_room_call, wait
-from workers import keys, ledger
+from workers import keys
 from workers.acs import repeatability_id
+from workers.command import Status
 
 PHONE = "+14255550123"
 CALLER = "+18005550199"
@@ -41,7 +42,7 @@ def connect(api: httpx.Client, sim: ThreadServer) -> str:
 
 def all_terminal(r: redis.Redis, ids: list[str]) -> bool:
     statuses = [r.hget(keys.command_key(i), "status") for i in ids]
-    return all(s in ledger.TERMINAL for s in statuses)
+    return all(s in Status.TERMINAL for s in statuses)
 
 
 def test_a_retry_after_execute_then_fail_reuses_the_repeatability_id(simulator: ThreadServer, api: httpx.Client,
@@ -149,7 +150,7 @@ def test_a_worker_killed_mid_command_is_redelivered_and_acs_executes_once(
     doomed.wait()
     faults(simulator, latency_ms=0)
     start_worker("rescuer", extra_env=env)
-    done = wait_until(lambda: r.hget(keys.command_key(command_id), "status") in ledger.TERMINAL and
+    done = wait_until(lambda: r.hget(keys.command_key(command_id), "status") in Status.TERMINAL and
                       r.hgetall(keys.command_key(command_id)), timeout_s=60, what="redelivery and completion")
     assert done["status"] == "succeeded", done
     executed = [e for e in sim_log(simulator) if e["operation"] == "connect"]
