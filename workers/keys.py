@@ -75,7 +75,7 @@ def rate_pause_key(resource: str) -> str:
     return f"callq:rl:{resource}:paused"
 
 
-# --- operator figures (workers/metrics.py, api/ui.py) ---------------------------------------------------
+# --- operator figures (workers/metrics.py, api/ui_data.py) ----------------------------------------------
 
 METRICS_PREFIX = "callq:metrics:"
 OPS_WAITING = "callq:ops:waiting"  # command id → its outcome deadline (ms)
