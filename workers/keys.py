@@ -79,7 +79,7 @@ def rate_pause_key(resource: str) -> str:
     return f"callq:rl:{resource}:paused"
 
 
-# --- operator figures (workers/metrics.py, api/ui.py) ---------------------------------------------------
+# --- operator figures (workers/metrics.py, api/ui_data.py) ----------------------------------------------
 
 METRICS_PREFIX = "callq:metrics:"
 OPS_ATTENTION = "callq:ops:attention"  # command id → when it last retried, was throttled or failed (ms)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote
 
 import fakeredis
 import pytest
@@ -132,3 +135,93 @@ def test_sessions_expire_and_end_with_their_key() -> None:
     assert ApiKeys({"bob": TEST_API_KEY}).session_client(token, now=1000) is None
     name, expires, mac = token.split(".")
     assert keys_.session_client(f"{name}.{int(expires) + 100}.{mac}", now=1000) is None
+
+
+def _hostile(field: str) -> str:
+    """A value that would run script if pasted raw into text or an attribute; ``field`` tells them apart."""
+    return f"<script>alert('{field}')</script>\"'><img src=x onerror=alert('{field}')>"
+
+
+class _Markup(HTMLParser):
+    """Every start tag, and every text and attribute value as a browser decodes it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.shown: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+        self.shown += [value for _, value in attrs if value]
+
+    def handle_data(self, data: str) -> None:
+        self.shown.append(data)
+
+
+def _assert_inert(html: str, fields: list[str]) -> str:
+    """No injected element or handler, and each field's value shown intact (as text, an attribute, or in a link)."""
+    assert "<script>alert" not in html and "<img" not in html
+    markup = _Markup()
+    markup.feed(html)
+    for tag, attrs in markup.tags:
+        assert tag != "script" or attrs == [("src", "/ui/assets/ui.js")], (tag, attrs)
+        assert not [name for name, _ in attrs if name.startswith("on")], (tag, attrs)
+    shown = "\n".join(markup.shown)
+    assert [f for f in fields if _hostile(f) not in shown and quote(_hostile(f)) not in shown] == []
+    return shown
+
+
+def test_every_value_from_redis_or_a_client_is_escaped(settings: Settings, server: fakeredis.FakeServer,
+                                                        r: fakeredis.FakeRedis) -> None:
+    name = _hostile("client")
+    listed = _hostile("listed call")  # only on the overview: a path segment cannot hold its "/"
+    cc = "cc-\"'><img src=x onerror=alert(1)><script>alert(1)"
+    r.hset(keys.call_key(listed), mapping={"client": name, "state": _hostile("listed state"),
+                                           "room_id": _hostile("listed room")})
+    r.hset(keys.call_key(cc), mapping={"client": name, "state": _hostile("call state"),
+                                       "room_id": _hostile("room")})
+    _command(r, _hostile("command id"), client=name, type=_hostile("command type"), attempts=_hostile("attempts"),
+             updated_at=_hostile("updated at"), call_connection_id=_hostile("command call"), status="queued",
+             throttled=_hostile("throttled"))
+    _command(r, "cmd_retry", client=name, call_connection_id=cc, status=_hostile("status"),
+             last_error=json.dumps({"code": _hostile("retry code"), "message": _hostile("retry message")}))
+    _command(r, "cmd_failed", client=name, call_connection_id=cc, status="failed",
+             error=json.dumps({"code": _hostile("error code"), "message": _hostile("error message")}))
+    _command(r, "cmd_done", client=name, status="succeeded", resolved_by=json.dumps({"type": _hostile("resolved by")}))
+    r.rpush(keys.call_commands_key(cc), _hostile("command id"), "cmd_retry", "cmd_failed", "cmd_done")
+    events = [
+        {"type": _hostile("event type"), "time": _hostile("event time"),
+         "data": {"operationContext": _hostile("command id")}},
+        {"type": "Microsoft.Communication.PlayFailed",
+         "data": {"resultInformation": {"code": _hostile("code"), "subCode": _hostile("sub code"),
+                                        "message": _hostile("result message")}}},
+        {"type": "Microsoft.Communication.RecordingStateChanged", "data": {"state": _hostile("recording state")}},
+        {"type": "Microsoft.Communication.ParticipantsUpdated",
+         "data": {"participants": [{"identifier": {"rawId": _hostile("participant")}, "isMuted": True}]}},
+    ]
+    for call_id in (listed, cc):
+        for event in events:
+            r.xadd(keys.call_events_key(call_id), {"event": json.dumps(event)})
+        r.zadd(metrics.CALLS_KEY, {call_id: int(time.time() * 1000)})
+    for cid in (_hostile("command id"), "cmd_retry", "cmd_failed"):
+        r.zadd(metrics.ATTENTION_KEY, {cid: int(time.time() * 1000)})
+    key = "k" * 24
+    app = create_app(replace(settings, api_keys={name: key}),
+                     redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    with TestClient(app, follow_redirects=False) as client:
+        _log_in(client, key)
+        overview = ["client", "listed call", "listed state", "participant", "command id", "command type",
+                    "command call", "throttled", "attempts", "updated at", "retry code", "retry message",
+                    "error code", "error message"]
+        _assert_inert(client.get("/ui").text, overview)
+        _assert_inert(client.get("/ui/fragments/overview").text, overview[1:])
+        call = ["call state", "room", "participant", "command id", "command type", "attempts", "status",
+                "retry code", "retry message", "error code", "error message", "resolved by", "event type",
+                "event time", "code", "sub code", "result message", "recording state"]
+        page = client.get(f"/ui/calls/{quote(cc, safe='')}")
+        assert page.status_code == 200
+        assert cc in _assert_inert(page.text, ["client", *call])
+        _assert_inert(client.get(f"/ui/fragments/calls/{quote(cc, safe='')}").text, call)
+        unknown = client.get("/ui/calls/%3Cscript%3Ealert(1)%3C")
+        assert unknown.status_code == 404
+        _assert_inert(unknown.text, ["client"])
