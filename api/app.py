@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,7 +92,13 @@ async def callq_error(request: Request, exc: Exception) -> Response:
     status = CODE_STATUS.get(exc.code) or next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     if status >= 500:
         log.error("unhandled callq error %s on %s", exc.code, request.url.path)
-    return _error(status, exc.code, exc.message, exc.details)
+    headers = {"Retry-After": retry_after(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    return _error(status, exc.code, exc.message, exc.details, headers=headers)
+
+
+def retry_after(seconds: float) -> str:
+    """Retry-After in whole seconds (RFC 9110 delay-seconds), rounded up and at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -166,7 +173,7 @@ def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
 
 def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:
     """Build the API; ``redis`` lets tests hand in a (fake) client instead of one from settings."""
-    routes = [
+    routes: list[BaseRoute] = [
         # First: ACS posts here most, and Starlette tries routes in order.
         Route("/v1/acs/events", acs_events, methods=["POST"]),
         *command_routes,  # before reads: `participants/remove` must not be taken for `participants/{raw_id}`

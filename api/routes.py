@@ -6,6 +6,7 @@ idempotency key, creates the command and enqueues its task in one Lua script: al
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,7 +31,7 @@ Scope = Literal["room", "call", "recording"]
 class CommandSpec:
     path: str
     type: str
-    body: type[schemas.Body]
+    body: builtins.type[schemas.Body]  # builtins: the field `type` above shadows the name in this class
     scope: Scope
     summary: str
 
