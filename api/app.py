@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
@@ -95,7 +96,13 @@ async def callq_error(request: Request, exc: Exception) -> Response:
     status = CODE_STATUS.get(exc.code) or next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     if status >= 500:
         log.error("unhandled callq error %s on %s", exc.code, request.url.path)
-    return _error(status, exc.code, exc.message, exc.details)
+    headers = {"Retry-After": retry_after(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    return _error(status, exc.code, exc.message, exc.details, headers=headers)
+
+
+def retry_after(seconds: float) -> str:
+    """Retry-After in whole seconds (RFC 9110 delay-seconds), rounded up and at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -7,10 +7,10 @@ the command parameters it stands for (``params()``): participants are stored as 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
+import re
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from workers.identifiers import ACS_USER, E164, raw_id
@@ -31,12 +31,19 @@ def _e164(value: str) -> str:
     return value
 
 
-def _seconds(low: int, high: int) -> AfterValidator:
+def _acs_user(value: str) -> str:
+    if not ACS_USER.match(value):
+        raise PydanticCustomError("invalid_communication_user", "must be an ACS user id such as 8:acs:…")
+    return value
+
+
+def _seconds(low: int, high: int) -> tuple[AfterValidator, WithJsonSchema]:
+    """An integer number of seconds in [low, high]; the schema states the same range."""
     def check(value: int) -> int:
         if not low <= value <= high:
             raise PydanticCustomError("timeout_out_of_range", f"must be between {low} and {high} seconds")
         return value
-    return AfterValidator(check)
+    return AfterValidator(check), WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})
 
 
 def _tones(value: str | list[str]) -> list[str]:
@@ -47,15 +54,75 @@ def _tones(value: str | list[str]) -> list[str]:
     return tones
 
 
-Phone = Annotated[str, AfterValidator(_e164)]
-Tones = Annotated[list[str], AfterValidator(_tones)]
+def _media_url(value: str) -> str:
+    if not MEDIA_URL.match(value):
+        raise PydanticCustomError("invalid_media_url", "file_url must be an http(s) URL")
+    return value
+
+
+# The JSON Schema of each rule is built from the same constant the validator checks.
+_TONE = {"type": "string", "enum": sorted(TONES)}
+_TONE_CLASS = "[" + "".join(sorted(TONES)) + "]"  # digits, *, #, A-D: none needs escaping in a class
+# ASCII classes only: the schema's readers (ECMA-262 regexes) and Python disagree on what \s covers.
+MEDIA_URL = re.compile(r"^https?://[A-Za-z0-9._~%!$&'()*+,;=:@\[\]-]+(?:[/?#][!-~]*)?$")
+Phone = Annotated[str, AfterValidator(_e164), WithJsonSchema({"type": "string", "pattern": E164.pattern})]
+AcsUser = Annotated[str, AfterValidator(_acs_user), WithJsonSchema({"type": "string", "pattern": ACS_USER.pattern})]
+MediaUrl = Annotated[str, AfterValidator(_media_url), WithJsonSchema({"type": "string", "pattern": MEDIA_URL.pattern})]
+Tones = Annotated[list[str], AfterValidator(_tones), WithJsonSchema({"type": "array", "items": _TONE})]
+# Not blank once surrounding whitespace is stripped (every body strips strings): holds a visible ASCII character.
+NOT_BLANK = "[!-~]"
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    """A request body. ``exactly_one_of`` names fields of which exactly one is given (not null): validated by
+    ``_choice`` and published as the schema's ``oneOf``, with a branch for each field in ``allowed`` (all by
+    default) that also requires the fields ``needs`` names for it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True,
+                              json_schema_extra=lambda schema, cls: _choice_schema(schema, cls))
+
+    exactly_one_of: ClassVar[tuple[str, ...]] = ()
+    choice_error: ClassVar[tuple[str, str]] = ("", "")  # code, message
+    allowed: ClassVar[tuple[str, ...] | None] = None
+    not_allowed_error: ClassVar[tuple[str, str]] = ("", "")
+    needs: ClassVar[dict[str, tuple[str, str, str]]] = {}  # field → (needed field, code, message)
+
+    @model_validator(mode="after")
+    def _choice(self) -> Self:
+        if not self.exactly_one_of:
+            return self
+        given = [name for name in self.exactly_one_of if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(*self.choice_error)
+        if self.allowed is not None and given[0] not in self.allowed:
+            raise PydanticCustomError(*self.not_allowed_error)
+        needed = self.needs.get(given[0])
+        if needed is not None and getattr(self, needed[0]) is None:
+            raise PydanticCustomError(needed[1], needed[2])
+        return self
 
     def params(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+
+def _given(prop: dict[str, Any]) -> dict[str, Any]:
+    """A nullable property's schema without its null: what a field that must be given may hold."""
+    options = [o for o in prop.get("anyOf", [prop]) if o.get("type") != "null"]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _choice_schema(schema: dict[str, Any], cls: type[Body]) -> None:
+    """``oneOf``: one branch per allowed choice, requiring it (and what it needs), with the other choices null."""
+    if not cls.exactly_one_of:
+        return
+    props = schema["properties"]
+    branches = []
+    for name in cls.allowed or cls.exactly_one_of:
+        required = [name, *([cls.needs[name][0]] if name in cls.needs else [])]
+        branches.append({"required": required, "properties": {
+            **{n: _given(props[n]) for n in required},
+            **{o: {"type": "null"} for o in cls.exactly_one_of if o != name}}})
+    schema["oneOf"] = branches
 
 
 class Empty(Body):
@@ -65,21 +132,11 @@ class Empty(Body):
 class Participant(Body):
     """One participant: a PSTN phone number or an ACS user."""
 
+    exactly_one_of = ("phone_number", "communication_user")
+    choice_error = ("invalid_participant", "give exactly one of phone_number or communication_user")
+
     phone_number: Phone | None = Field(None, examples=["+14255550123"])
-    communication_user: str | None = Field(None, examples=["8:acs:resource_user"])
-
-    @field_validator("communication_user")
-    @classmethod
-    def _user(cls, value: str | None) -> str | None:
-        if value is not None and not ACS_USER.match(value):
-            raise PydanticCustomError("invalid_communication_user", "must be an ACS user id such as 8:acs:…")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if (self.phone_number is None) == (self.communication_user is None):
-            raise PydanticCustomError("invalid_participant", "give exactly one of phone_number or communication_user")
-        return self
+    communication_user: AcsUser | None = Field(None, examples=["8:acs:resource_user"])
 
     @property
     def raw_id(self) -> str:
@@ -90,11 +147,8 @@ class Participant(Body):
 
 
 class PstnParticipant(Participant):
-    @model_validator(mode="after")
-    def _phone_only(self) -> Self:
-        if self.phone_number is None:
-            raise PydanticCustomError("pstn_target_required", "this action only targets PSTN (phone) participants")
-        return self
+    allowed = ("phone_number",)
+    not_allowed_error = ("pstn_target_required", "this action only targets PSTN (phone) participants")
 
 
 class ConnectBody(Empty):
@@ -110,14 +164,11 @@ class HangUpBody(Body):
 class AddParticipantBody(Participant):
     """Dial a phone number (with the ACS number to call from) or invite an ACS user."""
 
-    source_caller_id: Phone | None = Field(None, examples=["+18005550199"])
-    invitation_timeout: Annotated[int, _seconds(1, 180)] | None = Field(None, description="seconds, 1-180")
+    needs = {"phone_number": ("source_caller_id", "source_caller_id_required",
+                              "dialing a phone number needs source_caller_id")}
 
-    @model_validator(mode="after")
-    def _caller_for_pstn(self) -> Self:
-        if self.phone_number is not None and self.source_caller_id is None:
-            raise PydanticCustomError("source_caller_id_required", "dialing a phone number needs source_caller_id")
-        return self
+    source_caller_id: Phone | None = Field(None, examples=["+18005550199"])
+    invitation_timeout: Annotated[int, *_seconds(1, 180)] | None = Field(None, description="seconds, 1-180")
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), **self.model_dump(include={"source_caller_id", "invitation_timeout"},
@@ -125,13 +176,15 @@ class AddParticipantBody(Participant):
 
 
 class CancelAddBody(Body):
-    invitation_id: str = Field(min_length=1, max_length=128)
+    invitation_id: str = Field(min_length=1, max_length=128, pattern=NOT_BLANK)
 
 
 class DtmfBody(PstnParticipant):
     """Send 1-18 tones (``"123#"`` or ``["1", "2", "3", "#"]``) to a PSTN participant."""
 
-    tones: str | list[str]
+    tones: Annotated[str | list[str], WithJsonSchema({"anyOf": [
+        {"type": "string", "pattern": f"^{_TONE_CLASS}{{1,{MAX_TONES}}}$"},
+        {"type": "array", "items": _TONE, "minItems": 1, "maxItems": MAX_TONES}]})]
 
     @field_validator("tones")
     @classmethod
@@ -148,22 +201,12 @@ class DtmfBody(PstnParticipant):
 class MediaSource(Body):
     """An audio file URL, or text to speak."""
 
-    file_url: str | None = None
+    exactly_one_of = ("file_url", "text")
+    choice_error = ("invalid_media_source", "give exactly one of file_url or text")
+
+    file_url: MediaUrl | None = None
     text: str | None = Field(None, max_length=4000)
     voice_name: str | None = Field(None, max_length=100)
-
-    @field_validator("file_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
-            raise PydanticCustomError("invalid_media_url", "file_url must be an http(s) URL")
-        return value
-
-    @model_validator(mode="after")
-    def _one(self) -> Self:
-        if (self.file_url is None) == (self.text is None):
-            raise PydanticCustomError("invalid_media_source", "give exactly one of file_url or text")
-        return self
 
 
 class PlayBody(MediaSource):
@@ -183,8 +226,8 @@ class RecognizeBody(Participant):
 
     input_type: Literal["dtmf", "speech"] = "dtmf"
     max_tones: int = Field(1, ge=1, le=100)
-    initial_silence_timeout: Annotated[int, _seconds(0, 300)] | None = None
-    inter_tone_timeout: Annotated[int, _seconds(1, 60)] | None = None
+    initial_silence_timeout: Annotated[int, *_seconds(0, 300)] | None = None
+    inter_tone_timeout: Annotated[int, *_seconds(1, 60)] | None = None
     stop_tones: Tones | None = None
     prompt: MediaSource | None = None
     interrupt_prompt: bool = False
@@ -195,8 +238,30 @@ class RecognizeBody(Participant):
                                                       exclude_none=True)}
 
 
+# What ACS records: each content with the channels and formats it may be recorded in.
+RECORDING_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "audio": (("mixed", "unmixed"), ("wav", "mp3")),
+    "audioVideo": (("mixed",), ("mp4",)),
+}
+
+
+def _recording_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """``oneOf``: a branch per content, naming its channels and formats (a field is required where its
+    default would not fit)."""
+    _choice_schema(schema, cls)  # type: ignore[arg-type]  # subclasses may add a choice of their own
+    branches = []
+    for content, (channels, formats) in RECORDING_KINDS.items():
+        values = {"content": (content,), "channel": channels, "format": formats}
+        required = [f for f, allowed in values.items() if cls.model_fields[f].default not in allowed]
+        branches.append({"properties": {f: {"enum": list(allowed)} for f, allowed in values.items()},
+                         **({"required": required} if required else {})})
+    schema.setdefault("allOf", []).append({"oneOf": branches})
+
+
 class RecordingBody(Body):
     """Recording options; ACS records audio as wav/mp3 and audio+video as mp4."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema, cls: _recording_schema(schema, cls))
 
     content: Literal["audio", "audioVideo"] = "audio"
     channel: Literal["mixed", "unmixed"] = "mixed"
@@ -204,8 +269,8 @@ class RecordingBody(Body):
 
     @model_validator(mode="after")
     def _compatible(self) -> Self:
-        if (self.content == "audioVideo") != (self.format == "mp4") or (self.content == "audioVideo" and
-                                                                           self.channel == "unmixed"):
+        channels, formats = RECORDING_KINDS[self.content]
+        if self.channel not in channels or self.format not in formats:
             raise PydanticCustomError("incompatible_recording_options",
                                       "audio records as wav or mp3; audioVideo records mixed, as mp4")
         return self
