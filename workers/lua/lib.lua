@@ -88,9 +88,9 @@ local function blocks(id, t, now, lanes)
   return listed(lanes.media, st[2]) and listed(lanes.media, t)
 end
 
--- The call record (callq:call:{id}) is written only through these three, by the scripts that learn what
--- they say: sent.lua (ACS made the call), ingest.lua (CallConnected / CallDisconnected) and reconciled.lua
--- (a read of ACS said what those events would have).
+-- The call record (callq:call:{id}) is written only through these four, by the scripts that learn what
+-- they say: sent.lua (ACS made the call, or started a recording of it), ingest.lua (CallConnected /
+-- CallDisconnected) and reconciled.lua (a read of ACS said what those events would have).
 local function call_made(call, client, room_id, command_id, ttl)
   local key = CALL_PREFIX .. call
   redis.call('HSETNX', key, 'state', 'connecting')
@@ -103,6 +103,10 @@ local function call_connected(call, server_call_id, connect_command, client, ttl
   redis.call('HSET', key, 'state', 'connected', 'server_call_id', server_call_id)
   if connect_command then redis.call('HSET', key, 'connect_command', connect_command, 'client', client) end
   if ttl then redis.call('EXPIRE', key, ttl) end
+end
+
+local function call_recording(call, recording_id)
+  redis.call('HSET', CALL_PREFIX .. call, 'recording_id', recording_id)
 end
 
 local function call_disconnected(call, ttl)

@@ -24,7 +24,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 if KEYS[5] ~= '' then
   redis.call('HSET', KEYS[5], 'client', ARGV[6], 'call_connection_id', ARGV[10], 'start_command', id)
   redis.call('RPUSH', KEYS[6], id)
-  if KEYS[7] ~= '' then redis.call('HSET', KEYS[7], 'recording_id', ARGV[9]) end
+  if KEYS[7] ~= '' then call_recording(ARGV[10], ARGV[9]) end
   redis.call('EXPIRE', KEYS[5], ttl)
   redis.call('EXPIRE', KEYS[6], ttl)
 end
