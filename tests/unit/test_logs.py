@@ -113,16 +113,21 @@ ESCAPED_SECRETS = {
 }
 
 
-@pytest.mark.parametrize("secret", ESCAPED_SECRETS.values(), ids=ESCAPED_SECRETS.keys())
-def test_a_secret_json_would_escape_is_scrubbed_in_json_lines(captured: Captured, secret: str) -> None:
-    logs.setup(_settings("json").with_(api_keys={"ops": secret}), process="api")
+def _log_a_secret(captured: Captured, secret: str, log_format: str) -> str:
+    """A line naming the secret (message and context), then an exception naming it; what was written."""
+    logs.setup(_settings(log_format).with_(api_keys={"ops": secret}), process="api")
     log = logging.getLogger("callq.test")
     log.info("key %s", secret, extra={"command_id": f"cmd-{secret}"})
     try:
         raise ValueError(f"bad key {secret}")
     except ValueError:
         log.exception("failed")
-    out = captured.getvalue()
+    return captured.getvalue()
+
+
+@pytest.mark.parametrize("secret", ESCAPED_SECRETS.values(), ids=ESCAPED_SECRETS.keys())
+def test_a_secret_json_would_escape_is_scrubbed_in_json_lines(captured: Captured, secret: str) -> None:
+    out = _log_a_secret(captured, secret, "json")
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["msg"] == "key ***" and first["command_id"] == "cmd-***"
     assert "bad key ***" in second["exc"]
@@ -133,14 +138,7 @@ def test_a_secret_json_would_escape_is_scrubbed_in_json_lines(captured: Captured
 
 @pytest.mark.parametrize("secret", ESCAPED_SECRETS.values(), ids=ESCAPED_SECRETS.keys())
 def test_a_secret_json_would_escape_is_scrubbed_in_text_lines(captured: Captured, secret: str) -> None:
-    logs.setup(_settings("text").with_(api_keys={"ops": secret}), process="api")
-    log = logging.getLogger("callq.test")
-    log.info("key %s", secret, extra={"command_id": f"cmd-{secret}"})
-    try:
-        raise ValueError(f"bad key {secret}")
-    except ValueError:
-        log.exception("failed")
-    out = captured.getvalue()
+    out = _log_a_secret(captured, secret, "text")
     assert secret not in out
     assert "key ***  [command_id=cmd-***]" in out and "bad key ***" in out
 
