@@ -6,11 +6,11 @@ describe them, and the contract test (tests/integration/test_openapi_contract.py
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["queued", "running", "waiting", "succeeded", "failed"]
+from workers.command import Status
 
 
 class ErrorDetail(BaseModel):

@@ -120,8 +120,8 @@ def reconciled(cmd: Command, to: Status, fields: Mapping[str, Any]) -> ScriptCal
     """Settle a waiting command from a read of ACS; the call record learns what the read says of the call."""
     op = OPERATIONS[cmd.type]
     state = op.call_state_on_success or ""
-    server_call_id = str(((fields.get("result") or {}) if isinstance(fields.get("result"), dict) else {}).get(
-        "server_call_id") or "")
+    result = fields.get("result")
+    server_call_id = str(result.get("server_call_id") or "") if isinstance(result, dict) else ""
     return scripts.call(
         "reconciled", [keys.command_key(cmd.id)],
         [cmd.id, to.value, now_iso(), cmd.call_connection_id, state, server_call_id,

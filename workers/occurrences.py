@@ -33,6 +33,7 @@ import redis
 
 from workers import command, commands, keys, scripts
 from workers import schedules as s
+from workers.command import Status
 from workers.recurrence import iso
 from workers.settings import Settings
 
@@ -42,7 +43,6 @@ WATCH_S = 30.0  # longest sleep while recording: how soon a call that ended earl
 LOCK_MS = 30_000  # one advance at a time per occurrence (longer than a step takes)
 LATE_S = 60.0  # a wake-up or a fire this overdue was lost: the sweep sends it again
 CONNECT_RETRY_CAP_S = 30.0
-PENDING = frozenset({"queued", "running", "waiting"})
 
 
 def release_lock(*, schedule_id: str, planned: int, token: str) -> scripts.ScriptCall[bool]:
@@ -245,7 +245,7 @@ class Occurrences:
         attempt = int(o.run.get("connect_attempts") or 0)
         if attempt:
             cmd = self._status(o.run[f"cmd:connect:{attempt}"])
-            if cmd["status"] in PENDING:
+            if cmd["status"] in Status.PENDING:
                 return o.now + POLL_S
             if cmd["status"] == "succeeded" and cmd.get("call_connection_id"):
                 self._set(o, call_connection_id=cmd["call_connection_id"])
@@ -289,7 +289,7 @@ class Occurrences:
             self._command(o, "start", "start_recording", params=params, cc=o.cc)
             return o.now + POLL_S
         cmd = self._status(start)
-        if cmd["status"] in PENDING:
+        if cmd["status"] in Status.PENDING:
             return o.now + POLL_S
         if cmd["status"] != "succeeded" or not cmd.get("recording_id"):
             return self._finish(o, "failed", _error("start_failed", "ACS did not start the recording.",
@@ -319,7 +319,7 @@ class Occurrences:
 
     def _stopping(self, o: _Occ, final: str) -> float | None:
         cmd = self._status(o.run["cmd:stop"])
-        if cmd["status"] in PENDING:
+        if cmd["status"] in Status.PENDING:
             if o.run.get("state") != "stopping":
                 self._set(o, state="stopping")
             return o.now + POLL_S
@@ -346,7 +346,7 @@ class Occurrences:
             return self._call_ended(o)
         if not o.rid:
             cmd = self._status(start)
-            if cmd["status"] in PENDING:
+            if cmd["status"] in Status.PENDING:
                 return o.now + POLL_S  # stop only a recording known to be ours, never the call's "current" one
             if cmd["status"] != "succeeded" or not cmd.get("recording_id"):
                 return self._finish(o, "cancelled", cancelled)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
 
 import fakeredis
@@ -13,7 +12,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from tests.conftest import TEST_API_KEY
-from tests.unit.test_acs_client import _Proxy
+from tests.unit.test_acs_client import _Proxy, serving
 from workers import keys
 from workers.acs import create_client
 from workers.ratelimit import RateLimiter
@@ -52,14 +51,8 @@ class _Throttling(_Proxy):
 
 @pytest.fixture
 def throttling_acs() -> Iterator[str]:
-    from http.server import ThreadingHTTPServer
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Throttling) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path", READS)
