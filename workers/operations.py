@@ -303,6 +303,17 @@ def _reconcile_recording(state: str) -> Callable[[CallAutomationClient, Command]
     return reconcile
 
 
+def _reconcile_start(client: CallAutomationClient, cmd: Command) -> Verdict | None:
+    """A recording ACS knows was started, whatever its state now: a later pause (sent once this start's deadline
+    passed) may already have made it inactive, and that is no evidence against the start."""
+    try:
+        props = client.get_recording_properties(cmd.recording_id)
+    except ResourceNotFoundError:
+        return None  # stopped since, or never made: the read cannot tell which
+    return _reconciled(Status.SUCCEEDED, "read recording", result={"recording_id": cmd.recording_id,
+                                                                   "state": props.recording_state})
+
+
 _OPS = (
     Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}), repeatable=True,
               reconcile=_reconcile_connect, ends_with_call=False, call_state_on_success="connected"),
@@ -326,7 +337,7 @@ _OPS = (
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
     Operation("cancel_media", _cancel_media, interrupts=True),
     Operation("start_recording", _start_recording, repeatable=True, recording_state="active",
-              reconcile=_reconcile_recording("active")),
+              reconcile=_reconcile_start),
     Operation("pause_recording", _pause_recording, recording_state="inactive", verify=_recording_is("inactive"),
               recording_by_call=True, verb="pause", reconcile=_reconcile_recording("inactive")),
     Operation("resume_recording", _resume_recording, recording_state="active", verify=_recording_is("active"),
