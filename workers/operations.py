@@ -75,6 +75,11 @@ class Operation:
     extra_wait_s: Callable[[Command], float] | None = None
     # When the event never came: read ACS and say how the command ended (None: ACS cannot tell).
     reconcile: Callable[[CallAutomationClient, Command], Verdict | None] | None = None
+    # The part of the call's state this operation changes at ACS ("participants", "recording"), and the part
+    # its ``reconcile`` reads. A reading taken once a later command changing that part may have reached ACS
+    # cannot tell what this command did (a later remove empties the list an add is looked for in).
+    changes: str = ""
+    reconcile_reads: str = ""
     # A command that is about the call itself is not failed ``call_ended`` when the call is gone (connect,
     # hang up); and what its success tells the call record when a read stood in for the event.
     ends_with_call: bool = True
@@ -322,11 +327,12 @@ _OPS = (
               call_state_on_success="disconnected"),
     Operation("add_participant", _add_participant, frozenset({"AddParticipantSucceeded"}),
               frozenset({"AddParticipantFailed"}), repeatable=True, reconcile=_reconcile_add,
-              extra_wait_s=_ring_time_s),
+              extra_wait_s=_ring_time_s, changes="participants", reconcile_reads="participants"),
     Operation("remove_participant", _remove_participant, frozenset({"RemoveParticipantSucceeded"}),
-              frozenset({"RemoveParticipantFailed"}), repeatable=True, reconcile=_reconcile_remove),
+              frozenset({"RemoveParticipantFailed"}), repeatable=True, reconcile=_reconcile_remove,
+              changes="participants", reconcile_reads="participants"),
     Operation("cancel_add_participant", _cancel_add, frozenset({"CancelAddParticipantSucceeded"}),
-              frozenset({"CancelAddParticipantFailed"}), repeatable=True, interrupts=True),
+              frozenset({"CancelAddParticipantFailed"}), repeatable=True, interrupts=True, changes="participants"),
     Operation("send_dtmf", _send_dtmf, frozenset({"SendDtmfTonesCompleted"}), frozenset({"SendDtmfTonesFailed"}),
               repeatable=True),
     Operation("play", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"}),
@@ -337,29 +343,44 @@ _OPS = (
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
     Operation("cancel_media", _cancel_media, interrupts=True),
     Operation("start_recording", _start_recording, repeatable=True, recording_state="active",
-              reconcile=_reconcile_start),
+              reconcile=_reconcile_start, changes="recording"),
     Operation("pause_recording", _pause_recording, recording_state="inactive", verify=_recording_is("inactive"),
-              recording_by_call=True, verb="pause", reconcile=_reconcile_recording("inactive")),
+              recording_by_call=True, verb="pause", reconcile=_reconcile_recording("inactive"), changes="recording",
+              reconcile_reads="recording"),
     Operation("resume_recording", _resume_recording, recording_state="active", verify=_recording_is("active"),
-              recording_by_call=True, verb="resume", reconcile=_reconcile_recording("active")),
-    Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True, verb="stop"),
+              recording_by_call=True, verb="resume", reconcile=_reconcile_recording("active"), changes="recording",
+              reconcile_reads="recording"),
+    Operation("stop_recording", _stop_recording, verify=_recording_gone, recording_by_call=True, verb="stop",
+              changes="recording"),
 )
 OPERATIONS: dict[str, Operation] = {op.type: op for op in _OPS}
 
 
-def reconcile(client: CallAutomationClient, cmd: Command) -> Verdict | None:
+def reconcile(client: CallAutomationClient, cmd: Command,
+              changed_since: Callable[[str], str | None] = lambda part: None) -> Verdict | None:
     """How a command whose event never came ended, read from ACS; None when ACS cannot tell.
 
-    The operation's own reading first. When it cannot tell (or has none) and the call is gone, the command
-    ends ``call_ended``, as it would have had CallDisconnected reached callq before its own event did.
+    The operation's own reading first. ``changed_since(part)`` names a command accepted after this one on its
+    call that changes that part of the call's state and may have reached ACS (asked after the reading, so one
+    sent during it counts). The reading then describes that command as much as this one: the command ends
+    ``callback_timeout``, naming it. When the reading cannot tell (or there is none) and the call is gone, the
+    command ends ``call_ended``, as it would have had CallDisconnected reached callq before its own event did.
     """
-    check = OPERATIONS[cmd.type].reconcile
+    op = OPERATIONS[cmd.type]
     try:
-        verdict = check(client, cmd) if check else None
+        verdict = op.reconcile(client, cmd) if op.reconcile else None
     except ResourceNotFoundError:
         verdict = None  # the call (or recording) is gone: said below
-    if verdict is not None or not OPERATIONS[cmd.type].ends_with_call or not cmd.call_connection_id:
+    later = changed_since(op.reconcile_reads) if verdict is not None and op.reconcile_reads else None
+    if later:
+        verdict = None
+    if verdict is not None or not op.ends_with_call or not cmd.call_connection_id:
         return verdict
     if _left_call(client, cmd):
         return _lost("call_ended", "The call ended before ACS reported this command's outcome.", "read call")
+    if later:
+        return Status.FAILED, {
+            "error": {"code": "callback_timeout", "message": f"ACS sent no outcome in time, and {later}, sent after "
+                      f"this command, changed the {op.reconcile_reads} a read of ACS would show."},
+            "resolved_by": {"type": "timeout", "after": later}}
     return None

@@ -306,7 +306,7 @@ class Runtime:
         if left_s > 0:
             raise RetryLater(left_s)
         try:
-            verdict = reconcile(self.client, cmd)
+            verdict = reconcile(self.client, cmd, lambda part: self._changed_since(cmd, part))
         except RateLimited as limited:
             raise RetryLater(limited.retry_after_s) from None
         except Exception as exc:
@@ -319,6 +319,22 @@ class Runtime:
         status = self._settled(scripts.run(self.redis, ledger.reconciled(cmd, *verdict)))
         self._drain(cmd.call_connection_id)
         return status
+
+    def _changed_since(self, cmd: Command, part: str) -> str | None:
+        """A command accepted after ``cmd`` on its call that changes ``part`` of the call's state and was claimed
+        (so may have reached ACS), if there is one."""
+        if not cmd.call_connection_id:
+            return None
+        ids = [str(i) for i in self.redis.lrange(keys.call_commands_key(cmd.call_connection_id), 0, -1)]
+        later = ids[ids.index(cmd.id) + 1:] if cmd.id in ids else []
+        pipe = self.redis.pipeline(transaction=False)
+        for command_id in later:
+            pipe.hmget(keys.command_key(command_id), "type", "attempts")
+        for command_id, (type_, attempts) in zip(later, pipe.execute() if later else [], strict=True):
+            op = OPERATIONS.get(str(type_ or ""))
+            if op is not None and op.changes == part and int(attempts or 0) > 0:
+                return command_id
+        return None
 
     def _catch_up_recording(self, command_id: str, recording_id: str) -> str:
         """Resolve a start whose RecordingStateChanged arrived before we knew its recording id.

@@ -257,19 +257,29 @@ def second_commands(r: redis.Redis, idempotency_keys: Iterable[str]) -> int:
     return sum(n - 1 for n in per_key.values() if n > 1)
 
 
-def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: dict[str, float]) -> bool:
+def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: dict[str, float], *,
+           records: Mapping[str, Mapping[str, str]] | None = None, executed: Mapping[str, int] | None = None) -> bool:
     """Succeeded, or failed the way only a missing event explains: given up at its deadline (``callback_timeout``)
-    when ACS could not be asked (DTMF, play; or any operation once its call was gone), or still pending when its
-    call ended (``call_ended``: a hang-up never waits for earlier outcomes) with its own event not yet received.
+    when ACS could not be asked (DTMF, play; or any operation once its call was gone) or when the command it names
+    (``resolved_by.after``) really is a later command of the call that changes what the read looks at and that
+    ACS executed; or still pending when its call ended (``call_ended``: a hang-up never waits for earlier
+    outcomes) with its own event not yet received.
 
-    ``delivered``: (event type, call) of every event callq received, in order; ``ended_at``: when ACS ended each call.
+    ``delivered``: (event type, call) of every event callq received, in order; ``ended_at``: when ACS ended each
+    call; ``records``: every command of the run by id; ``executed``: how often ACS executed each.
     """
     if command["status"] == "succeeded":
         return True
     op, code = OPERATIONS[command["type"]], json.loads(command["error"])["code"]
     if code == "callback_timeout":
         gone = ended_at.get(command["call_connection_id"], math.inf) < _epoch(command["resolved_at"])
-        return op.reconcile is None or gone
+        after = json.loads(command.get("resolved_by") or "{}").get("after")
+        later = (records or {}).get(after or "")
+        changed = (later is not None and (executed or {}).get(after or "", 0) >= 1
+                   and later["call_connection_id"] == command["call_connection_id"]
+                   and later["created_at"] >= command["created_at"]
+                   and OPERATIONS[later["type"]].changes == op.reconcile_reads != "")
+        return op.reconcile is None or gone or changed
     if code == "call_ended":
         seen = [kind for kind, cc in delivered if cc == command["call_connection_id"]]
         before_end = seen[:seen.index("CallDisconnected")] if "CallDisconnected" in seen else seen

@@ -112,7 +112,7 @@ def test_api_restarts_lose_nothing_and_retries_get_the_original(
         twice = sum(1 for n in executed.values() if n > 1)
         seconds = second_commands(r, client.answers)
         ended = outcomes(r, every)
-        callbacks = httpx.get(f"{simulator.url}/_sim/callbacks").json()
+        callbacks = simulator.http.get("/_sim/callbacks").json()
         undelivered = sum(len(e["event_ids"]) for e in callbacks if e["outcome"] == "dropped")
         callback_5xx = sum(1 for e in callbacks if (e["status"] or 0) >= 500)
         record_figures(Figures(
@@ -132,6 +132,7 @@ def test_api_restarts_lose_nothing_and_retries_get_the_original(
         assert len(set(every)) == len(every) == total
         assert seen["cut"] + seen["refused"], "no request ever went unanswered: the restarts proved nothing"
         delivered, ended_at = delivery_order(callbacks), call_ends(log)
+        records = {i: record(r, i) for i in every}
         for cc, group in ids.items():
             for command_id, (_, _, operation) in zip(group, steps, strict=True):
                 stored = record(r, command_id)
@@ -139,7 +140,7 @@ def test_api_restarts_lose_nothing_and_retries_get_the_original(
                 if stored["status"] == "succeeded":
                     assert executed[command_id] == 1, f"{operation} {command_id} succeeded but ACS never executed it"
                 else:  # an event that found no API is the only excuse
-                    assert honest(stored, delivered, ended_at), stored
+                    assert honest(stored, delivered, ended_at, records=records, executed=executed), stored
             # Per-call order: what ACS executed for this call, it executed in acceptance order.
             order = sorted((e["t"], e["operation"]) for e in log if e.get("call_connection_id") == cc
                            and e["operation"] != "connect")

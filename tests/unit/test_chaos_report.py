@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from callq import cli
 from tests.chaos import scale
+from tests.chaos.harness import honest
 from tests.chaos.report import Figures, Report
 
 
@@ -47,3 +49,25 @@ def test_callq_chaos_names_the_scenarios_when_given_an_unknown_one(capsys: pytes
     assert cli.main(["chaos", "--only", "meteor"]) == 1
     err = capsys.readouterr().err
     assert "no chaos scenario meteor" in err and "worker_kills" in err and "api_restarts" in err
+
+
+def _failed_add(**resolved_by: str) -> dict[str, str]:
+    return {"id": "add", "type": "add_participant", "status": "failed", "call_connection_id": "cc-1",
+            "created_at": "2026-01-01T00:00:01.000Z", "resolved_at": "2026-01-01T00:00:09.000Z",
+            "error": json.dumps({"code": "callback_timeout"}), "resolved_by": json.dumps(resolved_by)}
+
+
+def _later(type_: str, call: str = "cc-1", at: str = "2026-01-01T00:00:02.000Z") -> dict[str, str]:
+    return {"id": "later", "type": type_, "call_connection_id": call, "created_at": at}
+
+
+def test_a_timeout_blamed_on_a_later_command_is_honest_only_if_that_command_changed_what_was_read() -> None:
+    add = _failed_add(type="timeout", after="later")
+    assert honest(add, [], {}, records={"later": _later("remove_participant")}, executed={"later": 1})
+    assert not honest(add, [], {}, records={"later": _later("remove_participant")}, executed={"later": 0})
+    assert not honest(add, [], {}, records={"later": _later("send_dtmf")}, executed={"later": 1})
+    assert not honest(add, [], {}, records={"later": _later("remove_participant", call="cc-2")}, executed={"later": 1})
+    assert not honest(add, [], {}, records={"later": _later("remove_participant", at="2026-01-01T00:00:00.000Z")},
+                      executed={"later": 1})
+    assert not honest(_failed_add(type="timeout"), [], {}, records={"later": _later("remove_participant")},
+                      executed={"later": 1})

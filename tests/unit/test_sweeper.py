@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -97,3 +99,40 @@ def test_a_terminal_transition_takes_the_command_off_the_deadline_index(r: redis
     waiting(r, "c1", int(time.time() * 1000) + 60_000)
     scripts.run(r, ledger.transition("c1", Status("succeeded"), {}))
     assert r.zscore(keys.WAIT_DEADLINES, "c1") is None
+
+
+class _NobodyInTheCall:
+    """The reads an add participant's reconcile makes: a connected call whose participant list is empty."""
+
+    def get_call_connection(self, call_connection_id: str) -> Any:
+        return SimpleNamespace(list_participants=lambda: [],
+                               get_call_properties=lambda: SimpleNamespace(call_connection_state="connected"))
+
+
+def _add_then_remove(r: redis.Redis, *, remove_claimed: bool) -> Runtime:
+    """An add waiting past its deadline on call cc-1, and a remove accepted after it."""
+    party = {"participant": "4:+16045550100"}
+    for cid, type_ in (("add", "add_participant"), ("remove", "remove_participant")):
+        record = records.new_command(command_id=cid, client="alice", type_=type_, params=party, idempotency_key=cid)
+        flat = command.flatten(record | {"call_connection_id": "cc-1"})
+        r.hset(keys.command_key(cid), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+        r.rpush(keys.call_commands_key("cc-1"), cid)
+    r.hset(keys.command_key("add"), mapping={"status": "waiting", "attempts": 1,
+                                             "wait_deadline": int(time.time() * 1000) - 1})
+    if remove_claimed:
+        r.hset(keys.command_key("remove"), mapping={"status": "waiting", "attempts": 1})
+    return Runtime(Settings(), r, client=_NobodyInTheCall(), scheduler=Recorder(),  # type: ignore[arg-type]
+                   rng=random.Random(1))
+
+
+def test_an_absent_participant_fails_the_add_when_nothing_later_touched_the_participants(r: redis.Redis) -> None:
+    assert _add_then_remove(r, remove_claimed=False).reconcile("add") == "failed"
+    assert json.loads(r.hget(keys.command_key("add"), "error"))["code"] == "participant_not_added"
+
+
+def test_an_absent_participant_cannot_tell_once_a_later_remove_may_have_reached_acs(r: redis.Redis) -> None:
+    """The remove may have taken out the participant the add brought in: the read is no evidence either way."""
+    assert _add_then_remove(r, remove_claimed=True).reconcile("add") == "failed"
+    error = json.loads(r.hget(keys.command_key("add"), "error"))
+    assert error["code"] == "callback_timeout" and "remove" in error["message"]
+    assert json.loads(r.hget(keys.command_key("add"), "resolved_by")) == {"type": "timeout", "after": "remove"}
