@@ -159,21 +159,22 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
     acs = create_client(settings, RateLimiter.for_endpoint(
         sync_redis, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s, burst=settings.acs_rate_burst))
     notifier = Notifier(commands)
-    await notifier.start()
-    try:
+    # Every client is closed at shutdown even when closing an earlier one fails (Redis gone): a client left
+    # open leaks its sockets until the garbage collector finds them.
+    async with contextlib.AsyncExitStack() as closing:
+        closing.callback(sync_redis.close)
+        closing.callback(acs.close)
+        if streams is not commands:
+            closing.push_async_callback(streams.aclose)
+        closing.push_async_callback(commands.aclose)
+        closing.push_async_callback(http.aclose)
+        closing.push_async_callback(notifier.stop)
+        await notifier.start()
         async with flushing(commands):
             yield State(settings=settings, redis=commands, stream_redis=streams, http=http,
                         api_keys=ApiKeys(settings.api_keys), celery=create_celery(settings),
                         scripts=AutoPipeline(commands),  # every hot-path script call: accept, ingest, kick
                         acs=acs, verifier=AcsTokenVerifier(settings, http), notifier=notifier)
-    finally:
-        await notifier.stop()
-        await http.aclose()
-        await commands.aclose()
-        if streams is not commands:
-            await streams.aclose()
-        acs.close()
-        sync_redis.close()
 
 
 def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:

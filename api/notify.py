@@ -53,8 +53,13 @@ class Notifier:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                # Leaving the subscription sends UNSUBSCRIBE; with Redis gone that fails, and shutdown goes on.
+                log.info("command notifications closed without Redis (%s)", type(exc).__name__)
 
     async def _listen(self) -> None:
         outage = False

@@ -73,7 +73,7 @@ def test_everything_succeeds_under_a_real_acs_rate_limit(callq_rate: int, max_th
     ids = [a.json()["id"] for a in answers]
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     lost = unfinished(r, ids, timeout_s=PLAN.timeout_s - 60)
-    arrivals = httpx.get(f"{simulator.url}/_sim/arrivals").json()
+    arrivals = simulator.http.get("/_sim/arrivals").json()
     throttled = sum(1 for a in arrivals if a["rejected"] == 429)
     executed = executions(sim_log(simulator), ids)
     record_figures(Figures(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -37,6 +38,11 @@ class ThreadServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """A client for this server kept for the test: a new client per request costs ~60 ms (its TLS context)."""
+        return httpx.Client(base_url=self.url, timeout=30.0)
+
     def start(self) -> ThreadServer:
         self.thread.start()
         wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout_s=15, what="uvicorn start")
@@ -44,8 +50,62 @@ class ThreadServer:
         return self
 
     def stop(self) -> None:
+        if "http" in self.__dict__:
+            self.http.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class ProcessServer:
+    """A uvicorn server in a process of its own, for tests that measure what it sees: in a thread of the test
+    process it would share one interpreter lock with the test's client and the API, and record requests late
+    and in bursts whenever they are busy."""
+
+    def __init__(self, app_factory: str, env: dict[str, str], port: int, log: Path) -> None:
+        self.port = port
+        self._argv = [sys.executable, "-m", "uvicorn", "--factory", app_factory, "--host", "127.0.0.1",
+                      "--port", str(port), "--log-level", "warning"]
+        self._env = {**os.environ, **env}
+        self._log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """A client for this server kept for the test (see ThreadServer.http)."""
+        return httpx.Client(base_url=self.url, timeout=30.0)
+
+    def _answers(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, f"server exited: see {self._log}"
+        try:
+            httpx.get(self.url, timeout=1.0)  # any answer will do: it is serving
+        except httpx.TransportError:
+            return False
+        return True
+
+    def start(self) -> ProcessServer:
+        with self._log.open("ab") as log:
+            self.proc = subprocess.Popen(self._argv, cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._answers, timeout_s=30, what="uvicorn process start")
+        return self
+
+    def stop(self) -> None:
+        if "http" in self.__dict__:
+            self.http.close()
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+Server = ThreadServer | ProcessServer
 
 
 @pytest.fixture
@@ -76,6 +136,15 @@ def stack_settings(stack_env: dict[str, str]) -> Settings:
 @pytest.fixture
 def simulator(stack_env: dict[str, str]) -> Iterator[ThreadServer]:
     server = ThreadServer("simulator.app:create_app", stack_env, int(stack_env["CALLQ_SIM_PORT"])).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def simulator_process(stack_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessServer]:
+    """The simulator in its own process (see ProcessServer), on the port the stack's settings name."""
+    server = ProcessServer("simulator.app:create_app", stack_env, int(stack_env["CALLQ_SIM_PORT"]),
+                           tmp_path / "simulator.log").start()
     yield server
     server.stop()
 

@@ -18,7 +18,7 @@ SLOW = "+14255550999"
 
 
 def phone(sim: ThreadServer, number: str, **script: Any) -> None:
-    assert httpx.put(f"{sim.url}/_sim/phones/{number}", json=script).status_code < 300
+    assert sim.http.put(f"/_sim/phones/{number}", json=script).status_code < 300
 
 
 @pytest.fixture

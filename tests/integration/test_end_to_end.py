@@ -11,7 +11,7 @@ import httpx
 
 from callq import demo
 from tests.conftest import TEST_API_KEY
-from tests.integration.conftest import ThreadServer
+from tests.integration.conftest import Server, ThreadServer
 from workers.acs import repeatability_id
 from workers.settings import Settings
 
@@ -31,16 +31,16 @@ SEED_SCENARIO = [
 ]
 
 
-def sim_room_call(sim: ThreadServer, *, started: bool = True) -> str:
-    room_id = httpx.post(f"{sim.url}/_sim/rooms", json={"pstn_dial_out_enabled": True}).json()["room_id"]
+def sim_room_call(sim: Server, *, started: bool = True) -> str:
+    room_id = sim.http.post("/_sim/rooms", json={"pstn_dial_out_enabled": True}).json()["room_id"]
     if started:
-        resp = httpx.post(f"{sim.url}/_sim/rooms/{room_id}/call", json={"participants": ["8:acs:teacher"]})
+        resp = sim.http.post(f"/_sim/rooms/{room_id}/call", json={"participants": ["8:acs:teacher"]})
         assert resp.status_code < 300, resp.text
     return str(room_id)
 
 
-def sim_log(sim: ThreadServer) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = httpx.get(f"{sim.url}/_sim/log").json()
+def sim_log(sim: Server) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = sim.http.get("/_sim/log").json()
     return entries
 
 

@@ -192,7 +192,7 @@ def test_no_call_is_missed_and_a_call_ending_early_completes_early(
     early = create(api, {"room_id": live_room, "start_at": soon(2), "duration": "PT5S"})
 
     wait_until(lambda: runs_in(api, early, ("recording",), 1), timeout_s=15, what="the recording to start")
-    assert httpx.delete(f"{simulator.url}/_sim/rooms/{live_room}/call").status_code == 204  # everyone leaves
+    assert simulator.http.delete(f"/_sim/rooms/{live_room}/call").status_code == 204  # everyone leaves
 
     [gone] = wait_until(lambda: runs_in(api, missed, TERMINAL, 1), timeout_s=15, what="the missed occurrence")
     assert gone["state"] == "missed", gone

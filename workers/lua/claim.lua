@@ -27,7 +27,9 @@ if call ~= '' then
 end
 local wait = gcra(KEYS[2], KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]))
 if wait > 0 then return {'throttled', wait, f['type']} end
+-- paid_ms: when the budget granted this send, on Redis's clock (the one the budget runs on): one clock for
+-- every worker, so what was granted can be checked against the budget exactly.
 redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(now + tonumber(ARGV[1])),
-           'updated_at', ARGV[2], 'parked', '')
+           'updated_at', ARGV[2], 'parked', '', 'paid_ms', tostring(now_ms()))
 -- The status before this claim: 'running' means an earlier attempt died while sending.
 return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), status, rec}
