@@ -371,9 +371,9 @@ def reconcile(client: CallAutomationClient, cmd: Command,
         verdict = op.reconcile(client, cmd) if op.reconcile else None
     except ResourceNotFoundError:
         verdict = None  # the call (or recording) is gone: said below
-    later = changed_since(op.reconcile_reads) if verdict is not None and op.reconcile_reads else None
+    later = changed_since(op.reconcile_reads) if op.reconcile_reads else None
     if later:
-        verdict = None
+        verdict = None  # also when the read could not tell: a later stop is why a resume finds no recording
     if verdict is not None or not op.ends_with_call or not cmd.call_connection_id:
         return verdict
     if _left_call(client, cmd):

@@ -258,7 +258,8 @@ def second_commands(r: redis.Redis, idempotency_keys: Iterable[str]) -> int:
 
 
 def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: dict[str, float], *,
-           records: Mapping[str, Mapping[str, str]] | None = None, executed: Mapping[str, int] | None = None) -> bool:
+           records: Mapping[str, Mapping[str, str]] | None = None, executed: Mapping[str, int] | None = None,
+           log: list[dict[str, Any]] | None = None) -> bool:
     """Succeeded, or failed the way only a missing event explains: given up at its deadline (``callback_timeout``)
     when ACS could not be asked (DTMF, play; or any operation once its call was gone) or when the command it names
     (``resolved_by.after``) really is a later command of the call that changes what the read looks at and that
@@ -266,7 +267,8 @@ def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: 
     outcomes) with its own event not yet received.
 
     ``delivered``: (event type, call) of every event callq received, in order; ``ended_at``: when ACS ended each
-    call; ``records``: every command of the run by id; ``executed``: how often ACS executed each.
+    call; ``records``: every command of the run by id; ``executed``: how often ACS executed each (by the ids
+    callq sends); ``log``: the simulator's execution log.
     """
     if command["status"] == "succeeded":
         return True
@@ -275,7 +277,7 @@ def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: 
         gone = ended_at.get(command["call_connection_id"], math.inf) < _epoch(command["resolved_at"])
         after = json.loads(command.get("resolved_by") or "{}").get("after")
         later = (records or {}).get(after or "")
-        changed = (later is not None and (executed or {}).get(after or "", 0) >= 1
+        changed = (later is not None and acs_executed(later, executed or {}, log or [])
                    and later["call_connection_id"] == command["call_connection_id"]
                    and later["created_at"] >= command["created_at"]
                    and OPERATIONS[later["type"]].changes == op.reconcile_reads != "")
@@ -285,6 +287,20 @@ def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: 
         before_end = seen[:seen.index("CallDisconnected")] if "CallDisconnected" in seen else seen
         return not (op.succeeds_on | op.fails_on) & set(before_end)
     return False
+
+
+# ACS's pause, resume and stop carry neither an operationContext nor (in callq) a repeatability id: the simulator's
+# log names them by operation and recording.
+_BY_RECORDING = {"pause_recording": "pauseRecording", "resume_recording": "resumeRecording",
+                 "stop_recording": "stopRecording"}
+
+
+def acs_executed(command: Mapping[str, str], executed: Mapping[str, int], log: list[dict[str, Any]]) -> bool:
+    """Whether ACS executed ``command``: by its id, or for a recording action, by its operation on its recording."""
+    if executed.get(command["id"], 0) >= 1:
+        return True
+    name, recording = _BY_RECORDING.get(command["type"]), command.get("recording_id")
+    return bool(name and recording and any(e["operation"] == name and recording in e["path"] for e in log))
 
 
 def _epoch(iso: str) -> float:

@@ -140,7 +140,7 @@ def test_api_restarts_lose_nothing_and_retries_get_the_original(
                 if stored["status"] == "succeeded":
                     assert executed[command_id] == 1, f"{operation} {command_id} succeeded but ACS never executed it"
                 else:  # an event that found no API is the only excuse
-                    assert honest(stored, delivered, ended_at, records=records, executed=executed), stored
+                    assert honest(stored, delivered, ended_at, records=records, executed=executed, log=log), stored
             # Per-call order: what ACS executed for this call, it executed in acceptance order.
             order = sorted((e["t"], e["operation"]) for e in log if e.get("call_connection_id") == cc
                            and e["operation"] != "connect")

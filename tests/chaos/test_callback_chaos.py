@@ -90,7 +90,8 @@ def test_every_command_ends_once_as_acs_saw_it_under_every_callback_fault(
     assert not lost, f"{len(lost)} commands never ended, e.g. {r.hgetall(keys.command_key(lost[0]))}"
     records = {i: record(r, i) for i in every}
     wrong = [(rec["type"], rec["error"], rec.get("resolved_by")) for rec in records.values()
-             if not honest(rec, delivery_order(callbacks), call_ends(log), records=records, executed=executed)]
+             if not honest(rec, delivery_order(callbacks), call_ends(log), records=records, executed=executed,
+                             log=log)]
     assert not wrong, f"{len(wrong)} commands failed although callq had what it needed to know better: {wrong[:3]}"
     assert all(n <= 1 for n in executed.values()), {i: n for i, n in executed.items() if n > 1}
     assert stored_twice == 0

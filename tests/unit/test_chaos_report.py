@@ -71,3 +71,19 @@ def test_a_timeout_blamed_on_a_later_command_is_honest_only_if_that_command_chan
                       executed={"later": 1})
     assert not honest(_failed_add(type="timeout"), [], {}, records={"later": _later("remove_participant")},
                       executed={"later": 1})
+
+
+def test_a_later_recording_action_counts_as_executed_by_its_operation_on_its_recording() -> None:
+    """ACS's pause/resume/stop carry no id of callq's: the simulator's log names the operation and recording."""
+    resume = {"id": "resume", "type": "resume_recording", "status": "failed", "call_connection_id": "cc-1",
+              "created_at": "2026-01-01T00:00:01.000Z", "resolved_at": "2026-01-01T00:00:09.000Z",
+              "error": json.dumps({"code": "callback_timeout"}),
+              "resolved_by": json.dumps({"type": "timeout", "after": "stop"})}
+    stop = {"id": "stop", "type": "stop_recording", "call_connection_id": "cc-1", "recording_id": "rec-1",
+            "created_at": "2026-01-01T00:00:02.000Z"}
+    log = [{"operation": "stopRecording", "path": "/calling/recordings/rec-1"}]
+    assert honest(resume, [], {}, records={"stop": stop}, executed={}, log=log)
+    assert not honest(resume, [], {}, records={"stop": stop}, executed={},
+                      log=[{"operation": "stopRecording", "path": "/calling/recordings/rec-2"}])
+    assert not honest(resume, [], {}, records={"stop": stop}, executed={},
+                      log=[{"operation": "pauseRecording", "path": "/calling/recordings/rec-1"}])

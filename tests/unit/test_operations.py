@@ -63,13 +63,13 @@ def test_a_resume_cannot_be_told_once_a_later_recording_command_may_have_changed
         asked.append(part)
         return "c3"
 
-    for state in ("inactive", "active"):
+    for state in ("inactive", "active", None):  # None: the recording is gone (a later stop)
         verdict = reconcile(_Acs(state), _resume(), changed)  # type: ignore[arg-type]
         assert verdict is not None
         status, fields = verdict
         assert status == Status.FAILED and fields["error"]["code"] == "callback_timeout"
         assert fields["resolved_by"] == {"type": "timeout", "after": "c3"}
-    assert asked == ["recording", "recording"]
+    assert asked == ["recording", "recording", "recording"]
 
 
 def test_a_start_is_told_by_its_own_recording_whatever_came_later() -> None:
