@@ -23,7 +23,26 @@ from workers.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class ThreadServer:
+class Server:
+    """What a test needs of a server: its URL, and one HTTP client kept for the test."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        # Kept: a new client per request costs ~60 ms (it builds a TLS context), minutes over a suite.
+        return httpx.Client(base_url=self.url, timeout=30.0)
+
+    def _close_http(self) -> None:
+        if "http" in self.__dict__:
+            self.http.close()
+
+
+class ThreadServer(Server):
     """A uvicorn server on a free port in a background thread, stopped cleanly at teardown."""
 
     def __init__(self, app_factory: str, env: dict[str, str], port: int) -> None:
@@ -34,15 +53,6 @@ class ThreadServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @functools.cached_property
-    def http(self) -> httpx.Client:
-        """A client for this server kept for the test: a new client per request costs ~60 ms (its TLS context)."""
-        return httpx.Client(base_url=self.url, timeout=30.0)
-
     def start(self) -> ThreadServer:
         self.thread.start()
         wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout_s=15, what="uvicorn start")
@@ -50,16 +60,14 @@ class ThreadServer:
         return self
 
     def stop(self) -> None:
-        if "http" in self.__dict__:
-            self.http.close()
+        self._close_http()
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
 
-class ProcessServer:
-    """A uvicorn server in a process of its own, for tests that measure what it sees: in a thread of the test
-    process it would share one interpreter lock with the test's client and the API, and record requests late
-    and in bursts whenever they are busy."""
+class ProcessServer(Server):
+    """A uvicorn server in a process of its own, for the heavy tests: in a thread of the test process it would
+    share one interpreter lock with the test's client and the API's thread, and slow both."""
 
     def __init__(self, app_factory: str, env: dict[str, str], port: int, log: Path) -> None:
         self.port = port
@@ -68,15 +76,6 @@ class ProcessServer:
         self._env = {**os.environ, **env}
         self._log = log
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @functools.cached_property
-    def http(self) -> httpx.Client:
-        """A client for this server kept for the test (see ThreadServer.http)."""
-        return httpx.Client(base_url=self.url, timeout=30.0)
 
     def _answers(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, f"server exited: see {self._log}"
@@ -93,8 +92,7 @@ class ProcessServer:
         return self
 
     def stop(self) -> None:
-        if "http" in self.__dict__:
-            self.http.close()
+        self._close_http()
         if self.proc is None:
             return
         self.proc.terminate()
@@ -103,9 +101,6 @@ class ProcessServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-Server = ThreadServer | ProcessServer
 
 
 @pytest.fixture
