@@ -48,6 +48,7 @@ from workers.errors import (
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     InvalidCommand,
+    Refused,
     ScheduleNotFound,
     Unauthorized,
 )
@@ -64,6 +65,7 @@ STATUS: dict[type[CallqError], int] = {
     IdempotencyKeyInvalid: 400,
     IdempotencyKeyReused: 422,
     RateLimited: 429,
+    Refused: 429,
     InvalidCommand: 422,
     CommandNotFound: 404,
     ScheduleNotFound: 404,
@@ -96,7 +98,7 @@ async def callq_error(request: Request, exc: Exception) -> Response:
     status = CODE_STATUS.get(exc.code) or next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     if status >= 500:
         log.error("unhandled callq error %s on %s", exc.code, request.url.path)
-    headers = {"Retry-After": retry_after(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    headers = {"Retry-After": retry_after(exc.retry_after_s)} if isinstance(exc, RateLimited | Refused) else None
     return _error(status, exc.code, exc.message, exc.details, headers=headers)
 
 

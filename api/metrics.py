@@ -13,7 +13,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,14 +174,18 @@ async def read_health(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> He
                   max(0.0, (int(paused_until or 0) - now_ms) / 1000))
 
 
-async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> list[Metric]:
-    """Every metric family (including this process's own unflushed figures)."""
+async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str, clients: Sequence[str] = ()) -> list[Metric]:
+    """Every metric family (including this process's own unflushed figures); ``clients``: whose pending to show."""
     await metrics.flush_async(r)
     names = list(metrics.SPECS)
     pipe = r.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(metrics.PREFIX + name)
-    hashes = dict(zip(names, await pipe.execute(), strict=True))
+    for client in clients:
+        pipe.scard(keys.client_pending_key(client))
+    replies = await pipe.execute()
+    hashes = dict(zip(names, replies[:len(names)], strict=True))
+    pending = dict(zip(clients, replies[len(names):], strict=True))
     health = await read_health(r, queue=queue, acs_endpoint=acs_endpoint)
     gauges: dict[str, list[tuple[dict[str, str], float]]] = {
         "callq_queue_depth": [({"queue": queue}, float(health.queue_depth))],
@@ -190,6 +194,7 @@ async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> list[
         "callq_commands_waiting_overdue": [({}, float(health.waiting_overdue))],
         "callq_workers_alive": [({}, float(health.workers_alive))],
         "callq_acs_pause_seconds": [({}, health.acs_pause_s)],
+        "callq_client_pending": [({"client": c}, float(n)) for c, n in pending.items()],
     }
     return prometheus.families(hashes, gauges)
 
@@ -207,7 +212,8 @@ async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition of every callq figure."""
     _authorize(request)
     state = request.state
-    families = await snapshot(state.redis, queue=state.settings.queue, acs_endpoint=state.settings.acs_endpoint)
+    families = await snapshot(state.redis, queue=state.settings.queue, acs_endpoint=state.settings.acs_endpoint,
+                              clients=sorted(state.settings.api_keys))
     return Response(generate_latest(_Snapshot(families)), media_type=CONTENT_TYPE_LATEST)
 
 

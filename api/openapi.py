@@ -127,7 +127,7 @@ def _command_ops(idem: dict[str, Any]) -> dict[str, Any]:
             "responses": {"202": {"description": "accepted (or replayed)", "headers": {"Location": {
                 "description": "the command's URL", "schema": {"type": "string"}}},
                 "content": {"application/json": {"schema": _COMMAND}}, "links": _command_links(spec)},
-                **_errors(400, 401, 404, 409, 413, 415, 422)},
+                **_errors(400, 401, 404, 409, 413, 415, 422, 429)},  # 429: the door (too_many_pending, ...)
         }
     return paths
 

@@ -21,6 +21,7 @@ GAUGES = {
                                        "has taken up to reconcile."),
     "callq_workers_alive": "Workers whose heartbeat is fresh.",
     "callq_acs_pause_seconds": "Seconds left of the shared pause a 429 from ACS imposed (0: not paused).",
+    "callq_client_pending": "Commands of each client accepted and not yet ended (CALLQ_CLIENT_MAX_PENDING).",
 }
 
 

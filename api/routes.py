@@ -20,9 +20,11 @@ from api import render, schemas
 from api.auth import idempotency_key
 from tasks.app import task_name
 from tasks.publish import task_message
-from workers import commands, keys
+from workers import commands, keys, metrics
 from workers.command import Command
-from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand
+from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand, Refused
+from workers.ledger import Accepted
+from workers.settings import Settings
 
 MAX_BODY_BYTES = 16_384
 Scope = Literal["room", "call", "recording"]
@@ -178,7 +180,11 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
         route=f"{request.method} {request.scope['path']}", call_connection_id=target.get("call_connection_id", ""),
         room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
     found = await state.scripts.run(commands.accept_call(state.settings, message_for(request), new,
-                                                         response_json=render.command_json(new.command)))
+                                                         response_json=render.command_json(new.command),
+                                                         limits=commands.door_limits(state.settings, spec.type)))
+    if found.refused:
+        metrics.RECORDER.inc("callq_client_refused", client, found.refused)
+        raise _refusal(state.settings, found, target.get("call_connection_id", ""))
     headers = {"Location": f"/v1/commands/{found.command_id}"}
     if found.replayed:
         if found.fingerprint != new.fingerprint:
@@ -187,6 +193,20 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
         headers["Idempotent-Replayed"] = "true"
     body_json = found.response_json or await _current(request, found.command_id)
     return Response(body_json, status_code=202, headers=headers, media_type="application/json")
+
+
+def _refusal(settings: Settings, found: Accepted, call: str) -> Refused:
+    """The 429 for a command the door turned away (nothing was recorded: the same key may be sent again)."""
+    wait_s = found.retry_after_ms / 1000
+    if found.refused == "client_rate_limited":
+        return Refused(f"You are sending commands faster than your budget of {settings.client_accept_rate_per_s} a "
+                       "second (CALLQ_CLIENT_ACCEPT_RATE_PER_SECOND); retry after Retry-After seconds.",
+                       code=found.refused, retry_after_s=wait_s)
+    if found.refused_by == "call":
+        return Refused(f"Call {call!r} already has {settings.max_pending_per_call} commands that have not ended "
+                       "(CALLQ_MAX_PENDING_PER_CALL); retry once some have.", code=found.refused, retry_after_s=wait_s)
+    return Refused(f"You already have {settings.client_max_pending} commands that have not ended "
+                   "(CALLQ_CLIENT_MAX_PENDING); retry once some have.", code=found.refused, retry_after_s=wait_s)
 
 
 async def _current(request: Request, command_id: str) -> str:

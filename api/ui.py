@@ -92,7 +92,7 @@ def _client(request: Request) -> str | None:
 async def _overview(request: Request, client: str) -> dict[str, Any]:
     settings = request.state.settings
     return await ui_data.overview(request.state.redis, client, queue=settings.queue,
-                                  acs_endpoint=settings.acs_endpoint)
+                                  acs_endpoint=settings.acs_endpoint, pending_limit=settings.client_max_pending)
 
 
 async def home(request: Request) -> Response:

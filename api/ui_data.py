@@ -6,6 +6,7 @@ Everything here is plain text and numbers; only the templates (autoescaped) turn
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -173,12 +174,28 @@ def _health_cards(h: Health, live: int) -> list[dict[str, str]]:
     return [{"label": label, "value": value, "kind": kind} for label, value, kind in cards]
 
 
-async def overview(r: Any, client: str, *, queue: str, acs_endpoint: str) -> dict[str, Any]:
+async def _door_cards(r: Any, client: str, pending_limit: int) -> list[dict[str, str]]:
+    """This client's commands not yet ended (against CALLQ_CLIENT_MAX_PENDING) and those the door refused."""
+    pending = int(await r.scard(keys.client_pending_key(client)))
+    refused: Counter[str] = Counter()
+    for labels, value in (await r.hgetall(metrics.PREFIX + "callq_client_refused")).items():
+        who, code = json.loads(labels)
+        if who == client:
+            refused[code] += int(float(value))
+    limit = f" of {pending_limit}" if pending_limit else ""
+    near = pending_limit and pending >= 0.8 * pending_limit
+    detail = ", ".join(f"{n} {code}" for code, n in sorted(refused.items()))
+    return [{"label": "Your pending commands", "value": f"{pending}{limit}", "kind": "warn" if near else ""},
+            {"label": "Refused at the door", "value": detail or "0", "kind": "warn" if refused else ""}]
+
+
+async def overview(r: Any, client: str, *, queue: str, acs_endpoint: str, pending_limit: int = 0) -> dict[str, Any]:
     """The overview's context: health cards, live calls, commands needing attention, recently ended calls."""
     calls = await _calls(r, client)
     live = [c for c in calls if c["state"] not in ENDED]
     health = await read_health(r, queue=queue, acs_endpoint=acs_endpoint)
-    return {"cards": _health_cards(health, len(live)), "live": live, "attention": await _attention(r, client),
+    cards = _health_cards(health, len(live)) + await _door_cards(r, client, pending_limit)
+    return {"cards": cards, "live": live, "attention": await _attention(r, client),
             "ended": [c for c in calls if c["state"] in ENDED][:ENDED_SHOWN]}
 
 

@@ -19,7 +19,8 @@ import redis
 
 from workers import command, keys, ledger, scripts
 from workers.command import Command
-from workers.ledger import Accepted
+from workers.ledger import Accepted, DoorLimits
+from workers.operations import OPERATIONS
 from workers.scripts import ScriptCall
 from workers.settings import Settings
 
@@ -52,17 +53,29 @@ def new(
     return NewCommand(cmd, fingerprint(route, params), idempotency_key)
 
 
+def door_limits(settings: Settings, type_: str) -> DoorLimits:
+    """The limits a client's request for a ``type_`` command meets at the API (``CALLQ_MAX_PENDING_PER_CALL``,
+    ``CALLQ_CLIENT_*``). An interrupt (hang up, cancel media, cancel an invitation) is never refused for pending
+    work, only by the accept budget: it is how a client clears a call the limit holds full."""
+    budget = {"accept_rate_per_s": settings.client_accept_rate_per_s,
+              "accept_burst": settings.client_accept_burst or settings.client_accept_rate_per_s}
+    if OPERATIONS[type_].interrupts:
+        return DoorLimits(**budget)
+    return DoorLimits(per_call=settings.max_pending_per_call, per_client=settings.client_max_pending, **budget)
+
+
 def accept_call(settings: Settings, message_for: MessageFor, new_: NewCommand, *,
-                response_json: str = "") -> ScriptCall[Accepted]:
-    """The accept of ``new_`` (``response_json``: the resource a replay of this request answers, if any)."""
+                response_json: str = "", limits: DoorLimits = ledger.NO_LIMITS) -> ScriptCall[Accepted]:
+    """The accept of ``new_`` (``response_json``: the resource a replay of this request answers, if any), refused
+    past ``limits`` (none by default: the scheduler's own steps are never refused; they still count as pending)."""
     cmd = new_.command
     return ledger.accept(
         idempotency_key=keys.idempotency_key(cmd.client, new_.idempotency_key), fingerprint=new_.fingerprint,
         command=command.new_fields(cmd), queue=settings.queue, message=message_for(cmd.type, cmd.id),
         response_json=response_json, idempotency_ttl_s=settings.idempotency_ttl_s,
-        command_ttl_s=settings.command_ttl_s)
+        command_ttl_s=settings.command_ttl_s, limits=limits)
 
 
 def accept(r: redis.Redis, settings: Settings, message_for: MessageFor, new_: NewCommand) -> Accepted:
-    """Run the accept on a synchronous client (workers); the API runs the same call on its pipeline."""
+    """Run the accept on a synchronous client (the scheduler); the API runs the same call on its pipeline."""
     return scripts.run(r, accept_call(settings, message_for, new_))

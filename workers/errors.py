@@ -89,3 +89,14 @@ class AcsError(CallqError):
         self.retry_after_s = retry_after_s
         self.retryable = retryable
         self.may_have_executed = may_have_executed  # False only when ACS provably did not act (refused, 429)
+
+
+class Refused(CallqError):
+    """Raised when a new command meets one of the door's limits; nothing was recorded and its key stays free."""
+
+    code = "too_many_pending"
+    retryable = True
+
+    def __init__(self, message: str, *, code: str, retry_after_s: float) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s

@@ -29,6 +29,23 @@ CALL_PREFIX = "callq:call:"
 CALL_COMMANDS_SUFFIX = ":commands"
 
 
+PENDING_SUFFIX = ":pending"  # the set of a call's (or a client's) commands accepted and not yet ended
+CLIENT_PREFIX = "callq:client:"
+
+
+def call_pending_key(call_connection_id: str) -> str:
+    return f"{CALL_PREFIX}{call_connection_id}{PENDING_SUFFIX}"
+
+
+def client_pending_key(client: str) -> str:
+    return f"{CLIENT_PREFIX}{client}{PENDING_SUFFIX}"
+
+
+def client_accept_budget_key(client: str) -> str:
+    """The theoretical arrival time of the client's accept budget (GCRA, ms)."""
+    return f"{CLIENT_PREFIX}{client}:accept-tat"
+
+
 def call_key(call_connection_id: str) -> str:
     return f"{CALL_PREFIX}{call_connection_id}"
 

@@ -40,13 +40,29 @@ def _record(flat: Sequence[Any]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class DoorLimits:
+    """What a new command is checked against before anything is written (0: no limit)."""
+
+    per_call: int = 0  # commands of one call accepted and not yet ended
+    per_client: int = 0  # commands of one client accepted and not yet ended
+    accept_rate_per_s: int = 0  # the client's accept budget: this many a second...
+    accept_burst: int = 0  # ... and this many at once
+
+
+NO_LIMITS = DoorLimits()
+
+
+@dataclass(frozen=True)
 class Accepted:
-    """What the accept found: a new command, or the one an earlier request with this key created."""
+    """What the accept found: a new command, the one an earlier request with this key created, or a refusal."""
 
     command_id: str
     replayed: bool
     fingerprint: str  # the stored one: differs from the request's when a key is reused for something else
     response_json: str  # the command resource as first answered ('' when the accepting caller kept none)
+    refused: str = ""  # the stable code of the limit the command met ('' when it was not refused)
+    refused_by: str = ""  # whose limit: "call" or "client"
+    retry_after_ms: int = 0
 
     @property
     def response(self) -> dict[str, Any]:
@@ -55,23 +71,31 @@ class Accepted:
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> Accepted:
+        if _s(reply[0]) == "refused":
+            return cls(command_id="", replayed=False, fingerprint="", response_json="", refused=_s(reply[1]),
+                       retry_after_ms=int(reply[2]), refused_by=_s(reply[3]))
         outcome, command_id, fp, response = (_s(x) for x in reply)
         return cls(command_id=command_id, replayed=outcome == "replay", fingerprint=fp, response_json=response)
 
 
 def accept(
     *, idempotency_key: str, fingerprint: str, command: Mapping[str, Any], queue: str, message: str, response_json: str,
-    idempotency_ttl_s: int, command_ttl_s: int,
+    idempotency_ttl_s: int, command_ttl_s: int, limits: DoorLimits = NO_LIMITS,
 ) -> ScriptCall[Accepted]:
     """Create ``command`` (its fields, see ``command.new_fields``) and push ``message`` onto ``queue``; or, when
-    ``idempotency_key`` (the full Redis key) is known already, the command it names."""
+    ``idempotency_key`` (the full Redis key) is known already, the command it names; or, past ``limits``, nothing."""
     cid, cc, rec = str(command["id"]), str(command.get("call_connection_id") or ""), str(
         command.get("recording_id") or "")
+    client = str(command.get("client") or "")
+    rate = limits.accept_rate_per_s
     return scripts.call(
         "accept",
         [idempotency_key, keys.command_key(cid), keys.queue_key(queue),
-         keys.call_commands_key(cc) if cc else "", keys.recording_commands_key(rec) if rec else ""],
+         keys.call_commands_key(cc) if cc else "", keys.recording_commands_key(rec) if rec else "",
+         keys.call_pending_key(cc) if cc else "", keys.client_pending_key(client),
+         keys.client_accept_budget_key(client) if rate > 0 else ""],
         [fingerprint, cid, idempotency_ttl_s, command_ttl_s, message, response_json, SWEEP_GRACE_MS,
+         limits.per_call, limits.per_client, 1000 / rate if rate > 0 else 0, max(limits.accept_burst, 1),
          *flatten(command)],
         Accepted.parse)
 

@@ -58,6 +58,8 @@ SPECS = {s.name: s for s in (
     Spec("callq_commands_accepted", "counter", "Commands accepted by the API (idempotent replays excluded).",
          ("type",)),
     Spec("callq_commands_rejected", "counter", "Command requests the API refused, by error code.", ("type", "code")),
+    Spec("callq_client_refused", "counter", "New commands turned away at the door (too_many_pending, "
+         "client_rate_limited), by client.", ("client", "code")),
     Spec("callq_commands_succeeded", "counter", "Commands that ended succeeded.", ("type",)),
     Spec("callq_commands_failed", "counter", "Commands that ended failed, by error code.", ("type", "code")),
     Spec("callq_command_retries", "counter", "Transient ACS failures that will be retried, by error code.",

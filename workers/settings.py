@@ -113,6 +113,12 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = field(default="", repr=False)  # bearer token for /metrics; empty: any API key
+    # The door (checked as a command is accepted; 0: no limit): commands of one call, and of one client, accepted
+    # and not yet ended; a client's accepts per second (and at once; 0: as many as per second).
+    max_pending_per_call: int = 100
+    client_max_pending: int = 10_000
+    client_accept_rate_per_s: int = 0
+    client_accept_burst: int = 0
     # Scheduled recordings: how long an occurrence keeps trying to connect to a room call that has not
     # started yet before it is marked missed.
     schedule_grace_s: int = 300
@@ -180,6 +186,12 @@ class Settings:
             max_attempts=_int(env, "CALLQ_MAX_ATTEMPTS", cls.max_attempts, high=100),
             retry_base_s=_float(env, "CALLQ_RETRY_BASE_SECONDS", cls.retry_base_s),
             retry_cap_s=_float(env, "CALLQ_RETRY_CAP_SECONDS", cls.retry_cap_s),
+            max_pending_per_call=_int(env, "CALLQ_MAX_PENDING_PER_CALL", cls.max_pending_per_call, low=0),
+            client_max_pending=_int(env, "CALLQ_CLIENT_MAX_PENDING", cls.client_max_pending, low=0),
+            client_accept_rate_per_s=_int(env, "CALLQ_CLIENT_ACCEPT_RATE_PER_SECOND", cls.client_accept_rate_per_s,
+                                          low=0, high=1_000_000),
+            client_accept_burst=_int(env, "CALLQ_CLIENT_ACCEPT_BURST", cls.client_accept_burst, low=0,
+                                     high=1_000_000),
             schedule_grace_s=_int(env, "CALLQ_SCHEDULE_GRACE_SECONDS", cls.schedule_grace_s, high=86_400),
             beat_lock_timeout_s=_int(env, "CALLQ_BEAT_LOCK_TIMEOUT_SECONDS", cls.beat_lock_timeout_s, low=2,
                                      high=3600),

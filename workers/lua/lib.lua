@@ -45,6 +45,11 @@ local function transition(id, to, allowed, now, fields, attempts_by)
   redis.call('ZREM', WAIT_DEADLINES, id)
   local flat, record = redis.call('HGETALL', key), {}
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  -- No longer pending: frees its place under the door's limits (accept.lua).
+  if record['call_connection_id'] and record['call_connection_id'] ~= '' then
+    redis.call('SREM', CALL_PREFIX .. record['call_connection_id'] .. PENDING_SUFFIX, id)
+  end
+  if record['client'] then redis.call('SREM', CLIENT_PREFIX .. record['client'] .. PENDING_SUFFIX, id) end
   local doc = cjson.encode(record)
   redis.call('PUBLISH', COMMAND_DONE_CHANNEL, id .. ' ' .. doc)
   return {'applied', to, flat}
@@ -56,12 +61,9 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- GCRA: take one request from the shared ACS budget. 0 when it may go now (and it is taken), else the
--- milliseconds to wait. tat_key: theoretical arrival time; pause_key: until when a 429 paused everyone.
-local function gcra(tat_key, pause_key, emission, burst)
-  local now = now_ms()
-  local paused = tonumber(redis.call('GET', pause_key) or '0')
-  if paused > now then return paused - now end
+-- GCRA: take one from the budget whose theoretical arrival time is at tat_key (one every `emission` ms, `burst`
+-- at once). 0 when it may go now (and it is taken), else the milliseconds to wait.
+local function gcra_take(tat_key, emission, burst, now)
   local tolerance = emission * (burst - 1)
   local tat = tonumber(redis.call('GET', tat_key) or '0')
   if tat < now then tat = now end
@@ -70,6 +72,14 @@ local function gcra(tat_key, pause_key, emission, burst)
   local new_tat = tat + emission
   redis.call('SET', tat_key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
   return 0
+end
+
+-- The shared ACS budget: GCRA, unless a 429 paused everyone until the time at pause_key.
+local function gcra(tat_key, pause_key, emission, burst)
+  local now = now_ms()
+  local paused = tonumber(redis.call('GET', pause_key) or '0')
+  if paused > now then return paused - now end
+  return gcra_take(tat_key, emission, burst, now)
 end
 
 -- Per-call order: does the earlier command `id` keep a command of type `t` from being sent at `now`?
