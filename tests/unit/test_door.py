@@ -144,3 +144,16 @@ def test_the_new_settings_are_read_and_checked() -> None:
     with pytest.raises(ConfigError, match="CALLQ_MAX_PENDING_PER_CALL must be between 0"):
         Settings.from_env({"CALLQ_MAX_PENDING_PER_CALL": "-1"})
     assert Settings.from_env({}).max_pending_per_call == 100
+
+
+def test_members_that_ended_without_leaving_are_dropped_when_the_limit_is_met(r: redis.Redis) -> None:
+    """A command finished by a worker of an earlier release (no door) stays in the sets: at the limit it is
+    dropped, not counted."""
+    limits = DoorLimits(per_call=2, per_client=2)
+    accept(r, "c1", limits=limits)
+    accept(r, "c2", limits=limits)
+    r.hset(keys.command_key("c1"), "status", "succeeded")  # ended the old way: still in both sets
+    r.delete(keys.command_key("c2"))  # its record gone
+    assert accept(r, "c3", limits=limits).command_id == "c3"
+    assert r.smembers(keys.call_pending_key("cc-1")) == {"c3"}
+    assert r.smembers(keys.client_pending_key("alice")) == {"c3"}
