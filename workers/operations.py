@@ -104,6 +104,13 @@ def _lost(code: str, message: str, how: str) -> Verdict:
     return _reconciled(Status.FAILED, how, error={"code": code, "message": message})
 
 
+def timed_out(message: str = "ACS sent no outcome in time and its state cannot tell whether this command took "
+                             "effect.", **resolved: str) -> Verdict:
+    """``callback_timeout``: the deadline passed and no read of ACS could say how the command ended."""
+    return Status.FAILED, {"error": {"code": "callback_timeout", "message": message},
+                           "resolved_by": {"type": "timeout", **resolved}}
+
+
 def _ring_time_s(cmd: Command) -> float:
     return float(cmd.params.get("invitation_timeout") or 60)
 
@@ -379,8 +386,6 @@ def reconcile(client: CallAutomationClient, cmd: Command,
     if _left_call(client, cmd):
         return _lost("call_ended", "The call ended before ACS reported this command's outcome.", "read call")
     if later:
-        return Status.FAILED, {
-            "error": {"code": "callback_timeout", "message": f"ACS sent no outcome in time, and {later}, sent after "
-                      f"this command, changed the {op.reconcile_reads} a read of ACS would show."},
-            "resolved_by": {"type": "timeout", "after": later}}
+        return timed_out(f"ACS sent no outcome in time, and {later}, sent after this command, changed the "
+                         f"{op.reconcile_reads} a read of ACS would show.", after=later)
     return None

@@ -33,7 +33,7 @@ from workers import correlation, keys, ledger, logs, metrics, scripts
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.command import Command, Status, is_terminal, now_iso
 from workers.errors import AcsError
-from workers.operations import OPERATIONS, Sent, reconcile
+from workers.operations import OPERATIONS, Sent, reconcile, timed_out
 from workers.ratelimit import RateLimited, RateLimiter, prepaid, wait_or_defer
 from workers.retry import retry_delay_s, should_retry
 from workers.settings import Settings
@@ -313,9 +313,7 @@ class Runtime:
             log.warning("could not reconcile %s: %s", command_id, type(exc).__name__)
             verdict = None
         if verdict is None:
-            verdict = (Status.FAILED, {"error": {"code": "callback_timeout", "message": "ACS sent no outcome in "
-                                                 "time and its state cannot tell whether this command took effect."},
-                                       "resolved_by": {"type": "timeout"}})
+            verdict = timed_out()
         status = self._settled(scripts.run(self.redis, ledger.reconciled(cmd, *verdict)))
         self._drain(cmd.call_connection_id)
         return status
