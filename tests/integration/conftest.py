@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -142,6 +144,35 @@ def simulator_process(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Pro
                            tmp_path / "simulator.log").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def api_process(stack_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessServer]:
+    """The API in its own process (see ProcessServer), for the tests that send it hundreds of requests at once."""
+    server = ProcessServer("api.app:create_app", stack_env, int(stack_env["CALLQ_API_PORT"]),
+                           tmp_path / "api.log").start()
+    yield server
+    server.stop()
+
+
+async def post_all(base_url: str, paths: list[str], body: dict[str, object] | None = None, *,
+                   connections: int = 20) -> list[httpx.Response]:
+    """POST to every path at once, each with its own Idempotency-Key, resent with the same key when the connection
+    drops (as callq asks of its clients: the retry gets the command the first try made, or makes it once)."""
+
+    async def one(c: httpx.AsyncClient, path: str) -> httpx.Response:
+        key = str(uuid.uuid4())
+        for attempt in range(5):
+            try:
+                return await c.post(path, json=body, headers={"Idempotency-Key": key})
+            except httpx.TransportError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=connections),
+                                 headers={"Authorization": f"Bearer {TEST_API_KEY}"}) as c:
+        return list(await asyncio.gather(*(one(c, p) for p in paths)))
 
 
 @pytest.fixture

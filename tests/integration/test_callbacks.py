@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +22,8 @@ import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import TEST_API_KEY, wait_until
-from tests.integration.conftest import ThreadServer
+from tests.conftest import wait_until
+from tests.integration.conftest import ThreadServer, post_all
 from tests.integration.test_end_to_end import post, sim_log, sim_room_call, wait
 from tests.integration.test_runtime import CALLER, PHONE, all_terminal, faults
 from workers import keys
@@ -174,20 +173,17 @@ def test_forged_callbacks_are_401_and_store_nothing(make_token: Callable[[Any], 
 
 
 @pytest.mark.timeout(240)
-def test_hundreds_of_commands_pend_on_one_worker_with_four_threads(simulator_process, api_server,  # type: ignore[no-untyped-def]
+def test_hundreds_of_commands_pend_on_one_worker_with_four_threads(simulator_process, api_process,  # type: ignore[no-untyped-def]
                                                                    start_worker, r) -> None:
     """Waiting for ACS holds no worker slot: 400 plays on 400 calls all pend on 4 threads (100 per thread)."""
-    simulator = simulator_process  # its own process: this test's ACS requests do not slow the API's thread
+    simulator = simulator_process  # simulator and API in their own processes: not slowed by this one's requests
     n = 400
     start_worker(concurrency=4, extra_env={"CALLQ_ACS_RATE_PER_SECOND": "100000", "CALLQ_ACS_RATE_BURST": "1000",
                                            "CALLQ_OUTCOME_TIMEOUT_SECONDS": "300"})
     rooms = [sim_room_call(simulator) for _ in range(n)]
 
-    async def submit(paths: list[str], body: dict[str, Any] | None) -> list[str]:
-        async with httpx.AsyncClient(base_url=api_server.url, timeout=60, limits=httpx.Limits(max_connections=20),
-                                     headers={"Authorization": f"Bearer {TEST_API_KEY}"}) as c:
-            answers = await asyncio.gather(*(c.post(p, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
-                                             for p in paths))
+    def submit(paths: list[str], body: dict[str, Any] | None) -> list[str]:
+        answers = asyncio.run(post_all(api_process.url, paths, body))
         assert {a.status_code for a in answers} == {202}, [a.text for a in answers if a.status_code != 202][:2]
         return [a.json()["id"] for a in answers]
 
@@ -197,11 +193,11 @@ def test_hundreds_of_commands_pend_on_one_worker_with_four_threads(simulator_pro
             pipe.hget(keys.command_key(i), "status")
         return set(pipe.execute()) == {status}
 
-    connects = asyncio.run(submit([f"/v1/rooms/{room}/connect" for room in rooms], None))
+    connects = submit([f"/v1/rooms/{room}/connect" for room in rooms], None)
     wait_until(lambda: all_are(connects, "succeeded"), timeout_s=90, what=f"{n} connects")
     faults(simulator, delay_ms=120_000)  # every outcome from now on is two minutes away
     calls = [r.hget(keys.command_key(i), "call_connection_id") for i in connects]
-    plays = asyncio.run(submit([f"/v1/calls/{cc}/play" for cc in calls], {"text": "please hold"}))
+    plays = submit([f"/v1/calls/{cc}/play" for cc in calls], {"text": "please hold"})
     wait_until(lambda: all_are(plays, "waiting"), timeout_s=90, what=f"{n} plays to be sent and pending",
                interval_s=0.5)
     assert len([e for e in sim_log(simulator) if e["operation"] == "play"]) == n

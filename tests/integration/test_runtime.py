@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -18,8 +17,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import TEST_API_KEY, wait_until
-from tests.integration.conftest import ProcessServer, Server, ThreadServer
+from tests.conftest import wait_until
+from tests.integration.conftest import ProcessServer, Server, ThreadServer, post_all
 from tests.integration.test_end_to_end import post, sim_log, sim_room_call, wait
 from workers import keys
 from workers.acs import repeatability_id
@@ -60,29 +59,23 @@ def test_a_retry_after_execute_then_fail_reuses_the_repeatability_id(simulator: 
     assert executed[0]["repeatability_id"] == repeatability_id(add["id"])
 
 
-def test_four_workers_share_one_rate_limit(simulator_process: ProcessServer, api_server: ThreadServer,
+def test_four_workers_share_one_rate_limit(simulator_process: ProcessServer, api_process: ProcessServer,
                                            start_worker: Callable, redis_url: str) -> None:  # type: ignore[type-arg]
     """400 commands on 4 worker processes at 20/s (burst 5): the budget granted no 1 s window more than 25.
 
     Checked on the budget's own clock (Redis's, stamped on each command as the claim pays for its send), so the
     check is exact whatever the machine's load; how close to 20/s callq gets is measured by ``callq bench``'s
-    rate scenario. Four budgets instead of one would grant up to 4 × 25 in a window. The simulator has a process
-    of its own, so its 400 calls do not slow the API's thread here."""
+    rate scenario. Four budgets instead of one would grant up to 4 × 25 in a window. The simulator and the API have
+    processes of their own: in this one they would share an interpreter lock with the 400 requests sent here."""
     simulator = simulator_process
     limit, burst, count = 20, 5, 400
     env = {"CALLQ_ACS_RATE_PER_SECOND": str(limit), "CALLQ_ACS_RATE_BURST": str(burst)}
     for n in range(4):
         start_worker(f"w{n}", extra_env=env)
     rooms = [sim_room_call(simulator) for _ in range(count)]
-
-    async def submit() -> list[str]:
-        async with httpx.AsyncClient(base_url=api_server.url, timeout=60, limits=httpx.Limits(max_connections=40),
-                                     headers={"Authorization": f"Bearer {TEST_API_KEY}"}) as c:
-            answers = await asyncio.gather(*(c.post(f"/v1/rooms/{room}/connect",
-                                                    headers={"Idempotency-Key": str(uuid.uuid4())}) for room in rooms))
-        return [a.json()["id"] for a in answers]
-
-    ids = asyncio.run(submit())
+    answers = asyncio.run(post_all(api_process.url, [f"/v1/rooms/{room}/connect" for room in rooms]))
+    assert {a.status_code for a in answers} == {202}
+    ids = [a.json()["id"] for a in answers]
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     wait_until(lambda: all_terminal(r, ids), timeout_s=100, what=f"{count} connects to finish")
     assert len([e for e in sim_log(simulator) if e["operation"] == "connect"]) == count
