@@ -21,7 +21,7 @@ from typing import Any
 from bench.results import ScenarioResult, machine, markdown, to_json, write_plot
 from bench.scenarios import Context
 
-SCENARIOS = ("accept", "overhead", "e2e", "rate", "ingest", "pending", "simulator")
+SCENARIOS = ("accept", "overhead", "e2e", "rate", "ingest", "pending", "flood", "simulator")
 BENCH_DIR = Path(__file__).resolve().parent
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"accept", "overhead", "e2e", "rate", "ingest", "pending", "simulator"}
+SCENARIOS = {"accept", "overhead", "e2e", "rate", "ingest", "pending", "flood", "simulator"}
 MARKER = "CALLQ_BENCH_RUN"
 
 

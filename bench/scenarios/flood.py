@@ -1,0 +1,472 @@
+"""flood: one client floods its calls with plays; another client's connects must not wait behind them (#18).
+
+Two clients of one stack, the door at its defaults (``CALLQ_MAX_PENDING_PER_CALL`` 100). Client A connects to
+its 20 room calls, then for 30 s sends plays to them as fast as the API answers, from a process of its own (one
+keep-alive connection per call; a call answered 429 waits its ``Retry-After`` while the others go on). Client B
+connects to a fresh room every 2 s, timed from its POST to ``GET /v1/commands/{id}?wait=`` saying ``succeeded``:
+first with no flood (the baseline, same stack, just before), then during the flood.
+Target: B's p99 during the flood ≤ 2× its idle p99. Quick mode floods for 6 s, samples B every 0.5 s and lowers
+the per-call limit to 10 (a call's backlog of 100 plays may take minutes to drain).
+
+Then every play callq accepted must end ``succeeded``, and the simulator's log of what ACS executed must show
+each call's plays started exactly once, in the order callq accepted them (``GET /v1/calls/{cc}/commands``).
+
+The simulator's own play lasts 20 ms, so short that the plays never queue at ACS; here its plays last 200 ms
+(``simulator_app``), so that ACS's one media operation per call holds them back, as a real prompt would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from starlette.applications import Starlette
+
+from bench import stack
+from bench.load import Connection, post_bytes
+from bench.procs import BenchError, Children, wait_for
+from bench.results import Row, ScenarioResult, compare, curve
+from bench.scenarios import Context
+from bench.stats import summary_ms
+from workers.settings import Settings
+
+CALLS = 20
+FLOODER_KEY = "bench-flooder-0123456789abcdef"
+BYSTANDER_KEY = "bench-bystander-0123456789abcdef"
+WORKERS, THREADS = 2, 8
+WARMUP = 3
+WAIT_S = 60  # the API's longest long-poll
+GIVE_UP_S = 300  # a connect of B that takes longer is reported as an error: nothing could be measured
+PLAY_TEXT = "Flood."
+PLAY_ENV = "BENCH_PLAY_S"
+QUICK_MAX_PENDING_PER_CALL = 10
+DRAIN_SLACK_S = 1.5  # beyond the play itself, per play of a call's backlog, before the drain counts as stuck
+
+
+def simulator_app() -> Starlette:
+    """The ACS simulator with plays of ``BENCH_PLAY_S`` seconds (``uvicorn --factory``)."""
+    from simulator import app, media
+
+    if not hasattr(media, "PLAY_S"):
+        # Renamed in the simulator: the plays would silently keep their own length and never queue at ACS.
+        raise RuntimeError("simulator.media.PLAY_S is gone; bench/scenarios/flood.py cannot set the play length")
+    media.PLAY_S = float(os.environ[PLAY_ENV])
+    return app.create_app()
+
+
+# --- client B: one connect, timed -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sample:
+    started: float  # monotonic, for where it fell in the flood
+    seconds: float  # POST sent → the long-poll answered succeeded
+    server_ms: float | None  # the command's own created_at → resolved_at
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _connect_once(api_url: str, room: str) -> Sample:
+    """B's connect on a connection of its own, so a slow one never delays the next."""
+    auth = {"Authorization": f"Bearer {BYSTANDER_KEY}"}
+    conn = http.client.HTTPConnection(urlsplit(api_url).netloc, timeout=WAIT_S + 30)
+    try:
+        started = time.monotonic()
+        conn.request("POST", f"/v1/rooms/{room}/connect", body=b"{}", headers={
+            **auth, "Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())})
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status != 202:
+            raise BenchError(f"client B's connect was not accepted: HTTP {resp.status} {raw[:200]!r}")
+        command_id = json.loads(raw)["id"]
+        while True:
+            conn.request("GET", f"/v1/commands/{command_id}?wait={WAIT_S}", headers=auth)
+            resp = conn.getresponse()
+            raw = resp.read()
+            if resp.status != 200:
+                raise BenchError(f"client B could not read its connect {command_id}: HTTP {resp.status} {raw[:200]!r}")
+            done: dict[str, Any] = json.loads(raw)
+            if done.get("status") in ("succeeded", "failed"):
+                break
+            if time.monotonic() - started > GIVE_UP_S:
+                raise BenchError(f"client B's connect {command_id} had not ended after {GIVE_UP_S} s")
+        finished = time.monotonic()
+    finally:
+        conn.close()
+    if done["status"] != "succeeded":
+        raise BenchError(f"client B's connect failed: {done.get('error')}")
+    server = (_epoch(done["resolved_at"]) - _epoch(done["created_at"])) * 1000 if done.get("resolved_at") else None
+    return Sample(started, finished - started, server)
+
+
+def _sleep_until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)  # B's schedule (pacing), not synchronisation
+
+
+def _bystander(api_url: str, rooms: Sequence[str], interval_s: float, first_at: float) -> list[Sample]:
+    """B's connects on a fixed schedule, one every ``interval_s`` whether or not the last one has ended.
+
+    Open loop: a connect starved for 10 s must not hold back the samples that would show it.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, len(rooms)), thread_name_prefix="bench-b") as pool:
+        futures = []
+        for k, room in enumerate(rooms):
+            _sleep_until(first_at + k * interval_s)
+            futures.append(pool.submit(_connect_once, api_url, room))
+        return [f.result() for f in futures]
+
+
+# --- client A: the flood, in a process of its own -------------------------------------------------------------
+
+@dataclass
+class CallFlood:
+    accepted: list[str] = field(default_factory=list)  # command ids, in the order their 202s came
+    sent: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # 429 by error code
+    other: Counter[str] = field(default_factory=Counter)  # any other answer, by status
+    resent: int = 0  # a connection dropped under a POST: sent again with the same Idempotency-Key
+
+
+async def _post(conn: Connection, raw: bytes) -> tuple[int, float, bytes]:
+    """Like ``Connection.send``, and the answer's Retry-After (0 when absent)."""
+    conn.writer.write(raw)
+    status = int((await conn.reader.readline()).split()[1])
+    length, retry_after = 0, 0.0
+    while (line := await conn.reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"retry-after":
+            retry_after = float(value)
+    return status, retry_after, await conn.reader.readexactly(length) if length else b""
+
+
+async def _flood_call(api_url: str, cc: str, stop_at: float, out: CallFlood) -> None:
+    parts = urlsplit(api_url)
+    conn = Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+    await conn.open()
+    path = f"/v1/calls/{cc}/play"
+    body = json.dumps({"text": PLAY_TEXT}).encode()
+    headers = {"Authorization": f"Bearer {FLOODER_KEY}", "Content-Type": "application/json"}
+    try:
+        while time.monotonic() < stop_at:
+            raw = post_bytes(parts.netloc, path, {**headers, "Idempotency-Key": str(uuid.uuid4())}, body)
+            out.sent += 1
+            for _ in range(3):
+                try:
+                    status, retry_after, answer = await _post(conn, raw)
+                    break
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                    # The same key again: if the first POST was accepted, the resend returns that command, so no
+                    # accepted play goes unrecorded here.
+                    out.resent += 1
+                    conn.close()
+                    await conn.open()
+            else:
+                raise BenchError(f"client A's connection for call {cc} kept dropping")
+            if status == 202:
+                out.accepted.append(json.loads(answer)["id"])
+            elif status == 429:
+                out.refused[json.loads(answer)["error"]["code"]] += 1
+                # Its Retry-After, for this call only: the other calls' connections keep sending meanwhile.
+                await asyncio.sleep(max(0.0, min(retry_after, stop_at - time.monotonic())))
+            else:
+                out.other[str(status)] += 1
+                if 400 <= status < 500:  # the bench itself is wrong for this call; sending more says nothing new
+                    return
+    finally:
+        conn.close()
+
+
+async def _flood(api_url: str, calls: Sequence[str], seconds: float) -> dict[str, CallFlood]:
+    stop_at = time.monotonic() + seconds
+    floods = {cc: CallFlood() for cc in calls}
+    await asyncio.gather(*(_flood_call(api_url, cc, stop_at, floods[cc]) for cc in calls))
+    return floods
+
+
+def flooder_main(out_path: Path) -> None:
+    """``python -m bench.scenarios.flood OUT``: flood, then write what happened as JSON.
+
+    ``OUT.started`` appears (holding the wall-clock start) the moment the flood begins, so the scenario can start
+    B's samples then rather than guess how long this process took to import.
+    """
+    api_url, calls = os.environ["BENCH_FLOOD_API"], os.environ["BENCH_FLOOD_CALLS"].split(",")
+    seconds = float(os.environ["BENCH_FLOOD_SECONDS"])
+    started = time.time()
+    marker = out_path.with_suffix(".started.tmp")
+    marker.write_text(str(started))
+    marker.rename(out_path.with_suffix(".started"))
+    floods = asyncio.run(_flood(api_url, calls, seconds))
+    result = {"started": started, "ended": time.time(),
+              "calls": {cc: {"accepted": f.accepted, "sent": f.sent, "refused": dict(f.refused),
+                             "other": dict(f.other), "resent": f.resent} for cc, f in floods.items()}}
+    tmp = out_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.rename(out_path)
+
+
+def _run_flooder(ch: Children, api_url: str, calls: Sequence[str], seconds: float,
+                 bystander: tuple[Sequence[str], float]) -> tuple[dict[str, Any], list[Sample], float]:
+    """A's flood in its own process, B's samples from this one while it lasts: (A's report, B's samples, start).
+
+    Its own process: in this one, its event loop would hold the GIL while B's threads wait to read a clock, and B
+    would measure the bench rather than callq.
+    """
+    out = ch.tmp / "flood.json"
+    proc = ch.spawn("flooder", [sys.executable, "-m", "bench.scenarios.flood", str(out)], {
+        "BENCH_FLOOD_API": api_url, "BENCH_FLOOD_CALLS": ",".join(calls), "BENCH_FLOOD_SECONDS": str(seconds)})
+
+    def started() -> bool:
+        ch.check_alive("flooder", proc)
+        return out.with_suffix(".started").exists()
+
+    wait_for(started, timeout_s=60, what="client A's flood to start")
+    began = time.monotonic()
+    rooms, interval_s = bystander
+    samples = _bystander(api_url, rooms, interval_s, began + interval_s)
+    try:
+        proc.wait(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"client A's flood had not ended {seconds + 60:g} s after it began") from None
+    if proc.returncode != 0:
+        raise BenchError(f"client A's flood exited with code {proc.returncode}: {ch.log_tail('flooder')}")
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report, samples, began
+
+
+# --- the checks of A's plays ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrderCheck:
+    """One call's plays: what callq accepted against what ACS started, in order."""
+
+    accepted: int
+    out_of_order: int  # started at ACS before a play callq accepted earlier had been started
+    not_started: int
+    started_twice: int
+    unknown: int  # started at ACS, never accepted by callq for this call
+
+
+def check_order(accepted: Sequence[str], started: Sequence[str]) -> OrderCheck:
+    """Compare acceptance order with ACS's start order (both lists of command ids)."""
+    rank = {cid: i for i, cid in enumerate(accepted)}
+    seen: set[str] = set()
+    out_of_order = twice = unknown = 0
+    highest = -1
+    for cid in started:
+        if cid in seen:
+            twice += 1
+            continue
+        seen.add(cid)
+        if cid not in rank:
+            unknown += 1
+        elif rank[cid] < highest:
+            out_of_order += 1
+        else:
+            highest = rank[cid]
+    return OrderCheck(len(accepted), out_of_order, len(set(accepted) - seen), twice, unknown)
+
+
+def _wait_until_ended(st: stack.Stack, ids: list[str], timeout_s: float) -> bool:
+    r = st.redis()
+    try:
+        wait_for(lambda: all(s in ("succeeded", "failed") for s in stack.statuses(r, ids)), timeout_s=timeout_s,
+                 what=f"client A's {len(ids)} plays to end", interval_s=0.25)
+        return True
+    except BenchError:
+        return False
+    finally:
+        r.close()
+
+
+def _check_plays(st: stack.Stack, report: dict[str, Any]) -> dict[str, Any]:
+    """Each of A's calls: callq's acceptance order and outcomes, against the plays the simulator executed."""
+    executed: dict[str, list[str]] = {}
+    times: dict[str, list[float]] = {}
+    for entry in stack.sim_admin(st.sim_url, "GET", "/_sim/log?operation=play"):
+        executed.setdefault(entry["call_connection_id"], []).append(entry["operation_context"])
+        times.setdefault(entry["call_connection_id"], []).append(entry["t"])
+    # How long each call's plays followed one another at ACS: the play's own length when ACS is what holds them
+    # back, more when callq is.
+    gaps = sorted(b - a for ts in times.values() for a, b in zip(ts, ts[1:], strict=False))
+    during = sum(report["started"] <= t < report["ended"] for ts in times.values() for t in ts)
+    totals: Counter[str] = Counter()
+    resolved_by: Counter[str] = Counter()
+    with httpx.Client(base_url=st.api_url, headers={"Authorization": f"Bearer {FLOODER_KEY}"}, trust_env=False,
+                      timeout=60) as api:
+        for cc, flood in report["calls"].items():
+            resp = api.get(f"/v1/calls/{cc}/commands")
+            if resp.status_code != 200:
+                raise BenchError(f"could not list call {cc}'s commands: HTTP {resp.status_code} {resp.text[:200]}")
+            plays = [c for c in resp.json()["items"] if c["type"] == "play"]
+            order = check_order([c["id"] for c in plays], executed.get(cc, []))
+            totals["accepted"] += order.accepted
+            totals["succeeded"] += sum(c["status"] == "succeeded" for c in plays)
+            totals["out_of_order"] += order.out_of_order
+            totals["not_started"] += order.not_started
+            totals["started_twice"] += order.started_twice
+            totals["unknown"] += order.unknown
+            # The 202s A received and the call's list must be the same plays (a resend returns the first command).
+            totals["unlisted_202"] += len(set(flood["accepted"]) - {c["id"] for c in plays})
+            totals["unreported"] += len({c["id"] for c in plays} - set(flood["accepted"]))
+            resolved_by.update((c.get("resolved_by") or {}).get("type", c["status"]) for c in plays)
+    return {**totals, "resolved_by": dict(resolved_by), "acs_gaps_ms": summary_ms(gaps) if gaps else None,
+            "started_at_acs_during_flood": during}
+
+
+# --- the scenario ---------------------------------------------------------------------------------------------
+
+def _connect_calls(api_url: str, rooms: Sequence[str]) -> list[str]:
+    """A's calls: connect to each room as client A, and wait until connected."""
+    calls = []
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {FLOODER_KEY}"}, trust_env=False,
+                      timeout=WAIT_S + 30) as api:
+        ids = [stack.connect_once(api, room)["id"] for room in rooms]
+        for command_id in ids:
+            done = api.get(f"/v1/commands/{command_id}", params={"wait": WAIT_S}).json()
+            if done.get("status") != "succeeded":
+                raise BenchError(f"client A's connect did not succeed: {done.get('status')} {done.get('error')}")
+            calls.append(done["call_connection_id"])
+    return calls
+
+
+def _start(ch: Children, play_s: float, per_call: int) -> stack.Stack:
+    st = stack.start(ch, sim=False, workers=WORKERS, concurrency=THREADS, extra_env={
+        "CALLQ_API_KEYS": f"flooder:{FLOODER_KEY},bystander:{BYSTANDER_KEY}",
+        # The door at work (stack.py lifts its limits for the other scenarios): a flood is what it is for.
+        "CALLQ_MAX_PENDING_PER_CALL": str(per_call),
+        "CALLQ_CLIENT_MAX_PENDING": str(Settings().client_max_pending),
+    })
+    st.sim = ch.uvicorn("simulator", "bench.scenarios.flood:simulator_app", {**st.env, PLAY_ENV: str(play_s)},
+                        health="/_sim/health", port=int(st.env["CALLQ_SIM_PORT"]))
+    return st
+
+
+def _ms(samples: list[Sample]) -> dict[str, float]:
+    return summary_ms([s.seconds for s in samples])
+
+
+def run(ctx: Context) -> ScenarioResult:
+    flood_s, interval_s, play_s = ctx.pick(30, 6), ctx.pick(2, 0.5), ctx.pick(0.2, 0.05)
+    n = math.ceil(flood_s / interval_s) - 1  # B's samples that start inside the flood, after its first interval
+    # Quick mode lowers the door's per-call limit: every call fills to it, and a backlog of 100 plays per call can
+    # take minutes to drain, far over quick mode's budget.
+    per_call = int(ctx.pick(Settings().max_pending_per_call, QUICK_MAX_PENDING_PER_CALL))
+    with ctx.children("flood") as ch:
+        st = _start(ch, play_s, per_call)
+        rooms = stack.create_rooms(st.sim_url, CALLS + WARMUP + 2 * n)
+        a_rooms, warm, idle_rooms, flood_rooms = (rooms[:CALLS], rooms[CALLS:CALLS + WARMUP],
+                                                  rooms[CALLS + WARMUP:CALLS + WARMUP + n], rooms[CALLS + WARMUP + n:])
+        calls = _connect_calls(st.api_url, a_rooms)
+        _bystander(st.api_url, warm, interval_s, time.monotonic())
+        idle = _bystander(st.api_url, idle_rooms, interval_s, time.monotonic())
+        report, flooded, began = _run_flooder(ch, st.api_url, calls, flood_s, (flood_rooms, interval_s))
+        drained_at = time.monotonic()
+        ids = [cid for f in report["calls"].values() for cid in f["accepted"]]
+        drain_timeout = per_call * (play_s + DRAIN_SLACK_S) + 60
+        ended = _wait_until_ended(st, ids, drain_timeout)
+        drain_s = time.monotonic() - drained_at
+        plays = _check_plays(st, report)
+    return _result(report, plays, idle, flooded, began, ended=ended, drain_s=drain_s, drain_timeout=drain_timeout,
+                   flood_s=flood_s, interval_s=interval_s, play_s=play_s, per_call=per_call)
+
+
+def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], flooded: list[Sample], began: float,
+            *, ended: bool, drain_s: float, drain_timeout: float, flood_s: float, interval_s: float, play_s: float,
+            per_call: int) -> ScenarioResult:
+    calls = report["calls"].values()
+    sent = sum(f["sent"] for f in calls)
+    refused: Counter[str] = Counter()
+    other: Counter[str] = Counter()
+    for f in calls:
+        refused.update(f["refused"])
+        other.update(f["other"])
+    accepted = plays["accepted"]
+    not_once = plays["not_started"] + plays["started_twice"] + plays["unknown"] + plays["unlisted_202"] + plays[
+        "unreported"]
+    idle_ms, flood_ms = _ms(idle), _ms(flooded)
+    idle_server = summary_ms([s.server_ms / 1000 for s in idle if s.server_ms is not None])
+    flood_server = summary_ms([s.server_ms / 1000 for s in flooded if s.server_ms is not None])
+    seconds = report["ended"] - report["started"]
+    acs_rate, ceiling = plays["started_at_acs_during_flood"] / seconds, len(report["calls"]) / play_s
+    res = ScenarioResult("flood")
+    res.rows = [
+        compare("client B's connect → succeeded during A's flood, p99", "ms", flood_ms["p99"], idle_ms["p99"],
+                "B idle (no flood)", at_most=2),
+        compare("client B's connect → succeeded during A's flood, p50", "ms", flood_ms["p50"], idle_ms["p50"],
+                "B idle (no flood)"),
+        compare("client B's connect, its own created_at → resolved_at during the flood, p99", "ms",
+                flood_server["p99"], idle_server["p99"], "B idle (no flood)"),
+        Row("client A: plays accepted (202) of those sent", "plays", accepted, sent, "sent",
+            accepted / sent if sent else None),
+        Row("client A: plays refused 429 too_many_pending", "plays", refused["too_many_pending"], sent, "sent",
+            refused["too_many_pending"] / sent if sent else None),
+        Row("client A: accepted plays that ended succeeded", "plays", plays["succeeded"], accepted, "accepted",
+            plays["succeeded"] / accepted if accepted else None, "all", plays["succeeded"] == accepted),
+        Row("client A: plays started at ACS during the flood", "plays/s", acs_rate, ceiling,
+            "ACS's ceiling (one play at a time per call)", acs_rate / ceiling),
+        Row("client A: plays started at ACS out of acceptance order", "plays", plays["out_of_order"], None, "",
+            target="0", passed=plays["out_of_order"] == 0),
+        Row("client A: accepted plays not started exactly once at ACS", "plays", not_once, None, "", target="0",
+            passed=not_once == 0),
+    ]
+    res.latency = {"B connect, idle": curve([s.seconds * 1000 for s in idle]),
+                   "B connect, during A's flood": curve([s.seconds * 1000 for s in flooded])}
+    res.details = {
+        "calls": len(report["calls"]), "flood_s": round(seconds, 2), "interval_s": interval_s, "play_s": play_s,
+        "max_pending_per_call": per_call, "sent": sent, "accepted": accepted, "sent_per_s": round(sent / seconds, 1),
+        "refused": dict(refused), "other_answers": dict(other),
+        "resent": sum(f["resent"] for f in calls), "plays": plays, "all_ended": ended, "drain_s": round(drain_s, 2),
+        "b_idle_ms": idle_ms, "b_flood_ms": flood_ms, "b_idle_server_ms": idle_server,
+        "b_flood_server_ms": flood_server,
+        "b_flood_samples": [{"at_s": round(s.started - began, 2), "ms": round(s.seconds * 1000, 1)} for s in flooded],
+    }
+    res.notes = [
+        f"Two clients of one stack ({WORKERS} worker processes × {THREADS} threads), the door's "
+        f"CALLQ_MAX_PENDING_PER_CALL {per_call}"
+        + (" (its default)" if per_call == Settings().max_pending_per_call else
+           f" (quick mode only: with the default {Settings().max_pending_per_call} the backlog takes minutes to drain)")
+        + f". Client A connected to {len(report['calls'])} room calls, then "
+        f"for {seconds:.0f} s sent `POST /v1/calls/{{cc}}/play` to them as fast as the API answered, from a process "
+        "of its own (one keep-alive connection per call; a call answered 429 waited its `Retry-After` while the "
+        f"others went on): {sent:,} sent ({sent / seconds:,.0f}/s), {accepted:,} accepted, "
+        f"{refused['too_many_pending']:,} refused `too_many_pending`"
+        + (f", other answers {dict(other)}" if other else "") + ". "
+        f"The simulator's plays last {play_s * 1000:.0f} ms here (its own 20 ms would never queue at ACS), so ACS's "
+        "one media operation per call holds them back. Client B connected to a fresh room every "
+        f"{interval_s:g} s, timed from sending the POST to `GET /v1/commands/{{id}}?wait=` answering `succeeded` "
+        f"(a new `http.client` connection per connect, open loop: a slow one does not delay the next): {len(idle)} "
+        f"connects with no flood (after {WARMUP} warm-up) right before, then {len(flooded)} starting "
+        f"{interval_s:g} s into the flood and every {interval_s:g} s while it lasted. "
+        f"Then A's accepted plays were left to end ({'all ended' if ended else 'NOT all ended'} "
+        f"{drain_s:.0f} s after the flood, limit {drain_timeout:.0f} s), and for each call the plays listed by "
+        "`GET /v1/calls/{cc}/commands` (acceptance order) were compared with the simulator's log of executed "
+        "`play` requests (`GET /_sim/log?operation=play`, by `operationContext`): resolved by "
+        f"{plays['resolved_by']}.",
+    ]
+    return res
+
+
+if __name__ == "__main__":
+    flooder_main(Path(sys.argv[1]))
