@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from api.metrics import callbacks_ingested
 from tasks.app import task_name
 from tasks.publish import task_message
-from workers import correlation, keys, ledger
+from workers import correlation, ledger
 from workers.errors import InvalidCommand, Unauthorized
 from workers.settings import Settings
 
@@ -151,10 +151,13 @@ async def acs_events(request: Request) -> Response:
 
 
 async def _kick(request: Request, lane: str) -> None:
-    """A resolved command may be what the call's next command was waiting for: publish its task now."""
+    """A resolved command may be what the call's parked commands were waiting for: queue their tasks now."""
     state = request.state
-    nxt = await state.scripts.run(ledger.kick(lane, now_ms=int(time.time() * 1000)))
-    if nxt is not None:
+    settings: Settings = state.settings
+    kicked = await state.scripts.run(ledger.kick(lane, now_ms=int(time.time() * 1000), queue=settings.queue,
+                                                 window=settings.dispatch_window))
+    for nxt in kicked:  # parked after their message ran: they need a new one
         message = task_message(state.celery, task_name(nxt.type), str(uuid.uuid4()), [nxt.command_id],
-                               queue=state.settings.queue)
-        await state.redis.lpush(keys.queue_key(state.settings.queue), message)
+                               queue=settings.queue)
+        await state.scripts.run(ledger.enqueue(client=nxt.client, command_id=nxt.command_id, message=message,
+                                               queue=settings.queue, window=settings.dispatch_window))

@@ -150,6 +150,7 @@ class Health:
     """What the gauges say right now (also shown at the top of the operator page)."""
 
     queue_depth: int
+    steps_depth: int
     unacked: int
     waiting: int
     waiting_overdue: int
@@ -162,6 +163,7 @@ async def read_health(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> He
     now_ms = int(now * 1000)
     pipe = r.pipeline(transaction=False)
     pipe.llen(keys.queue_key(queue))
+    pipe.llen(keys.queue_key(keys.steps_queue(queue)))
     pipe.hlen(metrics.KOMBU_UNACKED)
     # One index of waiting commands (the reconciler's): scored by the outcome deadline, re-armed as a worker
     # takes a due one, so "overdue" is a wait past its deadline that no worker has taken up for a minute.
@@ -169,8 +171,8 @@ async def read_health(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> He
     pipe.zcount(keys.WAIT_DEADLINES, "-inf", now_ms - prometheus.OVERDUE_GRACE_MS)
     pipe.zcount(keys.WORKERS_ZSET, now - WORKER_FRESH_S, "+inf")
     pipe.get(prometheus.pause_key(acs_endpoint))
-    depth, unacked, waiting, overdue, workers, paused_until = await pipe.execute()
-    return Health(int(depth), int(unacked), int(waiting), int(overdue), int(workers),
+    depth, steps, unacked, waiting, overdue, workers, paused_until = await pipe.execute()
+    return Health(int(depth), int(steps), int(unacked), int(waiting), int(overdue), int(workers),
                   max(0.0, (int(paused_until or 0) - now_ms) / 1000))
 
 
@@ -183,18 +185,23 @@ async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str, clients:
         pipe.hgetall(metrics.PREFIX + name)
     for client in clients:
         pipe.scard(keys.client_pending_key(client))
+        pipe.llen(keys.client_ready_key(client))
     replies = await pipe.execute()
     hashes = dict(zip(names, replies[:len(names)], strict=True))
-    pending = dict(zip(clients, replies[len(names):], strict=True))
+    per_client = replies[len(names):]
+    pending = dict(zip(clients, per_client[::2], strict=True))
+    ready = dict(zip(clients, per_client[1::2], strict=True))
     health = await read_health(r, queue=queue, acs_endpoint=acs_endpoint)
     gauges: dict[str, list[tuple[dict[str, str], float]]] = {
-        "callq_queue_depth": [({"queue": queue}, float(health.queue_depth))],
+        "callq_queue_depth": [({"queue": queue}, float(health.queue_depth)),
+                              ({"queue": keys.steps_queue(queue)}, float(health.steps_depth))],
         "callq_broker_unacked": [({}, float(health.unacked))],
         "callq_commands_waiting": [({}, float(health.waiting))],
         "callq_commands_waiting_overdue": [({}, float(health.waiting_overdue))],
         "callq_workers_alive": [({}, float(health.workers_alive))],
         "callq_acs_pause_seconds": [({}, health.acs_pause_s)],
         "callq_client_pending": [({"client": c}, float(n)) for c, n in pending.items()],
+        "callq_client_ready": [({"client": c}, float(n)) for c, n in ready.items()],
     }
     return prometheus.families(hashes, gauges)
 

@@ -14,7 +14,8 @@ from workers.metrics import BUCKETS_S, SPECS, Spec
 OVERDUE_GRACE_MS = 60_000  # a wait this far past its deadline means reconciliation is not keeping up
 
 GAUGES = {
-    "callq_queue_depth": "Messages waiting in the broker queue (LLEN).",
+    "callq_queue_depth": ("Messages waiting in a broker queue (LLEN): the command queue (kept at most "
+                          "CALLQ_DISPATCH_WINDOW by the fair dispatch) and the steps queue."),
     "callq_broker_unacked": "Messages delivered to workers and not yet acknowledged (running or counting down).",
     "callq_commands_waiting": "Commands sent to ACS and waiting for their outcome event.",
     "callq_commands_waiting_overdue": ("Waiting commands a minute past their outcome deadline that no worker "
@@ -22,6 +23,8 @@ GAUGES = {
     "callq_workers_alive": "Workers whose heartbeat is fresh.",
     "callq_acs_pause_seconds": "Seconds left of the shared pause a 429 from ACS imposed (0: not paused).",
     "callq_client_pending": "Commands of each client accepted and not yet ended (CALLQ_CLIENT_MAX_PENDING).",
+    "callq_client_ready": ("Runnable work of each client waiting for its turn in the fair dispatch (its commands "
+                           "parked behind earlier ones on their call are pending, not ready)."),
 }
 
 

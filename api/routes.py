@@ -20,7 +20,7 @@ from api import render, schemas
 from api.auth import idempotency_key
 from tasks.app import task_name
 from tasks.publish import task_message
-from workers import commands, keys, metrics
+from workers import commands, correlation, keys, metrics
 from workers.command import Command
 from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand, Refused
 from workers.ledger import Accepted
@@ -185,6 +185,8 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
     if found.refused:
         metrics.RECORDER.inc("callq_client_refused", client, found.refused)
         raise _refusal(state.settings, found, target.get("call_connection_id", ""))
+    for record in found.cut:  # media operations a hang up or cancel ended before callq sent them
+        correlation.finished(record)
     headers = {"Location": f"/v1/commands/{found.command_id}"}
     if found.replayed:
         if found.fingerprint != new.fingerprint:

@@ -75,7 +75,7 @@ async def _own(request: Request, client: str) -> dict[str, str]:
 
 def _message(request: Request, task: str, schedule_id: str) -> str:
     state = request.state
-    return task_message(state.celery, task, str(uuid.uuid4()), [schedule_id], queue=state.settings.queue)
+    return task_message(state.celery, task, str(uuid.uuid4()), [schedule_id], queue=state.settings.steps_queue)
 
 
 def _answer(found: s.Recorded, fingerprint: str, status: int) -> Response:
@@ -103,7 +103,7 @@ async def create_schedule(request: Request) -> Response:
     fingerprint = commands.fingerprint("POST /v1/recording-schedules", body.model_dump(mode="json"))
     found: s.Recorded = await state.scripts.run(s.create(
         client=client, idempotency_key=idem, schedule_id=sid, record=record, fingerprint=fingerprint,
-        idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.queue,
+        idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.steps_queue,
         book_message=_message(request, BOOK, sid), response_json=json.dumps(render.schedule(record))))
     return _answer(found, fingerprint, 201)
 
@@ -155,7 +155,7 @@ async def delete_schedule(request: Request) -> Response:
     fingerprint = commands.fingerprint(f"DELETE /v1/recording-schedules/{sid}", {})
     found: s.Recorded = await state.scripts.run(s.cancel(
         client=client, idempotency_key=idem, schedule_id=sid, fingerprint=fingerprint,
-        idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.queue,
+        idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.steps_queue,
         cancel_message=_message(request, CANCEL, sid), response_json=json.dumps(response), now_iso=now,
         retention_s=state.settings.command_ttl_s))
     if found.outcome == "missing":

@@ -167,7 +167,7 @@ def _health_cards(h: Health, live: int) -> list[dict[str, str]]:
     cards = [
         ("Live calls", str(live), ""),
         ("Waiting for ACS", waiting, "warn" if h.waiting_overdue else ""),
-        ("Queue depth", str(h.queue_depth), "warn" if h.queue_depth > 100 else ""),
+        ("Queue depth", f"{h.queue_depth} + {h.steps_depth} steps", "warn" if h.steps_depth > 100 else ""),
         ("Workers alive", str(h.workers_alive), "bad" if h.workers_alive == 0 else "good"),
         ("ACS throttling", paused, "warn" if h.acs_pause_s > 0 else "good"),
     ]
@@ -175,8 +175,10 @@ def _health_cards(h: Health, live: int) -> list[dict[str, str]]:
 
 
 async def _door_cards(r: Any, client: str, pending_limit: int) -> list[dict[str, str]]:
-    """This client's commands not yet ended (against CALLQ_CLIENT_MAX_PENDING) and those the door refused."""
+    """This client's commands not yet ended (against CALLQ_CLIENT_MAX_PENDING), those runnable and waiting for the
+    client's turn in the fair dispatch, and those the door refused."""
     pending = int(await r.scard(keys.client_pending_key(client)))
+    ready = int(await r.llen(keys.client_ready_key(client)))
     refused: Counter[str] = Counter()
     for labels, value in (await r.hgetall(metrics.PREFIX + "callq_client_refused")).items():
         who, code = json.loads(labels)
@@ -186,6 +188,7 @@ async def _door_cards(r: Any, client: str, pending_limit: int) -> list[dict[str,
     near = pending_limit and pending >= 0.8 * pending_limit
     detail = ", ".join(f"{n} {code}" for code, n in sorted(refused.items()))
     return [{"label": "Your pending commands", "value": f"{pending}{limit}", "kind": "warn" if near else ""},
+            {"label": "Waiting their turn", "value": str(ready), "kind": ""},
             {"label": "Refused at the door", "value": detail or "0", "kind": "warn" if refused else ""}]
 
 

@@ -210,7 +210,8 @@ class Children:
             name = f"{prefix}{i + 1}"
             procs.append(self.spawn(name, [
                 sys.executable, "-m", "celery", "-A", app, "worker", "-P", "threads", "-c", str(concurrency),
-                "-Q", queue, "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "WARNING",
+                "-Q", f"{queue},{queue}.steps", "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
+                "--loglevel", "WARNING",
             ], env))
 
         def all_live() -> bool:

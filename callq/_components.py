@@ -112,12 +112,12 @@ def _celery(settings: Settings, python: str) -> tuple[str, ...]:
 
 def worker(settings: Settings, python: str) -> Component:
     argv = (*_celery(settings, python), "worker", "-E", "-P", "threads",
-            "-c", str(settings.worker_concurrency), "-Q", settings.queue, "-n", "worker1@%h",
+            "-c", str(settings.worker_concurrency), "-Q", settings.worker_queues, "-n", "worker1@%h",
             "--loglevel", settings.log_level)
     # The API's /readyz needs Redis, the broker and a worker answering a ping: the end-to-end proof.
     readyz = f"http://{local_host(settings.api_host)}:{settings.api_port}/readyz"
     return Component("worker", argv, HttpOk(readyz),
-                     note=f"queue {settings.queue}, {settings.worker_concurrency} threads", restart=True)
+                     note=f"queues {settings.worker_queues}, {settings.worker_concurrency} threads", restart=True)
 
 
 def beat(settings: Settings, python: str) -> Component:

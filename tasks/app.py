@@ -13,7 +13,9 @@ from kombu.entity import Exchange, Queue
 from tasks import broker, observe  # noqa: F401  (observe connects the logging and metrics signal handlers)
 from workers.settings import Settings, process_settings
 
-SCHEDULE_SWEEP_EVERY_S = 15.0  # beat re-sends lost wake-ups and re-books lost fires of scheduled recordings
+SCHEDULE_SWEEP_EVERY_S = 15.0
+RECONCILE_TASK = "callq.reconcile"
+STEPS_GLOB = "callq.schedule_*"  # beat re-sends lost wake-ups and re-books lost fires of scheduled recordings
 
 
 def task_name(command_type: str) -> str:
@@ -25,9 +27,14 @@ def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings (tests build their own)."""
     app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules"])
     exchange = Exchange(settings.queue, type="direct")  # type: ignore[no-untyped-call]  # kombu: unannotated
-    queue = Queue(settings.queue, exchange, routing_key=settings.queue)  # type: ignore[no-untyped-call]  # as above
+    queues = [Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]  # as above
+              for name in (settings.queue, settings.steps_queue)]
     app.conf.update(
-        task_queues=[queue],
+        task_queues=queues,
+        # Commands' sends on the command queue (filled by the fair dispatch); everything else (reconciles, schedule
+        # steps, beat's fires) on the steps queue, which workers consume in turn with it (Settings.steps_queue).
+        task_routes={STEPS_GLOB: {"queue": settings.steps_queue, "routing_key": settings.steps_queue},
+                     RECONCILE_TASK: {"queue": settings.steps_queue, "routing_key": settings.steps_queue}},
         task_default_queue=settings.queue,
         task_default_exchange=settings.queue,
         task_default_routing_key=settings.queue,

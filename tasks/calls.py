@@ -9,6 +9,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,8 @@ import redis
 from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutdown
 
-from tasks.app import app, task_name
+from tasks.app import RECONCILE_TASK, app, task_name
+from tasks.publish import task_message
 from workers import keys
 from workers.operations import OPERATIONS
 from workers.runtime import RetryLater, Runtime
@@ -26,7 +28,7 @@ HEARTBEAT_EVERY_S = 2.0
 LOST_COMMANDS_SWEEP_EVERY_S = 5.0  # one worker at a time looks for commands whose task was lost
 DUE_EVERY_S = 0.25  # a waiting command is reconciled at most this long after its outcome deadline (plus queueing)
 MAX_INTERNAL_RETRIES = 10
-RECONCILE = "callq.reconcile"
+RECONCILE = RECONCILE_TASK
 
 
 class CommandTask(Task):  # type: ignore[misc]  # Celery's Task is untyped (Any)
@@ -54,9 +56,12 @@ class _Scheduler:
     def __init__(self, celery: Celery) -> None:
         self._app = celery
 
-    def command(self, command_type: str, command_id: str, countdown_s: float = 0.0) -> None:
-        countdown = _capped(self._app, countdown_s) if countdown_s > 0 else None
-        self._app.send_task(task_name(command_type), args=[command_id], countdown=countdown)
+    def message(self, command_type: str, command_id: str) -> str:
+        settings = self._app.conf.callq_settings
+        return task_message(self._app, task_name(command_type), str(uuid.uuid4()), [command_id], queue=settings.queue)
+
+    def command(self, command_type: str, command_id: str, countdown_s: float) -> None:
+        self._app.send_task(task_name(command_type), args=[command_id], countdown=_capped(self._app, countdown_s))
 
     def check(self, command_id: str, countdown_s: float) -> None:
         self._app.send_task(RECONCILE, args=[command_id], countdown=_capped(self._app, countdown_s))
@@ -120,11 +125,14 @@ def _heartbeat(redis_url: str, name: str) -> None:
 
 
 def _check_deadlines() -> None:
-    """Have waiting commands reconciled as their outcome deadlines pass (``Runtime.check_due``)."""
+    """Have waiting commands reconciled as their outcome deadlines pass (``Runtime.check_due``), and keep the
+    command queue filled from the fair dispatch (``Runtime.dispatch``; claims refill it too)."""
     failing = False
     while not _stop_heartbeat.wait(DUE_EVERY_S):
         try:
-            _shared_runtime().check_due()
+            runtime = _shared_runtime()
+            runtime.check_due()
+            runtime.dispatch()
             failing = False
         except Exception as exc:
             if not failing:  # once per outage, not four times a second

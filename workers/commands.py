@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ def accept_call(settings: Settings, message_for: MessageFor, new_: NewCommand, *
         idempotency_key=keys.idempotency_key(cmd.client, new_.idempotency_key), fingerprint=new_.fingerprint,
         command=command.new_fields(cmd), queue=settings.queue, message=message_for(cmd.type, cmd.id),
         response_json=response_json, idempotency_ttl_s=settings.idempotency_ttl_s,
-        command_ttl_s=settings.command_ttl_s, limits=limits)
+        command_ttl_s=settings.command_ttl_s, window=settings.dispatch_window, now_ms=int(time.time() * 1000),
+        limits=limits)
 
 
 def accept(r: redis.Redis, settings: Settings, message_for: MessageFor, new_: NewCommand) -> Accepted:

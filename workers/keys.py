@@ -41,6 +41,18 @@ def client_pending_key(client: str) -> str:
     return f"{CLIENT_PREFIX}{client}{PENDING_SUFFIX}"
 
 
+READY_SUFFIX = ":ready"  # a client's runnable work waiting for its turn in the broker (lib.lua's fair_push)
+# The clients that have runnable work waiting, each once, served in turn (lib.lua's dispatch).
+FAIR_RING = "callq:fair:ring"
+# A list as long as all clients' ready lists together (one "1" each): the backlog for scalers that read a list's
+# length (KEDA's Redis scaler), since the command queue itself never holds more than the dispatch window.
+FAIR_BACKLOG = "callq:fair:backlog"
+
+
+def client_ready_key(client: str) -> str:
+    return f"{CLIENT_PREFIX}{client}{READY_SUFFIX}"
+
+
 def client_accept_budget_key(client: str) -> str:
     """The theoretical arrival time of the client's accept budget (GCRA, ms)."""
     return f"{CLIENT_PREFIX}{client}:accept-tat"
@@ -73,6 +85,11 @@ def recording_commands_key(recording_id: str) -> str:
 
 def event_seen_key(event_id: str) -> str:
     return f"callq:evt:{event_id}"
+
+
+def steps_queue(queue: str) -> str:
+    """The queue beside ``queue`` for work that is not a command's send (reconciles, schedule steps)."""
+    return f"{queue}.steps"
 
 
 def queue_key(queue: str) -> str:

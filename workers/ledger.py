@@ -3,12 +3,14 @@
 Every move that matters for exactly-once is one Lua script (``workers/lua/``), so it is atomic whichever
 process runs it; each script has one typed function here returning a ``scripts.ScriptCall``:
 
-* ``accept``: record the idempotency key, create the command and push its Celery message (accept.lua);
+* ``accept``: record the idempotency key, create the command and queue its Celery message, or park it in its
+  call's lane (accept.lua);
 * ``transition``: move a command forward only from a non-terminal status (transition.lua, lib.lua);
 * ``claim``: read a command, check its turn on the call, pay the ACS budget and claim it (claim.lua);
 * ``sent``: record what ACS answered and move running → waiting | succeeded (sent.lua);
 * ``reconciled``: settle a wait from a read of ACS (reconciled.lua);
-* ``kick``: hand the call's next parked command its turn (kick.lua); ``due``: waits past their deadline.
+* ``kick``: hand the call's parked commands their turn (kick.lua); ``due``: waits past their deadline;
+* ``enqueue`` / ``dispatch``: the fair dispatch of runnable work to the broker (enqueue.lua, dispatch.lua).
 
 A terminal move is announced on one pub/sub channel for long-polling API requests (``announced``).
 """
@@ -63,6 +65,7 @@ class Accepted:
     refused: str = ""  # the stable code of the limit the command met ('' when it was not refused)
     refused_by: str = ""  # whose limit: "call" or "client"
     retry_after_ms: int = 0
+    cut: tuple[dict[str, str], ...] = ()  # the records of the unsent media operations an interrupt ended
 
     @property
     def response(self) -> dict[str, Any]:
@@ -74,19 +77,32 @@ class Accepted:
         if _s(reply[0]) == "refused":
             return cls(command_id="", replayed=False, fingerprint="", response_json="", refused=_s(reply[1]),
                        retry_after_ms=int(reply[2]), refused_by=_s(reply[3]))
-        outcome, command_id, fp, response = (_s(x) for x in reply)
-        return cls(command_id=command_id, replayed=outcome == "replay", fingerprint=fp, response_json=response)
+        outcome, command_id, fp, response = (_s(x) for x in reply[:4])
+        return cls(command_id=command_id, replayed=outcome == "replay", fingerprint=fp, response_json=response,
+                   cut=tuple(_record(flat) for flat in reply[4:]))
+
+
+def _cuts(type_: str, command_id: str) -> tuple[str, str]:
+    """What a ``type_`` command cuts as it is accepted (Operation.cuts_media), and the error of what it cuts."""
+    op = OPERATIONS.get(type_)
+    if op is None or not op.cuts_media:
+        return "", ""
+    return op.cuts_media, json.dumps({"code": "interrupted", "by": command_id,
+                                      "message": f"{type_} {command_id} was accepted before callq sent this media "
+                                                 "operation, so it was not sent."}, separators=(",", ":"),
+                                     sort_keys=True)
 
 
 def accept(
     *, idempotency_key: str, fingerprint: str, command: Mapping[str, Any], queue: str, message: str, response_json: str,
-    idempotency_ttl_s: int, command_ttl_s: int, limits: DoorLimits = NO_LIMITS,
+    idempotency_ttl_s: int, command_ttl_s: int, window: int, now_ms: int, limits: DoorLimits = NO_LIMITS,
 ) -> ScriptCall[Accepted]:
-    """Create ``command`` (its fields, see ``command.new_fields``) and push ``message`` onto ``queue``; or, when
-    ``idempotency_key`` (the full Redis key) is known already, the command it names; or, past ``limits``, nothing."""
+    """Create ``command`` (its fields, see ``command.new_fields``) and queue ``message`` for ``queue`` (through the
+    fair dispatch, ``window`` at a time; or parked in its call's lane until its turn); or, when ``idempotency_key``
+    (the full Redis key) is known already, the command it names; or, past ``limits``, nothing."""
     cid, cc, rec = str(command["id"]), str(command.get("call_connection_id") or ""), str(
         command.get("recording_id") or "")
-    client = str(command.get("client") or "")
+    client, type_ = str(command.get("client") or ""), str(command.get("type") or "")
     rate = limits.accept_rate_per_s
     return scripts.call(
         "accept",
@@ -96,7 +112,7 @@ def accept(
          keys.client_accept_budget_key(client) if rate > 0 else ""],
         [fingerprint, cid, idempotency_ttl_s, command_ttl_s, message, response_json, SWEEP_GRACE_MS,
          limits.per_call, limits.per_client, 1000 / rate if rate > 0 else 0, max(limits.accept_burst, 1),
-         *flatten(command)],
+         window, client, type_, *lane_args(now_ms), now_iso(), *_cuts(type_, cid), *flatten(command)],
         Accepted.parse)
 
 
@@ -181,11 +197,11 @@ def sent(cmd: Command, to: Status, fields: Mapping[str, Any], *, made: SentTo, t
 
 
 def lane_args(now_ms: int) -> list[str | int]:
-    """What the ordering rules need from the Operation table: now, then the non-blocking, media and interrupt
-    types (lib.lua's ``blocks``)."""
+    """What the ordering rules need from the Operation table: now, then the non-blocking, media, interrupt and
+    overtaking types (lib.lua's ``blocks``)."""
     def csv(pick: str) -> str:
         return ",".join(op.type for op in OPERATIONS.values() if getattr(op, pick))
-    return [now_ms, csv("background"), csv("media"), csv("interrupts")]
+    return [now_ms, csv("background"), csv("media"), csv("interrupts"), csv("overtakes_parked")]
 
 
 @dataclass(frozen=True)
@@ -222,25 +238,41 @@ class Claim:
 
 
 def claim(command_id: str, *, lease_ms: int, budget_keys: Sequence[str], budget_args: Sequence[float | int],
-          now_ms: int) -> ScriptCall[Claim]:
-    """Claim a command for sending, if its turn on the call has come and the ACS budget pays for its request."""
-    return scripts.call("claim", [keys.command_key(command_id), *budget_keys],
-                        [lease_ms, now_iso(), *budget_args, *lane_args(now_ms)], Claim.parse)
+          now_ms: int, queue: str, window: int) -> ScriptCall[Claim]:
+    """Claim a command for sending, if its turn on the call has come and the ACS budget pays for its request (and
+    refill ``queue`` from the fair dispatch: the claim's message just left it)."""
+    return scripts.call("claim", [keys.command_key(command_id), *budget_keys, keys.queue_key(queue)],
+                        [lease_ms, now_iso(), *budget_args, *lane_args(now_ms), window], Claim.parse)
 
 
 @dataclass(frozen=True)
 class Kicked:
+    """A command whose turn came that has no message kept for it (it parked after its message ran)."""
+
     command_id: str
     type: str
+    client: str
 
 
-def _kicked(reply: Sequence[Any]) -> Kicked | None:
-    return Kicked(_s(reply[0]), _s(reply[1])) if reply else None
+def _kicked(reply: Sequence[Any]) -> list[Kicked]:
+    return [Kicked(_s(i), _s(t), _s(c)) for i, t, c in zip(reply[::3], reply[1::3], reply[2::3], strict=True)]
 
 
-def kick(call_connection_id: str, *, now_ms: int) -> ScriptCall[Kicked | None]:
-    """The call's next command, if it parked waiting for its turn and the turn is now its (unparks it)."""
-    return scripts.call("kick", [keys.call_commands_key(call_connection_id)], lane_args(now_ms), _kicked)
+def kick(call_connection_id: str, *, now_ms: int, queue: str, window: int) -> ScriptCall[list[Kicked]]:
+    """Hand the call's parked commands whose turn has come to the fair dispatch; the ones it has no message for
+    (publish them with ``enqueue``)."""
+    return scripts.call("kick", [keys.call_commands_key(call_connection_id), keys.queue_key(queue)],
+                        [*lane_args(now_ms), window], _kicked)
+
+
+def enqueue(*, client: str, command_id: str, message: str, queue: str, window: int) -> ScriptCall[int]:
+    """Queue ``message`` (the send of ``command_id``, or '' for other work) through the fair dispatch."""
+    return scripts.call("enqueue", [keys.queue_key(queue)], [client, command_id, message, window], int)
+
+
+def dispatch(*, queue: str, window: int) -> ScriptCall[int]:
+    """Refill ``queue`` from the clients' ready lists, in turn; how many messages moved."""
+    return scripts.call("dispatch", [keys.queue_key(queue)], [window], int)
 
 
 def _ids(reply: Sequence[Any]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from azure.communication.callautomation import (
     CallAutomationClient,
@@ -63,10 +63,16 @@ class Operation:
     # parallel actions (409/8519). ``background`` (play, recognize) only has to be sent: a hang-up or cancel may
     # follow at once; ``media`` operations still hold back the next media operation (ACS runs one at a time,
     # 400/8500); ``interrupts`` (hang up, cancel an invitation, cancel media) wait for earlier commands to be
-    # sent, never for their outcomes: they exist to cut those short.
+    # sent, never for their outcomes: they exist to cut those short. ``cuts_media``: its accept fails the call's
+    # earlier media operations callq has not sent (``interrupted``) instead of waiting behind them: "all" (cancel
+    # media: ACS cancels those queued there) or "held" (hang up: only while a media operation runs and holds them
+    # back, so "play, then hang up" still plays); see accept.lua. ``overtakes_parked`` (the cancels): it does not
+    # wait for an earlier command parked behind another, which may be the very one it cuts short.
     background: bool = False
     media: bool = False
     interrupts: bool = False
+    cuts_media: Literal["", "all", "held"] = ""
+    overtakes_parked: bool = False
     # pause/resume/stop: the recording may be named by the call, known only at send time; ``verb`` names the
     # action in the error when the call has none.
     recording_by_call: bool = False
@@ -330,7 +336,7 @@ _OPS = (
     Operation("connect", _connect, frozenset({"CallConnected"}), frozenset({"ConnectFailed"}), repeatable=True,
               reconcile=_reconcile_connect, ends_with_call=False, call_state_on_success="connected"),
     Operation("hang_up", _hang_up, frozenset({"CallDisconnected"}), repeatable_if=_for_everyone, verify=_left_call,
-              reconcile=_reconcile_hang_up, interrupts=True, ends_with_call=False,
+              reconcile=_reconcile_hang_up, interrupts=True, cuts_media="held", ends_with_call=False,
               call_state_on_success="disconnected"),
     Operation("add_participant", _add_participant, frozenset({"AddParticipantSucceeded"}),
               frozenset({"AddParticipantFailed"}), repeatable=True, reconcile=_reconcile_add,
@@ -339,7 +345,8 @@ _OPS = (
               frozenset({"RemoveParticipantFailed"}), repeatable=True, reconcile=_reconcile_remove,
               changes="participants", reconcile_reads="participants"),
     Operation("cancel_add_participant", _cancel_add, frozenset({"CancelAddParticipantSucceeded"}),
-              frozenset({"CancelAddParticipantFailed"}), repeatable=True, interrupts=True, changes="participants"),
+              frozenset({"CancelAddParticipantFailed"}), repeatable=True, interrupts=True, overtakes_parked=True,
+              changes="participants"),
     Operation("send_dtmf", _send_dtmf, frozenset({"SendDtmfTonesCompleted"}), frozenset({"SendDtmfTonesFailed"}),
               repeatable=True),
     Operation("play", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"}),
@@ -348,7 +355,7 @@ _OPS = (
               frozenset({"RecognizeFailed", "RecognizeCanceled"}), background=True, media=True),
     Operation("continuous_dtmf_start", _continuous_dtmf_start),
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
-    Operation("cancel_media", _cancel_media, interrupts=True),
+    Operation("cancel_media", _cancel_media, interrupts=True, cuts_media="all", overtakes_parked=True),
     Operation("start_recording", _start_recording, repeatable=True, recording_state="active",
               reconcile=_reconcile_start, changes="recording"),
     Operation("pause_recording", _pause_recording, recording_state="inactive", verify=_recording_is("inactive"),

@@ -11,8 +11,10 @@ even when the event beat the HTTP response here. Running a command id twice is h
 * a resend after a crash carries the same repeatability id, and an operation ACS cannot deduplicate is
   re-sent only after a read of ACS's state shows the first attempt did not take effect.
 
-Waiting never holds a slot: a command whose turn has not come parks and is re-published ("kicked") by
-the command before it; a rate-limited or retried command is re-queued with a countdown.
+Waiting never holds a slot, nor a broker message: a command whose turn has not come parks in its call's
+lane and is queued ("kicked", kick.lua) when the command before it stops holding it back; runnable work
+reaches the broker through the fair dispatch (lib.lua's ``dispatch``: clients take turns); a rate-limited or
+retried command is re-queued with a countdown.
 """
 
 from __future__ import annotations
@@ -39,8 +41,6 @@ from workers.retry import retry_delay_s, should_retry
 from workers.settings import Settings
 
 log = logging.getLogger("callq.runtime")
-PARK_RECHECK_CAP_S = 30.0  # safety net: a parked command looks again even if its kick were lost
-CHAIN_MAX = 50  # commands of one call a slot runs back to back before handing the call to another slot
 SWEEP_BATCH = 500
 SWEEP_AGAIN_MS = 30_000  # a command the sweeper re-published is looked at again after this long
 
@@ -48,8 +48,11 @@ SWEEP_AGAIN_MS = 30_000  # a command the sweeper re-published is looked at again
 class Scheduler(Protocol):
     """How the runtime asks for more work without knowing Celery (the task layer implements it)."""
 
-    def command(self, command_type: str, command_id: str, countdown_s: float = 0.0) -> None:
-        """Publish a command's task again (its turn on the call has come, or it must wait a little)."""
+    def message(self, command_type: str, command_id: str) -> str:
+        """The broker message that runs a command's task (the runtime queues it through the fair dispatch)."""
+
+    def command(self, command_type: str, command_id: str, countdown_s: float) -> None:
+        """Publish a command's task to run after ``countdown_s`` (it must wait a little: a retry, the budget)."""
 
     def check(self, command_id: str, countdown_s: float) -> None:
         """Reconcile a waiting command after ``countdown_s`` if its event has not resolved it."""
@@ -114,16 +117,15 @@ class Runtime:
     def run(self, command_id: str) -> str:
         """Execute a command once; returns its status afterwards. Raises RetryLater for a later try.
 
-        Then keep its call moving from this slot: the commands that parked behind it run here, in order,
-        instead of each waiting for its message to come round the queue again.
+        Then hand the commands of its call that waited for it their turn (``kick``).
         """
         status, lane = self._step(command_id)
-        self._drain(lane)
+        self.kick(lane)
         return status
 
     def _step(self, command_id: str) -> tuple[str, str]:
         """Claim and send one command; returns (status, its call) — the call only when it may have moved."""
-        logs.bind(command_id=command_id)  # a drain runs several commands in one task
+        logs.bind(command_id=command_id)
         claim = self._claim(command_id)
         if claim.kind == "missing":
             log.warning("command %s not found (expired?)", command_id, extra={"command_id": command_id})
@@ -131,7 +133,9 @@ class Runtime:
         if claim.kind == "done":
             return claim.status, claim.call  # e.g. redelivered after a crash: the call may still need a push
         if claim.kind == "blocked":
-            raise RetryLater(min(PARK_RECHECK_CAP_S, 2.0 ** claim.parks))
+            # Parked: its turn comes with a kick (the command holding it back ends, or is reconciled at its
+            # deadline); the sweeper kicks parked lanes too. No message waits meanwhile.
+            return Status.QUEUED.value, ""
         if claim.command is None:  # leased by another worker
             return Status.RUNNING.value, ""
         cmd = claim.command
@@ -150,7 +154,8 @@ class Runtime:
         while True:
             claim = scripts.run(self.redis, ledger.claim(
                 command_id, lease_ms=self.lease_ms, budget_keys=self.limiter.script_keys,
-                budget_args=self.limiter.script_args, now_ms=_now_ms()))
+                budget_args=self.limiter.script_args, now_ms=_now_ms(), queue=self.settings.queue,
+                window=self.settings.dispatch_window))
             if claim.kind != "throttled":
                 return claim
             try:
@@ -162,47 +167,52 @@ class Runtime:
                 metrics.throttled(command_id, claim.type)
                 raise RetryLater(limited.retry_after_s) from None
 
-    def _drain(self, lane: str) -> None:
-        for _ in range(CHAIN_MAX):
-            nxt = self._next_parked(lane)
-            if nxt is None:
-                return
-            try:
-                self._step(nxt.command_id)
-            except RetryLater as later:  # it must wait (rate limit, retry, still blocked): back to the queue
-                self.scheduler.command(nxt.type, nxt.command_id, later.delay_s)
-                return
-        nxt = self._next_parked(lane)  # the budget is spent: let another slot carry on with this call
-        if nxt is not None:
-            self.scheduler.command(nxt.type, nxt.command_id)
-
-    def _next_parked(self, lane: str) -> ledger.Kicked | None:
-        """The call's next command if it parked waiting for its turn and the turn is now its (unparks it)."""
+    def kick(self, lane: str) -> None:
+        """Hand the call's parked commands whose turn has come to the fair dispatch (kick.lua)."""
         if not lane:
-            return None
-        return scripts.run(self.redis, ledger.kick(lane, now_ms=_now_ms()))
+            return
+        for kicked in scripts.run(self.redis, ledger.kick(lane, now_ms=_now_ms(), queue=self.settings.queue,
+                                                          window=self.settings.dispatch_window)):
+            self.enqueue(kicked.type, kicked.command_id, kicked.client)
+
+    def enqueue(self, command_type: str, command_id: str, client: str) -> None:
+        """Queue a command's task now, through the fair dispatch."""
+        scripts.run(self.redis, ledger.enqueue(
+            client=client, command_id=command_id, message=self.scheduler.message(command_type, command_id),
+            queue=self.settings.queue, window=self.settings.dispatch_window))
+
+    def dispatch(self) -> int:
+        """Refill the broker's command queue from the fair dispatch (a safety net: claims refill it too)."""
+        return scripts.run(self.redis, ledger.dispatch(queue=self.settings.queue,
+                                                       window=self.settings.dispatch_window))
 
     def sweep(self) -> int:
         """Revive commands nobody is working on; returns how many were re-published or reconciled.
 
         The safety net under every message-based step: if a task message was lost (Redis restarted while
         a retry was being published, a kick failed), the command record still says what is owed. An
-        unsent command whose lease has expired gets its task again; a waiting one past its deadline is
-        reconciled. Duplicates are harmless: the claim admits one sender, and reconcile acts only once.
+        unsent command whose lease has expired gets its task again (through the fair dispatch, unless its message
+        already waits there), a parked one gets its lane kicked; a waiting one past its deadline is reconciled.
+        Duplicates are harmless: the claim admits one sender, and reconcile acts only once.
         """
         now_ms = _now_ms()
         due = self.redis.zrangebyscore(keys.ACTIVE_ZSET, "-inf", now_ms, start=0, num=SWEEP_BATCH)
-        revived = 0
+        revived, lanes = 0, set()
         for raw_id in due:
             cid = str(raw_id)
-            status, type_, lease, deadline = (None if v is None else str(v) for v in self.redis.hmget(
-                keys.command_key(cid), "status", "type", "lease_until", "wait_deadline"))
+            status, type_, lease, deadline, client, parked, in_ready, call = (
+                None if v is None else str(v) for v in self.redis.hmget(
+                    keys.command_key(cid), "status", "type", "lease_until", "wait_deadline", "client", "parked",
+                    "in_ready", "call_connection_id"))
             if status is None or is_terminal(status):
                 self.redis.zrem(keys.ACTIVE_ZSET, cid)
                 continue
             again = now_ms + SWEEP_AGAIN_MS
-            if status in (Status.QUEUED, Status.RUNNING) and int(lease or 0) < now_ms:
-                self.scheduler.command(type_ or "", cid)
+            unsent = status in (Status.QUEUED, Status.RUNNING) and int(lease or 0) < now_ms
+            if unsent and parked == "1":
+                lanes.add(call or "")  # waiting for its turn: its lane gets a kick, in case one was lost
+            elif unsent and in_ready != "1":  # (its message waiting its client's turn is not lost)
+                self.enqueue(type_ or "", cid, client or "")
                 revived += 1
             elif status == Status.WAITING and int(deadline or 0) + SWEEP_AGAIN_MS < now_ms:
                 self.scheduler.check(cid, 0)
@@ -210,6 +220,8 @@ class Runtime:
             elif status == Status.WAITING:
                 again = int(deadline or 0) + SWEEP_AGAIN_MS
             self.redis.zadd(keys.ACTIVE_ZSET, {cid: again})
+        for lane in lanes:
+            self.kick(lane)
         if revived:
             log.warning("sweeper revived %d command(s) whose task had been lost", revived)
         return revived
@@ -315,7 +327,7 @@ class Runtime:
         if verdict is None:
             verdict = timed_out()
         status = self._settled(scripts.run(self.redis, ledger.reconciled(cmd, *verdict)))
-        self._drain(cmd.call_connection_id)
+        self.kick(cmd.call_connection_id)
         return status
 
     def _changed_since(self, cmd: Command, part: str) -> str | None:

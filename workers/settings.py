@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from workers import keys
 from workers.errors import ConfigError
 
 REAL_ACS_OPENID_URL = "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration"
@@ -119,6 +120,10 @@ class Settings:
     client_max_pending: int = 10_000
     client_accept_rate_per_s: int = 0
     client_accept_burst: int = 0
+    # Fair dispatch: the most runnable commands the broker's command queue holds at once; the rest wait their
+    # client's turn (lib.lua's dispatch). Small keeps a newcomer close to the front; at least the workers' slots
+    # keeps them busy.
+    dispatch_window: int = 16
     # Scheduled recordings: how long an occurrence keeps trying to connect to a room call that has not
     # started yet before it is marked missed.
     schedule_grace_s: int = 300
@@ -192,6 +197,7 @@ class Settings:
                                           low=0, high=1_000_000),
             client_accept_burst=_int(env, "CALLQ_CLIENT_ACCEPT_BURST", cls.client_accept_burst, low=0,
                                      high=1_000_000),
+            dispatch_window=_int(env, "CALLQ_DISPATCH_WINDOW", cls.dispatch_window, high=100_000),
             schedule_grace_s=_int(env, "CALLQ_SCHEDULE_GRACE_SECONDS", cls.schedule_grace_s, high=86_400),
             beat_lock_timeout_s=_int(env, "CALLQ_BEAT_LOCK_TIMEOUT_SECONDS", cls.beat_lock_timeout_s, low=2,
                                      high=3600),
@@ -203,6 +209,18 @@ class Settings:
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests, `callq up` filling generated credentials)."""
         return replace(self, **changes)  # type: ignore[arg-type]  # names checked above; values typed per field
+
+    @property
+    def steps_queue(self) -> str:
+        """The queue of everything that is not a command's send: reconciles, schedule steps. Workers consume it
+        beside the command queue, in turn (kombu rotates the queues it polls), so a burst of steps never starves
+        commands, nor the reverse."""
+        return keys.steps_queue(self.queue)
+
+    @property
+    def worker_queues(self) -> str:
+        """What a worker's ``-Q`` names: both queues."""
+        return f"{self.queue},{self.steps_queue}"
 
     @property
     def callback_url(self) -> str:

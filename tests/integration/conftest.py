@@ -197,7 +197,8 @@ def start_worker(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callable
         with open(tmp_path / f"worker-{name}.log", "wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-P", "threads", "-c", str(concurrency),
-                 "-Q", "callq", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
+                 "-Q", "callq,callq.steps", "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
+                 "--loglevel", "INFO"],
                 cwd=ROOT, env={**os.environ, **stack_env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -15,9 +15,9 @@ from workers import keys
 
 
 def _counts(r: redis.Redis) -> tuple[int, int, int]:
-    """(idempotency keys, commands, queued task messages)."""
+    """(idempotency keys, commands, queued task messages: in the broker, or waiting their client's turn)."""
     return (len(list(r.scan_iter("callq:idem:*"))), len([k for k in r.scan_iter("callq:cmd:*")]),
-            int(r.llen(keys.queue_key("callq"))))
+            int(r.llen(keys.queue_key("callq"))) + int(r.llen(keys.FAIR_BACKLOG)))
 
 
 def test_many_concurrent_requests_with_one_key_make_one_command_and_one_task(api_server: ThreadServer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable
 
@@ -47,7 +48,8 @@ def test_a_real_worker_consumes_the_accepted_message(stack_settings: Settings, s
     message = task_message(app, task_name("connect"), cid, [cid], queue="callq")
     outcome = scripts.run(r, ledger.accept(
         idempotency_key=keys.idempotency_key("alice", "k1"), fingerprint="fp", command=record, queue="callq",
-        message=message, response_json="{}", idempotency_ttl_s=60, command_ttl_s=60))
+        message=message, response_json="{}", idempotency_ttl_s=60, command_ttl_s=60, window=16,
+        now_ms=int(time.time() * 1000)))
     assert not outcome.replayed
     final = wait_until(lambda: r.hget(keys.command_key(cid), "status") in Status.TERMINAL and
                        r.hgetall(keys.command_key(cid)), timeout_s=30, what="command to be run")

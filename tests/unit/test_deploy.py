@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from api.prometheus import exposed_names
+from workers import keys
 from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,12 +96,13 @@ def test_every_manifest_is_valid_for_kubernetes_or_keda() -> None:
     assert {"Deployment", "Service", "Secret", "ConfigMap", "ScaledObject", "NetworkPolicy"} <= checked
 
 
-def test_workers_scale_on_the_broker_list_and_beat_is_exactly_one() -> None:
+def test_workers_scale_on_the_backlog_and_the_steps_queue_and_beat_is_exactly_one() -> None:
     scaled = _by_kind("ScaledObject", "callq-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == _by_kind("Deployment", "callq-worker")["metadata"]["name"]
-    trigger = scaled["spec"]["triggers"][0]
-    assert trigger["type"] == "redis" and set(trigger["metadata"]) <= REDIS_SCALER_KEYS
-    assert trigger["metadata"]["listName"] == _by_kind("ConfigMap", "callq-config")["data"]["CALLQ_QUEUE"]
+    triggers = scaled["spec"]["triggers"]
+    assert all(t["type"] == "redis" and set(t["metadata"]) <= REDIS_SCALER_KEYS for t in triggers)
+    queue = _by_kind("ConfigMap", "callq-config")["data"]["CALLQ_QUEUE"]
+    assert [t["metadata"]["listName"] for t in triggers] == [keys.FAIR_BACKLOG, keys.steps_queue(queue)]
     assert scaled["spec"]["minReplicaCount"] >= 1  # a worker must be alive for reconciliation and /readyz
     beat = _by_kind("Deployment", "callq-beat")["spec"]
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"

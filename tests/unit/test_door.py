@@ -3,6 +3,7 @@ refused with nothing recorded; one that ends frees its place. On fakeredis and o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import fakeredis
@@ -31,7 +32,8 @@ def accept(r: redis.Redis, cid: str, *, call: str = "cc-1", client: str = "alice
     record["call_connection_id"] = call
     return scripts.run(r, ledger.accept(
         idempotency_key=keys.idempotency_key(client, key or cid), fingerprint="fp", command=record, queue="q",
-        message=f"msg-{cid}", response_json="{}", idempotency_ttl_s=60, command_ttl_s=60, limits=limits))
+        message=f"msg-{cid}", response_json="{}", idempotency_ttl_s=60, command_ttl_s=60, window=16,
+        now_ms=int(time.time() * 1000), limits=limits))
 
 
 def test_a_call_at_its_pending_limit_refuses_the_next_and_records_nothing(r: redis.Redis) -> None:
@@ -41,7 +43,9 @@ def test_a_call_at_its_pending_limit_refuses_the_next_and_records_nothing(r: red
     assert (third.refused, third.refused_by, third.command_id) == ("too_many_pending", "call", "")
     assert third.retry_after_ms > 0
     assert not r.exists(keys.command_key("c3")) and not r.exists(keys.idempotency_key("alice", "c3"))
-    assert r.lrange(keys.queue_key("q"), 0, -1) == ["msg-c2", "msg-c1"]
+    # Only c1 is runnable (c2, a play, waits for it): c2 parked with its message, the refused c3 left nothing.
+    assert r.lrange(keys.queue_key("q"), 0, -1) == ["msg-c1"]
+    assert r.hget(keys.command_key("c2"), "msg") == "msg-c2"
     assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["c1", "c2"]
     assert not accept(r, "c4", call="cc-2", limits=limits).refused  # another call has room
 

@@ -29,7 +29,7 @@ WEEKLY = {"room_id": "room-1", "cron": "0 10 * * 2", "timezone": "Europe/Paris",
 
 
 def tasks(r: fakeredis.FakeRedis) -> list[str]:
-    return [json.loads(m)["headers"]["task"] for m in reversed(r.lrange(keys.queue_key("callq"), 0, -1))]
+    return [json.loads(m)["headers"]["task"] for m in reversed(r.lrange(keys.queue_key("callq.steps"), 0, -1))]
 
 
 def test_a_weekly_class_is_created_and_its_beat_entry_booked(client: TestClient, r: fakeredis.FakeRedis) -> None:

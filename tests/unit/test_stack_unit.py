@@ -151,7 +151,7 @@ def test_command_lines_are_built_from_settings() -> None:
                                    "--port", "18000")
     assert by_name["simulator"].argv[-4:] == ("--host", "127.0.0.1", "--port", "18089")
     assert by_name["worker"].argv == (PY, "-m", "celery", "-A", "tasks.app", "worker", "-E", "-P", "threads",
-                                      "-c", "3", "-Q", "q1", "-n", "worker1@%h", "--loglevel", "INFO")
+                                      "-c", "3", "-Q", "q1,q1.steps", "-n", "worker1@%h", "--loglevel", "INFO")
     assert by_name["beat"].argv[-4:] == ("-S", "redbeat.RedBeatScheduler", "--loglevel", "INFO")
     assert by_name["flower"].argv[-2:] == ("--address=127.0.0.1", "--port=15555")
 

@@ -23,7 +23,10 @@ class Recorder:
         self.commands: list[tuple[str, str]] = []
         self.checks: list[str] = []
 
-    def command(self, command_type: str, command_id: str, countdown_s: float = 0.0) -> None:
+    def message(self, command_type: str, command_id: str) -> str:
+        return f"msg:{command_type}:{command_id}"
+
+    def command(self, command_type: str, command_id: str, countdown_s: float) -> None:
         self.commands.append((command_type, command_id))
 
     def check(self, command_id: str, countdown_s: float) -> None:
@@ -45,6 +48,7 @@ def put(r: redis.Redis, cid: str, **fields: Any) -> None:
 def test_lost_work_is_revived_and_finished_work_forgotten(r: redis.Redis) -> None:
     now_ms = int(time.time() * 1000)
     put(r, "stranded", status="running", lease_until=now_ms - 1)      # its worker died, its retry was lost
+    put(r, "in-line", status="queued", in_ready="1")                  # its message waits its client's turn
     put(r, "busy", status="running", lease_until=now_ms + 60_000)     # someone holds it: leave alone
     put(r, "unheard", status="waiting", wait_deadline=now_ms - 60_000)  # deadline long past, no check ran
     put(r, "listening", status="waiting", wait_deadline=now_ms + 60_000)
@@ -53,7 +57,9 @@ def test_lost_work_is_revived_and_finished_work_forgotten(r: redis.Redis) -> Non
     scheduler = Recorder()
     runtime = Runtime(Settings(), r, client=None, scheduler=scheduler, rng=random.Random(1))  # type: ignore[arg-type]
     assert runtime.sweep() == 2
-    assert scheduler.commands == [("play", "stranded")]
+    # Revived through the fair dispatch (its client's ready list, then the command queue), not with a countdown.
+    assert r.lrange(keys.queue_key(Settings().queue), 0, -1) == ["msg:play:stranded"]
+    assert scheduler.commands == []
     assert scheduler.checks == ["unheard"]
     active = dict(r.zrange(keys.ACTIVE_ZSET, 0, -1, withscores=True))
     assert "done" not in active and "expired" not in active
@@ -64,7 +70,8 @@ def test_lost_work_is_revived_and_finished_work_forgotten(r: redis.Redis) -> Non
 def test_accepting_and_ending_a_command_maintains_the_index(r: redis.Redis) -> None:
     record = records.new_command(command_id="c1", client="alice", type_="play", params={}, idempotency_key="k")
     scripts.run(r, ledger.accept(idempotency_key="idem", fingerprint="fp", command=record, queue="q", message="msg",
-                                 response_json="{}", idempotency_ttl_s=60, command_ttl_s=60))
+                                 response_json="{}", idempotency_ttl_s=60, command_ttl_s=60, window=16,
+                                 now_ms=int(time.time() * 1000)))
     assert r.zscore(keys.ACTIVE_ZSET, "c1") is not None
     scripts.run(r, ledger.transition("c1", Status("failed"), {}))
     assert r.zscore(keys.ACTIVE_ZSET, "c1") is None

@@ -1,16 +1,27 @@
--- Accept a command: record the idempotency key, create the command and push its Celery message onto the broker
--- list, all three or none. A concurrent duplicate sees the key and gets the same command back. A new command is
--- first checked against the door's limits (the call's and the client's pending commands, the client's accept
--- budget): past one, nothing is written and the key stays free.
+-- Accept a command: record the idempotency key, create the command and queue its Celery message, all or none. A
+-- concurrent duplicate sees the key and gets the same command back. A new command is first checked against the
+-- door's limits (the call's and the client's pending commands, the client's accept budget): past one, nothing is
+-- written and the key stays free.
+-- Only runnable work reaches the broker: a command that an earlier pending command of its call holds back
+-- (lib.lua's blocks) parks in the call's lane with its message kept in its record, costing no worker anything
+-- until its turn (kick.lua); a runnable one joins its client's ready list and the fair dispatch (lib.lua).
+-- An interrupt that ends media fails the call's earlier media operations that callq has not sent (never
+-- attempted): 'interrupted', with its id. Cancel media cuts them all (its point: ACS would have cancelled them
+-- had they been queued there); a hang up only while a media operation runs, which holds them back (left in
+-- callq's lane behind a looping play, they would hold the hang up until the play's deadline; otherwise "play,
+-- then hang up" still plays). Their successors get their turn at once.
 -- KEYS: 1 idempotency hash, 2 command hash, 3 broker queue list, 4 the call's command list, 5 the recording's
 --       command list (4 and 5 '' when the command has no call / recording yet), 6 the call's pending set ('' when
 --       no call), 7 the client's pending set, 8 the client's accept budget ('' when it has none)
 -- ARGV: 1 fingerprint, 2 command id, 3 idempotency ttl s, 4 command ttl s, 5 broker message, 6 response json
 --       ('' when the caller keeps none), 7 sweep grace ms, 8 most pending per call (0: no limit), 9 most pending
---       per client (0: no limit), 10 the accept budget's emission interval ms, 11 its burst, 12... the command's
+--       per client (0: no limit), 10 the accept budget's emission interval ms, 11 its burst, 12 the dispatch
+--       window, 13 client, 14 type, 15 now ms, 16 non-blocking types csv, 17 media types csv, 18 interrupt types
+--       csv, 19 overtaking types csv, 20 now iso, 21 what it cuts ('' nothing, 'all' the unsent media operations,
+--       'held' those only while a media operation runs), 22 the error of what it cuts (JSON), 23... the command's
 --       field/value pairs
--- Returns: {'new' | 'replay', command id, fingerprint, response json} (a replay's are the stored ones), or
---          {'refused', code, retry after ms, limit}
+-- Returns: {'new' | 'replay', command id, fingerprint, response json, the record of each command it cut...}
+--          (a replay's are the stored ones), or {'refused', code, retry after ms, limit}
 local bad = check_types({'hash', 'hash', 'list', 'list', 'list'})
 if bad then return bad end
 local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
@@ -47,7 +58,7 @@ if KEYS[8] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'command_id', ARGV[2], 'fingerprint', ARGV[1], 'response', ARGV[6])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-redis.call('HSET', KEYS[2], unpack(ARGV, 12))
+redis.call('HSET', KEYS[2], unpack(ARGV, 23))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
 for i = 4, 7 do
   if KEYS[i] ~= '' then
@@ -55,7 +66,45 @@ for i = 4, 7 do
     redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4]))
   end
 end
-redis.call('LPUSH', KEYS[3], ARGV[5])
+local held, cut = false, {}
+local now, lanes = tonumber(ARGV[15]), {nonblocking = ARGV[16], media = ARGV[17], interrupts = ARGV[18],
+                                       overtaking = ARGV[19]}
+if KEYS[6] ~= '' then
+  -- The call's pending commands are exactly the earlier ones that may still hold this one back.
+  local earlier = redis.call('SMEMBERS', KEYS[6])
+  local cuts = ARGV[21] == 'all'
+  if ARGV[21] == 'held' then
+    for _, id in ipairs(earlier) do
+      local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'type', 'wait_deadline')
+      if st[1] == 'waiting' and listed(lanes.media, st[2]) and tonumber(st[3] or '0') > now then cuts = true end
+    end
+  end
+  if cuts then
+    for _, id in ipairs(earlier) do
+      local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'type', 'attempts')
+      if id ~= ARGV[2] and st[1] == 'queued' and tonumber(st[3] or '0') == 0 and listed(lanes.media, st[2]) then
+        local moved = transition(id, 'failed', 'queued', ARGV[20], {'error', ARGV[22], 'lease_until', '0',
+                                                                     'parked', ''})
+        if moved[3] then cut[#cut + 1] = moved[3] end
+      end
+    end
+    -- What waited behind a cut command may go now (one parked after its message ran is the sweeper's to revive),
+    -- and so is ahead of this command.
+    if #cut > 0 then kick_lane(KEYS[4], now, lanes) end
+  end
+  for _, id in ipairs(earlier) do
+    if id ~= ARGV[2] and blocks(id, ARGV[14], now, lanes) then
+      held = true
+      break
+    end
+  end
+end
+if held then
+  redis.call('HSET', KEYS[2], 'parked', '1', 'msg', ARGV[5])
+else
+  fair_push(ARGV[13], ARGV[2], ARGV[5])
+end
+if not held or #cut > 0 then dispatch(KEYS[3], tonumber(ARGV[12])) end
 -- Watched by the sweeper until it ends (first look after the grace period): the record is the truth.
 redis.call('ZADD', ACTIVE_ZSET, now_ms() + tonumber(ARGV[7]), ARGV[2])
-return {'new', ARGV[2], ARGV[1], ARGV[6]}
+return {'new', ARGV[2], ARGV[1], ARGV[6], unpack(cut)}

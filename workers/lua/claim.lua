@@ -2,13 +2,19 @@
 -- its call (lib.lua's blocks), pay the shared ACS budget for its request (lib.lua's gcra; nothing is paid for a
 -- command that may not go), claim it. The call's command list is named by the record, so it is read here
 -- without being declared in KEYS (single Redis, not Cluster).
--- KEYS: 1 command hash, 2 the budget's theoretical-arrival-time key, 3 the budget's pause key
+-- A worker took this command's message off the broker's queue: the same round trip refills the queue from the
+-- fair dispatch (lib.lua's dispatch), so the queue stays full without a step of its own.
+-- A command that finds its turn not come parks (kick.lua hands it its turn; it needs no message meanwhile).
+-- KEYS: 1 command hash, 2 the budget's theoretical-arrival-time key, 3 the budget's pause key, 4 the broker's
+--       command queue
 -- ARGV: 1 lease ms, 2 now iso, 3 the budget's emission interval ms, 4 its burst, 5 now ms,
---       6 non-blocking types csv, 7 media types csv, 8 interrupt types csv
+--       6 non-blocking types csv, 7 media types csv, 8 interrupt types csv, 9 overtaking types csv,
+--       10 the dispatch window
 -- Returns: {'missing'}, {'done', status, call}, {'leased'}, {'blocked', parks}, {'throttled', wait ms, type},
 --          or {'claimed', attempts, status before, the record as field/value...}
+dispatch(KEYS[4], tonumber(ARGV[10]))
 local now = tonumber(ARGV[5])
-local lanes = {nonblocking = ARGV[6], media = ARGV[7], interrupts = ARGV[8]}
+local lanes = {nonblocking = ARGV[6], media = ARGV[7], interrupts = ARGV[8], overtaking = ARGV[9]}
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then return {'missing'} end
 local f = {}
@@ -31,5 +37,6 @@ if wait > 0 then return {'throttled', wait, f['type']} end
 -- every worker, so what was granted can be checked against the budget exactly.
 redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(now + tonumber(ARGV[1])),
            'updated_at', ARGV[2], 'parked', '', 'paid_ms', tostring(now_ms()))
+redis.call('HDEL', KEYS[1], 'msg')
 -- The status before this claim: 'running' means an earlier attempt died while sending.
 return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), status, rec}

@@ -1,21 +1,12 @@
--- The call's first unsent command, if it parked waiting for its turn and nothing before it holds it back any
--- more (lib.lua's blocks): unparks it.
--- KEYS: 1 the call's command list
--- ARGV: 1 now ms, 2 non-blocking types csv, 3 media types csv, 4 interrupt types csv
--- Returns: {} or {command id, command type}
-local now = tonumber(ARGV[1])
-local lanes = {nonblocking = ARGV[2], media = ARGV[3], interrupts = ARGV[4]}
-local before = {}
-for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'parked', 'type')
-  if st[1] == 'queued' or st[1] == 'running' then
-    if st[2] ~= '1' then return {} end
-    for _, earlier in ipairs(before) do
-      if blocks(earlier, st[3], now, lanes) then return {} end
-    end
-    redis.call('HSET', COMMAND_PREFIX .. id, 'parked', '')
-    return {id, st[3]}
-  end
-  before[#before + 1] = id
-end
-return {}
+-- Hand the call's parked commands their turn (lib.lua's kick_lane), then run the fair dispatch. Called whenever a
+-- command of the call may have stopped holding the rest back (sent, resolved, reconciled), and by the sweeper as
+-- a safety net.
+-- KEYS: 1 the call's command list, 2 the broker's command queue
+-- ARGV: 1 now ms, 2 non-blocking types csv, 3 media types csv, 4 interrupt types csv, 5 overtaking types csv,
+--       6 the dispatch window
+-- Returns: {command id, command type, client, ...} of the unparked commands that kept no message: the caller
+--          publishes those
+local lanes = {nonblocking = ARGV[2], media = ARGV[3], interrupts = ARGV[4], overtaking = ARGV[5]}
+local no_message = kick_lane(KEYS[1], tonumber(ARGV[1]), lanes)
+dispatch(KEYS[2], tonumber(ARGV[6]))
+return no_message

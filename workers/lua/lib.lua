@@ -41,6 +41,7 @@ local function transition(id, to, allowed, now, fields, attempts_by)
   if attempts_by and attempts_by ~= 0 then redis.call('HINCRBY', key, 'attempts', attempts_by) end
   if not is_terminal(to) then return {'applied', to} end
   redis.call('HSET', key, 'resolved_at', now)
+  redis.call('HDEL', key, 'msg')  -- a parked command's message, never needed now
   redis.call('ZREM', ACTIVE_ZSET, id)
   redis.call('ZREM', WAIT_DEADLINES, id)
   local flat, record = redis.call('HGETALL', key), {}
@@ -83,19 +84,105 @@ local function gcra(tat_key, pause_key, emission, burst)
 end
 
 -- Per-call order: does the earlier command `id` keep a command of type `t` from being sent at `now`?
--- lanes = {nonblocking = csv, media = csv, interrupts = csv} from the Operation table (ledger.lane_args).
--- A command may be sent only when every command accepted before it on the same call is out of its way: sent
--- and resolved, or sent and of a kind that does not hold the call (background media, which still holds back
--- the next media operation: ACS allows one at a time, 400/8500), or past its outcome deadline (a lost event
--- must not stall a call). Interrupts (hang up, cancel an invitation, cancel media) wait for earlier commands
--- to be sent, never for their outcomes: they exist to cut those short. Reading command hashes that are not
--- in KEYS is fine on a single Redis (not on Cluster, which callq does not support).
+-- lanes = {nonblocking, media, interrupts, overtaking} (csvs of types, from the Operation table:
+-- ledger.lane_args). A command may be sent only when every command accepted before it on the same call is out
+-- of its way: sent and resolved, or sent and of a kind that does not hold the call (background media, which
+-- still holds back the next media operation: ACS allows one at a time, 400/8500), or past its outcome deadline
+-- (a lost event must not stall a call). Interrupts (hang up, cancel an invitation, cancel media) exist to cut
+-- earlier commands short: they wait for earlier commands to be sent, never for their outcomes; the cancels
+-- (`overtaking`) not even for a command parked behind another, which may be the very one they cut short (a play
+-- behind a ringing invitation would otherwise hold its cancel until the invitation ends). Unsent media
+-- operations a hang up or cancel media would wait behind, accept.lua has already failed. Reading
+-- command hashes that are not in KEYS is fine on a single Redis (not on Cluster, which callq does not support).
 local function blocks(id, t, now, lanes)
-  local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'type', 'wait_deadline')
+  local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'type', 'wait_deadline', 'parked')
+  if st[1] == 'queued' and st[4] == '1' and listed(lanes.overtaking, t) then return false end
   if st[1] == 'queued' or st[1] == 'running' then return true end
-  if st[1] ~= 'waiting' or tonumber(st[3] or '0') <= now or listed(lanes.interrupts, t) then return false end
+  if listed(lanes.interrupts, t) then return false end
+  if st[1] ~= 'waiting' or tonumber(st[3] or '0') <= now then return false end
   if not listed(lanes.nonblocking, st[2]) then return true end
   return listed(lanes.media, st[2]) and listed(lanes.media, t)
+end
+
+-- Fair dispatch. Runnable work does not go straight onto the broker's queue: it waits in its client's ready list
+-- (entries "{command id} {broker message}"; the id is '' for work that is not a command's send), and the clients
+-- with ready work take turns (FAIR_RING, each client once) to fill the queue up to a window. So a client with
+-- thousands of runnable commands and a client with one both get a message into the next window; and since a
+-- call has at most one runnable command at a time (the rest are parked in its lane, see accept.lua), a client's
+-- own calls take turns in its ready list. in_ready marks a command whose message waits there (the sweeper
+-- leaves it alone).
+local function fair_push(client, id, message)
+  if redis.call('RPUSH', CLIENT_PREFIX .. client .. READY_SUFFIX, id .. ' ' .. message) == 1 then
+    redis.call('RPUSH', FAIR_RING, client)
+  end
+  redis.call('RPUSH', FAIR_BACKLOG, '1')
+  if id ~= '' then redis.call('HSET', COMMAND_PREFIX .. id, 'in_ready', '1') end
+end
+
+-- Move ready work onto the broker's queue, one entry per client in turn, until it holds `window` messages.
+-- Returns how many moved.
+local function dispatch(queue, window)
+  local moved = 0
+  while redis.call('LLEN', queue) < window do
+    local client = redis.call('LPOP', FAIR_RING)
+    if not client then break end
+    local ready = CLIENT_PREFIX .. client .. READY_SUFFIX
+    local entry = redis.call('LPOP', ready)
+    if entry then
+      local space = string.find(entry, ' ', 1, true)
+      local id = string.sub(entry, 1, space - 1)
+      if id ~= '' then redis.call('HDEL', COMMAND_PREFIX .. id, 'in_ready') end
+      redis.call('LPUSH', queue, string.sub(entry, space + 1))
+      redis.call('LPOP', FAIR_BACKLOG)
+      moved = moved + 1
+    end
+    if redis.call('LLEN', ready) > 0 then redis.call('RPUSH', FAIR_RING, client) end
+  end
+  return moved
+end
+
+-- A parked command whose turn came: its stored message (accept.lua keeps it) joins its client's ready list.
+-- Returns false when it has none (it parked after its message ran: the caller publishes a new one).
+local function unpark(id, client)
+  local key = COMMAND_PREFIX .. id
+  local message = redis.call('HGET', key, 'msg')
+  redis.call('HSET', key, 'parked', '')
+  if not message then return false end
+  redis.call('HDEL', key, 'msg')
+  fair_push(client, id, message)
+  return true
+end
+
+-- Hand the call's parked commands their turn: each one that nothing earlier holds back any more (blocks) is
+-- unparked and its kept message joins its client's ready list. Past the first unsent command that is not an
+-- interrupt, only interrupts can be runnable (an unsent command holds back every later one but interrupts), so
+-- the walk then looks at nothing else.
+-- Returns {command id, command type, client, ...} of the unparked commands that kept no message (they parked
+-- after their message ran): the caller publishes those.
+local function kick_lane(list_key, now, lanes)
+  local before, no_message, only_interrupts = {}, {}, false
+  for _, id in ipairs(redis.call('LRANGE', list_key, 0, -1)) do
+    local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'parked', 'type', 'client')
+    local unsent = st[1] == 'queued' or st[1] == 'running'
+    if unsent and st[2] == '1' and (not only_interrupts or listed(lanes.interrupts, st[3])) then
+      local free = true
+      for _, earlier in ipairs(before) do
+        if blocks(earlier, st[3], now, lanes) then
+          free = false
+          break
+        end
+      end
+      if free and not unpark(id, st[4] or '') then
+        no_message[#no_message + 1] = id
+        no_message[#no_message + 1] = st[3]
+        no_message[#no_message + 1] = st[4] or ''
+      end
+    end
+    if unsent and not listed(lanes.interrupts, st[3]) then only_interrupts = true end
+    -- Only commands not ended can hold a later one back.
+    if st[1] and not is_terminal(st[1]) then before[#before + 1] = id end
+  end
+  return no_message
 end
 
 -- The call record (callq:call:{id}) is written only through these four, by the scripts that learn what
