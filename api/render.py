@@ -77,6 +77,7 @@ def command(cmd: Command) -> dict[str, Any]:
         "attempts": cmd.attempts,
         "created_at": cmd.created_at or None,
         "updated_at": cmd.updated_at or None,
+        "sent_at": cmd.sent_at or None,
         "resolved_at": cmd.resolved_at or None,
         "result": cmd.result,
         "error": cmd.error,

@@ -37,6 +37,7 @@ class Command(BaseModel):
     attempts: int = Field(ge=0)
     created_at: str
     updated_at: str
+    sent_at: str | None = Field(description="when ACS accepted callq's request for it; null until then")
     resolved_at: str | None
     result: dict[str, Any] | None
     error: dict[str, Any] | None

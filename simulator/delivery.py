@@ -1,4 +1,9 @@
-"""Callback delivery: per-URL ordered lanes, batched POSTs with one JWT each, retries, faults, a log."""
+"""Callback delivery: ordered lanes per call and URL, batched POSTs with one JWT each, retries, faults, a log.
+
+ACS documents no ordering of mid-call callbacks, and its calls run on servers of their own: one call's events do
+not wait for another's. So each call (at each URL) has a lane of its own, delivered in order (stricter than ACS,
+which callq does not rely on: see the reorder fault), and lanes go side by side, MAX_IN_FLIGHT POSTs at a time.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ class _Pending:
 
 
 class _Lane:
-    """Events for one target URL, sent strictly in enqueue order (so per call, too)."""
+    """Events of one call for one target URL, sent strictly in enqueue order."""
 
     def __init__(self) -> None:
         self.queue: deque[_Pending] = deque()
@@ -51,7 +56,7 @@ class Dispatcher:
         self._faults = faults
         self._attempts = max(1, attempts)
         self._backoff_s = backoff_s
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[tuple[str, str], _Lane] = {}  # by (url, call connection id; '' for events of none)
         # Few POSTs in flight keep httpx's pool small (its bookkeeping grows with every open connection), and
         # while a lane waits for a slot its events pile up into one bigger batch: fewer POSTs, fewer JWTs.
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -60,10 +65,11 @@ class Dispatcher:
 
     def enqueue(self, url: str, event: dict[str, Any], *, ack: bool = False) -> asyncio.Future[None] | None:
         """Queue one event; with ``ack`` the returned future resolves once it was delivered or given up."""
-        lane = self._lanes.get(url)
+        key = (url, str((event.get("data") or {}).get("callConnectionId") or ""))
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[url] = _Lane()
-            lane.task = asyncio.get_running_loop().create_task(self._run(url, lane))
+            lane = self._lanes[key] = _Lane()
+            lane.task = asyncio.get_running_loop().create_task(self._run(key, lane))
         done = asyncio.get_running_loop().create_future() if ack else None
         ready_at = time.monotonic() + self._faults.knobs.delay_ms / 1000.0
         lane.queue.append(_Pending(event, ready_at, done))
@@ -93,7 +99,8 @@ class Dispatcher:
             _resolve(list(lane.queue))
             lane.queue.clear()
 
-    async def _run(self, url: str, lane: _Lane) -> None:
+    async def _run(self, key: tuple[str, str], lane: _Lane) -> None:
+        url = key[0]
         while not lane.closed:
             if not lane.queue:
                 lane.wakeup.clear()
@@ -101,8 +108,8 @@ class Dispatcher:
                     async with asyncio.timeout(IDLE_LANE_S):  # not wait_for: on 3.11 it can swallow a cancel
                         await lane.wakeup.wait()
                 except TimeoutError:
-                    if not lane.queue and self._lanes.get(url) is lane:  # idle: retire it (URLs may be per call)
-                        del self._lanes[url]
+                    if not lane.queue and self._lanes.get(key) is lane:  # idle: retire it (calls end)
+                        del self._lanes[key]
                         return
                 continue
             wait_s = lane.queue[0].ready_at - time.monotonic()

@@ -77,6 +77,8 @@ class Sample:
     started: float  # monotonic, for where it fell in the flood
     seconds: float  # POST sent → the long-poll answered succeeded
     server_ms: float | None  # the command's own created_at → resolved_at
+    to_sent_ms: float | None = None  # created_at → sent_at: waiting for its turn, and ACS's answer to the request
+    to_event_ms: float | None = None  # sent_at → resolved_at: ACS's event reaching callq
 
 
 def _epoch(iso: str) -> float:
@@ -112,8 +114,11 @@ def _connect_once(api_url: str, room: str) -> Sample:
         conn.close()
     if done["status"] != "succeeded":
         raise BenchError(f"client B's connect failed: {done.get('error')}")
-    server = (_epoch(done["resolved_at"]) - _epoch(done["created_at"])) * 1000 if done.get("resolved_at") else None
-    return Sample(started, finished - started, server)
+    def between(a: str, b: str) -> float | None:
+        return (_epoch(done[b]) - _epoch(done[a])) * 1000 if done.get(a) and done.get(b) else None
+
+    return Sample(started, finished - started, between("created_at", "resolved_at"),
+                  between("created_at", "sent_at"), between("sent_at", "resolved_at"))
 
 
 def _sleep_until(moment: float) -> None:
@@ -406,8 +411,13 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
     not_once = plays["not_started"] + plays["started_twice"] + plays["unknown"] + plays["unlisted_202"] + plays[
         "unreported"]
     idle_ms, flood_ms = _ms(idle), _ms(flooded)
-    idle_server = summary_ms([s.server_ms / 1000 for s in idle if s.server_ms is not None])
-    flood_server = summary_ms([s.server_ms / 1000 for s in flooded if s.server_ms is not None])
+    def server(samples: list[Sample], part: str) -> dict[str, float]:
+        values = [getattr(s, part) for s in samples]
+        return summary_ms([v / 1000 for v in values if v is not None])
+
+    idle_server, flood_server = server(idle, "server_ms"), server(flooded, "server_ms")
+    idle_sent, flood_sent = server(idle, "to_sent_ms"), server(flooded, "to_sent_ms")
+    idle_event, flood_event = server(idle, "to_event_ms"), server(flooded, "to_event_ms")
     seconds = report["ended"] - report["started"]
     acs_rate, ceiling = plays["started_at_acs_during_flood"] / seconds, len(report["calls"]) / play_s
     res = ScenarioResult("flood")
@@ -418,6 +428,10 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
                 "B idle (no flood)"),
         compare("client B's connect, its own created_at → resolved_at during the flood, p99", "ms",
                 flood_server["p99"], idle_server["p99"], "B idle (no flood)"),
+        compare("  of which created_at → sent_at (its turn, then ACS's answer), p99", "ms",
+                flood_sent["p99"], idle_sent["p99"], "B idle (no flood)"),
+        compare("  of which sent_at → resolved_at (ACS's event reaching callq), p99", "ms",
+                flood_event["p99"], idle_event["p99"], "B idle (no flood)"),
         Row("client A: plays accepted (202) of those sent", "plays", accepted, sent, "sent",
             accepted / sent if sent else None),
         Row("client A: plays refused 429 too_many_pending", "plays", refused["too_many_pending"], sent, "sent",

@@ -1,0 +1,49 @@
+"""Callback delivery: each call's events go in order on a lane of their own, so one call's backlog (or a slow
+POST) never holds back another call's events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from simulator.delivery import Dispatcher
+from simulator.faults import Faults
+from simulator.signing import CallbackSigner
+
+URL = "http://callq.test/v1/acs/events"
+
+
+def _event(call: str, n: int) -> dict[str, object]:
+    return {"id": f"{call}-{n}", "type": "Microsoft.Communication.PlayCompleted", "data": {"callConnectionId": call}}
+
+
+def test_a_calls_event_is_delivered_while_another_calls_post_is_still_held() -> None:
+    async def scenario() -> list[str]:
+        release = asyncio.Event()
+        order: list[str] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            events = json.loads(request.content)
+            if events[0]["data"]["callConnectionId"] == "busy":
+                await release.wait()  # the API is slow with this call's batch
+            order.extend(e["id"] for e in events)
+            return httpx.Response(200)
+
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        signer = CallbackSigner(issuer="iss", audience="aud", jwks_uri="http://sim.test/jwks")
+        dispatcher = Dispatcher(client, signer, Faults(), attempts=1, backoff_s=0.0)
+        busy = [dispatcher.enqueue(URL, _event("busy", n), ack=True) for n in range(3)]
+        other = dispatcher.enqueue(URL, _event("other", 0), ack=True)
+        assert other is not None
+        await asyncio.wait_for(other, 10)  # delivered although "busy"'s first POST has not been answered
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*[b for b in busy if b is not None]), 10)
+        await dispatcher.close()
+        await client.aclose()
+        return order
+
+    order = asyncio.run(scenario())
+    assert order[0] == "other-0"
+    assert [i for i in order if i.startswith("busy")] == ["busy-0", "busy-1", "busy-2"]  # each call in order
