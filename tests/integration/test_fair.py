@@ -50,19 +50,21 @@ def test_a_client_flooding_connects_does_not_hold_back_another_clients_connect(
     bob.close()
 
 
-def _call_with_looping_play(api: httpx.Client, simulator: ThreadServer, r: redis.Redis) -> tuple[str, str]:
+def _call_with_looping_play(api: httpx.Client, simulator: ThreadServer, start_worker: Callable,  # type: ignore[type-arg]
+                            redis_url: str) -> tuple[redis.Redis, str, str]:
+    """A worker, a connected call and a looping play on it, sent; returns a Redis client, the call and the play."""
+    start_worker()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
     cc = wait(api, post(api, f"/v1/rooms/{sim_room_call(simulator)}/connect").json()["id"])["call_connection_id"]
     looping = post(api, f"/v1/calls/{cc}/play", {"file_url": "https://example.org/hold.wav", "loop": True}).json()
     wait_until(lambda: r.hget(keys.command_key(looping["id"]), "status") == "waiting", timeout_s=30,
                what="the looping play to be sent")  # it never ends by itself
-    return cc, looping["id"]
+    return r, cc, looping["id"]
 
 
 def test_plays_behind_a_looping_play_wait_in_the_call_not_the_broker_and_cancel_media_ends_them(
         simulator: ThreadServer, api: httpx.Client, start_worker: Callable, redis_url: str) -> None:  # type: ignore[type-arg]
-    start_worker()
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    cc, looping = _call_with_looping_play(api, simulator, r)
+    r, cc, looping = _call_with_looping_play(api, simulator, start_worker, redis_url)
     queued = [post(api, f"/v1/calls/{cc}/play", {"text": f"number {n}"}).json()["id"] for n in range(20)]
     # Parked with their messages in their records: the broker holds nothing for them.
     assert r.llen(keys.queue_key("callq")) == 0
@@ -83,9 +85,7 @@ def test_plays_behind_a_looping_play_wait_in_the_call_not_the_broker_and_cancel_
 
 def test_hang_up_behind_a_looping_play_and_queued_media_goes_at_once(
         simulator: ThreadServer, api: httpx.Client, start_worker: Callable, redis_url: str) -> None:  # type: ignore[type-arg]
-    start_worker()
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    cc, looping = _call_with_looping_play(api, simulator, r)
+    r, cc, looping = _call_with_looping_play(api, simulator, start_worker, redis_url)
     queued = [post(api, f"/v1/calls/{cc}/play", {"text": f"number {n}"}).json()["id"] for n in range(5)]
     bye = post(api, f"/v1/calls/{cc}/hang-up", {"for_everyone": True}).json()["id"]
     assert wait(api, bye)["status"] == "succeeded"

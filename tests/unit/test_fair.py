@@ -129,18 +129,23 @@ def playing(r: redis.Redis, cid: str) -> None:
     set_status(r, cid, "waiting", wait_deadline=int(time.time() * 1000) + 60_000, attempts=1)
 
 
+def looping_play_then(r: redis.Redis, *commands: tuple[str, str]) -> None:
+    """On cc-1: play p1, sent and playing; then ``commands`` (id, type) accepted behind it."""
+    accept(r, "p1", type_="play", call="cc-1")
+    r.rpop(keys.queue_key(QUEUE))
+    playing(r, "p1")
+    for cid, type_ in commands:
+        accept(r, cid, type_=type_, call="cc-1")
+
+
 def error(r: redis.Redis, cid: str) -> dict[str, Any]:
     found = json.loads(r.hget(keys.command_key(cid), "error") or "{}")
     return found if isinstance(found, dict) else {}
 
 
 def test_cancel_media_fails_the_unsent_media_operations_before_it_and_lets_the_rest_go(r: redis.Redis) -> None:
-    accept(r, "p1", type_="play", call="cc-1")
-    r.rpop(keys.queue_key(QUEUE))
-    playing(r, "p1")
-    accept(r, "p2", type_="play", call="cc-1")
-    accept(r, "r3", type_="recognize", call="cc-1")
-    accept(r, "dtmf", type_="send_dtmf", call="cc-1")  # not media, but behind p2, which holds everything back
+    # dtmf is not media, but it is behind p2, which holds everything back.
+    looping_play_then(r, ("p2", "play"), ("r3", "recognize"), ("dtmf", "send_dtmf"))
     assert queued(r) == [] and r.hget(keys.command_key("dtmf"), "parked") == "1"
     accept(r, "cancel", type_="cancel_media", call="cc-1")
     for cid in ("p2", "r3"):
@@ -159,12 +164,7 @@ def test_cancel_media_fails_the_unsent_media_operations_before_it_and_lets_the_r
 
 
 def test_hang_up_cuts_unsent_media_and_waits_for_other_commands_to_be_sent(r: redis.Redis) -> None:
-    accept(r, "p1", type_="play", call="cc-1")
-    r.rpop(keys.queue_key(QUEUE))
-    playing(r, "p1")
-    accept(r, "p2", type_="play", call="cc-1")
-    accept(r, "add", type_="add_participant", call="cc-1")
-    accept(r, "bye", type_="hang_up", call="cc-1")
+    looping_play_then(r, ("p2", "play"), ("add", "add_participant"), ("bye", "hang_up"))
     assert error(r, "p2")["code"] == "interrupted"
     assert r.hget(keys.command_key("add"), "status") == "queued"  # not media: sent, in its turn, before the hang up
     assert queued(r) == ["add"] and r.hget(keys.command_key("bye"), "parked") == "1"
