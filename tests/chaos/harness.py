@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -133,6 +134,40 @@ class Supervisor:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
+
+
+class Killer:
+    """Kills a random worker every ``every_s`` and starts a replacement with ``env``, ``times`` times (None: until
+    stopped). ``hit``: what ``in_flight`` named just before a kill (commands some worker was sending when it landed);
+    ``held``: what it named just after (among them the dead worker's, still unsent until redelivered). ``aim``: each
+    kill waits (up to ``every_s`` more) until ``in_flight`` names a command, so that kills land mid-send even when
+    sends are a small part of the load."""
+
+    def __init__(self, start_worker: Callable[..., subprocess.Popen[bytes]], workers: list[subprocess.Popen[bytes]],
+                 *, env: Mapping[str, str], times: int | None, every_s: float,
+                 in_flight: Callable[[], set[str]], aim: bool = False) -> None:
+        self.start_worker, self.workers, self.env, self.times, self.every_s = \
+            start_worker, workers, dict(env), times, every_s
+        self.in_flight, self.aim = in_flight, aim
+        self.hit: set[str] = set()
+        self.held: set[str] = set()
+        self.kills = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rng = random.Random(5)
+        while (self.times is None or self.kills < self.times) and not self.stop.wait(self.every_s):  # load pacing
+            sending, deadline = self.in_flight(), time.monotonic() + self.every_s
+            while self.aim and not sending and time.monotonic() < deadline and not self.stop.wait(0.01):
+                sending = self.in_flight()  # a bounded wait for a send in flight
+            self.hit |= sending
+            victim = self.workers.pop(rng.randrange(len(self.workers)))
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+            self.held |= self.in_flight()
+            self.kills += 1
+            self.workers.append(self.start_worker(f"r{self.kills}", extra_env=self.env, wait=False))
 
 
 class RetryingClient:

@@ -7,10 +7,6 @@ killed every second and replaced, five times. Long form (``callq chaos``): 20 ca
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from tests.chaos.harness import executions, outcomes, unfinished
+from tests.chaos.harness import Killer, executions, outcomes, unfinished
 from tests.chaos.report import Figures
 from tests.chaos.scale import pick
 from tests.integration.conftest import ThreadServer
@@ -70,29 +66,6 @@ def script(length: int) -> list[Step]:
     return [add(PHONE), *middle[:length - 3], remove(PHONE), ("hang-up", {"for_everyone": True}, "terminate")]
 
 
-class Killer:
-    """Kills a random worker every ``every_s`` and starts a replacement, ``times`` times (None: until stopped)."""
-
-    def __init__(self, start_worker: Callable[..., Any], workers: list[Any], times: int | None, every_s: float,
-                 in_flight: Callable[[], set[str]]) -> None:
-        self.start_worker, self.workers, self.times, self.every_s = start_worker, workers, times, every_s
-        self.in_flight = in_flight
-        self.hit: set[str] = set()  # commands some worker was sending when a kill landed
-        self.kills = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        rng = random.Random(5)
-        while (self.times is None or self.kills < self.times) and not self.stop.wait(self.every_s):  # load pacing
-            victim = self.workers.pop(rng.randrange(len(self.workers)))
-            self.hit |= self.in_flight()
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait()
-            self.kills += 1
-            self.workers.append(self.start_worker(f"r{self.kills}", extra_env=ENV, wait=False))
-
-
 @pytest.mark.timeout(PLAN.timeout_s)
 def test_sigkilled_workers_lose_nothing_and_execute_nothing_twice(
         simulator: ThreadServer, api: httpx.Client, start_worker: Callable, redis_url: str,  # type: ignore[type-arg]
@@ -110,7 +83,8 @@ def test_sigkilled_workers_lose_nothing_and_execute_nothing_twice(
         return {i for group in list(ids.values()) for i in list(group)
                 if r.hget(keys.command_key(i), "status") == "running"}
 
-    killer = Killer(start_worker, workers, times=PLAN.kills, every_s=PLAN.kill_every_s, in_flight=in_flight)
+    killer = Killer(start_worker, workers, env=ENV, times=PLAN.kills, every_s=PLAN.kill_every_s,
+                    in_flight=in_flight)
     killer.thread.start()
     answers_5xx = 0
     for step, (path, body, _) in enumerate(steps):
