@@ -299,7 +299,8 @@ def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: 
     when ACS could not be asked (DTMF, play; or any operation once its call was gone) or when the command it names
     (``resolved_by.after``) really is a later command of the call that changes what the read looks at and that
     ACS executed; or still pending when its call ended (``call_ended``: a hang-up never waits for earlier
-    outcomes) with its own event not yet received.
+    outcomes) with its own event not yet received; or a media operation ended unsent (``interrupted``) by a later
+    hang up or cancel media of its call.
 
     ``delivered``: (event type, call) of every event callq received, in order; ``ended_at``: when ACS ended each
     call; ``records``: every command of the run by id; ``executed``: how often ACS executed each (by the ids
@@ -321,6 +322,13 @@ def honest(command: dict[str, str], delivered: list[tuple[str, str]], ended_at: 
         seen = [kind for kind, cc in delivered if cc == command["call_connection_id"]]
         before_end = seen[:seen.index("CallDisconnected")] if "CallDisconnected" in seen else seen
         return not (op.succeeds_on | op.fails_on) & set(before_end)
+    if code == "interrupted":
+        # Never sent: a hang up or cancel media of its call, accepted after it, ended it unsent.
+        by = (records or {}).get(json.loads(command["error"]).get("by") or "")
+        return (by is not None and not acs_executed(command, executed or {}, log or []) and op.media
+                and OPERATIONS[by["type"]].cuts_media != ""
+                and by["call_connection_id"] == command["call_connection_id"]
+                and by["created_at"] >= command["created_at"])
     return False
 
 

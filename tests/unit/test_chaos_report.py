@@ -87,3 +87,16 @@ def test_a_later_recording_action_counts_as_executed_by_its_operation_on_its_rec
                       log=[{"operation": "stopRecording", "path": "/calling/recordings/rec-2"}])
     assert not honest(resume, [], {}, records={"stop": stop}, executed={},
                       log=[{"operation": "pauseRecording", "path": "/calling/recordings/rec-1"}])
+
+
+def test_a_media_operation_ended_unsent_is_honest_only_if_a_later_media_cutting_interrupt_did_it() -> None:
+    play = {"id": "p", "type": "play", "status": "failed", "call_connection_id": "cc-1",
+            "created_at": "2026-01-01T00:00:01.000Z", "resolved_at": "2026-01-01T00:00:02.000Z",
+            "error": json.dumps({"code": "interrupted", "by": "later"})}
+    assert honest(play, [], {}, records={"later": _later("hang_up")}, executed={})
+    assert honest(play, [], {}, records={"later": _later("cancel_media")}, executed={})
+    assert not honest(play, [], {}, records={"later": _later("hang_up")}, executed={"p": 1})  # ACS ran it
+    assert not honest(play, [], {}, records={"later": _later("cancel_add_participant")}, executed={})
+    assert not honest(play, [], {}, records={"later": _later("hang_up", call="cc-2")}, executed={})
+    assert not honest(play, [], {}, records={"later": _later("hang_up", at="2026-01-01T00:00:00.000Z")}, executed={})
+    assert not honest(play | {"type": "send_dtmf"}, [], {}, records={"later": _later("hang_up")}, executed={})
