@@ -62,9 +62,13 @@ def call_key(call_connection_id: str) -> str:
     return f"{CALL_PREFIX}{call_connection_id}"
 
 
+ROOM_PREFIX = "callq:room:"
+ROOM_CALL_SUFFIX = ":call"
+
+
 def room_call_key(room_id: str) -> str:
     """The call connection callq most recently made to this room (its call hash says if it is still live)."""
-    return f"callq:room:{room_id}:call"
+    return f"{ROOM_PREFIX}{room_id}{ROOM_CALL_SUFFIX}"
 
 
 def call_commands_key(call_connection_id: str) -> str:

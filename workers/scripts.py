@@ -55,6 +55,8 @@ CONSTANTS: dict[str, str | int] = {
     "READY_SUFFIX": keys.READY_SUFFIX,
     "FAIR_RING": keys.FAIR_RING,
     "FAIR_BACKLOG": keys.FAIR_BACKLOG,
+    "ROOM_PREFIX": keys.ROOM_PREFIX,
+    "ROOM_CALL_SUFFIX": keys.ROOM_CALL_SUFFIX,
 }
 
 

@@ -137,3 +137,30 @@ def test_events_for_unknown_calls_are_kept(any_redis) -> None:  # type: ignore[n
     report = ingest(ar, event("PlayCompleted", eid="e1", cc="cc-unknown", ctx="cmd_nope"))
     assert report.stored == 1 and report.resolved == []
     assert r.xlen(keys.call_events_key("cc-unknown")) == 1
+
+
+def test_a_connect_whose_answer_was_never_recorded_joins_its_call_on_call_connected(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """Its worker was killed after ACS made the call: only the event says which call it is."""
+    r, ar = any_redis
+    make_command(r, "cmd_c", "connect", status="running", cc="")
+    r.hset(keys.command_key("cmd_c"), "room_id", "room-1")
+    make_command(r, "cmd_p", "play")  # accepted for the call once CallConnected told the client of it
+    ingest(ar, event("CallConnected", eid="e1", ctx="cmd_c"))
+    assert status(r, "cmd_c") == "succeeded"
+    assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["cmd_c", "cmd_p"]
+    assert r.hget(keys.command_key("cmd_c"), "call_connection_id") == "cc-1"
+    assert r.get(keys.room_call_key("room-1")) == "cc-1" and r.hget(keys.call_key("cc-1"), "room_id") == "room-1"
+    ingest(ar, event("CallConnected", eid="e2", ctx="cmd_c"))  # a second one (duplicate by content) adds nothing
+    assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["cmd_c", "cmd_p"]
+    # Had the worker lived, its record of ACS's answer (after this early event) lists nothing twice either.
+    conn = command.Command.from_hash(r.hgetall(keys.command_key("cmd_c")))
+    scripts.run(r, ledger.sent(conn, Status.WAITING, {"sent_at": "now"}, made=ledger.SentTo(call_made="cc-1"), ttl_s=60,
+                               wait_deadline_ms=0))
+    assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["cmd_c", "cmd_p"]
+
+
+def test_a_connect_already_listed_is_not_listed_twice(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_c", "connect")  # sent.lua listed it with its call
+    ingest(ar, event("CallConnected", eid="e1", ctx="cmd_c"))
+    assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["cmd_c"]

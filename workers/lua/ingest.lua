@@ -85,6 +85,18 @@ if ARGV[12] ~= '' and KEYS[4] ~= '' then
 end
 if KEYS[3] ~= '' and kind == 'CallConnected' then
   call_connected(ARGV[15], ARGV[14], connect and connect.id, connect and connect.client, ttl)
+  -- A connect whose worker died after ACS made the call never recorded ACS's answer (sent.lua), so its call's
+  -- command list lacks it: the event names the call, and what sent.lua would have written is written here.
+  if connect and not redis.call('LPOS', KEYS[4], connect.id) then
+    redis.call('LPUSH', KEYS[4], connect.id)
+    redis.call('EXPIRE', KEYS[4], ttl)
+    if connect.cc == '' then redis.call('HSET', COMMAND_PREFIX .. connect.id, 'call_connection_id', ARGV[15]) end
+    local room = redis.call('HGET', COMMAND_PREFIX .. connect.id, 'room_id')
+    if room and room ~= '' then
+      redis.call('HSET', KEYS[3], 'room_id', room)
+      redis.call('SET', ROOM_PREFIX .. room .. ROOM_CALL_SUFFIX, ARGV[15], 'EX', ttl)
+    end
+  end
 elseif KEYS[3] ~= '' and kind == 'CallDisconnected' then
   call_disconnected(ARGV[15], ttl)
 end

@@ -16,7 +16,8 @@ if bad then return bad end
 local id, ttl = ARGV[1], tonumber(ARGV[4])
 if KEYS[2] ~= '' then
   call_made(ARGV[8], ARGV[6], ARGV[7], id, ttl)
-  redis.call('LPUSH', KEYS[3], id)
+  -- An early CallConnected may have listed it already (ingest.lua).
+  if not redis.call('LPOS', KEYS[3], id) then redis.call('LPUSH', KEYS[3], id) end
   if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'EX', ttl) end
   redis.call('EXPIRE', KEYS[3], ttl)
 end
