@@ -123,7 +123,7 @@ def _chaos_arguments(parser: argparse.ArgumentParser) -> None:
                         help="long (default): minutes per scenario; bounded: the seconds-long form make test runs")
     parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
                         help="run only these scenarios (worker_kills, redis_restart, api_restarts, callback_chaos, "
-                             "throttling_storm, hostile_input)")
+                             "throttling_storm, flood_kills, hostile_input)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the report goes (default: tests/chaos/report.md after a whole long run, "
                              "tests/chaos/output/report.md otherwise)")
@@ -133,7 +133,8 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The suite's options, declared here so parsing needs no import of it (it checks the names itself)."""
     parser.add_argument("--quick", action="store_true", help="small samples: the whole suite in under a minute")
     parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
-                        help="run only these scenarios (accept, overhead, e2e, rate, ingest, pending, simulator)")
+                        help="run only these scenarios (accept, overhead, e2e, rate, ingest, pending, flood, "
+                             "simulator)")
     parser.add_argument("--out", type=Path, default=stack.project_root() / "bench",
                         help="where results.md, results.json and latency.png go (default: bench/)")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is here")

@@ -17,6 +17,7 @@ A terminal move is announced on one pub/sub channel for long-polling API request
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -199,9 +200,15 @@ def sent(cmd: Command, to: Status, fields: Mapping[str, Any], *, made: SentTo, t
 def lane_args(now_ms: int) -> list[str | int]:
     """What the ordering rules need from the Operation table: now, then the non-blocking, media, interrupt and
     overtaking types (lib.lua's ``blocks``)."""
+    return [now_ms, *_lane_types()]
+
+
+@functools.cache
+def _lane_types() -> tuple[str, ...]:
+    # The table does not change in a process; every accept and claim sends these, so they are joined once.
     def csv(pick: str) -> str:
         return ",".join(op.type for op in OPERATIONS.values() if getattr(op, pick))
-    return [now_ms, csv("background"), csv("media"), csv("interrupts"), csv("overtakes_parked")]
+    return csv("background"), csv("media"), csv("interrupts"), csv("overtakes_parked")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from bench.procs import BenchError, free_port
 from bench.results import Row, ScenarioResult, compare
 from bench.scenarios import Context
 from bench.stack import AUTH, callq_env
+from workers import keys
 
 JSON = {"Content-Type": "application/json"}
 # label: (uvicorn app, path, extra headers, queue the request lands in)
@@ -28,13 +29,20 @@ SERVERS = {
 
 def _contender(r: redis.Redis, label: str, url: str, headers: dict[str, str], queue: str, ctx: Context,
                rounds: int) -> Contender:
+    # callq's fair dispatch keeps all but its window of messages in the clients' ready lists: they count as queued
+    # (callq:fair:backlog is as long as those lists together).
+    fair = [keys.FAIR_RING, keys.FAIR_BACKLOG] if label == "callq" else []
+
+    def queued() -> int:
+        return int(r.llen(queue)) + (int(r.llen(keys.FAIR_BACKLOG)) if fair else 0)
+
     def empty_queue() -> None:
-        r.unlink(queue)
+        r.unlink(queue, *fair, *(r.scan_iter(f"{keys.CLIENT_PREFIX}*{keys.READY_SUFFIX}") if fair else []))
 
     def all_queued(load: LoadResult) -> None:
         # 2xx answers are not enough: the messages must really be in the queue.
-        if r.llen(queue) < load.requests:
-            raise BenchError(f"{label}: {load.requests} requests answered but {r.llen(queue)} queued in {queue}")
+        if queued() < load.requests:
+            raise BenchError(f"{label}: {load.requests} requests answered but {queued()} queued in {queue}")
 
     spec = LoadSpec(url, {**headers, **JSON}, "{}", connections=50, duration_s=ctx.pick(12, 2) / rounds,
                     warmup_s=ctx.pick(2, 0.5))
