@@ -25,12 +25,20 @@ class CallbackSigner:
         self._jwk = json.loads(RSAAlgorithm.to_jwk(self._key.public_key()))
         self.kid = _thumbprint(self._jwk)
         self._jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
+        self._minted: tuple[int, str] = (-1, "")
 
     def token(self, now_s: float | None = None) -> str:
-        """A fresh token: ``iss``, ``aud`` = resource id, ``iat``/``nbf`` = now, ``exp`` = now + 5 min."""
+        """A fresh token: ``iss``, ``aud`` = resource id, ``iat``/``nbf`` = now, ``exp`` = now + 5 min.
+
+        The claims have whole seconds and RS256 (PKCS #1 v1.5) signs deterministically, so every token minted in
+        one second is the same string: it is signed once per second (an RSA signature costs ~1 ms, and under load
+        the simulator POSTs callbacks far more often than that).
+        """
         now = int(time.time() if now_s is None else now_s)
-        claims = {"iss": self.issuer, "aud": self.audience, "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME_S}
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+        if self._minted[0] != now:
+            claims = {"iss": self.issuer, "aud": self.audience, "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME_S}
+            self._minted = (now, jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid}))
+        return self._minted[1]
 
     def jwks(self) -> dict[str, object]:
         """The JWKS document served at ``/calling/keys``."""

@@ -27,6 +27,9 @@ def idempotency_key(client: str, key: str) -> str:
 
 CALL_PREFIX = "callq:call:"
 CALL_COMMANDS_SUFFIX = ":commands"
+# A call's lane: its commands not yet ended, in acceptance order (what per-call order looks at; the commands list
+# keeps every command, for reads).
+CALL_LANE_SUFFIX = ":lane"
 
 
 PENDING_SUFFIX = ":pending"  # the set of a call's (or a client's) commands accepted and not yet ended
@@ -73,6 +76,10 @@ def room_call_key(room_id: str) -> str:
 
 def call_commands_key(call_connection_id: str) -> str:
     return f"{CALL_PREFIX}{call_connection_id}{CALL_COMMANDS_SUFFIX}"
+
+
+def call_lane_key(call_connection_id: str) -> str:
+    return f"{CALL_PREFIX}{call_connection_id}{CALL_LANE_SUFFIX}"
 
 
 def call_events_key(call_connection_id: str) -> str:

@@ -110,7 +110,7 @@ def accept(
         [idempotency_key, keys.command_key(cid), keys.queue_key(queue),
          keys.call_commands_key(cc) if cc else "", keys.recording_commands_key(rec) if rec else "",
          keys.call_pending_key(cc) if cc else "", keys.client_pending_key(client),
-         keys.client_accept_budget_key(client) if rate > 0 else ""],
+         keys.client_accept_budget_key(client) if rate > 0 else "", keys.call_lane_key(cc) if cc else ""],
         [fingerprint, cid, idempotency_ttl_s, command_ttl_s, message, response_json, SWEEP_GRACE_MS,
          limits.per_call, limits.per_client, 1000 / rate if rate > 0 else 0, max(limits.accept_burst, 1),
          window, client, type_, *lane_args(now_ms), now_iso(), *_cuts(type_, cid), *flatten(command)],
@@ -268,7 +268,7 @@ def _kicked(reply: Sequence[Any]) -> list[Kicked]:
 def kick(call_connection_id: str, *, now_ms: int, queue: str, window: int) -> ScriptCall[list[Kicked]]:
     """Hand the call's parked commands whose turn has come to the fair dispatch; the ones it has no message for
     (publish them with ``enqueue``)."""
-    return scripts.call("kick", [keys.call_commands_key(call_connection_id), keys.queue_key(queue)],
+    return scripts.call("kick", [keys.call_lane_key(call_connection_id), keys.queue_key(queue)],
                         [*lane_args(now_ms), window], _kicked)
 
 

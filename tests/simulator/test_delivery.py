@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import httpx
+import jwt
 
 from simulator.delivery import Dispatcher
 from simulator.faults import Faults
@@ -47,3 +48,14 @@ def test_a_calls_event_is_delivered_while_another_calls_post_is_still_held() -> 
     order = asyncio.run(scenario())
     assert order[0] == "other-0"
     assert [i for i in order if i.startswith("busy")] == ["busy-0", "busy-1", "busy-2"]  # each call in order
+
+
+def test_tokens_minted_in_one_second_are_one_token_and_the_next_second_mints_anew() -> None:
+    signer = CallbackSigner(issuer="iss", audience="aud", jwks_uri="http://sim.test/jwks")
+    first = signer.token(100.1)
+    assert signer.token(100.9) == first
+    again = signer.token(101.0)
+    assert again != first
+    signer._minted = (-1, "")  # signed afresh, the same second's token is the same string: nothing was lost
+    assert signer.token(100.5) == first
+    assert jwt.decode(again, options={"verify_signature": False})["iat"] == 101

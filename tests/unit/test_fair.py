@@ -116,7 +116,7 @@ def test_a_command_that_parked_after_its_message_ran_is_handed_back_for_a_new_on
     accept(r, "p1", type_="play", call="cc-1")
     r.rpop(keys.queue_key(QUEUE))
     # Parked by a claim (its message was consumed), not by the accept: nothing kept to queue.
-    r.rpush(keys.call_commands_key("cc-1"), "late")
+    r.rpush(keys.call_lane_key("cc-1"), "late")
     r.hset(keys.command_key("late"), mapping={"id": "late", "status": "queued", "type": "play", "client": "bob",
                                               "parked": "1"})
     scripts.run(r, ledger.transition("p1", Status.SUCCEEDED, {}))
@@ -225,3 +225,14 @@ def test_the_backlog_list_is_as_long_as_the_ready_lists_together(r: redis.Redis)
     assert r.llen(keys.FAIR_BACKLOG) == 4  # six accepted, the window's two dispatched
     serve_all(r)
     assert r.llen(keys.FAIR_BACKLOG) == 0
+
+
+def test_a_calls_lane_holds_its_commands_not_yet_ended_in_order(r: redis.Redis) -> None:
+    for cid in ("p1", "p2", "p3"):
+        accept(r, cid, type_="play", call="cc-1")
+    assert r.lrange(keys.call_lane_key("cc-1"), 0, -1) == ["p1", "p2", "p3"]
+    scripts.run(r, ledger.transition("p2", Status.FAILED, {}))
+    scripts.run(r, ledger.transition("p1", Status.SUCCEEDED, {}))
+    # What per-call order walks shrinks as commands end; the call's list keeps them all for reads.
+    assert r.lrange(keys.call_lane_key("cc-1"), 0, -1) == ["p3"]
+    assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["p1", "p2", "p3"]

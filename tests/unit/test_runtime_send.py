@@ -117,7 +117,7 @@ def test_a_spent_budget_leaves_the_command_unclaimed_for_a_later_try(r: redis.Re
 def test_a_command_whose_turn_has_not_come_parks_without_a_message_and_pays_nothing(r: redis.Redis) -> None:
     put(r, "first", type_="play", call_connection_id="cc-1")  # accepted earlier, not sent yet
     put(r, "second", type_="play", call_connection_id="cc-1")
-    r.rpush(keys.call_commands_key("cc-1"), "first", "second")
+    r.rpush(keys.call_lane_key("cc-1"), "first", "second")
     rt = runtime(r, Acs())
     assert rt.run("second") == "queued"  # no RetryLater: no countdown message waits for its turn
     assert rt.scheduler.commands == []  # type: ignore[attr-defined]  # the test's Scheduler

@@ -12,7 +12,8 @@
 -- then hang up" still plays). Their successors get their turn at once.
 -- KEYS: 1 idempotency hash, 2 command hash, 3 broker queue list, 4 the call's command list, 5 the recording's
 --       command list (4 and 5 '' when the command has no call / recording yet), 6 the call's pending set ('' when
---       no call), 7 the client's pending set, 8 the client's accept budget ('' when it has none)
+--       no call), 7 the client's pending set, 8 the client's accept budget ('' when it has none), 9 the call's lane
+--       (its commands not ended, in order; '' when no call)
 -- ARGV: 1 fingerprint, 2 command id, 3 idempotency ttl s, 4 command ttl s, 5 broker message, 6 response json
 --       ('' when the caller keeps none), 7 sweep grace ms, 8 most pending per call (0: no limit), 9 most pending
 --       per client (0: no limit), 10 the accept budget's emission interval ms, 11 its burst, 12 the dispatch
@@ -22,7 +23,7 @@
 --       field/value pairs
 -- Returns: {'new' | 'replay', command id, fingerprint, response json, the record of each command it cut...}
 --          (a replay's are the stored ones), or {'refused', code, retry after ms, limit}
-local bad = check_types({'hash', 'hash', 'list', 'list', 'list'})
+local bad = check_types({'hash', 'hash', 'list', 'list', 'list', 'set', 'set', 'string', 'list'})
 if bad then return bad end
 local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
 if existing[1] then
@@ -60,9 +61,9 @@ redis.call('HSET', KEYS[1], 'command_id', ARGV[2], 'fingerprint', ARGV[1], 'resp
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('HSET', KEYS[2], unpack(ARGV, 23))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
-for i = 4, 7 do
-  if KEYS[i] ~= '' then
-    redis.call(i < 6 and 'RPUSH' or 'SADD', KEYS[i], ARGV[2])
+for i = 4, 9 do
+  if KEYS[i] ~= '' and i ~= 8 then
+    redis.call((i < 6 or i == 9) and 'RPUSH' or 'SADD', KEYS[i], ARGV[2])
     redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4]))
   end
 end
@@ -90,7 +91,7 @@ if KEYS[6] ~= '' then
     end
     -- What waited behind a cut command may go now (one parked after its message ran is the sweeper's to revive),
     -- and so is ahead of this command.
-    if #cut > 0 then kick_lane(KEYS[4], now, lanes) end
+    if #cut > 0 then kick_lane(KEYS[9], now, lanes) end
   end
   for _, id in ipairs(earlier) do
     if id ~= ARGV[2] and blocks(id, ARGV[14], now, lanes) then

@@ -1,7 +1,7 @@
 -- Everything a worker does before it sends a command, in one round trip: read the command, check its turn on
 -- its call (lib.lua's blocks), pay the shared ACS budget for its request (lib.lua's gcra; nothing is paid for a
--- command that may not go), claim it. The call's command list is named by the record, so it is read here
--- without being declared in KEYS (single Redis, not Cluster).
+-- command that may not go), claim it. The call's lane (its commands not ended, in order) is named by the record,
+-- so it is read here without being declared in KEYS (single Redis, not Cluster).
 -- A worker took this command's message off the broker's queue: the same round trip refills the queue from the
 -- fair dispatch (lib.lua's dispatch), so the queue stays full without a step of its own.
 -- A command that finds its turn not come parks (kick.lua hands it its turn; it needs no message meanwhile).
@@ -23,7 +23,7 @@ local status, call = f['status'], f['call_connection_id'] or ''
 if status ~= 'queued' and status ~= 'running' then return {'done', status, call} end
 if tonumber(f['lease_until'] or '0') > now then return {'leased'} end
 if call ~= '' then
-  for _, id in ipairs(redis.call('LRANGE', CALL_PREFIX .. call .. CALL_COMMANDS_SUFFIX, 0, -1)) do
+  for _, id in ipairs(redis.call('LRANGE', CALL_PREFIX .. call .. CALL_LANE_SUFFIX, 0, -1)) do
     if id == f['id'] then break end
     if blocks(id, f['type'], now, lanes) then
       redis.call('HSET', KEYS[1], 'parked', '1')

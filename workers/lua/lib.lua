@@ -49,6 +49,7 @@ local function transition(id, to, allowed, now, fields, attempts_by)
   -- No longer pending: frees its place under the door's limits (accept.lua).
   if record['call_connection_id'] and record['call_connection_id'] ~= '' then
     redis.call('SREM', CALL_PREFIX .. record['call_connection_id'] .. PENDING_SUFFIX, id)
+    redis.call('LREM', CALL_PREFIX .. record['call_connection_id'] .. CALL_LANE_SUFFIX, 1, id)
   end
   if record['client'] then redis.call('SREM', CLIENT_PREFIX .. record['client'] .. PENDING_SUFFIX, id) end
   local doc = cjson.encode(record)

@@ -33,10 +33,12 @@ local moved = transition(id, ARGV[2], 'running', ARGV[3], {'lease_until', '0'})
 if moved[1] == 'applied' and ARGV[2] == 'waiting' then
   redis.call('ZADD', WAIT_DEADLINES, ARGV[5], id)
   if KEYS[2] ~= '' then
-    -- A connect heads its call's lane: pending on the call, so the accept of a command behind it sees it.
-    local pending = CALL_PREFIX .. ARGV[8] .. PENDING_SUFFIX
+    -- A connect heads its call's lane: pending on the call, so the accept and claim of a command behind it see it.
+    local pending, lane = CALL_PREFIX .. ARGV[8] .. PENDING_SUFFIX, CALL_PREFIX .. ARGV[8] .. CALL_LANE_SUFFIX
     redis.call('SADD', pending, id)
     redis.call('EXPIRE', pending, ttl)
+    if not redis.call('LPOS', lane, id) then redis.call('LPUSH', lane, id) end
+    redis.call('EXPIRE', lane, ttl)
   end
 end
 return moved
