@@ -65,9 +65,10 @@ class Operation:
     # 400/8500); ``interrupts`` (hang up, cancel an invitation, cancel media) wait for earlier commands to be
     # sent, never for their outcomes: they exist to cut those short. ``cuts_media``: its accept fails the call's
     # earlier media operations callq has not sent (``interrupted``) instead of waiting behind them: "all" (cancel
-    # media: ACS cancels those queued there) or "held" (hang up: only while a media operation runs and holds them
-    # back, so "play, then hang up" still plays); see accept.lua. ``overtakes_parked`` (the cancels): it does not
-    # wait for an earlier command parked behind another, which may be the very one it cuts short.
+    # media: ACS cancels those queued there) or "held" (hang up: only while a looping play, which never ends by
+    # itself, holds them back; so "play, then hang up" still plays); see accept.lua. ``overtakes_parked`` (the
+    # cancels): it does not wait for an earlier command parked behind another, which may be the very one it cuts
+    # short.
     background: bool = False
     media: bool = False
     interrupts: bool = False

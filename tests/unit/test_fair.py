@@ -124,9 +124,10 @@ def test_a_command_that_parked_after_its_message_ran_is_handed_back_for_a_new_on
     assert r.hget(keys.command_key("late"), "parked") == ""
 
 
-def playing(r: redis.Redis, cid: str) -> None:
+def playing(r: redis.Redis, cid: str, *, loop: bool = True) -> None:
     """Sent and playing (a looping play never ends by itself)."""
-    set_status(r, cid, "waiting", wait_deadline=int(time.time() * 1000) + 60_000, attempts=1)
+    set_status(r, cid, "waiting", wait_deadline=int(time.time() * 1000) + 60_000, attempts=1,
+               params=json.dumps({"loop": loop}, separators=(",", ":"), sort_keys=True))
 
 
 def looping_play_then(r: redis.Redis, *commands: tuple[str, str]) -> None:
@@ -180,6 +181,16 @@ def test_a_media_operation_that_may_have_reached_acs_is_not_cut(r: redis.Redis) 
     playing(r, "p1")
     kick(r, "cc-1")
     assert queued(r) == ["cancel"]
+
+
+def test_hang_up_behind_a_play_that_ends_by_itself_cuts_nothing(r: redis.Redis) -> None:
+    accept(r, "p1", type_="play", call="cc-1")
+    r.rpop(keys.queue_key(QUEUE))
+    playing(r, "p1", loop=False)
+    accept(r, "p2", type_="play", call="cc-1")
+    accept(r, "bye", type_="hang_up", call="cc-1")
+    assert r.hget(keys.command_key("p2"), "status") == "queued" and error(r, "p2") == {}
+    assert r.hget(keys.command_key("bye"), "parked") == "1"  # after p2 is sent, once p1 has ended
 
 
 def test_play_then_hang_up_plays_when_no_media_operation_holds_the_play_back(r: redis.Redis) -> None:

@@ -7,9 +7,9 @@
 -- until its turn (kick.lua); a runnable one joins its client's ready list and the fair dispatch (lib.lua).
 -- An interrupt that ends media fails the call's earlier media operations that callq has not sent (never
 -- attempted): 'interrupted', with its id. Cancel media cuts them all (its point: ACS would have cancelled them
--- had they been queued there); a hang up only while a media operation runs, which holds them back (left in
--- callq's lane behind a looping play, they would hold the hang up until the play's deadline; otherwise "play,
--- then hang up" still plays). Their successors get their turn at once.
+-- had they been queued there); a hang up only while a looping play runs: that play never ends by itself, so what
+-- waits behind it would hold the hang up until the play's deadline and never play anyway. Otherwise "play, then
+-- hang up" still plays. Their successors get their turn at once.
 -- KEYS: 1 idempotency hash, 2 command hash, 3 broker queue list, 4 the call's command list, 5 the recording's
 --       command list (4 and 5 '' when the command has no call / recording yet), 6 the call's pending set ('' when
 --       no call), 7 the client's pending set, 8 the client's accept budget ('' when it has none), 9 the call's lane
@@ -19,7 +19,7 @@
 --       per client (0: no limit), 10 the accept budget's emission interval ms, 11 its burst, 12 the dispatch
 --       window, 13 client, 14 type, 15 now ms, 16 non-blocking types csv, 17 media types csv, 18 interrupt types
 --       csv, 19 overtaking types csv, 20 now iso, 21 what it cuts ('' nothing, 'all' the unsent media operations,
---       'held' those only while a media operation runs), 22 the error of what it cuts (JSON), 23... the command's
+--       'held' those only while a looping play runs), 22 the error of what it cuts (JSON), 23... the command's
 --       field/value pairs
 -- Returns: {'new' | 'replay', command id, fingerprint, response json, the record of each command it cut...}
 --          (a replay's are the stored ones), or {'refused', code, retry after ms, limit}
@@ -76,8 +76,12 @@ if KEYS[6] ~= '' then
   local cuts = ARGV[21] == 'all'
   if ARGV[21] == 'held' then
     for _, id in ipairs(earlier) do
-      local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'type', 'wait_deadline')
-      if st[1] == 'waiting' and listed(lanes.media, st[2]) and tonumber(st[3] or '0') > now then cuts = true end
+      local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'type', 'wait_deadline', 'params')
+      -- params are stored as compact JSON with sorted keys (command.flatten)
+      if st[1] == 'waiting' and listed(lanes.media, st[2]) and tonumber(st[3] or '0') > now
+          and string.find(st[4] or '', '"loop":true', 1, true) then
+        cuts = true
+      end
     end
   end
   if cuts then
