@@ -215,7 +215,7 @@ def _lane_types() -> tuple[str, ...]:
 class Claim:
     """What the claim found. ``claimed``: ``command`` is this worker's to send (``attempt``; ``crashed`` when the
     last attempt died mid-send); ``done``: already past sending (``status``, ``call``); ``blocked``: an earlier
-    command of the call holds it (``parks`` so far); ``throttled``: the ACS budget is short by ``wait_s``;
+    command of the call holds it (it parked); ``throttled``: the ACS budget is short by ``wait_s``;
     ``leased``: another worker holds it; ``missing``: no such command."""
 
     kind: Literal["claimed", "done", "blocked", "throttled", "leased", "missing"]
@@ -224,7 +224,6 @@ class Claim:
     crashed: bool = False
     status: str = ""
     call: str = ""
-    parks: int = 0
     wait_s: float = 0.0
     type: str = ""
 
@@ -236,11 +235,9 @@ class Claim:
                        crashed=_s(reply[2]) == Status.RUNNING)
         if kind == "done":
             return cls("done", status=_s(reply[1]), call=_s(reply[2]))
-        if kind == "blocked":
-            return cls("blocked", parks=int(reply[1]))
         if kind == "throttled":
             return cls("throttled", wait_s=int(reply[1]) / 1000, type=_s(reply[2]))
-        assert kind in ("leased", "missing"), kind
+        assert kind in ("blocked", "leased", "missing"), kind
         return cls(kind)  # type: ignore[arg-type]  # narrowed by the assert above
 
 

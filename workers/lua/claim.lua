@@ -10,7 +10,7 @@
 -- ARGV: 1 lease ms, 2 now iso, 3 the budget's emission interval ms, 4 its burst, 5 now ms,
 --       6 non-blocking types csv, 7 media types csv, 8 interrupt types csv, 9 overtaking types csv,
 --       10 the dispatch window
--- Returns: {'missing'}, {'done', status, call}, {'leased'}, {'blocked', parks}, {'throttled', wait ms, type},
+-- Returns: {'missing'}, {'done', status, call}, {'leased'}, {'blocked'}, {'throttled', wait ms, type},
 --          or {'claimed', attempts, status before, the record as field/value...}
 dispatch(KEYS[4], tonumber(ARGV[10]))
 local now = tonumber(ARGV[5])
@@ -27,7 +27,7 @@ if call ~= '' then
     if id == f['id'] then break end
     if blocks(id, f['type'], now, lanes) then
       redis.call('HSET', KEYS[1], 'parked', '1')
-      return {'blocked', tostring(redis.call('HINCRBY', KEYS[1], 'parks', 1))}
+      return {'blocked'}
     end
   end
 end
