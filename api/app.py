@@ -32,6 +32,7 @@ from api.callbacks import AcsTokenVerifier, acs_events
 from api.metrics import RequestMetrics, flushing, metrics_routes, record_error
 from api.notify import Notifier
 from api.reads import read_routes
+from api.rooms import room_routes
 from api.routes import command_routes
 from api.schedules import schedule_routes
 from api.ui import ui_routes
@@ -44,15 +45,18 @@ from workers.errors import (
     CallqError,
     CommandNotFound,
     ConfigError,
+    Conflict,
     IdempotencyKeyInvalid,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     InvalidCommand,
     Refused,
+    RoomNotFound,
     ScheduleNotFound,
     Unauthorized,
 )
 from workers.ratelimit import RateLimited, RateLimiter
+from workers.rooms import RoomsAcs, create_rooms_client
 from workers.scripts import AutoPipeline
 from workers.settings import Settings
 
@@ -69,6 +73,8 @@ STATUS: dict[type[CallqError], int] = {
     InvalidCommand: 422,
     CommandNotFound: 404,
     ScheduleNotFound: 404,
+    RoomNotFound: 404,
+    Conflict: 409,
     CallEnded: 409,
 }
 # Some validation codes are about the envelope rather than the content.
@@ -134,6 +140,7 @@ class State(TypedDict):
     celery: Celery
     scripts: AutoPipeline
     acs: CallAutomationClient
+    rooms: RoomsAcs  # blocking: called through run_in_threadpool
     verifier: AcsTokenVerifier
     notifier: Notifier
 
@@ -146,8 +153,10 @@ def _redis_pool(settings: Settings, max_connections: int) -> aioredis.Redis:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis | None = None) -> AsyncIterator[State]:
-    """Build the clients every request uses, and close them at shutdown; ``redis`` replaces both Redis pools."""
+async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis | None = None,
+                   rooms: RoomsAcs | None = None) -> AsyncIterator[State]:
+    """Build the clients every request uses, and close them at shutdown; ``redis`` replaces both Redis pools,
+    ``rooms`` the Rooms client."""
     logs.setup(settings, process="api")
     if not settings.api_keys:
         raise ConfigError("CALLQ_API_KEYS is empty: set name:key pairs (callq up generates a dev key)")
@@ -161,11 +170,13 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
     acs = create_client(settings, RateLimiter.for_endpoint(
         sync_redis, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s, burst=settings.acs_rate_burst))
     notifier = Notifier(commands)
+    rooms = rooms or RoomsAcs(create_rooms_client(settings))
     # Every client is closed at shutdown even when closing an earlier one fails (Redis gone): a client left
     # open leaks its sockets until the garbage collector finds them.
     async with contextlib.AsyncExitStack() as closing:
         closing.callback(sync_redis.close)
         closing.callback(acs.close)
+        closing.callback(rooms.close)
         if streams is not commands:
             closing.push_async_callback(streams.aclose)
         closing.push_async_callback(commands.aclose)
@@ -176,7 +187,7 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
             yield State(settings=settings, redis=commands, stream_redis=streams, http=http,
                         api_keys=ApiKeys(settings.api_keys), celery=create_celery(settings),
                         scripts=AutoPipeline(commands),  # every hot-path script call: accept, ingest, kick
-                        acs=acs, verifier=AcsTokenVerifier(settings, http), notifier=notifier)
+                        acs=acs, rooms=rooms, verifier=AcsTokenVerifier(settings, http), notifier=notifier)
 
 
 def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
@@ -200,8 +211,9 @@ def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
     return merged
 
 
-def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None) -> Starlette:
-    """Build the API; ``redis`` lets tests hand in a (fake) client instead of one from settings."""
+def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None,
+               rooms: RoomsAcs | None = None) -> Starlette:
+    """Build the API; ``redis`` and ``rooms`` let tests hand in (fake) clients instead of ones from settings."""
     if settings is None:  # served by `uvicorn --factory`: log in callq's format from uvicorn's first line on
         settings = Settings.from_env()
         logs.setup(settings, process="api")
@@ -209,6 +221,7 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         # First: ACS posts here most, and Starlette tries routes in order.
         Route("/v1/acs/events", acs_events, methods=["POST"]),
         *command_routes,  # before reads: `participants/remove` must not be taken for `participants/{raw_id}`
+        *room_routes,
         *read_routes,
         *schedule_routes,
         Route("/openapi.json", openapi.openapi, methods=["GET"], include_in_schema=False),
@@ -218,7 +231,7 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
     ]
     return Starlette(
         routes=_merged(routes),
-        lifespan=functools.partial(lifespan, settings=settings, redis=redis),
+        lifespan=functools.partial(lifespan, settings=settings, redis=redis, rooms=rooms),
         middleware=[Middleware(RequestMetrics)],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,

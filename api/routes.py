@@ -22,7 +22,7 @@ from tasks.app import task_name
 from tasks.publish import task_message
 from workers import commands, correlation, keys, metrics
 from workers.command import Command
-from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand, Refused
+from workers.errors import CallEnded, CommandNotFound, IdempotencyKeyReused, InvalidCommand, Refused, RoomNotFound
 from workers.ledger import Accepted
 from workers.settings import Settings
 
@@ -91,11 +91,11 @@ def _validation_error(exc: ValidationError) -> InvalidCommand:
     return InvalidCommand(f"The request body is not valid ({where}{first['message']}).", code=code, details=details)
 
 
-async def read_json(request: Request, *, empty_ok: bool) -> Any:
+async def read_json(request: Request, *, empty_ok: bool, max_bytes: int = MAX_BODY_BYTES) -> Any:
     """The request's JSON body, size-limited; an empty body is ``{}`` when ``empty_ok``."""
     raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidCommand(f"Request body is larger than {MAX_BODY_BYTES} bytes.", code="body_too_large")
+    if len(raw) > max_bytes:
+        raise InvalidCommand(f"Request body is larger than {max_bytes} bytes.", code="body_too_large")
     if empty_ok and not raw.strip():
         return {}
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
@@ -140,6 +140,9 @@ async def _target(request: Request, spec: CommandSpec, client: str) -> dict[str,
         room_id = path["room_id"]
         if not room_id.strip() or len(room_id) > 128:
             raise InvalidCommand("room_id must be 1-128 characters.", code="invalid_room_id")
+        owner = await request.state.redis.hget(keys.room_key(room_id), "client")
+        if owner is not None and owner != client:  # rooms no client manages (made elsewhere) stay open to all
+            raise RoomNotFound(f"No room {room_id!r} is known to this client.")
         return {"room_id": room_id}
     if spec.scope == "recording":
         rid = path["recording_id"]

@@ -67,6 +67,19 @@ class ScheduleNotFound(CallqError):
     code = "schedule_not_found"
 
 
+class RoomNotFound(CallqError):
+    """Raised when a room is unknown to the calling client (another client's room, or gone at ACS)."""
+
+    code = "room_not_found"
+
+
+class Conflict(CallqError):
+    """Raised when a request cannot be carried out in the resource's current state (e.g. a room another client
+    already manages through callq)."""
+
+    code = "conflict"
+
+
 class CallEnded(CallqError):
     """Raised when a command targets a call that has already disconnected."""
 

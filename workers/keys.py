@@ -69,6 +69,16 @@ ROOM_PREFIX = "callq:room:"
 ROOM_CALL_SUFFIX = ":call"
 
 
+def room_key(room_id: str) -> str:
+    """A room callq manages (created or adopted by a client): its owner, window, flag, automation, current call."""
+    return f"{ROOM_PREFIX}{room_id}"
+
+
+def client_rooms_key(client: str) -> str:
+    """The rooms a client manages through callq (zset, all scores 0: paged by id)."""
+    return f"{CLIENT_PREFIX}{client}:rooms"
+
+
 def room_call_key(room_id: str) -> str:
     """The call connection callq most recently made to this room (its call hash says if it is still live)."""
     return f"{ROOM_PREFIX}{room_id}{ROOM_CALL_SUFFIX}"
