@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -82,14 +83,23 @@ async def call_events(request: Request) -> Response:
     """A call's ACS events in arrival order, paged with ``?after=<seq>``."""
     state = request.state
     cc = await _own_call(request, state.api_keys.client_for(request))
+    return JSONResponse(await event_page(request, keys.call_events_key(cc), f"/v1/calls/{cc}/events"))
+
+
+SEQ = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+async def event_page(request: Request, stream: str, path: str) -> dict[str, Any]:
+    """One page of a timeline (a stream of ``event`` JSON entries) after ``?after=<seq>``, with the next page's URL."""
     after = request.query_params.get("after")
-    start = f"({after}" if after else "-"
-    entries = await state.redis.xrange(keys.call_events_key(cc), min=start, count=EVENTS_PAGE)
+    if after is not None and not SEQ.match(after):
+        raise InvalidCommand("after must be the seq of an event from an earlier page.", code="invalid_after")
+    entries = await request.state.redis.xrange(stream, min=f"({after}" if after else "-", count=EVENTS_PAGE)
     items = [{"seq": seq, **json.loads(fields["event"])} for seq, fields in entries]
     page: dict[str, Any] = {"items": items}
     if len(items) == EVENTS_PAGE:
-        page["next"] = f"/v1/calls/{cc}/events?after={items[-1]['seq']}"
-    return JSONResponse(page)
+        page["next"] = f"{path}?after={items[-1]['seq']}"
+    return page
 
 
 STREAM_HEARTBEAT_MS = 15_000

@@ -79,7 +79,7 @@ COMMANDS = (
 )
 
 
-def _validation_error(exc: ValidationError) -> InvalidCommand:
+def validation_error(exc: ValidationError) -> InvalidCommand:
     errors = exc.errors(include_url=False, include_input=False)
     details = [{"field": ".".join(str(p) for p in e["loc"]) or None, "code": e["type"], "message": e["msg"]}
                for e in errors]
@@ -112,10 +112,10 @@ async def _body(request: Request, model: type[schemas.Body]) -> schemas.Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise validation_error(exc) from None
 
 
-def _check_media(request: Request, params: dict[str, Any]) -> None:
+def check_media(request: Request, params: dict[str, Any]) -> None:
     """Real ACS fetches media itself and accepts only https; the simulator takes http too."""
     if not request.state.settings.uses_real_acs:
         return
@@ -177,7 +177,7 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
     body = await _body(request, spec.body)
     target = await _target(request, spec, client)
     params = {**body.params(), **{k: v for k, v in target.items() if k in ("room_id", "server_call_id")}}
-    _check_media(request, params)
+    check_media(request, params)
     new = commands.new(
         client=client, type_=spec.type, params=params, idempotency_key=idem,
         route=f"{request.method} {request.scope['path']}", call_connection_id=target.get("call_connection_id", ""),

@@ -16,6 +16,7 @@ from workers.settings import Settings, process_settings
 SCHEDULE_SWEEP_EVERY_S = 15.0
 RECONCILE_TASK = "callq.reconcile"
 STEPS_GLOB = "callq.schedule_*"  # beat re-sends lost wake-ups and re-books lost fires of scheduled recordings
+AUTOMATION_GLOB = "callq.automation_*"  # a room call's automation run (tasks.automations)
 
 
 def task_name(command_type: str) -> str:
@@ -25,7 +26,7 @@ def task_name(command_type: str) -> str:
 
 def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings (tests build their own)."""
-    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules"])
+    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules", "tasks.automations"])
     exchange = Exchange(settings.queue, type="direct")  # type: ignore[no-untyped-call]  # kombu: unannotated
     queues = [Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]  # as above
               for name in (settings.queue, settings.steps_queue)]
@@ -34,6 +35,7 @@ def create_celery(settings: Settings) -> Celery:
         # Commands' sends on the command queue (filled by the fair dispatch); everything else (reconciles, schedule
         # steps, beat's fires) on the steps queue, which workers consume in turn with it (Settings.steps_queue).
         task_routes={STEPS_GLOB: {"queue": settings.steps_queue, "routing_key": settings.steps_queue},
+                     AUTOMATION_GLOB: {"queue": settings.steps_queue, "routing_key": settings.steps_queue},
                      RECONCILE_TASK: {"queue": settings.steps_queue, "routing_key": settings.steps_queue}},
         task_default_queue=settings.queue,
         task_default_exchange=settings.queue,

@@ -26,6 +26,7 @@ from redbeat.schedulers import (
 from redbeat.schedules import rrule
 
 from tasks.app import app, task_name
+from tasks.automations import AutomationTask
 from tasks.publish import task_message
 from workers.occurrences import Occurrences
 
@@ -147,5 +148,7 @@ def cancel(self: ScheduleTask, schedule_id: str) -> int:
 
 @_task(SWEEP, max_retries=0)
 def sweep(self: ScheduleTask) -> list[int]:
-    """Beat, every few seconds: re-send lost wake-ups, re-book lost fires (the next sweep retries failures)."""
-    return list(self.occurrences.sweep())
+    """Beat, every few seconds: re-send lost wake-ups, re-book lost fires (the next sweep retries failures); the
+    same for room calls' automation runs."""
+    poked, checked = self.occurrences.sweep()
+    return [poked, checked, AutomationTask().runs.sweep()]

@@ -79,6 +79,50 @@ def client_rooms_key(client: str) -> str:
     return f"{CLIENT_PREFIX}{client}:rooms"
 
 
+def room_events_key(room_id: str) -> str:
+    """The room's timeline: its Event Grid events (stream), whether or not a client manages the room."""
+    return f"{ROOM_PREFIX}{room_id}:events"
+
+
+def room_live_key(room_id: str) -> str:
+    """The serverCallId of the room's call while it runs (CallStarted → CallEnded), managed room or not."""
+    return f"{ROOM_PREFIX}{room_id}:live"
+
+
+def room_ended_key(room_id: str) -> str:
+    """serverCallIds of the room's calls that have ended (set): a CallStarted delivered after its CallEnded
+    (Event Grid keeps no order) must not reopen the call nor start a run."""
+    return f"{ROOM_PREFIX}{room_id}:ended"
+
+
+def room_run_key(room_id: str, server_call_id: str) -> str:
+    """The automation run of one room call: one per (room, serverCallId), which makes it exactly once."""
+    return f"{ROOM_PREFIX}{room_id}:run:{server_call_id}"
+
+
+def room_run_commands_key(room_id: str, server_call_id: str) -> str:
+    return f"{room_run_key(room_id, server_call_id)}:commands"
+
+
+def room_run_lock_key(room_id: str, server_call_id: str) -> str:
+    return f"{room_run_key(room_id, server_call_id)}:lock"
+
+
+def room_runs_key(room_id: str) -> str:
+    """The room's runs (zset: serverCallId scored by when CallStarted arrived, ms)."""
+    return f"{ROOM_PREFIX}{room_id}:runs"
+
+
+def client_automation_key(client: str) -> str:
+    """The client's default automation, for its rooms without one of their own (JSON)."""
+    return f"{CLIENT_PREFIX}{client}:automation"
+
+
+def grid_event_seen_key(event_id: str) -> str:
+    """An Event Grid event already recorded (Event Grid delivers at least once, for up to a day)."""
+    return f"callq:eg:{event_id}"
+
+
 def room_call_key(room_id: str) -> str:
     """The call connection callq most recently made to this room (its call hash says if it is still live)."""
     return f"{ROOM_PREFIX}{room_id}{ROOM_CALL_SUFFIX}"
@@ -92,8 +136,11 @@ def call_lane_key(call_connection_id: str) -> str:
     return f"{CALL_PREFIX}{call_connection_id}{CALL_LANE_SUFFIX}"
 
 
+CALL_EVENTS_SUFFIX = ":events"
+
+
 def call_events_key(call_connection_id: str) -> str:
-    return f"callq:call:{call_connection_id}:events"
+    return f"{CALL_PREFIX}{call_connection_id}{CALL_EVENTS_SUFFIX}"
 
 
 def recording_key(recording_id: str) -> str:
