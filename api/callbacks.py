@@ -146,11 +146,11 @@ async def acs_events(request: Request) -> Response:
                                       ttl_s=settings.command_ttl_s, retention_s=settings.event_retention_s)
     callbacks_ingested(report)  # outcomes, latency, duplicates for /metrics
     for lane in report.lanes:
-        await _kick(request, lane)
+        await kick(request, lane)
     return Response(f'{{"stored":{report.stored},"duplicates":{report.duplicates}}}', media_type="application/json")
 
 
-async def _kick(request: Request, lane: str) -> None:
+async def kick(request: Request, lane: str) -> None:
     """A resolved command may be what the call's parked commands were waiting for: queue their tasks now."""
     state = request.state
     settings: Settings = state.settings

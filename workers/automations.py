@@ -110,7 +110,7 @@ class Runs:
         return len(overdue)
 
     def _step(self, room_id: str, scid: str, run: dict[str, str]) -> float | None:
-        steps: list[dict[str, Any]] = json.loads(run["steps"])
+        steps: list[dict[str, Any]] = json.loads(run["automation"])["on_call_started"]
         connect = self._status(self._command(room_id, scid, run, 0, steps[0], cc=""))
         if connect["status"] not in (Status.SUCCEEDED, Status.FAILED):
             return self.clock() + POLL_S
@@ -224,7 +224,7 @@ class Runs:
 
 def render_run(run: dict[str, str], cmds: list[dict[str, str | None]]) -> dict[str, Any]:
     """A run as the API lists it."""
-    steps = json.loads(run.get("steps") or "[]")
+    steps = json.loads(run.get("automation") or "{}").get("on_call_started", [])
     by_index = {int(k.removeprefix("cmd:")): v for k, v in run.items() if k.startswith("cmd:")}
     status = {c["id"]: c for c in cmds}
     return {

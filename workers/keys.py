@@ -118,6 +118,12 @@ def client_automation_key(client: str) -> str:
     return f"{CLIENT_PREFIX}{client}:automation"
 
 
+def server_call_room_key(server_call_id: str) -> str:
+    """The room a server call belongs to (from its Event Grid events): events that name only the call, such as
+    RecordingFileStatusUpdated, find their room here."""
+    return f"callq:servercall:{server_call_id}:room"
+
+
 def grid_event_seen_key(event_id: str) -> str:
     """An Event Grid event already recorded (Event Grid delivers at least once, for up to a day)."""
     return f"callq:eg:{event_id}"

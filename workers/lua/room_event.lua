@@ -8,17 +8,18 @@
 --
 -- KEYS: 1 seen marker, 2 room's event stream, 3 room hash (a client manages it when it exists), 4 the call
 --       connection callq made to the room (string), 5 the room's live serverCallId, 6 this call's run hash,
---       7 the room's runs (zset), 8 steps queue (list), 9 the room's ended calls (set)
+--       7 the room's runs (zset), 8 steps queue (list), 9 the room's ended calls (set), 10 the server call's room
 -- ARGV: 1 dedupe ttl s, 2 stream MINID, 3 event JSON, 4 short type, 5 serverCallId, 6 now (ISO), 7 new run id,
 --       8 the run's advance message, 9 ttl s, 10 now ms, 11 event time (ISO), 12 correlation id, 13 room id
 -- Returns: {'duplicate'} or {'stored', managing client or '', run 'created' | 'woken' | '',
 --           callq's connection to end ('' unless CallEnded), callq's connection to the call or ''}
-local err = check_types({'string', 'stream', 'hash', 'string', 'string', 'hash', 'zset', 'list', 'set'})
+local err = check_types({'string', 'stream', 'hash', 'string', 'string', 'hash', 'zset', 'list', 'set', 'string'})
 if err then return err end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return {'duplicate'} end
 local kind, scid, now, ttl = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[9])
 redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[2], '*', 'event', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ttl)
+if ARGV[5] ~= '' then redis.call('SET', KEYS[10], ARGV[13], 'EX', ttl) end
 
 local mine = ''
 local cc = redis.call('GET', KEYS[4])
@@ -56,9 +57,10 @@ if client ~= '' and scid ~= '' then
     if automation and redis.call('EXISTS', KEYS[6]) == 0 then
       local steps = cjson.decode(automation)['on_call_started']
       if type(steps) == 'table' and #steps > 0 then
+        -- The automation as it was set, not re-encoded: cjson would turn an empty body {} into [].
         redis.call('HSET', KEYS[6], 'id', ARGV[7], 'client', client, 'room_id', ARGV[13],
           'server_call_id', scid, 'correlation_id', ARGV[12], 'state', 'starting', 'source', source,
-          'steps', cjson.encode(steps), 'call_started_at', ARGV[11], 'created_at', now, 'updated_at', now)
+          'automation', automation, 'call_started_at', ARGV[11], 'created_at', now, 'updated_at', now)
         redis.call('EXPIRE', KEYS[6], ttl)
         redis.call('ZADD', KEYS[7], tonumber(ARGV[10]), scid)
         redis.call('EXPIRE', KEYS[7], ttl)
