@@ -117,7 +117,9 @@ def _heartbeat(redis_url: str, name: str) -> None:
             client.zadd(keys.WORKERS_ZSET, {name: time.time()})
             # Whichever worker takes the lock sweeps this round; the lock outlives the round, not the worker.
             if client.set(keys.SWEEP_LOCK, name, nx=True, px=int(LOST_COMMANDS_SWEEP_EVERY_S * 1000)):
-                _shared_runtime().sweep()
+                runtime = _shared_runtime()
+                runtime.sweep()
+                runtime.sweep_calls()
         except Exception as exc:
             log.warning("worker heartbeat or sweep failed: %s", type(exc).__name__)
         _stop_heartbeat.wait(HEARTBEAT_EVERY_S)

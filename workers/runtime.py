@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import redis
 from azure.communication.callautomation import CallAutomationClient
+from azure.core.exceptions import ResourceNotFoundError
 
 from workers import correlation, keys, ledger, logs, metrics, scripts
 from workers.acs import command_scope, create_client, to_acs_error
@@ -225,6 +226,48 @@ class Runtime:
         if revived:
             log.warning("sweeper revived %d command(s) whose task had been lost", revived)
         return revived
+
+    def sweep_calls(self, *, limit: int = 20) -> list[str]:
+        """Ask ACS about calls callq has heard nothing of for ``stale_call_s``; close those ACS no longer has.
+
+        Closing one is what its lost CallDisconnected would have done (the same script, with an event callq makes
+        up and names as its own): pending commands fail ``call_ended``, the call reads ``disconnected``. A call ACS
+        still has is marked heard-of now. Each read pays the shared ACS budget; a few calls per round at most.
+        Returns the calls closed.
+        """
+        now_ms = _now_ms()
+        silent = self.redis.zrangebyscore(keys.LIVE_CALLS, "-inf", now_ms - self.settings.stale_call_s * 1000,
+                                          start=0, num=limit)
+        closed = []
+        for raw in silent:
+            cc = str(raw)
+            try:
+                state = str(self.client.get_call_connection(cc).get_call_properties().call_connection_state)
+            except ResourceNotFoundError:
+                state = "gone"
+            except Exception as exc:  # ACS unreachable or throttled: ask again next round
+                log.warning("stale-call check of %s failed: %s", cc, type(exc).__name__)
+                continue
+            if state in ("connected", "connecting", "transferring", "transferAccepted"):
+                self.redis.zadd(keys.LIVE_CALLS, {cc: now_ms}, xx=True)
+                continue
+            self._close_call(cc, state)
+            closed.append(cc)
+        return closed
+
+    def _close_call(self, cc: str, state: str) -> None:
+        event = {"id": f"callq-stale-{cc}", "type": f"{correlation.PREFIX}CallDisconnected", "specversion": "1.0",
+                 "source": f"calling/callConnections/{cc}", "time": now_iso(),
+                 "data": {"callConnectionId": cc, "resultInformation": {
+                     "code": 0, "subCode": 0, "message": f"callq closed the call: ACS reports it {state} after "
+                     f"{self.settings.stale_call_s} s without news (its CallDisconnected never arrived)."}}}
+        done = scripts.run(self.redis, correlation.ingest_call(
+            correlation.clean(event), dedup_ttl_s=self.settings.event_dedup_ttl_s, ttl_s=self.settings.command_ttl_s,
+            retention_s=self.settings.event_retention_s))
+        for resolved in done.resolved:
+            correlation.finished(resolved.record)
+        self.redis.zrem(keys.LIVE_CALLS, cc)  # also when the marker said this was done before
+        log.warning("closed call %s: ACS reports it %s and callq had heard nothing of it", cc, state)
 
     def check_due(self) -> list[str]:
         """Ask for the reconcile of every waiting command whose outcome deadline has passed; their ids.

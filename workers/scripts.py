@@ -58,6 +58,7 @@ CONSTANTS: dict[str, str | int] = {
     "FAIR_RING": keys.FAIR_RING,
     "FAIR_BACKLOG": keys.FAIR_BACKLOG,
     "ROOM_PREFIX": keys.ROOM_PREFIX,
+    "LIVE_CALLS": keys.LIVE_CALLS,
     "ROOM_CALL_SUFFIX": keys.ROOM_CALL_SUFFIX,
 }
 

@@ -127,6 +127,9 @@ class Settings:
     # Scheduled recordings: how long an occurrence keeps trying to connect to a room call that has not
     # started yet before it is marked missed.
     schedule_grace_s: int = 300
+    # A call callq has heard nothing of for this long is checked against ACS, and closed (its pending commands
+    # failed call_ended) when ACS no longer has it: a CallDisconnected lost on the way leaves nothing "connected".
+    stale_call_s: int = 900
     # Celery beat fail-over (redbeat's lock; see tasks/app.py for why 25 s).
     beat_lock_timeout_s: int = 25
 
@@ -198,6 +201,7 @@ class Settings:
             client_accept_burst=_int(env, "CALLQ_CLIENT_ACCEPT_BURST", cls.client_accept_burst, low=0,
                                      high=1_000_000),
             dispatch_window=_int(env, "CALLQ_DISPATCH_WINDOW", cls.dispatch_window, high=100_000),
+            stale_call_s=_int(env, "CALLQ_STALE_CALL_SECONDS", cls.stale_call_s),
             schedule_grace_s=_int(env, "CALLQ_SCHEDULE_GRACE_SECONDS", cls.schedule_grace_s, high=86_400),
             beat_lock_timeout_s=_int(env, "CALLQ_BEAT_LOCK_TIMEOUT_SECONDS", cls.beat_lock_timeout_s, low=2,
                                      high=3600),

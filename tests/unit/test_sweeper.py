@@ -143,3 +143,43 @@ def test_an_absent_participant_cannot_tell_once_a_later_remove_may_have_reached_
     error = json.loads(r.hget(keys.command_key("add"), "error"))
     assert error["code"] == "callback_timeout" and "remove" in error["message"]
     assert json.loads(r.hget(keys.command_key("add"), "resolved_by")) == {"type": "timeout", "after": "remove"}
+
+
+class Calls:
+    """ACS's call connections as the SDK reads them: a state per call, or gone (404)."""
+
+    def __init__(self, states: dict[str, str]) -> None:
+        self.states = states
+        self.asked: list[str] = []
+
+    def get_call_connection(self, cc: str) -> Any:
+        def props() -> Any:
+            from azure.core.exceptions import ResourceNotFoundError
+
+            self.asked.append(cc)
+            if cc not in self.states:
+                raise ResourceNotFoundError("no such call")
+            return SimpleNamespace(call_connection_state=self.states[cc])
+        return SimpleNamespace(get_call_properties=props)
+
+
+def test_calls_silent_for_long_are_asked_about_and_closed_when_acs_has_them_no_more(r: redis.Redis) -> None:
+    old = int(time.time() * 1000) - 3_600_000
+    for cc in ("gone", "alive", "recent"):
+        r.hset(keys.call_key(cc), mapping={"state": "connected", "client": "alice"})
+        r.rpush(keys.call_commands_key(cc), f"play-{cc}")
+        put(r, f"play-{cc}", status="waiting", call_connection_id=cc)
+    r.zadd(keys.LIVE_CALLS, {"gone": old, "alive": old, "recent": int(time.time() * 1000)})
+    acs = Calls({"alive": "connected"})
+    runtime = Runtime(Settings(stale_call_s=600), r, client=acs, scheduler=Recorder(),  # type: ignore[arg-type]
+                      rng=random.Random(1))
+    assert runtime.sweep_calls() == ["gone"]
+    assert sorted(acs.asked) == ["alive", "gone"]  # the recent one is not asked about
+    assert r.hget(keys.call_key("gone"), "state") == "disconnected"
+    failed = json.loads(r.hget(keys.command_key("play-gone"), "error") or "{}")
+    assert r.hget(keys.command_key("play-gone"), "status") == "failed" and failed["code"] == "call_ended"
+    assert "without news" in failed["message"]
+    assert r.hget(keys.command_key("play-alive"), "status") == "waiting"
+    assert set(r.zrange(keys.LIVE_CALLS, 0, -1)) == {"alive", "recent"}
+    assert r.zscore(keys.LIVE_CALLS, "alive") > old  # heard of now: not asked again next round
+    assert runtime.sweep_calls() == []

@@ -99,6 +99,8 @@ if KEYS[3] ~= '' and kind == 'CallConnected' then
   end
 elseif KEYS[3] ~= '' and kind == 'CallDisconnected' then
   call_disconnected(ARGV[15], ttl)
+elseif KEYS[3] ~= '' then
+  redis.call('ZADD', LIVE_CALLS, 'XX', now_ms(), ARGV[15])  -- news of the call: it is not stale
 end
 local out = {'stored', known == 0 and 'orphan' or ''}
 for _, r in ipairs(answered) do out[#out + 1] = r end

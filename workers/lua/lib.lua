@@ -186,7 +186,8 @@ local function kick_lane(list_key, now, lanes)
   return no_message
 end
 
--- The call record (callq:call:{id}) is written only through these four, by the scripts that learn what
+-- The call record (callq:call:{id}) is written only through these four (which also keep LIVE_CALLS, the calls not
+-- known to have ended, by when callq last heard of them), by the scripts that learn what
 -- they say: sent.lua (ACS made the call, or started a recording of it), ingest.lua (CallConnected /
 -- CallDisconnected) and reconciled.lua (a read of ACS said what those events would have).
 local function call_made(call, client, room_id, command_id, ttl)
@@ -194,11 +195,13 @@ local function call_made(call, client, room_id, command_id, ttl)
   redis.call('HSETNX', key, 'state', 'connecting')
   redis.call('HSET', key, 'client', client, 'room_id', room_id, 'connect_command', command_id)
   redis.call('EXPIRE', key, ttl)
+  if redis.call('HGET', key, 'state') ~= 'disconnected' then redis.call('ZADD', LIVE_CALLS, now_ms(), call) end
 end
 
 local function call_connected(call, server_call_id, connect_command, client, ttl)
   local key = CALL_PREFIX .. call
   redis.call('HSET', key, 'state', 'connected', 'server_call_id', server_call_id)
+  redis.call('ZADD', LIVE_CALLS, now_ms(), call)
   if connect_command then redis.call('HSET', key, 'connect_command', connect_command, 'client', client) end
   if ttl then redis.call('EXPIRE', key, ttl) end
 end
@@ -210,6 +213,7 @@ end
 local function call_disconnected(call, ttl)
   local key = CALL_PREFIX .. call
   redis.call('HSET', key, 'state', 'disconnected')
+  redis.call('ZREM', LIVE_CALLS, call)
   if ttl then redis.call('EXPIRE', key, ttl) end
 end
 
