@@ -1,19 +1,12 @@
 """ACS's callbacks: verify the JWT on every POST, then record and correlate the events.
 
-Keys come from the OpenID configuration (real ACS's, or the simulator's at the same path) and are
-cached; a token signed with an unknown ``kid`` triggers one refresh (key rotation), at most every
-``REFRESH_MIN_S`` so forged kids cannot make us hammer the JWKS endpoint. A refresh is single-flight: callbacks
-arriving while one is under way (the burst after a cold start) wait for it instead of fetching again.
-
-A token that verified is remembered (its exact text, until its ``exp``): ACS signs a token and reuses it for
-many callbacks, and checking the RSA signature again on each would only re-derive the same answer. An
-unverified or failed token is never remembered, so nothing forged gets in through the cache; a token
-stops being accepted at its expiry exactly as before.
+Keys come from the OpenID configuration (real ACS's, or the simulator's at the same path) through
+:class:`api.jwks.SigningKeys` (cached, refreshed single-flight on an unknown ``kid`` at most every
+``REFRESH_MIN_S``); a token that verified is remembered until its ``exp`` (:class:`api.jwks.VerifiedTokens`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -26,6 +19,7 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.jwks import REFRESH_MIN_S, SigningKeys, VerifiedTokens
 from api.metrics import callbacks_ingested
 from tasks.app import task_name
 from tasks.publish import task_message
@@ -34,9 +28,6 @@ from workers.errors import InvalidCommand, Unauthorized
 from workers.settings import Settings
 
 log = logging.getLogger("callq.api.callbacks")
-REFRESH_MIN_S = 5.0  # an unknown kid refreshes the keys at most this often (rotation vs. forged-kid floods)
-KEYS_TTL_S = 3600.0
-VERIFIED_CACHE = 1024  # distinct tokens remembered as verified (ACS reuses one token for many callbacks)
 MAX_EVENTS_BODY = 1_048_576
 
 
@@ -45,56 +36,16 @@ class AcsTokenVerifier:
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient, *, refresh_min_s: float = REFRESH_MIN_S) -> None:
         self._settings = settings
-        self._refresh_min_s = refresh_min_s
-        self._http = http
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._issuer = ""
-        self._fetched_at = 0.0
-        self._verified: dict[str, tuple[float, dict[str, Any]]] = {}  # token → (exp, claims)
-        self._refreshing: asyncio.Task[None] | None = None
-
-    async def _refresh_once(self) -> None:
-        """Refresh the keys, or join the refresh already under way, so a burst of callbacks fetches them once."""
-        if self._refreshing is None:
-            self._refreshing = asyncio.create_task(self._refresh())
-            self._refreshing.add_done_callback(self._refreshed)
-        # Shielded: a caller that goes away (its client disconnected) must not cancel the others' refresh.
-        await asyncio.shield(self._refreshing)
-
-    def _refreshed(self, task: asyncio.Task[None]) -> None:
-        self._refreshing = None
-        if not task.cancelled():
-            task.exception()  # retrieved even when every waiter went away, so asyncio does not report it as lost
-
-    async def _refresh(self) -> None:
-        config = (await self._http.get(self._settings.openid_url)).raise_for_status().json()
-        jwks = (await self._http.get(config["jwks_uri"])).raise_for_status().json()
-        self._keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwks).keys if k.key_id}
-        self._issuer = config["issuer"]
-        self._fetched_at = time.monotonic()
-
-    async def _key(self, kid: str) -> jwt.PyJWK:
-        age = time.monotonic() - self._fetched_at
-        if (kid not in self._keys and age > self._refresh_min_s) or age > KEYS_TTL_S:
-            try:
-                await self._refresh_once()
-            except (httpx.HTTPError, KeyError, ValueError, jwt.PyJWKError) as exc:
-                log.warning("could not fetch ACS signing keys from %s: %s", self._settings.openid_url, exc)
-        if kid not in self._keys:
-            raise Unauthorized("The callback token is signed with an unknown key.")
-        return self._keys[kid]
+        self._keys = SigningKeys(settings.openid_url, http, refresh_min_s=refresh_min_s)
+        self._verified = VerifiedTokens()
 
     async def verify(self, token: str) -> dict[str, Any]:
-        known = self._verified.get(token)
-        if known is not None and known[0] > time.time():
-            return known[1]
+        now = time.time()
+        known = self._verified.get(token, now=now)
+        if known is not None:
+            return known
         claims = await self._verify(token)
-        if len(self._verified) >= VERIFIED_CACHE:
-            now = time.time()
-            self._verified = {t: v for t, v in self._verified.items() if v[0] > now}
-            while len(self._verified) >= VERIFIED_CACHE:
-                del self._verified[next(iter(self._verified))]  # oldest first
-        self._verified[token] = (float(claims["exp"]), claims)
+        self._verified.put(token, claims, now=now)
         return claims
 
     async def _verify(self, token: str) -> dict[str, Any]:
@@ -104,10 +55,12 @@ class AcsTokenVerifier:
             raise Unauthorized("The callback token is malformed.") from None
         if header.get("alg") != "RS256":
             raise Unauthorized("The callback token must be signed with RS256.")
-        key = await self._key(str(header.get("kid", "")))
+        key = await self._keys.key(str(header.get("kid", "")))
+        if key is None:
+            raise Unauthorized("The callback token is signed with an unknown key.")
         try:
             return jwt.decode(token, key=key.key, algorithms=["RS256"], audience=self._settings.acs_resource_id,
-                              issuer=self._issuer, options={"require": ["exp", "iss", "aud"]})
+                              issuer=self._keys.issuer, options={"require": ["exp", "iss", "aud"]})
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"The callback token is not valid: {type(exc).__name__}.") from None
 
