@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from api import openapi
 from api.auth import ApiKeys
 from api.callbacks import AcsTokenVerifier, acs_events
+from api.eventgrid_auth import EventGridVerifier
 from api.metrics import RequestMetrics, flushing, metrics_routes, record_error
 from api.notify import Notifier
 from api.reads import read_routes
@@ -78,7 +79,10 @@ STATUS: dict[type[CallqError], int] = {
     CallEnded: 409,
 }
 # Some validation codes are about the envelope rather than the content.
-CODE_STATUS = {"invalid_json": 400, "body_too_large": 413, "unsupported_media_type": 415, "invalid_event": 400}
+CODE_STATUS = {"invalid_json": 400, "body_too_large": 413, "unsupported_media_type": 415, "invalid_event": 400,
+               # Event Grid: 503 is retried (a 401 would drop the delivery for a fault of ours); see api/eventgrid_*.py
+               "signing_keys_unavailable": 503, "validation_mixed": 400, "too_many_events": 413,
+               "missing_webhook_origin": 400}
 
 
 def _error(status: int, code: str, message: str, details: list[dict[str, object]] | None = None,
@@ -142,6 +146,7 @@ class State(TypedDict):
     acs: CallAutomationClient
     rooms: RoomsAcs  # blocking: called through run_in_threadpool
     verifier: AcsTokenVerifier
+    eventgrid: EventGridVerifier
     notifier: Notifier
 
 
@@ -187,7 +192,8 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
             yield State(settings=settings, redis=commands, stream_redis=streams, http=http,
                         api_keys=ApiKeys(settings.api_keys), celery=create_celery(settings),
                         scripts=AutoPipeline(commands),  # every hot-path script call: accept, ingest, kick
-                        acs=acs, rooms=rooms, verifier=AcsTokenVerifier(settings, http), notifier=notifier)
+                        acs=acs, rooms=rooms, verifier=AcsTokenVerifier(settings, http),
+                        eventgrid=EventGridVerifier(settings, http), notifier=notifier)
 
 
 def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
@@ -17,6 +18,11 @@ from workers.errors import ConfigError
 
 REAL_ACS_OPENID_URL = "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration"
 DEV_RESOURCE_ID = "00000000-0000-4000-8000-00000000ca11"
+ENTRA_OPENID_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+EVENTGRID_APP_ID = "4962773b-9cdb-44cf-a8bf-237846a00ab7"  # Event Grid's own app: the caller of secure webhooks
+EVENTGRID_ROLE = "AzureEventGridSecureWebhookSubscriber"
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")  # RFC 3986 unreserved: goes into a URL's query as it is
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int = 1, high: int = 2**31) -> int:
@@ -58,6 +64,41 @@ def parse_api_keys(raw: str) -> dict[str, str]:
             raise ConfigError(f"CALLQ_API_KEYS key for {name.strip()!r} must be at least 16 characters")
         keys[name.strip()] = key.strip()
     return keys
+
+
+def parse_query_tokens(raw: str) -> tuple[str, ...]:
+    """Parse ``CALLQ_EVENTGRID_QUERY_TOKENS`` (``new,old``: both accepted during a rotation); errors name the entry's
+    position, never its value."""
+    tokens: list[str] = []
+    for n, token in enumerate(t.strip() for t in raw.split(",")):
+        if not token:
+            continue
+        if len(token) < 16 or not _URL_SAFE.fullmatch(token):
+            raise ConfigError(f"CALLQ_EVENTGRID_QUERY_TOKENS entry {n + 1} must be at least 16 characters of "
+                              "A-Z a-z 0-9 . _ ~ - (it is sent in the URL's query as it is)")
+        if token not in tokens:
+            tokens.append(token)
+    return tuple(tokens)
+
+
+def _eventgrid_entra(env: Mapping[str, str]) -> tuple[str, tuple[str, ...], str]:
+    """(tenant id, audiences, OpenID URL) for Entra-authenticated Event Grid deliveries, checked together."""
+    tenant = env.get("CALLQ_EVENTGRID_TENANT_ID", "").strip().lower()  # Entra's iss and tid spell it lower-case
+    audience = tuple(dict.fromkeys(a.strip() for a in env.get("CALLQ_EVENTGRID_AUDIENCE", "").split(",")
+                                   if a.strip()))
+    openid_url = env.get("CALLQ_EVENTGRID_OPENID_URL", "").strip()
+    if tenant and not _GUID.fullmatch(tenant):
+        # iss and tid always carry the GUID, even when the tenant is known by a domain name.
+        raise ConfigError(f"CALLQ_EVENTGRID_TENANT_ID must be the directory (tenant) id, a GUID, got {tenant!r}")
+    if tenant and not audience:
+        raise ConfigError("CALLQ_EVENTGRID_AUDIENCE must be set with CALLQ_EVENTGRID_TENANT_ID: the app's client "
+                          "id and/or Application ID URI, comma-separated")
+    if (audience or openid_url) and not tenant:
+        name = "CALLQ_EVENTGRID_AUDIENCE" if audience else "CALLQ_EVENTGRID_OPENID_URL"
+        raise ConfigError(f"{name} needs CALLQ_EVENTGRID_TENANT_ID (the Entra tenant that issues Event Grid's tokens)")
+    if openid_url and urlsplit(openid_url).scheme not in ("http", "https"):
+        raise ConfigError(f"CALLQ_EVENTGRID_OPENID_URL must be an http(s) URL, got {openid_url!r}")
+    return tenant, audience, openid_url
 
 
 def parse_connection_string(raw: str) -> tuple[str, str]:
@@ -132,6 +173,16 @@ class Settings:
     stale_call_s: int = 900
     # Celery beat fail-over (redbeat's lock; see tasks/app.py for why 25 s).
     beat_lock_timeout_s: int = 25
+    # Event Grid deliveries (api/eventgrid_auth.py): each option that is configured is enough on its own; with
+    # none, every delivery is refused. Entra ID: a bearer token for the tenant and one of the audiences (the app's
+    # client id and/or Application ID URI), from the app id with the role (either empty: not checked). Query token:
+    # `?token=<one of eventgrid_query_tokens>` on the subscription's URL (several: old and new during a rotation).
+    eventgrid_tenant_id: str = ""
+    eventgrid_audience: tuple[str, ...] = ()
+    eventgrid_openid_url: str = ""  # empty: Entra's own for the tenant (see eventgrid_discovery_url)
+    eventgrid_app_id: str = EVENTGRID_APP_ID
+    eventgrid_role: str = EVENTGRID_ROLE
+    eventgrid_query_tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +203,7 @@ class Settings:
         log_format = env.get("CALLQ_LOG_FORMAT", cls.log_format)
         if log_format not in ("text", "json"):
             raise ConfigError(f"CALLQ_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        eventgrid_tenant_id, eventgrid_audience, eventgrid_openid_url = _eventgrid_entra(env)
         log_level = env.get("CALLQ_LOG_LEVEL", cls.log_level).upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"CALLQ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -208,6 +260,14 @@ class Settings:
             log_format=log_format,
             log_level=log_level,
             metrics_token=env.get("CALLQ_METRICS_TOKEN", ""),
+            eventgrid_tenant_id=eventgrid_tenant_id,
+            eventgrid_audience=eventgrid_audience,
+            eventgrid_openid_url=eventgrid_openid_url,
+            # Set but empty means "do not check" (a caller other than Event Grid's app, or no app role), so unset
+            # and empty differ here, unlike most variables.
+            eventgrid_app_id=env.get("CALLQ_EVENTGRID_APP_ID", cls.eventgrid_app_id).strip().lower(),
+            eventgrid_role=env.get("CALLQ_EVENTGRID_ROLE", cls.eventgrid_role).strip(),
+            eventgrid_query_tokens=parse_query_tokens(env.get("CALLQ_EVENTGRID_QUERY_TOKENS", "")),
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -241,6 +301,17 @@ class Settings:
         if host.endswith(".communication.azure.com"):
             return REAL_ACS_OPENID_URL
         return f"{self.acs_endpoint}/calling/.well-known/acsopenidconfiguration"
+
+    @property
+    def eventgrid_entra(self) -> bool:
+        """Whether Event Grid deliveries may authenticate with an Entra ID bearer token."""
+        return bool(self.eventgrid_tenant_id and self.eventgrid_audience)
+
+    @property
+    def eventgrid_discovery_url(self) -> str:
+        """Where the signing keys of Event Grid's Entra tokens are discovered: the setting, else Entra's for the
+        tenant (the simulator serves its own at ``{sim}/entra/{tenant}/v2.0/.well-known/openid-configuration``)."""
+        return self.eventgrid_openid_url or ENTRA_OPENID_URL.format(tenant=self.eventgrid_tenant_id)
 
     @property
     def uses_real_acs(self) -> bool:
