@@ -82,7 +82,7 @@ STATUS: dict[type[CallqError], int] = {
 CODE_STATUS = {"invalid_json": 400, "body_too_large": 413, "unsupported_media_type": 415, "invalid_event": 400,
                # Event Grid: 503 is retried (a 401 would drop the delivery for a fault of ours); see api/eventgrid_*.py
                "signing_keys_unavailable": 503, "validation_mixed": 400, "too_many_events": 413,
-               "missing_webhook_origin": 400}
+               "bad_webhook_origin": 400}
 
 
 def _error(status: int, code: str, message: str, details: list[dict[str, object]] | None = None,

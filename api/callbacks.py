@@ -19,7 +19,7 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.jwks import REFRESH_MIN_S, SigningKeys, VerifiedTokens
+from api.jwks import REFRESH_MIN_S, SigningKeys, VerifiedTokens, rs256_kid
 from api.metrics import callbacks_ingested
 from tasks.app import task_name
 from tasks.publish import task_message
@@ -40,22 +40,13 @@ class AcsTokenVerifier:
         self._verified = VerifiedTokens()
 
     async def verify(self, token: str) -> dict[str, Any]:
-        now = time.time()
-        known = self._verified.get(token, now=now)
-        if known is not None:
-            return known
-        claims = await self._verify(token)
-        self._verified.put(token, claims, now=now)
-        return claims
+        return await self._verified.claims(token, now=time.time(), verify=self._verify)
 
     async def _verify(self, token: str) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise Unauthorized("The callback token is malformed.") from None
-        if header.get("alg") != "RS256":
-            raise Unauthorized("The callback token must be signed with RS256.")
-        key = await self._keys.key(str(header.get("kid", "")))
+        kid = rs256_kid(token)
+        if kid is None:
+            raise Unauthorized("The callback token is malformed, or not signed with RS256 by a named key (kid).")
+        key = await self._keys.key(kid)
         if key is None:
             raise Unauthorized("The callback token is signed with an unknown key.")
         try:

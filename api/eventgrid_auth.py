@@ -29,7 +29,7 @@ import httpx
 import jwt
 from starlette.requests import HTTPConnection
 
-from api.jwks import SigningKeys, VerifiedTokens
+from api.jwks import SigningKeys, VerifiedTokens, rs256_kid
 from workers.errors import CallqError, Unauthorized
 from workers.settings import Settings
 
@@ -106,27 +106,21 @@ class EventGridVerifier:
     async def verify_token(self, token: str) -> dict[str, Any]:
         """The claims of an Entra token that passes every check; raises naming the first check it fails."""
         now = self._clock()
-        known = self._verified.get(token, now=now)
-        if known is not None:
-            return known
-        claims = await self._signed_claims(token)
-        self._check_time(claims, now)
-        self._check_issuer(claims)
-        self._check_caller(claims)
-        self._verified.put(token, claims, now=now)
-        return claims
+
+        async def verify(token: str) -> dict[str, Any]:
+            claims = await self._signed_claims(token)
+            self._check_time(claims, now)
+            self._check_issuer(claims)
+            self._check_caller(claims)
+            return claims
+
+        return await self._verified.claims(token, now=now, verify=verify)
 
     async def _signed_claims(self, token: str) -> dict[str, Any]:
         """The token's claims once its signature and audience check out (times and the rest: see the callers)."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise _refused("invalid_token", "The bearer token is not a JWT.") from None
-        if header.get("alg") != "RS256":
-            raise _refused("invalid_token", "The bearer token must be signed with RS256.")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise _refused("invalid_token", "The bearer token names no signing key (kid).")
+        kid = rs256_kid(token)
+        if kid is None:
+            raise _refused("invalid_token", "The bearer token is not a JWT signed with RS256 by a named key (kid).")
         key = await self._keys.key(kid)
         if key is None and self._keys.failing:
             raise CallqError("Entra's signing keys cannot be fetched right now; the delivery may be retried.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -74,6 +74,17 @@ class SigningKeys:
         self._fetched_at = self._clock()
 
 
+def rs256_kid(token: str) -> str | None:
+    """The ``kid`` in a JWT's header when the header names RS256; None for anything else (not a JWT, another
+    algorithm, no kid), which no caller accepts: "none" and HMAC algorithms would let a sender sign for itself."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return None
+    kid = header.get("kid")
+    return kid if header.get("alg") == "RS256" and isinstance(kid, str) and kid else None
+
+
 class VerifiedTokens:
     """Tokens whose signature and claims checked out, by their exact text, each until its ``exp``.
 
@@ -86,12 +97,17 @@ class VerifiedTokens:
         self._size = size
         self._tokens: dict[str, tuple[float, dict[str, Any]]] = {}  # token → (exp, claims)
 
-    def get(self, token: str, *, now: float) -> dict[str, Any] | None:
-        """The claims of a token verified before and not yet expired, else None."""
+    async def claims(self, token: str, *, now: float,
+                     verify: Callable[[str], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """The claims of ``token``: remembered from before (until its exp), or ``verify``'s, then remembered."""
         known = self._tokens.get(token)
-        return known[1] if known is not None and known[0] > now else None
+        if known is not None and known[0] > now:
+            return known[1]
+        claims = await verify(token)  # raises for a token that fails: nothing is remembered
+        self._put(token, claims, now=now)
+        return claims
 
-    def put(self, token: str, claims: dict[str, Any], *, now: float) -> None:
+    def _put(self, token: str, claims: dict[str, Any], *, now: float) -> None:
         if len(self._tokens) >= self._size:
             self._tokens = {t: v for t, v in self._tokens.items() if v[0] > now}
             while len(self._tokens) >= self._size:
