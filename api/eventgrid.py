@@ -101,7 +101,7 @@ async def _record(request: Request, event: Event, room: str) -> room_events.Reco
     short = event.type.removeprefix(room_events.PREFIX)
     message = ""
     if short in RUN_EVENTS and scid:
-        message = task_message(state.celery, ADVANCE, str(uuid.uuid4()), [room, scid, None],
+        message = task_message(state.celery, ADVANCE, str(uuid.uuid4()), [room, scid],  # token: None
                                queue=settings.steps_queue)
     run_id = f"run_{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:12]}"
     ev = RoomEvent(id=event.id, type=event.type, room_id=room, server_call_id=scid,
