@@ -28,7 +28,9 @@ from starlette.routing import BaseRoute, Route
 
 from api import openapi
 from api.auth import ApiKeys
+from api.automations import automation_routes
 from api.callbacks import AcsTokenVerifier, acs_events
+from api.eventgrid import eventgrid_routes
 from api.eventgrid_auth import EventGridVerifier
 from api.metrics import RequestMetrics, flushing, metrics_routes, record_error
 from api.notify import Notifier
@@ -228,6 +230,8 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         Route("/v1/acs/events", acs_events, methods=["POST"]),
         *command_routes,  # before reads: `participants/remove` must not be taken for `participants/{raw_id}`
         *room_routes,
+        *automation_routes,
+        *eventgrid_routes,
         *read_routes,
         *schedule_routes,
         Route("/openapi.json", openapi.openapi, methods=["GET"], include_in_schema=False),

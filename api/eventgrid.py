@@ -64,18 +64,17 @@ async def eventgrid_events(request: Request) -> Response:
     """Record a delivery of ACS events from Event Grid (or answer its validation handshake)."""
     state = request.state
     settings: Settings = state.settings
-    body = await read_body(request)
     try:
-        await state.eventgrid.verify(request)
+        await state.eventgrid.verify(request)  # before the body is read: a refused sender costs us nothing more
     except Unauthorized as exc:
         if exc.code != "missing_token" or not settings.eventgrid_entra:
             raise
-        handshake = parse_delivery(body, request.headers)
+        handshake = parse_delivery(await read_body(request), request.headers)
         if not isinstance(handshake, ValidationRequest):
             raise
         log.info("answered an Event Grid validation handshake that carried no credentials")
         return handshake.response()
-    delivery = parse_delivery(body, request.headers)
+    delivery = parse_delivery(await read_body(request), request.headers)
     if isinstance(delivery, ValidationRequest):
         return delivery.response()
     stored = duplicates = ignored = 0

@@ -43,6 +43,7 @@ WATCH_S = 30.0  # longest sleep while recording: how soon a call that ended earl
 LOCK_MS = 30_000  # one advance at a time per occurrence (longer than a step takes)
 LATE_S = 60.0  # a wake-up or a fire this overdue was lost: the sweep sends it again
 CONNECT_RETRY_CAP_S = 30.0
+ROOM_WAIT_S = 1.0  # how often an occurrence looks whether its room call has started (Event Grid's CallStarted)
 
 
 def release_lock(*, schedule_id: str, planned: int, token: str) -> scripts.ScriptCall[bool]:
@@ -243,6 +244,15 @@ class Occurrences:
             self._set(o, call_connection_id=live)
             return None
         attempt = int(o.run.get("connect_attempts") or 0)
+        if not attempt and self.settings.eventgrid_configured and not self.redis.exists(
+                keys.room_live_key(o.sched["room_id"])):
+            # Event Grid says when the room call starts: wait for its CallStarted rather than ask ACS to connect
+            # to a call that is not there.
+            if o.now >= min(o.planned + self.settings.schedule_grace_s, o.end):
+                return self._finish(o, "missed", _error(
+                    "room_call_not_started", f"Room {o.sched['room_id']}'s call had not started (no CallStarted from "
+                    f"Event Grid) {self.settings.schedule_grace_s} s after the planned start."))
+            return o.now + ROOM_WAIT_S
         if attempt:
             cmd = self._status(o.run[f"cmd:connect:{attempt}"])
             if cmd["status"] in Status.PENDING:

@@ -308,6 +308,11 @@ class Settings:
         return bool(self.eventgrid_tenant_id and self.eventgrid_audience)
 
     @property
+    def eventgrid_configured(self) -> bool:
+        """Whether callq receives Event Grid's room-call events (so it can wait for CallStarted, not poll ACS)."""
+        return self.eventgrid_entra or bool(self.eventgrid_query_tokens)
+
+    @property
     def eventgrid_discovery_url(self) -> str:
         """Where the signing keys of Event Grid's Entra tokens are discovered: the setting, else Entra's for the
         tenant (the simulator serves its own at ``{sim}/entra/{tenant}/v2.0/.well-known/openid-configuration``)."""

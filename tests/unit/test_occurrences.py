@@ -229,3 +229,33 @@ def test_the_sweep_resends_lost_wake_ups_and_rebooks_lost_fires(occ: Occurrences
     assert occ.sweep() == (1, 1)
     assert timers.wakes == [("rs_1", PLANNED, None, clock.now)]
     assert ("rs_1", PLANNED + 300) in timers.booked_at
+
+
+@pytest.fixture
+def occ_eventgrid(settings: Settings, sync_redis: fakeredis.FakeRedis, clock: Clock) -> Occurrences:
+    """Occurrences where Event Grid's room-call events reach callq."""
+    configured = settings.with_(schedule_grace_s=10, eventgrid_query_tokens=("q" * 32,))
+    return Occurrences(configured, sync_redis, FakeTimers(), lambda t, c: f"msg {t} {c}", clock=clock)
+
+
+def test_with_event_grid_an_occurrence_waits_for_call_started_before_connecting(
+        occ_eventgrid: Occurrences, clock: Clock, sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
+    assert occ_eventgrid.fire("rs_1", PLANNED, claim="a") == "starting"
+    clock.now = PLANNED + 5
+    occ_eventgrid.advance("rs_1", PLANNED, None)
+    assert queued_types(sync_redis) == []  # no connect to a call that has not started
+    sync_redis.set(keys.room_live_key(ROOM), "srv-1")  # what room_event.lua writes on CallStarted
+    occ_eventgrid.advance("rs_1", PLANNED, None)
+    assert queued_types(sync_redis) == ["connect"]
+
+
+def test_with_event_grid_no_call_started_within_the_grace_is_missed_without_a_connect(
+        occ_eventgrid: Occurrences, clock: Clock, sync_redis: fakeredis.FakeRedis) -> None:
+    schedule(sync_redis)
+    occ_eventgrid.fire("rs_1", PLANNED, claim="a")
+    clock.now = PLANNED + 10
+    assert occ_eventgrid.advance("rs_1", PLANNED, None) == "missed"
+    error = json.loads(run(sync_redis)["error"])
+    assert error["code"] == "room_call_not_started" and "CallStarted" in error["message"]
+    assert queued_types(sync_redis) == []
