@@ -118,7 +118,52 @@ class Demo:
         ok = sum(1 for s in self.steps if s.command["status"] == "succeeded")
         print(f"demo: {ok} of {len(self.steps)} commands succeeded", file=self.out)
         scheduled_ok = self.scheduled_recording()
-        return 0 if ok == len(self.steps) and scheduled_ok else 1
+        automated_ok = self.automation()
+        return 0 if ok == len(self.steps) and scheduled_ok and automated_ok else 1
+
+    def automation(self) -> bool:
+        """A room made through callq with an automation; its call starts in the simulator and callq joins, records
+        and welcomes on its own (told by Event Grid's CallStarted), then sees the call end (CallEnded).
+
+        Rows are numbered a1, a2, …
+        """
+        people = [{"communication_user": TEACHER, "role": "presenter"}, {"communication_user": STUDENT}]
+        room = self._check(self.api.post("/v1/rooms", json={"participants": people},
+                                         headers={"Idempotency-Key": str(uuid.uuid4())}), "creating a room")
+        room_id = room["id"]
+        steps = [{"type": "connect"},
+                 {"type": "start_recording", "body": {"content": "audio", "channel": "mixed", "format": "wav"}},
+                 {"type": "play", "body": {"text": "Welcome to the class."}}]
+        self._check(self.api.put(f"/v1/rooms/{room_id}/automation", json={"on_call_started": steps}),
+                    "setting the automation")
+        print(f"automation: room {room_id} made through callq; on its call's start: "
+              f"{', '.join(s['type'] for s in steps)}", file=self.out)
+        self._check(self.sim.post(f"/_sim/rooms/{room_id}/call", json={"participants": [TEACHER, STUDENT]}),
+                    "starting the room call")
+        run = self._poll(lambda: next((r for r in self._check(self.api.get(
+            f"/v1/rooms/{room_id}/automation/runs"), "reading runs")["items"]
+            if r["state"] in ("succeeded", "failed", "ended")), None), "the automation's run")
+        for n, step in enumerate(run["steps"], 1):
+            done = self._check(self.api.get(f"/v1/commands/{step['command_id']}", params={"wait": 30}),
+                               f"waiting for {step['command_id']}")
+            self._print_step(f"a{n}", Step(done))
+        print(f"automation: run {run['id']} {run['state']} (callq joined on CallStarted)", file=self.out)
+        self._check(self.sim.delete(f"/_sim/rooms/{room_id}/call"), "ending the room call")
+        self._poll(lambda: _call_state(self._check(self.api.get(f"/v1/rooms/{room_id}"), "reading the room")) ==
+                   "ended" or None, "CallEnded")
+        events = self._check(self.api.get(f"/v1/rooms/{room_id}/events"), "reading the room's events")["items"]
+        print(f"automation: the call ended; the room's timeline: "
+              f"{', '.join(e['type'].rsplit('.', 1)[-1] for e in events)}", file=self.out)
+        return bool(run["state"] == "succeeded")
+
+    def _poll(self, found: Any, what: str) -> Any:
+        deadline = time.monotonic() + SCHEDULE_WAIT_S
+        while time.monotonic() < deadline:
+            value = found()
+            if value:
+                return value
+            time.sleep(0.25)  # a demo polling a public API, not a test
+        raise DemoError(f"{what} did not come within {SCHEDULE_WAIT_S} s")
 
     def scheduled_recording(self) -> bool:
         """A one-off recording scheduled a few seconds ahead on a second room; beat and the worker run it.
@@ -160,6 +205,11 @@ class Demo:
                 return dict(runs[0])
             time.sleep(0.25)  # a demo polling a public API, not a test
         raise DemoError(f"schedule {schedule_id} did not run within {SCHEDULE_WAIT_S} s of its time")
+
+
+def _call_state(room: dict[str, Any]) -> str | None:
+    call = room.get("call")
+    return str(call["state"]) if isinstance(call, dict) else None
 
 
 def _beat_running(settings: Settings) -> bool:

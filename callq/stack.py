@@ -89,7 +89,7 @@ def up(
     check_ports(planned_ports(settings))
     redis_server = None if settings.external_redis else _find_redis_server()
     creds = _credentials.generate(settings)
-    settings = _credentials.apply(settings, creds)
+    settings = with_dev_eventgrid(_credentials.apply(settings, creds))
     components = _components.stack(settings, python=sys.executable, redis_server=redis_server)  # validates Flower
 
     # Nothing above touched the disk or started a process: a refusal leaves no trace.
@@ -154,10 +154,41 @@ def _find_redis_server() -> str:
     return path
 
 
+# The embedded stack's Event Grid: the simulator's subscription delivers to callq with Entra-style tokens for this
+# tenant and audience, signed by the simulator and published in its OpenID document, which callq trusts. Real
+# Event Grid needs a real tenant and app: see README "Pointing at real ACS".
+DEV_EVENTGRID_TENANT = "00000000-0000-4000-8000-0000ca11e9e1"
+DEV_EVENTGRID_AUDIENCE = "api://callq-dev"
+
+
+def with_dev_eventgrid(settings: Settings) -> Settings:
+    """``settings`` with the simulator's Event Grid wired to callq, unless Event Grid is configured or ACS is real."""
+    if settings.eventgrid_configured or settings.uses_real_acs:
+        return settings
+    return settings.with_(
+        eventgrid_tenant_id=DEV_EVENTGRID_TENANT, eventgrid_audience=(DEV_EVENTGRID_AUDIENCE,),
+        eventgrid_openid_url=f"{settings.acs_endpoint}/entra/{DEV_EVENTGRID_TENANT}/v2.0/.well-known/openid-configuration")
+
+
+def eventgrid_env(settings: Settings) -> dict[str, str]:
+    """What callq's processes and the simulator must agree on for the embedded Event Grid subscription."""
+    if not settings.eventgrid_entra or settings.eventgrid_tenant_id != DEV_EVENTGRID_TENANT:
+        return {}
+    return {
+        "CALLQ_EVENTGRID_TENANT_ID": settings.eventgrid_tenant_id,
+        "CALLQ_EVENTGRID_AUDIENCE": ",".join(settings.eventgrid_audience),
+        "CALLQ_EVENTGRID_OPENID_URL": settings.eventgrid_openid_url,
+        "CALLQ_SIM_EVENTGRID_URL": f"{settings.public_url}/v1/eventgrid/events",
+        "CALLQ_SIM_EVENTGRID_TENANT_ID": settings.eventgrid_tenant_id,
+        "CALLQ_SIM_EVENTGRID_AUDIENCE": settings.eventgrid_audience[0],
+    }
+
+
 def _child_env(base: Mapping[str, str], settings: Settings) -> dict[str, str]:
     """The parent's environment plus everything children must agree on (URL, data dir, generated secrets)."""
     env = dict(base)
     env.update(_credentials.credential_env(settings))
+    env.update(eventgrid_env(settings))
     env["CALLQ_REDIS_URL"] = settings.redis_url
     env["CALLQ_DATA_DIR"] = settings.data_dir
     env["CALLQ_LOG_FORMAT"] = settings.log_format  # text (for people) unless the operator asked for json
