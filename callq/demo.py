@@ -131,9 +131,10 @@ class Demo:
         room = self._check(self.api.post("/v1/rooms", json={"participants": people},
                                          headers={"Idempotency-Key": str(uuid.uuid4())}), "creating a room")
         room_id = room["id"]
-        steps = [{"type": "connect"},
-                 {"type": "start_recording", "body": {"content": "audio", "channel": "mixed", "format": "wav"}},
-                 {"type": "play", "body": {"text": "Welcome to the class."}}]
+        steps: list[dict[str, Any]] = [{"type": "connect"},
+                                       {"type": "start_recording", "body": {"content": "audio", "channel": "mixed",
+                                                                            "format": "wav"}},
+                                       {"type": "play", "body": {"text": "Welcome to the class."}}]
         self._check(self.api.put(f"/v1/rooms/{room_id}/automation", json={"on_call_started": steps}),
                     "setting the automation")
         print(f"automation: room {room_id} made through callq; on its call's start: "
