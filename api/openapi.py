@@ -12,7 +12,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from api import resources, schedules
+from api import resources, room_openapi, schedules
 from api.auth import IDEMPOTENCY_KEY
 from api.routes import COMMANDS, CommandSpec
 from api.schedule_schemas import ScheduleBody
@@ -169,6 +169,7 @@ def _merged(*groups: dict[str, Any]) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         *((spec.body, "validation") for spec in COMMANDS), (ScheduleBody, "validation"),
+        *((model, "validation") for model in room_openapi.MODELS),
         *((model, "serialization") for model in resources.MODELS)]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     idem = {"name": "Idempotency-Key", "in": "header", "required": True,
@@ -180,7 +181,8 @@ def document() -> dict[str, Any]:
         "components": {"schemas": defs.get("$defs", {}),
                        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
         "security": [{"apiKey": []}],
-        "paths": _merged(_command_ops(idem), _read_ops(), schedules.openapi_paths(idem, _errors)),
+        "paths": _merged(_command_ops(idem), _read_ops(), schedules.openapi_paths(idem, _errors),
+                         room_openapi.openapi_paths(idem, _errors)),
     }
 
 
