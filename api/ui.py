@@ -1,9 +1,11 @@
-"""The operator page at ``/ui``: live calls, each call's commands and event timeline, commands in trouble.
+"""The operator page at ``/ui``: live calls, each call's commands and event timeline, commands in trouble, the
+client's rooms with their automation runs and Event Grid timeline.
 
 Server-rendered Jinja2 templates (``api/templates/``, autoescaped) and one small static script, no build step.
 Each page's ``<main>`` is a template of its own, re-fetched as a fragment: every couple of seconds, and on a
 call's page at once whenever its SSE stream (``/v1/calls/{id}/events/stream``) delivers an event, so events show
-up as ACS sends them. ``api.ui_data`` reads what the pages show.
+up as ACS sends them (a room's page has no stream: it refreshes on the timer). ``api.ui_data`` and ``api.ui_rooms``
+read what the pages show.
 
 Authentication is the API's: an ``Authorization`` header, or a session cookie from the login form (the API key
 is posted once, and the cookie holds only the client name, an expiry and a MAC keyed by that key's digest).
@@ -13,6 +15,7 @@ for reads only (see ``api.auth``), are HttpOnly and SameSite=Strict, and the pag
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -23,7 +26,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from api import ui_data
+from api import ui_data, ui_rooms
 from api.auth import SESSION_COOKIE
 from workers.errors import Unauthorized
 from workers.operations import OPERATIONS
@@ -56,11 +59,21 @@ def _clock(iso: str) -> str:
     return iso.split("T", 1)[-1].rstrip("Z")[:12]
 
 
+def _tail(identifier: str, keep: int = 10) -> str:
+    """The end of an id whose start is shared: serverCallIds are base64 of a URL, all beginning ``aHR0cHM6Ly9``."""
+    return identifier if len(identifier) <= keep + 1 else "…" + identifier[-keep:]
+
+
+def _stamp(iso: str) -> str:
+    """``2026-01-01T09:30:00.250Z`` → ``2026-01-01 09:30``: for times that may not be today (a room's window)."""
+    return iso[:16].replace("T", " ")
+
+
 def _templates() -> Jinja2Templates:
     # Autoescape always (not by file extension) and fail on an undefined name rather than render it empty.
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(short=_short, clock=_clock)
+    env.filters.update(short=_short, clock=_clock, tail=_tail, stamp=_stamp)
     env.globals.update(every=REFRESH_S, event_types=",".join(EVENT_TYPES))
     return Jinja2Templates(env=env)
 
@@ -91,8 +104,9 @@ def _client(request: Request) -> str | None:
 
 async def _overview(request: Request, client: str) -> dict[str, Any]:
     settings = request.state.settings
-    return await ui_data.overview(request.state.redis, client, queue=settings.queue,
-                                  acs_endpoint=settings.acs_endpoint, pending_limit=settings.client_max_pending)
+    calls = await ui_data.overview(request.state.redis, client, queue=settings.queue,
+                                   acs_endpoint=settings.acs_endpoint, pending_limit=settings.client_max_pending)
+    return {**calls, **await ui_rooms.overview(request.state.redis, client, now=datetime.now(UTC))}
 
 
 async def home(request: Request) -> Response:
@@ -126,6 +140,29 @@ async def call_fragment(request: Request) -> Response:
     if context is None:
         return _render(request, "unknown_call.html", {}, 404)
     return _render(request, "call.html", context)
+
+
+async def _room(request: Request, client: str) -> dict[str, Any] | None:
+    return await ui_rooms.room(request.state.redis, client, request.path_params["room_id"], now=datetime.now(UTC))
+
+
+async def room_page(request: Request) -> Response:
+    client = _client(request)
+    if client is None:
+        return RedirectResponse("/ui", status_code=303)
+    room_id = request.path_params["room_id"]
+    context = await _room(request, client)
+    if context is None:
+        return _page(request, client, "unknown_room.html", {}, title="Unknown room", refresh="", status=404)
+    return _page(request, client, "room.html", context, title=f"Room {room_id}",
+                 refresh=f"/ui/fragments/rooms/{quote(room_id)}")
+
+
+async def room_fragment(request: Request) -> Response:
+    context = await _room(request, request.state.api_keys.client_for(request))
+    if context is None:
+        return _render(request, "unknown_room.html", {}, 404)
+    return _render(request, "room.html", context)
 
 
 def _same_origin(request: Request) -> bool:
@@ -172,5 +209,7 @@ ui_routes = [
     Route("/ui/fragments/overview", overview_fragment, methods=["GET"], include_in_schema=False),
     Route("/ui/calls/{call_connection_id}", call_page, methods=["GET"], include_in_schema=False),
     Route("/ui/fragments/calls/{call_connection_id}", call_fragment, methods=["GET"], include_in_schema=False),
+    Route("/ui/rooms/{room_id}", room_page, methods=["GET"], include_in_schema=False),
+    Route("/ui/fragments/rooms/{room_id}", room_fragment, methods=["GET"], include_in_schema=False),
     Route("/ui/assets/{name}", asset, methods=["GET"], include_in_schema=False),
 ]

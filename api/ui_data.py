@@ -118,6 +118,14 @@ def _call_state(call: dict[str, str], connect_status: str | None) -> str:
     return call.get("state") or "connecting"
 
 
+async def _managed(r: Any, client: str, room_ids: list[str]) -> set[str]:
+    """Which of these rooms the client manages: those get a link to their room page."""
+    pipe = r.pipeline(transaction=False)
+    for room_id in room_ids:
+        pipe.hget(keys.room_key(room_id), "client")
+    return {room_id for room_id, owner in zip(room_ids, await pipe.execute(), strict=True) if owner == client}
+
+
 async def _calls(r: Any, client: str) -> list[dict[str, Any]]:
     """The client's most recently active calls, newest first, as the calls tables show them."""
     ids = await r.zrevrange(metrics.CALLS_KEY, 0, CALLS_SHOWN - 1, withscores=True)
@@ -139,7 +147,8 @@ async def _calls(r: Any, client: str) -> list[dict[str, Any]]:
                       "participants": await _participants(r, cc), "recording": await _recording(r, call),
                       "commands": len(command_ids), "active_at": _iso_from_ms(int(score)),
                       "pending": sum(1 for s in statuses if s and s not in Status.TERMINAL)})
-    return calls
+    managed = await _managed(r, client, [c["room_id"] for c in calls])
+    return [{**c, "room_managed": c["room_id"] in managed} for c in calls]
 
 
 async def _attention(r: Any, client: str) -> list[dict[str, Any]]:
@@ -249,7 +258,9 @@ async def call(r: Any, client: str, cc: str) -> dict[str, Any] | None:
     events = await r.xrevrange(keys.call_events_key(cc), count=EVENTS_SHOWN)  # newest first
     connect: dict[str, str] = next((rec for rec in commands if rec.get("type") == "connect"), {})
     state = _call_state(record, connect.get("status"))
-    return {"cc": cc, "state": state, "room_id": record.get("room_id") or "—",
+    room_id = record.get("room_id") or ""
+    return {"cc": cc, "state": state, "room_id": room_id or "—",
+            "room_managed": bool(room_id) and room_id in await _managed(r, client, [room_id]),
             "listen_state": "disconnected" if state in ENDED else state,
             "recording": await _recording(r, record), "participants": await _participants(r, cc),
             "commands": [_command(rec) for rec in commands],

@@ -1,4 +1,4 @@
-"""The operator page and its session cookie on fakeredis: login, what each client sees, no CSRF, escaping."""
+"""The operator page and its session cookie on fakeredis: login, what each client sees, no CSRF, escaping, rooms."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
@@ -16,10 +17,12 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import SESSION_COOKIE, ApiKeys
+from api.ui_rooms import ROOMS_SHOWN, window_state
 from callq import _components, _credentials
 from callq._table import ready_table
 from tests.conftest import OTHER_API_KEY, TEST_API_KEY
-from workers import keys, metrics
+from workers import keys, metrics, rooms, scripts
+from workers.room_events import RoomEvent, record
 from workers.settings import Settings
 
 
@@ -225,3 +228,230 @@ def test_every_value_from_redis_or_a_client_is_escaped(settings: Settings, serve
         unknown = client.get("/ui/calls/%3Cscript%3Ealert(1)%3C")
         assert unknown.status_code == 404
         _assert_inert(unknown.text, ["client"])
+
+
+# --- rooms ----------------------------------------------------------------------------------------------------------
+
+ROOM, SCID, EARLIER = "99199690362660524", "c2VydmVyLWNhbGwtMg", "c2VydmVyLWNhbGwtMQ"
+OPEN, NOT_YET, OVER = ("2000-01-01T00:00:00.000Z", "2099-01-01T00:00:00.000Z"), \
+    ("2099-01-01T00:00:00.000Z", "2099-02-01T00:00:00.000Z"), ("2000-01-01T00:00:00.000Z", "2000-02-01T00:00:00.000Z")
+
+
+def _steps(*steps: tuple[str, dict[str, str]]) -> dict[str, object]:
+    """An automation as the API stores it: each step's type, body and command parameters."""
+    return {"on_call_started": [{"type": t, "body": b, "params": b} for t, b in steps],
+            "updated_at": "2026-01-01T08:00:00.000Z"}
+
+
+GREET = _steps(("connect", {}), ("play", {"text": "Welcome"}))
+
+
+def _room(r: fakeredis.FakeRedis, room_id: str = ROOM, client: str = "alice", window: tuple[str, str] = OPEN,
+          automation: dict[str, object] | None = GREET, **fields: str) -> None:
+    """A room as POST /v1/rooms (room_save.lua) and PUT …/automation write it."""
+    acs = {"valid_from": window[0], "valid_until": window[1], "pstn_dial_out_enabled": "1",
+           "acs_created_at": "2026-01-01T07:00:00.000Z", "origin": "created",
+           "managed_since": "2026-01-01T07:00:01.000Z"}
+    saved = scripts.run(r, rooms.save(client=client, room_id=room_id, fields={**acs, **fields}))
+    assert saved.outcome == "new"
+    if automation is not None:
+        r.hset(keys.room_key(room_id), "automation", json.dumps(automation))
+
+
+def _grid(r: fakeredis.FakeRedis, kind: str, event_id: str, *, room_id: str = ROOM, scid: str = SCID,
+          data: dict[str, object] | None = None, time_: str = "2026-01-01T09:00:00.000Z") -> None:
+    """One Event Grid event through room_event.lua, as the Event Grid endpoint records it."""
+    doc = {"id": event_id, "type": f"Microsoft.Communication.{kind}", "time": time_,
+           "data": {"serverCallId": scid, "room": {"id": room_id}, **(data or {})}}
+    ev = RoomEvent(id=event_id, type=str(doc["type"]), room_id=room_id, server_call_id=scid, correlation_id="corr",
+                   time=time_, document=doc)
+    scripts.run(r, record(ev, run_id=f"run-{event_id}", advance_message="advance", steps_queue="callq.steps",
+                          dedup_ttl_s=600, ttl_s=3600, retention_s=3600))
+
+
+def _who(raw: str) -> dict[str, object]:
+    return {"communicationIdentifier": {"rawId": raw}, "role": "Presenter"}
+
+
+def _step(r: fakeredis.FakeRedis, scid: str, index: int, cid: str, cc: str, status: str,
+          room_id: str = ROOM) -> None:
+    """A run's step command, as the automation runner records it (``cmd:{index}`` and the run's command list)."""
+    _command(r, cid, type="connect" if index == 0 else "play", status=status, call_connection_id=cc)
+    r.hset(keys.room_run_key(room_id, scid), mapping={f"cmd:{index}": cid, "state": "running"})
+    r.rpush(keys.room_run_commands_key(room_id, scid), cid)
+
+
+def _room_with_two_calls(r: fakeredis.FakeRedis) -> None:
+    """An earlier call whose run ended with the call, then the current one: callq joined it and is greeting."""
+    _room(r)
+    _grid(r, "CallStarted", "e1", scid=EARLIER, data={"startedBy": _who("8:acs:earlier-teacher")},
+          time_="2026-01-01T08:00:00.000Z")
+    _step(r, EARLIER, 0, "cmd_old_connect", "cc-old", "failed")
+    _grid(r, "CallEnded", "e2", scid=EARLIER, time_="2026-01-01T08:30:00.000Z")
+    r.hset(keys.room_run_key(ROOM, EARLIER), mapping={"state": "ended", "ended_at": "2026-01-01T08:30:01.000Z",
+                                                      "error": json.dumps({"code": "call_ended",
+                                                                           "message": "The call ended first."})})
+    _grid(r, "CallStarted", "e3", data={"startedBy": _who("8:acs:teacher")})
+    _grid(r, "CallParticipantAdded", "e4", data={"user": _who("8:acs:pupil")}, time_="2026-01-01T09:00:05.000Z")
+    _step(r, SCID, 0, "cmd_connect", "cc-room", "succeeded")
+    _step(r, SCID, 1, "cmd_greet", "cc-room", "waiting")
+    r.hset(keys.room_run_key(ROOM, SCID), "call_connection_id", "cc-room")
+    r.hset(keys.room_key(ROOM), "call_connection_id", "cc-room")
+    r.hset(keys.call_key("cc-room"), mapping={"client": "alice", "state": "connected", "room_id": ROOM,
+                                              "server_call_id": SCID})
+
+
+def _row(html: str, attribute: str, value: str) -> str:
+    return html.split(f'{attribute}="{value}"')[1].split("</tr>")[0]
+
+
+def test_a_rooms_window_is_open_not_yet_or_over() -> None:
+    now = datetime(2026, 1, 1, 9, tzinfo=UTC)
+    assert window_state("2026-01-01T09:00:00.000Z", "2026-01-01T10:00:00.000Z", now) == "open"
+    assert window_state("2026-01-01T09:00:00.001Z", "2026-01-01T10:00:00.000Z", now) == "not yet"
+    assert window_state("2026-01-01T08:00:00.000Z", "2026-01-01T09:00:00.000Z", now) == "over"
+    assert window_state("", "2026-01-01T10:00:00.000Z", now) == "unknown"
+    assert window_state("yesterday", "2026-01-01T10:00:00.000Z", now) == "unknown"
+
+
+def test_the_overview_lists_the_clients_rooms(client: TestClient, r: fakeredis.FakeRedis) -> None:
+    _room_with_two_calls(r)
+    _room(r, "room-later", window=NOT_YET, automation=None, pstn_dial_out_enabled="0", origin="adopted")
+    _room(r, "room-over", window=OVER, automation=None)
+    _room(r, "room-bobs", client="bob")
+    r.set(keys.client_automation_key("alice"), json.dumps(_steps(("connect", {}), ("start_recording", {}))))
+    _log_in(client)
+
+    page = client.get("/ui").text
+    assert 'data-room="room-bobs"' not in page
+    current = _row(page, "data-room", ROOM)
+    assert f'href="/ui/rooms/{ROOM}"' in current and f'title="{ROOM}"' in current
+    assert ">open<" in current and "<td>yes</td>" in current
+    assert "room&#39;s own" in current and "connect → play" in current
+    assert ">active<" in current and f'title="{SCID}"' in current
+    assert 'href="/ui/calls/cc-room"' in current and ">connected<" in current  # callq's connection to the call
+    assert current.rstrip().endswith('<span class="badge running">running</span></td>')  # the latest run's state
+    later = _row(page, "data-room", "room-later")
+    assert ">not yet<" in later and "<td>no</td>" in later and "adopted" in later
+    assert "client default" in later and "connect → start_recording" in later and "none" in later
+    assert ">over<" in _row(page, "data-room", "room-over")
+    assert client.get("/ui/fragments/overview").text.count("<tr data-room=") == 3
+
+
+def test_the_overview_shows_a_bounded_number_of_rooms(client: TestClient, r: fakeredis.FakeRedis) -> None:
+    for i in range(ROOMS_SHOWN + 3):
+        _room(r, f"room-{i:03d}", automation=None)
+    _log_in(client)
+    fragment = client.get("/ui/fragments/overview").text
+    assert fragment.count("<tr data-room=") == ROOMS_SHOWN and "room-049" in fragment and "room-050" not in fragment
+    assert f"the first {ROOMS_SHOWN} by id; 3 more" in fragment
+
+
+def test_a_rooms_page_shows_its_automation_runs_and_timeline(client: TestClient, r: fakeredis.FakeRedis) -> None:
+    _room_with_two_calls(r)
+    _log_in(client)
+    page = client.get(f"/ui/rooms/{ROOM}")
+    assert page.status_code == 200 and f'data-refresh="/ui/fragments/rooms/{ROOM}"' in page.text
+    assert 'data-stream=""' in page.text  # no SSE for rooms: the timer refreshes the page
+    html = client.get(f"/ui/fragments/rooms/{ROOM}").text
+    assert html == page.text.split('data-events="')[1].split(">", 1)[1].split("</main>")[0].lstrip("\n")
+
+    automation = html.split('id="automation"')[1].split("</section>")[0]
+    assert "room&#39;s own" in automation and "<td>play</td>" in automation
+    assert "{&#34;text&#34;: &#34;Welcome&#34;}" in automation
+    runs = html.split('id="runs"')[1].split("</section>")[0]
+    assert runs.index(f'data-run="{SCID}"') < runs.index(f'data-run="{EARLIER}"')  # newest first
+    current = runs.split(f'data-run="{SCID}"')[1].split("</article>")[0]
+    assert 'data-state="running"' in runs and 'href="/ui/calls/cc-room"' in current
+    assert 'data-command="cmd_connect" data-status="succeeded"' in current
+    assert 'data-command="cmd_greet" data-status="waiting"' in current
+    assert 'href="/ui/calls/cc-room" title="cmd_greet"' in current  # each step's command leads to its call
+    earlier = runs.split(f'data-run="{EARLIER}"')[1].split("</article>")[0]
+    assert 'data-state="ended"' in earlier and "<code>call_ended</code> The call ended first." in earlier
+    assert 'data-command="" data-status="not sent"' in earlier  # the greeting never went out
+    timeline = html.split('id="timeline"')[1].split("</section>")[0]
+    kinds = [li.split('data-type="')[1].split('"')[0] for li in timeline.split("<li ")[1:]]
+    assert kinds == ["CallParticipantAdded", "CallStarted", "CallEnded", "CallStarted"]
+    added = timeline.split('data-type="CallParticipantAdded"')[1].split("</li>")[0]
+    assert "8:acs:pupil" in added and f'title="{SCID}"' in added and "…LWNhbGwtMg</code>" in added
+    assert "8:acs:earlier-teacher" in timeline and 'title="Microsoft.Communication.CallEnded"' in timeline
+
+
+def test_another_clients_room_or_an_unknown_one_is_not_found(client: TestClient, r: fakeredis.FakeRedis) -> None:
+    _room(r, "room-bobs", client="bob")
+    _grid(r, "CallStarted", "e1", room_id="room-bobs", data={"startedBy": _who("8:acs:bob-teacher")})
+    assert client.get("/ui/rooms/room-bobs").status_code == 303  # no session: to the login form
+    assert client.get("/ui/fragments/rooms/room-bobs").status_code == 401
+    _log_in(client)
+    for path in ("/ui/rooms/room-bobs", "/ui/fragments/rooms/room-bobs", "/ui/rooms/no-such-room"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and "No such room is managed by this client." in resp.text
+        assert "bob-teacher" not in resp.text
+
+
+def test_calls_link_to_their_room_when_the_client_manages_it(client: TestClient, r: fakeredis.FakeRedis) -> None:
+    _room(r)
+    _room(r, "room-bobs", client="bob")
+    _call(r, "cc-managed", "alice", [])
+    r.hset(keys.call_key("cc-managed"), "room_id", ROOM)
+    _call(r, "cc-unmanaged", "alice", [])  # room-1: a room this client connected to but never created or adopted
+    _call(r, "cc-in-bobs-room", "alice", [])
+    r.hset(keys.call_key("cc-in-bobs-room"), "room_id", "room-bobs")
+    _log_in(client)
+
+    live = client.get("/ui").text.split('id="live-calls"')[1].split("</section>")[0]
+    assert f'href="/ui/rooms/{ROOM}"' in _row(live, "data-call", "cc-managed")
+    assert "/ui/rooms/" not in _row(live, "data-call", "cc-unmanaged") + _row(live, "data-call", "cc-in-bobs-room")
+    assert f'<a href="/ui/rooms/{ROOM}" title="{ROOM}">{ROOM}</a>' in client.get("/ui/calls/cc-managed").text
+    for cc, room_id in (("cc-unmanaged", "room-1"), ("cc-in-bobs-room", "room-bobs")):
+        head = client.get(f"/ui/calls/{cc}").text.split("</section>")[0]
+        assert room_id in head and "/ui/rooms/" not in head
+
+
+def test_every_room_value_is_escaped(settings: Settings, server: fakeredis.FakeServer,
+                                     r: fakeredis.FakeRedis) -> None:
+    name = _hostile("client")
+    listed = _hostile("listed room")  # only on the overview: a path segment cannot hold its "/"
+    room_id = "room-\"'><img src=x onerror=alert(1)><script>alert(1)"
+    scid = _hostile("server call")
+    hostile_steps = {"on_call_started": [{"type": _hostile("step type"), "body": {"text": _hostile("step body")}}],
+                     "updated_at": _hostile("automation updated")}
+    for rid in (listed, room_id):
+        _room(r, rid, client=name, window=(_hostile("valid from"), _hostile("valid until")),
+              automation=hostile_steps, origin=_hostile("origin"), acs_created_at=_hostile("created at"),
+              managed_since=_hostile("managed since"))
+        _grid(r, "CallStarted", "e-" + rid, room_id=rid, scid=scid, time_=_hostile("event time"),
+              data={"startedBy": _who(_hostile("started by"))})
+        _grid(r, "CallParticipantAdded", "p-" + rid, room_id=rid, scid=scid, data={"user": _who(_hostile("user"))})
+        r.xadd(keys.room_events_key(rid), {"event": json.dumps({"type": _hostile("event type")})})
+        r.hset(keys.room_key(rid), mapping={"call_state": _hostile("call state"),
+                                            "call_connection_id": _hostile("room call")})
+        r.hset(keys.call_key(_hostile("room call")), mapping={"client": name, "state": _hostile("connection state")})
+        _step(r, scid, 0, _hostile("step command"), _hostile("step call"), _hostile("step status"), room_id=rid)
+        r.hset(keys.room_run_key(rid, scid), mapping={
+            "state": _hostile("run state"), "ended_at": _hostile("run ended"),
+            "call_connection_id": _hostile("run call"),
+            "error": json.dumps({"code": _hostile("run error code"), "message": _hostile("run error")})})
+    r.zadd(metrics.CALLS_KEY, {"cc-x": int(time.time() * 1000)})
+    r.hset(keys.call_key("cc-x"), mapping={"client": name, "state": "connected", "room_id": room_id})
+    key = "k" * 24
+    app = create_app(replace(settings, api_keys={name: key}),
+                     redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    with TestClient(app, follow_redirects=False) as client:
+        _log_in(client, key)
+        overview = ["listed room", "valid from", "valid until", "origin", "step type", "server call", "call state",
+                    "room call", "connection state", "run state"]
+        _assert_inert(client.get("/ui").text, ["client", *overview])
+        shown = _assert_inert(client.get("/ui/fragments/overview").text, overview)
+        assert room_id in shown
+        page = ["valid from", "valid until", "origin", "created at", "managed since", "step type",
+                "automation updated", "server call", "call state", "room call", "connection state", "run state",
+                "run ended", "run call", "run error code", "run error", "step command", "step call", "step status",
+                "event time", "started by", "user", "event type"]
+        resp = client.get(f"/ui/rooms/{quote(room_id, safe='')}")
+        assert resp.status_code == 200
+        shown = _assert_inert(resp.text, ["client", *page])
+        assert room_id in shown and json.dumps({"text": _hostile("step body")}).replace(",", ", ") in shown
+        _assert_inert(client.get(f"/ui/fragments/rooms/{quote(room_id, safe='')}").text, page)
+        call = client.get("/ui/calls/cc-x")
+        assert call.status_code == 200 and room_id in _assert_inert(call.text, ["client"])
