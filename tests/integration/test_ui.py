@@ -1,4 +1,5 @@
-"""The operator page in headless Chromium: log in, see a call appear, watch its events arrive over SSE.
+"""The operator page in headless Chromium: log in, see a call appear, watch its events arrive over SSE; a room's
+runs and Event Grid timeline.
 
 Chromium is Debian's (``make test`` installs it); Playwright drives it through ``executable_path`` because its own
 browser download cannot work here. Screenshots land in ``tests/output/`` (git-ignored) for a person to look at.
@@ -13,10 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.conftest import TEST_API_KEY
 from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_room_call, wait
+from workers import keys, rooms, scripts
+from workers.room_events import RoomEvent, record
 
 pytestmark = pytest.mark.integration
 OUTPUT = Path(__file__).resolve().parents[1] / "output"
@@ -105,3 +109,49 @@ def test_a_wrong_key_stays_on_the_login_form(browser: Any, api_server: ThreadSer
     assert "not valid" in page.locator("[role=alert]").inner_text()
     assert not [c for c in page.context.cookies() if c["name"] == "callq_session"]
     page.close()
+
+
+def _grid(r: redis.Redis, room_id: str, kind: str, event_id: str, data: dict[str, object]) -> None:
+    """An Event Grid event recorded as the Event Grid endpoint records it (room_event.lua on the real Redis)."""
+    scid = "aHR0cHM6Ly9zZXJ2ZXItY2FsbC0x"
+    doc = {"id": event_id, "type": f"Microsoft.Communication.{kind}", "time": "2026-01-01T09:00:00.000Z",
+           "data": {"serverCallId": scid, "room": {"id": room_id}, **data}}
+    scripts.run(r, record(RoomEvent(id=event_id, type=str(doc["type"]), room_id=room_id, server_call_id=scid,
+                                    correlation_id="corr", time=str(doc["time"]), document=doc),
+                          run_id=f"run-{event_id}", advance_message="advance", steps_queue="callq.ui-test",
+                          dedup_ttl_s=600, ttl_s=3600, retention_s=3600))
+
+
+def test_room_page_shows_a_run_and_its_timeline(browser: Any, api_server: ThreadServer,
+                                                stack_env: dict[str, str]) -> None:
+    # Seeded through Redis as the room routes, the Event Grid endpoint and the runner write it: this page reads
+    # those records, and needs neither ACS nor Event Grid to show them.
+    room_id, scid = "99100000000000001", "aHR0cHM6Ly9zZXJ2ZXItY2FsbC0x"
+    r = redis.Redis.from_url(stack_env["CALLQ_REDIS_URL"], decode_responses=True)
+    scripts.run(r, rooms.save(client="alice", room_id=room_id, fields={
+        "valid_from": "2026-01-01T00:00:00.000Z", "valid_until": "2099-01-01T00:00:00.000Z",
+        "pstn_dial_out_enabled": "0", "origin": "created", "managed_since": "2026-01-01T00:00:00.000Z"}))
+    r.hset(keys.room_key(room_id), "automation", '{"on_call_started": [{"type": "connect", "body": {}, '
+                                                 '"params": {}}], "updated_at": "2026-01-01T08:00:00.000Z"}')
+    who = {"communicationIdentifier": {"rawId": "8:acs:teacher"}}
+    _grid(r, room_id, "CallStarted", "eg-1", {"startedBy": who})
+    r.hset(keys.command_key("cmd_ui_connect"), mapping={"id": "cmd_ui_connect", "client": "alice", "type": "connect",
+                                                        "status": "succeeded", "call_connection_id": "cc-ui"})
+    r.hset(keys.room_run_key(room_id, scid), mapping={"cmd:0": "cmd_ui_connect", "state": "succeeded"})
+
+    page = _log_in(browser, api_server.url, TEST_API_KEY)
+    row = page.locator(f'#rooms tr[data-room="{room_id}"]')
+    assert "room's own" in row.inner_text() and "succeeded" in row.inner_text()
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "ui-overview-rooms.png"), full_page=True)
+    row.locator("a").click()
+    page.locator(f'#runs article[data-run="{scid}"][data-state="succeeded"]').wait_for()
+    page.locator('#runs tr[data-command="cmd_ui_connect"][data-status="succeeded"]').wait_for()
+    started = page.locator('#timeline li[data-type="CallStarted"]')
+    assert "8:acs:teacher" in started.inner_text()
+    # The page re-fetches itself: an event recorded while it is open shows up without a reload.
+    _grid(r, room_id, "CallParticipantAdded", "eg-2", {"user": {"communicationIdentifier": {"rawId": "8:acs:pupil"}}})
+    assert "8:acs:pupil" in page.locator('#timeline li[data-type="CallParticipantAdded"]').inner_text()
+    page.screenshot(path=str(OUTPUT / "ui-room.png"), full_page=True)
+    page.close()
+    r.close()
