@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from api.acs_event_fields import acs_fields
 from api.ui_data import Note
 from workers import keys
 
@@ -172,20 +173,15 @@ async def _runs(r: Any, room_id: str) -> list[dict[str, Any]]:
     return shown
 
 
-def _who(data: dict[str, Any]) -> str:
-    """Whom an event is about: the participant who joined or left, else whoever started the call."""
-    for field in ("user", "participant", "startedBy"):
-        identifier = _object(_object(data.get(field)).get("communicationIdentifier"))
-        if identifier.get("rawId"):
-            return str(identifier["rawId"])
-    return ""
-
-
 def _event(seq: str, event: dict[str, Any]) -> dict[str, str]:
-    data = _object(event.get("data"))
+    """One timeline entry. The stored data is as ACS sent it, in whichever of its shapes: ``acs_fields`` reads
+    them all, as the Event Grid endpoint did."""
     kind = str(event.get("type") or "")
+    acs = acs_fields(kind, str(event.get("subject") or ""), _object(event.get("data")))
+    # Whom the event is about: who joined or left, who ended the call, else who started it.
+    who = acs.participant_raw_id or acs.ended_by_raw_id or acs.started_by_raw_id or ""
     return {"seq": seq, "time": str(event.get("time") or ""), "type": kind, "kind": kind.removeprefix(PREFIX),
-            "who": _who(data), "server_call_id": str(data.get("serverCallId") or "")}
+            "who": who, "server_call_id": acs.server_call_id or ""}
 
 
 async def room(r: Any, client: str, room_id: str, *, now: datetime) -> dict[str, Any] | None:

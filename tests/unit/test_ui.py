@@ -287,7 +287,9 @@ def _room_with_two_calls(r: fakeredis.FakeRedis) -> None:
     _grid(r, "CallStarted", "e1", scid=EARLIER, data={"startedBy": _who("8:acs:earlier-teacher")},
           time_="2026-01-01T08:00:00.000Z")
     _step(r, EARLIER, 0, "cmd_old_connect", "cc-old", "failed")
-    _grid(r, "CallEnded", "e2", scid=EARLIER, time_="2026-01-01T08:30:00.000Z")
+    # The 2021 docs' shape (rawId straight under the participant): the timeline reads it as the endpoint does.
+    _grid(r, "CallEnded", "e2", scid=EARLIER, data={"endedBy": {"rawId": "8:acs:host"}},
+          time_="2026-01-01T08:30:00.000Z")
     r.hset(keys.room_run_key(ROOM, EARLIER), mapping={"state": "ended", "ended_at": "2026-01-01T08:30:01.000Z",
                                                       "error": json.dumps({"code": "call_ended",
                                                                            "message": "The call ended first."})})
@@ -375,6 +377,7 @@ def test_a_rooms_page_shows_its_automation_runs_and_timeline(client: TestClient,
     added = timeline.split('data-type="CallParticipantAdded"')[1].split("</li>")[0]
     assert "8:acs:pupil" in added and f'title="{SCID}"' in added and "…LWNhbGwtMg</code>" in added
     assert "8:acs:earlier-teacher" in timeline and 'title="Microsoft.Communication.CallEnded"' in timeline
+    assert "8:acs:host" in timeline.split('data-type="CallEnded"')[1].split("</li>")[0]
 
 
 def test_another_clients_room_or_an_unknown_one_is_not_found(client: TestClient, r: fakeredis.FakeRedis) -> None:
