@@ -30,7 +30,7 @@ from api.callbacks import kick
 from api.eventgrid_parse import Event, ValidationRequest, parse_delivery, read_body, webhook_grant
 from tasks.automations import ADVANCE
 from tasks.publish import task_message
-from workers import correlation, keys, room_events
+from workers import correlation, keys, metrics, room_events
 from workers.errors import Unauthorized
 from workers.room_events import RoomEvent
 from workers.settings import Settings
@@ -80,14 +80,20 @@ async def eventgrid_events(request: Request) -> Response:
     stored = duplicates = ignored = 0
     for event in delivery.events:
         room = await _room_of(request, event)
+        short = event.type.removeprefix(room_events.PREFIX)
         if not room or not event.type.startswith(room_events.PREFIX):
             ignored += 1
+            metrics.RECORDER.inc("callq_eventgrid_events", short, "ignored")
             continue
         found = await _record(request, event, room)
         if found.duplicate:
             duplicates += 1
+            metrics.RECORDER.inc("callq_eventgrid_events", short, "duplicate")
             continue
         stored += 1
+        metrics.RECORDER.inc("callq_eventgrid_events", short, "stored")
+        if found.run == "created":
+            metrics.RECORDER.inc("callq_automation_runs", "started")
         if found.end_call:
             await _end_call(request, event, found.end_call)
     return JSONResponse({"stored": stored, "duplicates": duplicates, "ignored": ignored})

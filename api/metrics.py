@@ -35,6 +35,7 @@ from workers.errors import CallqError, Unauthorized
 
 log = logging.getLogger("callq.api")
 COMMAND_TYPES = frozenset(spec.type for spec in COMMANDS)
+EVENTGRID_PATH = "/v1/eventgrid/events"
 CALLBACK_PATH = "/v1/acs/events"
 FLUSH_EVERY_S = 1.0
 
@@ -94,7 +95,9 @@ def _observe(scope: Scope, status: int, headers: dict[str, str]) -> None:
 
 def record_error(request: Request, exc: CallqError) -> None:
     """Count what an error response says about callq's clients and callbacks (called by the error handler)."""
-    if isinstance(exc, Unauthorized):
+    if isinstance(exc, Unauthorized) and request.url.path == EVENTGRID_PATH:
+        metrics.RECORDER.inc("callq_eventgrid_auth_failures", exc.code)
+    elif isinstance(exc, Unauthorized):
         name = "callq_callback_auth_failures" if request.url.path == CALLBACK_PATH else "callq_api_auth_failures"
         metrics.RECORDER.inc(name)
     type_ = _command_route(request.scope)

@@ -33,7 +33,7 @@ from typing import Any, Protocol, cast
 
 import redis
 
-from workers import command, commands, keys, scripts
+from workers import command, commands, keys, metrics, scripts
 from workers.command import Status
 from workers.settings import Settings
 
@@ -214,6 +214,7 @@ class Runs:
         self._set(room_id, scid, run, state=state, ended_at=command.now_iso(),
                   error=json.dumps(error) if error else "", wake_token="")
         self.redis.zrem(WAKES, _member(room_id, scid))
+        metrics.RECORDER.inc("callq_automation_runs", state)
         log.info("automation of room %s, call %s ended %s%s", room_id, scid[:16], state,
                  f" ({error['code']})" if error else "")
         return None

@@ -76,6 +76,12 @@ SPECS = {s.name: s for s in (
     Spec("callq_callback_duplicates", "counter", "ACS callback events dropped as duplicates (CloudEvent id seen)."),
     Spec("callq_callback_orphans", "counter", "ACS callback events naming no known call or command.", ("type",)),
     Spec("callq_callback_auth_failures", "counter", "Callback requests refused (missing or invalid token)."),
+    Spec("callq_eventgrid_events", "counter", "Event Grid events by type and outcome (stored, duplicate, ignored: not "
+         "a room call's).", ("type", "outcome")),
+    Spec("callq_eventgrid_auth_failures", "counter", "Event Grid deliveries refused, by code (missing_token, "
+         "wrong_audience, bad_query_token …).", ("code",)),
+    Spec("callq_automation_runs", "counter", "Room calls' automation runs, by how they ended (or 'started').",
+         ("state",)),
     Spec("callq_api_auth_failures", "counter", "API requests refused for a missing or wrong API key or session."),
     Spec("callq_http_requests", "counter", "API requests by method, route template and status.",
          ("method", "route", "status")),
