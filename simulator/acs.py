@@ -18,12 +18,11 @@ from .operation import Req
 from .records import StoredResponse
 from .routing import OPERATIONS, Match, Operation, resolve
 from .runtime import Runtime
+from .wire import Headers, drop, json_response, read_body, send_response
 
 EARLY_DELIVERY_TIMEOUT_S = 10.0
-_JSON = (b"content-type", b"application/json; charset=utf-8")
 _KEYS_PATH = "/calling/keys"
 _OPENID_PATH = "/calling/.well-known/acsopenidconfiguration"
-Headers = tuple[tuple[bytes, bytes], ...]
 
 
 @dataclass(frozen=True)
@@ -43,29 +42,30 @@ async def acs_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").partition("?")[0]
     if method == "GET" and raw_path in (_KEYS_PATH, _OPENID_PATH):  # public, like ACS's own
         doc = rt.signer.jwks() if raw_path == _KEYS_PATH else rt.signer.openid_configuration()
-        return await _send(send, _json_response(200, doc, ()))
+        return await send_response(send, json_response(200, doc, ()))
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     request_id = headers.get("x-ms-client-request-id")
     echo: Headers = ((b"x-ms-client-request-id", request_id.encode("latin-1")),) if request_id else ()
     query = scope.get("query_string", b"").decode("latin-1")
-    incoming = _Incoming(method, raw_path, query, headers, await _read_body(receive), echo)
+    incoming = _Incoming(method, raw_path, query, headers, await read_body(receive), echo)
     target = f"{raw_path}?{query}" if query else raw_path
     settings = rt.settings
     if not verify(settings.key_bytes, method, target, headers, incoming.body, now_s=time.time(),
                   max_skew_s=settings.max_clock_skew_s):
-        return await _send(send, _error_response(unauthenticated(), echo))
+        return await send_response(send, _error_response(unauthenticated(), echo))
     rt.log.requests_seen += 1
     if rt.faults.knobs.latency_ms > 0:
         await asyncio.sleep(rt.faults.knobs.latency_ms / 1000.0)
     rejection = rt.faults.admit(time.monotonic())
     rt.log.arrived(method, raw_path, rejection.status if rejection is not None else None)
     if rejection is not None:
-        return await _send(send, _error_response(rejection, echo))
+        return await send_response(send, _error_response(rejection, echo))
     match = resolve(method, raw_path)
     if match is None:
-        return await _send(send, _error_response(AcsError(404, "NotFound", f"No ACS operation at {raw_path}"), echo))
+        unknown = AcsError(404, "NotFound", f"No ACS operation at {raw_path}")
+        return await send_response(send, _error_response(unknown, echo))
     if not match.operation:
-        return await _send(send, _error_response(not_supported(f"{method} {raw_path}"), echo))
+        return await send_response(send, _error_response(not_supported(f"{method} {raw_path}"), echo))
     await _run_operation(rt, send, OPERATIONS[match.operation], match, incoming)
 
 
@@ -74,10 +74,10 @@ async def _run_operation(rt: Runtime, send: Any, op: Operation, match: Match, in
     if repeat_id:
         first = rt.cache.get(repeat_id)
         if first is not None:  # a repeat: answer as the first time, execute nothing, send no events
-            return await _send(send, first)
+            return await send_response(send, first)
         if not incoming.headers.get("repeatability-first-sent"):
             error = invalid_request("Repeatability-First-Sent is required with Repeatability-Request-ID")
-            return await _send(send, _error_response(error, incoming.echo))
+            return await send_response(send, _error_response(error, incoming.echo))
     response, parsed, cc, acks = _execute(rt, op, match, incoming, repeat_id)
     if repeat_id:
         rt.cache.put(repeat_id, response)
@@ -93,10 +93,10 @@ async def _run_operation(rt: Runtime, send: Any, op: Operation, match: Match, in
         except TimeoutError:
             pass
     if fault == "drop":
-        return await _drop(send)
+        return await drop(send)
     if fault == "503":
         response = _error_response(AcsError(503, "9999", "Unknown internal server error."), incoming.echo)
-    await _send(send, response)
+    await send_response(send, response)
 
 
 def _execute(
@@ -116,7 +116,7 @@ def _execute(
     headers = incoming.echo
     if repeat_id and op.repeatability_result:
         headers += ((b"repeatability-result", b"accepted"),)
-    return _json_response(reply.status, reply.body, headers), parsed, reply.call_connection_id, acks
+    return json_response(reply.status, reply.body, headers), parsed, reply.call_connection_id, acks
 
 
 def _parse_json(body: bytes) -> dict[str, Any] | None:
@@ -131,36 +131,7 @@ def _parse_json(body: bytes) -> dict[str, Any] | None:
     return parsed
 
 
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _json_response(status: int, body: dict[str, Any] | None, headers: Headers) -> StoredResponse:
-    if status == 204:  # never a body with a 204: the SDK would misread the next keep-alive response
-        return StoredResponse(204, headers, b"")
-    if body is None:
-        return StoredResponse(status, headers + ((b"content-length", b"0"),), b"")
-    data = json.dumps(body, separators=(",", ":")).encode()
-    return StoredResponse(status, headers + (_JSON, (b"content-length", str(len(data)).encode())), data)
-
-
 def _error_response(error: AcsError, headers: Headers) -> StoredResponse:
     if isinstance(error, Throttled):
         headers += ((b"retry-after", f"{error.retry_after_s:g}".encode()),)
-    return _json_response(error.status, error.body(), headers)
-
-
-async def _send(send: Any, response: StoredResponse) -> None:
-    await send({"type": "http.response.start", "status": response.status, "headers": list(response.headers)})
-    await send({"type": "http.response.body", "body": response.body})
-
-
-async def _drop(send: Any) -> None:
-    # ASGI cannot abort a connection outright; a response that promises a body and ends without it makes
-    # the server close the connection, and the client fails reading it, as if the connection had dropped.
-    await send({"type": "http.response.start", "status": 503, "headers": [(b"content-length", b"64")]})
+    return json_response(error.status, error.body(), headers)

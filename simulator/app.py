@@ -9,18 +9,20 @@ from functools import partial
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
 from .acs import acs_endpoint
 from .admin import ROUTES, AdminError, admin_error
+from .admin_eventgrid import ADMIN_ROUTES, PUBLIC_ROUTES
 from .logs import log_config
+from .rooms_api import RoomsEndpoint
 from .runtime import Runtime
 from .settings import Settings
 
 
 @asynccontextmanager
 async def lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict[str, Runtime]]:
-    """Make the signing key and callback client at start; stop callbacks and close at shutdown."""
+    """Make the signing keys, HTTP client and Event Grid subscription at start; stop deliveries at shutdown."""
     runtime = Runtime.start(settings)
     try:
         yield {"runtime": runtime}
@@ -34,7 +36,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.log_format == "json":
         # ``uvicorn --factory`` set up its loggers (plain text) before calling this; route them through JSON now.
         logging.config.dictConfig(log_config(settings))
-    routes = [Mount("/_sim", routes=ROUTES), Mount("/calling", app=acs_endpoint)]
+    rooms = RoomsEndpoint()
+    routes = [
+        Mount("/_sim", routes=ROUTES + ADMIN_ROUTES),
+        Mount("/calling", app=acs_endpoint),
+        # Both: a Mount alone would redirect "/rooms" to "/rooms/".
+        Route("/rooms", rooms),
+        Mount("/rooms", app=rooms),
+        *PUBLIC_ROUTES,
+    ]
     return Starlette(
         routes=routes,
         lifespan=partial(lifespan, settings=settings),

@@ -6,12 +6,16 @@ from typing import Any
 
 from . import events
 from .errors import invalid_request
-from .model import Connection, ServerCall
+from .model import Connection, ServerCall, utc_now
 from .operation import Reply, Req, callback_url, find_connection, optional_str
 from .world import Sim
 
 ROOM_NOT_FOUND = (404, 8522, "Room not found.")
 ROOM_CALL_NOT_STARTED = (404, 8522, "The room has no active call; participants must start it before connect.")
+# Not found what ACS answers for a room outside its validity window; the simulator fails the connect the way it
+# fails the other room cases (200, then ConnectFailed), even while a call started earlier is still running:
+# the room "can no longer be joined" after validUntil, and connecting is joining.
+ROOM_NOT_OPEN = (403, 8522, "The room is outside its validity window (validFrom..validUntil) and cannot be joined.")
 CALL_NOT_FOUND = (404, 8522, "Call not found.")
 GROUP_CALLS = (400, 8520, "Group call locators are not supported by the simulator.")
 
@@ -54,6 +58,8 @@ def _locate(sim: Sim, locator: Any) -> tuple[ServerCall | None, events.Result | 
         room = sim.store.rooms.get(str(locator["roomId"]))
         if room is None:
             return None, ROOM_NOT_FOUND, 0.0
+        if not room.is_open(utc_now()):
+            return None, ROOM_NOT_OPEN, 0.0
         if room.call is None or room.call.ended:
             return None, ROOM_CALL_NOT_STARTED, 0.0
         return room.call, None, room.connect_delay_ms

@@ -9,14 +9,21 @@ from typing import Any
 
 from .errors import AcsError
 
-_RATES = ("throttle_rate", "error_rate", "execute_then_fail", "drop_rate", "duplicate_rate")
-_NON_NEGATIVE = ("rate_limit_per_s", "retry_after_s", "latency_ms", "delay_ms")
-_FLAGS = ("reorder", "early_delivery", "callback_target_down")
+_RATES = ("throttle_rate", "error_rate", "execute_then_fail", "drop_rate", "duplicate_rate",
+          "eventgrid_drop_rate", "eventgrid_duplicate_rate")
+_NON_NEGATIVE = ("rate_limit_per_s", "retry_after_s", "latency_ms", "delay_ms", "eventgrid_delay_ms")
+_FLAGS = ("reorder", "early_delivery", "callback_target_down", "eventgrid_reorder", "eventgrid_target_down")
 
 
 @dataclass(frozen=True)
 class Knobs:
-    """Every fault and tuning knob; the defaults simulate a healthy ACS."""
+    """Every fault and tuning knob; the defaults simulate a healthy ACS.
+
+    The callback knobs (``drop_rate`` … ``callback_target_down``) act on Call Automation callbacks only; the
+    ``eventgrid_*`` ones are their Event Grid twins. Separate, because the two are separate services in ACS with
+    separate delivery rules, and a test that loses callbacks should not silently lose Event Grid events too (or
+    the other way round). Flat names, like the rest, so a PUT changes exactly the keys it names.
+    """
 
     seed: int | None = None
     rate_limit_per_s: float = 0.0  # 0 = unlimited
@@ -35,6 +42,12 @@ class Knobs:
     early_delivery: bool = False
     callback_target_down: bool = False
     participants_page_size: int = 100
+    rooms_page_size: int = 50
+    eventgrid_drop_rate: float = 0.0
+    eventgrid_duplicate_rate: float = 0.0
+    eventgrid_reorder: bool = False
+    eventgrid_delay_ms: float = 0.0
+    eventgrid_target_down: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The knobs as ``GET /_sim/faults`` shows them."""
@@ -70,6 +83,7 @@ _RULES: dict[str, tuple[Any, str, Any]] = {
     "seed": (lambda v: v is None or _is_int(v, -(2**63)), "an integer or null", lambda v: v),
     "execute_then_fail_count": (lambda v: _is_int(v, 0), "an integer >= 0", int),
     "participants_page_size": (lambda v: _is_int(v, 1), "an integer >= 1", int),
+    "rooms_page_size": (lambda v: _is_int(v, 1), "an integer >= 1", int),
     "execute_then_fail_operations": (
         lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of operation names", tuple
     ),
@@ -116,9 +130,10 @@ class Faults:
         self._fail_left = 0
 
     def _reseed(self, seed: int | None) -> None:
-        # Two streams, so the number of callbacks sent cannot shift which requests fail, and vice versa.
+        # Separate streams, so the number of callbacks sent cannot shift which requests fail, and vice versa.
         self.request_rng = random.Random(seed)
         self.callback_rng = random.Random(None if seed is None else seed + 1)
+        self.eventgrid_rng = random.Random(None if seed is None else seed + 2)
 
     def _refill(self) -> None:
         self._tokens, self._refilled_at = max(1.0, self.knobs.rate_limit_per_s), time.monotonic()

@@ -6,10 +6,13 @@ import asyncio
 import base64
 import json
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 BEHAVIOURS = ("answer", "busy", "decline", "no-answer")
+MAX_ROOM_SPAN = timedelta(days=180)
 
 
 @dataclass
@@ -27,14 +30,49 @@ class PhoneScript:
         return dict(self.__dict__)
 
 
+def utc_now() -> datetime:
+    """Now, timezone-aware (UTC)."""
+    return datetime.now(UTC)
+
+
 @dataclass
 class Room:
-    """An ACS room; its call exists once participants start it (admin API)."""
+    """An ACS room; its call exists once participants start it (admin API).
+
+    ``participants`` is the room's roster (rawId → role). ``None`` marks a room made by ``POST /_sim/rooms`` without
+    a roster: a simulator-only convenience that admits anyone (ACS has no such room; the Rooms API always makes a
+    roster, possibly empty, and an empty roster admits nobody).
+    """
 
     room_id: str
     pstn_dial_out_enabled: bool = False
     connect_delay_ms: float = 0.0
     call: ServerCall | None = None
+    created_at: datetime = field(default_factory=utc_now)
+    valid_from: datetime = field(default_factory=utc_now)
+    valid_until: datetime = field(default_factory=lambda: utc_now() + MAX_ROOM_SPAN)
+    participants: dict[str, str] | None = None
+    seq: int = 0  # creation order, for paging
+
+    def is_open(self, now: datetime) -> bool:
+        """True inside ``[valid_from, valid_until)``, when the room can be joined."""
+        return self.valid_from <= now < self.valid_until
+
+    def admits(self, raw_id: str) -> bool:
+        """True when ``raw_id`` may join the room's call (listed, or the room has no roster)."""
+        return self.participants is None or raw_id in self.participants
+
+    def role(self, raw_id: str) -> str:
+        """The participant's room role (``Attendee`` when the room has no roster)."""
+        return (self.participants or {}).get(raw_id, "Attendee")
+
+
+@dataclass
+class Member:
+    """An ACS user in a call as Event Grid's participant events describe them."""
+
+    role: str
+    participant_id: str
 
 
 @dataclass
@@ -49,6 +87,9 @@ class ServerCall:
     sequence: int = 1
     ended: bool = False
     recording: Recording | None = None
+    started_at: float = field(default_factory=time.time)
+    started_by: str = ""
+    members: dict[str, Member] = field(default_factory=dict)  # ACS users in the call (Event Grid's view)
 
 
 @dataclass
@@ -102,6 +143,10 @@ class Recording:
     stopped: bool = False
     start_date_time: str = ""
     kind: str = "azureCommunicationServices"
+    content_type: str = "audioVideo"  # ACS's defaults: audioVideo, mixed, mp4
+    channel_type: str = "mixed"
+    format_type: str = "mp4"
+    started_at: float = field(default_factory=time.time)
 
 
 class Ids:
@@ -142,3 +187,11 @@ class Store:
     recordings: dict[str, Recording] = field(default_factory=dict)
     phones: dict[str, PhoneScript] = field(default_factory=dict)
     ids: Ids = field(default_factory=Ids)
+    room_seq: int = 0
+
+    def add_room(self, room: Room) -> Room:
+        """Store ``room`` as the newest one."""
+        self.room_seq += 1
+        room.seq = self.room_seq
+        self.rooms[room.room_id] = room
+        return room

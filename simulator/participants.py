@@ -76,6 +76,7 @@ def _answered(sim: Sim, conn: Connection, invitation: Invitation) -> None:
         return
     invitation.state = "answered"
     call.participants[invitation.target] = False
+    sim.user_joined(call, invitation.target)
     event = events.participant_event(
         conn, "AddParticipantSucceeded", invitation.target, invitation.operation_context, ANSWERED
     )
@@ -102,6 +103,7 @@ def remove_participant(sim: Sim, req: Req) -> Reply:
     if target not in call.participants:
         raise participant_not_present()
     del call.participants[target]
+    sim.user_left(call, target)
     for other in call.connections.values():
         for handle in other.continuous_dtmf.pop(target, []):
             sim.cancel(handle)

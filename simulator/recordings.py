@@ -32,6 +32,9 @@ def start_recording(sim: Sim, req: Req) -> Reply:
         cc = conn.call_connection_id if conn else None
     fallback = sim.store.connections[cc].callback_uri if cc else None
     rec = Recording(sim.store.ids.recording_id(), call, url or fallback, cc)
+    rec.content_type = body.get("recordingContentType") or rec.content_type
+    rec.channel_type = body.get("recordingChannelType") or rec.channel_type
+    rec.format_type = body.get("recordingFormatType") or rec.format_type
     sim.store.recordings[rec.recording_id] = rec
     call.recording = rec
     response = _state(rec)  # ACS answers "inactive"; the recording becomes active just after
@@ -98,6 +101,7 @@ def stop_recording(sim: Sim, req: Req) -> Reply:
     _set_state(sim, rec, "inactive")
     rec.stopped = True
     rec.call.recording = None
+    sim.recording_stopped(rec, "RecordingStopped")
     return Reply(204, None, rec.call_connection_id)
 
 

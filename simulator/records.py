@@ -17,6 +17,7 @@ class StoredResponse:
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    fingerprint: str = ""  # of the request that produced it, where a repeat must match it (Rooms create)
 
 
 class ResponseCache:

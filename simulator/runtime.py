@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import httpx
 
 from .delivery import Dispatcher
+from .entra import EntraSigner
+from .eventgrid import EventGrid
 from .faults import Faults
 from .records import RequestLog, ResponseCache
 from .settings import Settings
@@ -27,10 +29,14 @@ class Runtime:
     log: RequestLog
     cache: ResponseCache
     client: httpx.AsyncClient
+    entra: EntraSigner
+    eventgrid: EventGrid
+    rooms_cache: ResponseCache  # first responses of repeatable Rooms creates
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
-        """Generate the signing key and open the shared callback client."""
+        """Generate the signing keys, open the shared HTTP client, create the environment's Event Grid subscription
+        (so: call it with the event loop running)."""
         signer = CallbackSigner(
             issuer=settings.issuer,
             audience=settings.resource_id,
@@ -44,16 +50,26 @@ class Runtime:
         dispatcher = Dispatcher(
             client, signer, faults, attempts=settings.callback_attempts, backoff_s=settings.callback_backoff_s
         )
-        return cls(settings, signer, faults, Sim(dispatcher, faults), RequestLog(), ResponseCache(), client)
+        entra = EntraSigner(settings.public_url)
+        eventgrid = EventGrid(settings, client, entra, faults)
+        sim = Sim(dispatcher, faults, eventgrid, public_url=settings.public_url, resource_id=settings.resource_id,
+                  recording_file_delay_s=settings.recording_file_delay_s)
+        eventgrid.start()
+        return cls(settings, signer, faults, sim, RequestLog(), ResponseCache(), client, entra, eventgrid,
+                   ResponseCache())
 
     async def reset(self) -> None:
-        """``POST /_sim/reset``: rooms, calls, logs, repeatability and faults all start over."""
+        """``POST /_sim/reset``: rooms, calls, logs, repeatability, faults and runtime Event Grid subscriptions all
+        start over (the environment's subscription stays)."""
         await self.sim.reset()
+        await self.eventgrid.reset()
         self.faults.clear()
         self.log.clear()
         self.cache.clear()
+        self.rooms_cache.clear()
 
     async def close(self) -> None:
         """Stop delivering callbacks and close the client."""
         await self.sim.reset()
+        await self.eventgrid.close()
         await self.client.aclose()

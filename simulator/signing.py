@@ -23,7 +23,7 @@ class CallbackSigner:
         self.jwks_uri = jwks_uri
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._jwk = json.loads(RSAAlgorithm.to_jwk(self._key.public_key()))
-        self.kid = _thumbprint(self._jwk)
+        self.kid = thumbprint(self._jwk)
         self._jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
         self._minted: tuple[int, str] = (-1, "")
 
@@ -53,7 +53,7 @@ class CallbackSigner:
         }
 
 
-def _thumbprint(jwk: dict[str, str]) -> str:
-    # RFC 7638 thumbprint: stable for the key, so a kid never collides across restarts by accident.
+def thumbprint(jwk: dict[str, str]) -> str:
+    """RFC 7638 thumbprint of an RSA JWK: stable for the key, so a kid never collides across restarts by accident."""
     canonical = json.dumps({"e": jwk["e"], "kty": jwk["kty"], "n": jwk["n"]}, separators=(",", ":"))
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()

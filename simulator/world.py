@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from . import events
+from . import acs_events, events
 from .delivery import Dispatcher
 from .events import Result
 from .faults import Faults
-from .model import Connection, Recording, ServerCall, Store
+from .model import Connection, Member, Recording, ServerCall, Store
+
+
+class Publisher(Protocol):
+    """Where the resource's Event Grid events go (``eventgrid.EventGrid``)."""
+
+    @property
+    def active(self) -> bool:
+        """True when some subscription would deliver an event published now."""
+
+    def publish(self, event: acs_events.Event) -> None:
+        """Hand one event to every validated subscription."""
 
 
 class Sim:
     """Shared by the ACS endpoints, the admin API and timers; lives in the app's lifespan state."""
 
-    def __init__(self, dispatcher: Dispatcher, faults: Faults) -> None:
+    def __init__(self, dispatcher: Dispatcher, faults: Faults, eventgrid: Publisher | None = None, *,
+                 public_url: str = "", resource_id: str = "", recording_file_delay_s: float = 5.0) -> None:
         self.store = Store()
         self.dispatcher = dispatcher
         self.faults = faults
+        self.eventgrid = eventgrid
+        self.public_url = public_url
+        self.resource_id = resource_id
+        self.recording_file_delay_s = recording_file_delay_s
         self._timers: set[asyncio.TimerHandle] = set()
         # While an ACS request executes, the acks of the events it sends are collected here so the
         # "early_delivery" fault can hold the response until they arrived. Handlers are synchronous,
@@ -82,6 +99,49 @@ class Sim:
         if not rec.call.ended:
             self.send(rec.callback_uri, events.recording_state_changed(rec))
 
+    # -- Event Grid ------------------------------------------------------------------------------------
+
+    def _publisher(self) -> Publisher | None:
+        # Asked before building an event: with no validated subscription (benchmarks) nothing is built.
+        return self.eventgrid if self.eventgrid is not None and self.eventgrid.active else None
+
+    def _admit(self, call: ServerCall, raw_id: str) -> Member | None:
+        if not acs_events.is_acs_user(raw_id) or raw_id in call.members:
+            return None
+        room = self.store.rooms.get(call.room_id or "")
+        member = call.members[raw_id] = Member(room.role(raw_id) if room else "Attendee", self.store.ids.uuid())
+        return member
+
+    def call_started(self, call: ServerCall, raw_ids: list[str]) -> None:
+        """Participants started ``call``: CallStarted, then CallParticipantAdded for each ACS user."""
+        call.started_by = raw_ids[0]
+        admitted = [(raw, m) for raw in raw_ids if (m := self._admit(call, raw)) is not None]
+        if (eg := self._publisher()) is not None:
+            eg.publish(acs_events.call_started(call))
+            for raw, member in admitted:
+                eg.publish(acs_events.participant_event(call, acs_events.PARTICIPANT_ADDED, raw, member))
+
+    def user_joined(self, call: ServerCall, raw_id: str) -> None:
+        """An ACS user is in the call now (joined, or answered Call Automation's invitation)."""
+        member = self._admit(call, raw_id)
+        if member is not None and (eg := self._publisher()) is not None:
+            eg.publish(acs_events.participant_event(call, acs_events.PARTICIPANT_ADDED, raw_id, member))
+
+    def user_left(self, call: ServerCall, raw_id: str) -> None:
+        """An ACS user left the call (hung up, was removed, or the call ended)."""
+        member = call.members.pop(raw_id, None)
+        if member is not None and (eg := self._publisher()) is not None:
+            eg.publish(acs_events.participant_event(call, acs_events.PARTICIPANT_REMOVED, raw_id, member))
+
+    def recording_stopped(self, rec: Recording, session_end_reason: str) -> None:
+        """Schedule RecordingFileStatusUpdated, ``recording_file_delay_s`` from now."""
+        self.later(self.recording_file_delay_s, self._recording_file_ready, rec, time.time(), session_end_reason)
+
+    def _recording_file_ready(self, rec: Recording, stopped_at: float, session_end_reason: str) -> None:
+        if (eg := self._publisher()) is not None:
+            eg.publish(acs_events.recording_file(rec, public_url=self.public_url, stopped_at=stopped_at,
+                                                 session_end_reason=session_end_reason))
+
     # -- shared transitions ----------------------------------------------------------------------------
 
     def establish(self, conn: Connection) -> None:
@@ -116,8 +176,12 @@ class Sim:
         if conn.call is not None:
             conn.call.connections.pop(conn.call_connection_id, None)
 
-    def end_call(self, call: ServerCall, result: Result) -> None:
-        """The call ends for everyone: recording stops, then every connection gets CallDisconnected."""
+    def end_call(self, call: ServerCall, result: Result, *, by_participant: str | None = None) -> None:
+        """The call ends for everyone: recording stops, every connection gets CallDisconnected, then Event Grid
+        hears CallParticipantRemoved for each ACS user left and CallEnded.
+
+        ``by_participant`` names who ended it; None means Call Automation (terminate).
+        """
         rec = call.recording
         if rec is not None:
             if rec.state == "active":
@@ -125,8 +189,17 @@ class Sim:
                 self.emit_recording(rec)
             rec.stopped = True
             call.recording = None
+            self.recording_stopped(rec, "CallEnded")
         for conn in list(call.connections.values()):
             self.disconnect(conn, result)
+        for raw_id in list(call.members):
+            self.user_left(call, raw_id)
+        if (eg := self._publisher()) is not None:
+            if by_participant is None:
+                ended_by, reason = acs_events.ended_by_automation(self.resource_id), acs_events.ENDED_BY_AUTOMATION
+            else:
+                ended_by, reason = acs_events.ended_by_participant(by_participant), acs_events.ENDED_BY_PARTICIPANTS
+            eg.publish(acs_events.call_ended(call, ended_by, reason))
         call.ended = True
         room = self.store.rooms.get(call.room_id or "")
         if room is not None and room.call is call:
