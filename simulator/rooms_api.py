@@ -81,15 +81,15 @@ class RoomsEndpoint:
         except RoomsError as exc:
             return await send_response(send, _error(exc, echo))
         request = _Request(rt, operation, room_id, params, parsed, headers, echo, _base_url(scope, headers))
-        response, fault = _run(request, body)
+        response, fault, executed = _run(request)
+        if executed and 200 <= response.status < 300 and operation in _MUTATING:
+            rt.log.add(method=method, path=unquote(raw_path), operation=operation, body=parsed,
+                       call_connection_id=None, repeatability_id=headers.get("repeatability-request-id"),
+                       status=response.status, fault=fault)
         if fault == "drop":
             return await drop(send)
         if fault == "503":
             response = _error(RoomsError(503, "ServiceUnavailable", "The service is temporarily unavailable."), echo)
-        if 200 <= response.status < 300 and operation in _MUTATING:
-            rt.log.add(method=method, path=unquote(raw_path), operation=operation, body=parsed,
-                       call_connection_id=None, repeatability_id=headers.get("repeatability-request-id"),
-                       status=response.status, fault=fault)
         await send_response(send, response)
 
 
@@ -102,20 +102,22 @@ class _Request:
         self.body, self.headers, self.echo, self.base_url = body or {}, headers, echo, base_url
 
 
-def _run(req: _Request, raw_body: bytes) -> tuple[StoredResponse, str | None]:
-    """Execute (synchronously: nothing interleaves with the state change); the execute_then_fail fault's verdict."""
+def _run(req: _Request) -> tuple[StoredResponse, str | None, bool]:
+    """Execute (synchronously: nothing interleaves with the state change): the response, the execute_then_fail
+    fault's verdict, and whether anything executed (a replayed create did not: no fault, no log entry)."""
     try:
         if req.operation == "createRoom":
-            response = _create(req, raw_body)
+            response, executed = _create(req)
         else:
-            response = json_response(*_HANDLERS[req.operation](req), req.echo)
+            response, executed = json_response(*_HANDLERS[req.operation](req), req.echo), True
     except RoomsError as exc:
-        return _error(exc, req.echo), None
-    fault = req.rt.faults.fail_after_execute(req.operation, mutating=req.operation in _MUTATING)
-    return response, fault
+        return _error(exc, req.echo), None, False
+    if not executed:
+        return response, None, False
+    return response, req.rt.faults.fail_after_execute(req.operation, mutating=req.operation in _MUTATING), True
 
 
-def _create(req: _Request, raw_body: bytes) -> StoredResponse:
+def _create(req: _Request) -> tuple[StoredResponse, bool]:
     cache, request_id = req.rt.rooms_cache, _repeatability(req.headers)
     fingerprint = hashlib.sha256(json.dumps(req.body, sort_keys=True).encode()).hexdigest()
     if request_id is not None:
@@ -123,7 +125,7 @@ def _create(req: _Request, raw_body: bytes) -> StoredResponse:
         if first is not None:
             if first.fingerprint != fingerprint:
                 raise rooms.bad_request("The Repeatability-Request-ID was already used with a different request.")
-            return first  # replayed: nothing created
+            return first, False
     room = rooms.create(req.rt.sim.store, req.body, utc_now())
     headers = req.echo + ((b"location", room.room_id.encode()),)
     if request_id is not None:
@@ -131,7 +133,7 @@ def _create(req: _Request, raw_body: bytes) -> StoredResponse:
     response = json_response(201, rooms.room_json(room), headers)
     if request_id is not None:
         cache.put(request_id, StoredResponse(response.status, response.headers, response.body, fingerprint))
-    return response
+    return response, True
 
 
 def _repeatability(headers: dict[str, str]) -> str | None:

@@ -16,6 +16,7 @@ from simulator.settings import Settings
 # works under any pytest import mode (this directory has no __init__.py: "tests.simulator" would shadow the
 # real "simulator" package under the default mode).
 sys.path.insert(0, str(Path(__file__).parent))
+from eghook import Hook
 from simharness import KEY, Receiver, ServerThread, Sim
 
 from tests.conftest import free_port
@@ -29,9 +30,16 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="session")
+def hook() -> Iterator[Hook]:
+    h = Hook()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="session")
 def sim_server() -> Iterator[tuple[str, Settings]]:
     port = free_port()
-    settings = Settings(access_key=KEY, port=port, callback_backoff_s=0.01)
+    settings = Settings(access_key=KEY, port=port, callback_backoff_s=0.01, recording_file_delay_s=0.05)
     with ServerThread(create_app(settings), port):
         yield f"http://127.0.0.1:{port}", settings
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import uvicorn
 from azure.communication.callautomation import CallAutomationClient, CallConnectionClient
+from azure.communication.rooms import RoomsClient
 from azure.core.credentials import AzureKeyCredential
 
 from simulator.settings import Settings
@@ -152,6 +153,31 @@ class Sim:
     def client(self, **kwargs: Any) -> CallAutomationClient:
         kwargs.setdefault("retry_total", 0)
         return CallAutomationClient(self.base, AzureKeyCredential(KEY), **kwargs)
+
+    def rooms_client(self, **kwargs: Any) -> RoomsClient:
+        """The unmodified Rooms SDK over http, built as callq builds it (api_version as a plain str)."""
+        kwargs.setdefault("retry_total", 0)
+        kwargs.setdefault("api_version", "2025-03-13")
+        return RoomsClient(self.base, AzureKeyCredential(KEY), **kwargs)
+
+    def subscribe(self, name: str, endpoint_url: str, *, wait: bool = True, **config: Any) -> dict[str, Any]:
+        """PUT an Event Grid subscription (retry_scale 0.001 unless given); wait until it is validated."""
+        config.setdefault("retry_scale", 0.001)
+        response = self.admin.put(f"/_sim/eventgrid/subscriptions/{name}", json={"endpoint_url": endpoint_url,
+                                                                                  **config})
+        assert response.status_code in (200, 201), response.text
+        if wait:
+            wait_until(lambda: self.subscription(name)["status"] == "Succeeded", timeout_s=5.0,
+                       what=f"subscription {name} to be validated")
+        return self.subscription(name)
+
+    def subscription(self, name: str) -> dict[str, Any]:
+        response = self.admin.get(f"/_sim/eventgrid/subscriptions/{name}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def eg_log(self, **filters: str) -> list[dict[str, Any]]:
+        return self.admin.get("/_sim/eventgrid/deliveries", params=filters).json()
 
     def acs(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
         """A raw ACS request, HMAC-signed like the SDK signs it."""
