@@ -58,9 +58,8 @@ def _participant(raw_id: str, role: str) -> dict[str, Any]:
 
 
 def _common(call: ServerCall) -> dict[str, Any]:
-    starter = call.members.get(call.started_by)
     return {
-        "startedBy": _participant(call.started_by, starter.role if starter else "Attendee"),
+        "startedBy": _participant(call.started_by, call.started_by_role),
         "serverCallId": call.server_call_id,
         "group": {"id": ZERO_GROUP},
         "room": {"id": call.room_id},

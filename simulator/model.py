@@ -89,6 +89,7 @@ class ServerCall:
     recording: Recording | None = None
     started_at: float = field(default_factory=time.time)
     started_by: str = ""
+    started_by_role: str = "Attendee"
     members: dict[str, Member] = field(default_factory=dict)  # ACS users in the call (Event Grid's view)
 
 

@@ -114,8 +114,10 @@ class Sim:
 
     def call_started(self, call: ServerCall, raw_ids: list[str]) -> None:
         """Participants started ``call``: CallStarted, then CallParticipantAdded for each ACS user."""
-        call.started_by = raw_ids[0]
         admitted = [(raw, m) for raw in raw_ids if (m := self._admit(call, raw)) is not None]
+        call.started_by = raw_ids[0]
+        starter = call.members.get(call.started_by)
+        call.started_by_role = starter.role if starter else "Attendee"
         if (eg := self._publisher()) is not None:
             eg.publish(acs_events.call_started(call))
             for raw, member in admitted:
