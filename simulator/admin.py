@@ -280,9 +280,9 @@ def _filtered(entries: list[dict[str, Any]], request: Request, keys: tuple[str, 
 
 
 async def stats(request: Request) -> Response:
-    """Counters for benchmarks: ACS requests seen, callback POSTs and events."""
+    """Counters for benchmarks: ACS requests seen, callback POSTs and events, Event Grid POSTs and events."""
     rt = _rt(request)
-    return JSONResponse({"requests": rt.log.requests_seen, **rt.sim.dispatcher.stats})
+    return JSONResponse({"requests": rt.log.requests_seen, **rt.sim.dispatcher.stats, **rt.eventgrid.stats})
 
 
 async def reset(request: Request) -> Response:

@@ -121,7 +121,8 @@ class Hook:
         with self._cond:
             ok = self._cond.wait_for(lambda: predicate([r for r in self.requests if r.path.partition("?")[0] == path]),
                                      timeout_s)
-        assert ok, f"requests at {path} never matched; got {[(r.method, r.headers.get('aeg-event-type')) for r in self.at(path)]}"
+        seen = [(r.method, r.headers.get("aeg-event-type")) for r in self.at(path)]
+        assert ok, f"requests at {path} never matched; got {seen}"
         return self.at(path)
 
     def wait_events(self, path: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 5.0

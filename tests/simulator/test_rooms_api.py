@@ -55,8 +55,9 @@ def test_create_with_participants_and_roles_then_get(sim: Sim) -> None:
 
 
 def test_create_raw_reply_has_201_location_repeatability_result_and_all_five_fields(sim: Sim) -> None:
+    repeatability = {"Repeatability-Request-ID": str(uuid.uuid4()), "Repeatability-First-Sent": _first_sent()}
     response = sim.acs("POST", f"/rooms?{V}", {"validFrom": None, "validUntil": None, "pstnDialOutEnabled": False},
-                       headers={"Repeatability-Request-ID": str(uuid.uuid4()), "Repeatability-First-Sent": _first_sent()})
+                       headers=repeatability)
     assert response.status_code == 201
     body = response.json()
     assert list(body) == ["id", "createdAt", "validFrom", "validUntil", "pstnDialOutEnabled"]
