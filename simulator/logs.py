@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import uvicorn.config
 
@@ -58,6 +59,11 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
+def _url_secrets(settings: Settings) -> list[str]:
+    # The Event Grid endpoint may carry a secret query parameter under any name, not only token/sig/code.
+    return [value for _, value in parse_qsl(urlsplit(settings.eventgrid_url).query) if len(value) >= 4]
+
+
 def log_config(settings: Settings) -> dict[str, Any]:
     """uvicorn's ``log_config`` for these settings: its own default for text, every logger through JSON for json."""
     if settings.log_format != "json":
@@ -66,7 +72,7 @@ def log_config(settings: Settings) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter, "secrets": [settings.access_key]}},
+        "formatters": {"json": {"()": JsonFormatter, "secrets": [settings.access_key, *_url_secrets(settings)]}},
         "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "loggers": {"uvicorn": json_lines, "uvicorn.error": {"level": "INFO"}, "uvicorn.access": json_lines,
                     "simulator": json_lines},

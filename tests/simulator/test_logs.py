@@ -31,3 +31,12 @@ def test_text_mode_keeps_uvicorns_own_log_config() -> None:
     assert log_config(Settings(access_key=KEY)) is uvicorn.config.LOGGING_CONFIG
     json_config = log_config(Settings(access_key=KEY, log_format="json"))
     assert {"uvicorn", "uvicorn.error", "uvicorn.access"} <= json_config["loggers"].keys()
+
+
+def test_event_grid_url_secret_is_scrubbed() -> None:
+    settings = Settings(access_key=KEY, log_format="json", eventgrid_url="http://h/eg?clientSecret=hunter22")
+    formatter = log_config(settings)["formatters"]["json"]
+    line = JsonFormatter(secrets=formatter["secrets"]).format(
+        logging.LogRecord("simulator", logging.INFO, __file__, 1, "posting to http://h/eg?clientSecret=hunter22",
+                          None, None))
+    assert "hunter22" not in line
