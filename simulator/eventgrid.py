@@ -154,11 +154,11 @@ def handshake_wait_s(attempt: int, *, scale: float) -> float:
     return float(min(HANDSHAKE_MAX_WAIT_S, HANDSHAKE_FIRST_WAIT_S * 2 ** (attempt - 1)) * scale)
 
 
-def envelope(event: Event, topic: str) -> dict[str, Any]:
+def envelope(event: Event, topic: str, event_time_s: float | None = None) -> dict[str, Any]:
     """One event in the Event Grid schema."""
     event_type, subject, data = event
     return {"id": str(uuid.uuid4()), "topic": topic, "subject": subject, "data": data, "eventType": event_type,
-            "dataVersion": "1.0", "metadataVersion": "1", "eventTime": timestamp()}
+            "dataVersion": "1.0", "metadataVersion": "1", "eventTime": timestamp(event_time_s)}
 
 
 def cloud_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +227,7 @@ class EventGrid:
         self.stats = {"eventgrid_posts": 0, "eventgrid_events_delivered": 0, "eventgrid_events_dropped": 0}
         self._jitter = random.Random()
         self._env = config_from_env(settings)
+        self._last_event_s = 0.0
 
     # -- subscriptions ---------------------------------------------------------------------------------
 
@@ -294,8 +295,13 @@ class EventGrid:
         return any(sub.status == "Succeeded" for sub in self.subscriptions.values())
 
     def publish(self, event: Event) -> None:
-        """Queue one event for every validated subscription (same id for each, as Event Grid does)."""
-        wrapped = envelope(event, self.settings.topic)
+        """Queue one event for every validated subscription (same id for each, as Event Grid does).
+
+        Deliveries come in any order, but ``eventTime`` grows strictly with each event published (CallStarted
+        before the CallParticipantAdded published with it, even within one microsecond), so a receiver can sort.
+        """
+        self._last_event_s = max(time.time(), self._last_event_s + 1e-6)
+        wrapped = envelope(event, self.settings.topic, self._last_event_s)
         now = time.monotonic()
         ready_at = now + self.faults.knobs.eventgrid_delay_ms / 1000.0
         for sub in self.subscriptions.values():

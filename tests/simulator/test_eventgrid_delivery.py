@@ -226,3 +226,13 @@ def test_environment_subscription_validates_once_up_and_survives_reset(env_sim: 
     _call(sim, ALICE)
     hook.wait_events(path, lambda evs: len(evs) == 2)
     assert handshakes == len([r for r in hook.at(path) if r.headers.get("aeg-event-type") == "SubscriptionValidation"])
+
+
+def test_event_times_grow_with_each_event_published_together(sim: Sim, hook: Hook) -> None:
+    path = hook.new_path()
+    sim.subscribe("ordered-times", hook.url(path))
+    _call(sim, ALICE, BOB, CAROL)
+    events = hook.wait_events(path, lambda evs: len(evs) == 4)
+    by_time = [e["eventType"].rsplit(".", 1)[1] for e in sorted(events, key=lambda e: e["eventTime"])]
+    assert by_time == ["CallStarted"] + ["CallParticipantAdded"] * 3
+    assert len({e["eventTime"] for e in events}) == 4
