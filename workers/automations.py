@@ -40,6 +40,7 @@ from workers.settings import Settings
 log = logging.getLogger("callq.automations")
 POLL_S = 0.5  # while the connect is on its way
 WATCH_S = 2.0  # while the steps run
+END_GRACE_S = 5.0  # how long a failed step waits for news that the call ended (then the run is failed)
 LATE_S = 60.0
 LOCK_MS = 30_000
 RUN_TERMINAL = frozenset({"succeeded", "failed", "ended"})
@@ -147,13 +148,30 @@ class Runs:
         if any(s["status"] not in (Status.SUCCEEDED, Status.FAILED) for s in statuses):
             return self.clock() + WATCH_S
         failed = next((s for s in statuses if s["status"] == Status.FAILED), None)
-        if ended and len(statuses) < steps or failed and (failed.get("error") or {}).get("code") == "call_ended":
+        if failed and not ended and (failed.get("error") or {}).get("code") != "call_ended":
+            # A step that failed as the call ended (a play cut off, say) may be told before the call's end is (the
+            # callback and Event Grid are separate channels): give the end a moment to arrive before calling the
+            # run failed rather than ended.
+            ended = self._call_over(room_id, scid, run)
+            first_seen = float(run.get("failure_seen_at") or 0) or self.clock()
+            if not ended and self.clock() - first_seen < END_GRACE_S:
+                if not run.get("failure_seen_at"):
+                    self._set(room_id, scid, run, failure_seen_at=str(first_seen))
+                return self.clock() + POLL_S
+        if ended and len(statuses) < steps or failed and (
+                ended or (failed.get("error") or {}).get("code") == "call_ended"):
             return self._finish(room_id, scid, run, "ended", _error(
                 "call_ended", "The call ended before every step had run.", failed.get("error") if failed else None))
         if failed:
             return self._finish(room_id, scid, run, "failed", _error(
                 "step_failed", f"Step {statuses.index(failed)} ({failed['type']}) failed.", failed.get("error")))
         return self._finish(room_id, scid, run, "succeeded")
+
+    def _call_over(self, room_id: str, scid: str, run: dict[str, str]) -> bool:
+        fresh = self._hash(keys.room_run_key(room_id, scid))
+        cc = fresh.get("call_connection_id") or run.get("call_connection_id") or ""
+        return fresh.get("call_ended") == "1" or (bool(cc) and self.redis.hget(keys.call_key(cc), "state") ==
+                                                  "disconnected")
 
     def _ids(self, room_id: str, scid: str) -> list[str]:
         return cast("list[str]", self.redis.lrange(keys.room_run_commands_key(room_id, scid), 0, -1))

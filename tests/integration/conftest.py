@@ -125,6 +125,33 @@ def stack_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     return env
 
 
+EVENTGRID_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+EVENTGRID_AUDIENCE = "api://callq-integration"
+
+
+def with_eventgrid(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """``stack_env`` with Event Grid wired as `callq up` wires it: the simulator's subscription posts to callq with an
+    Entra token for callq's audience; callq trusts the simulator's OpenID document for that tenant. (For a module's
+    own ``stack_env`` fixture.)"""
+    sim = stack_env["CALLQ_ACS_ENDPOINT"]
+    extra = {
+        "CALLQ_SIM_EVENTGRID_URL": f"{stack_env['CALLQ_PUBLIC_URL']}/v1/eventgrid/events",
+        "CALLQ_SIM_EVENTGRID_TENANT_ID": EVENTGRID_TENANT,
+        "CALLQ_SIM_EVENTGRID_AUDIENCE": EVENTGRID_AUDIENCE,
+        "CALLQ_EVENTGRID_TENANT_ID": EVENTGRID_TENANT,
+        "CALLQ_EVENTGRID_AUDIENCE": EVENTGRID_AUDIENCE,
+        "CALLQ_EVENTGRID_OPENID_URL": f"{sim}/entra/{EVENTGRID_TENANT}/v2.0/.well-known/openid-configuration",
+    }
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    return {**stack_env, **extra}
+
+
+def eventgrid_validated(simulator: Server) -> bool:
+    """Whether the simulator's one Event Grid subscription has passed its handshake with callq."""
+    return [s.get("status") for s in simulator.http.get("/_sim/eventgrid/subscriptions").json()] == ["Succeeded"]
+
+
 @pytest.fixture
 def stack_settings(stack_env: dict[str, str]) -> Settings:
     return Settings.from_env(stack_env)

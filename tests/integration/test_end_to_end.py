@@ -8,12 +8,20 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from callq import demo
-from tests.conftest import TEST_API_KEY
-from tests.integration.conftest import Server, ThreadServer
+from tests.conftest import TEST_API_KEY, wait_until
+from tests.integration.conftest import Server, ThreadServer, eventgrid_validated, with_eventgrid
 from workers.acs import repeatability_id
 from workers.settings import Settings
+
+
+@pytest.fixture
+def stack_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Event Grid wired as `callq up` wires it: the demo's automation needs the room call's CallStarted."""
+    return with_eventgrid(stack_env, monkeypatch)
+
 
 # The seed doc's room-call actions, in the order the demo runs them, each with the event that resolves it
 # ("-": resolved by ACS's HTTP answer, as stop recording is).
@@ -113,6 +121,7 @@ def test_demo_runs_the_seed_scenario_and_every_command_succeeds(simulator: Threa
                                                              stack_settings: Settings,
                                                              start_worker: Callable) -> None:  # type: ignore[type-arg]
     start_worker()
+    wait_until(lambda: eventgrid_validated(simulator), timeout_s=30, what="the simulator's Event Grid subscription")
     out = io.StringIO()
     code = demo.run(stack_settings, api_key=TEST_API_KEY, out=out)
     text = out.getvalue()
@@ -120,3 +129,8 @@ def test_demo_runs_the_seed_scenario_and_every_command_succeeds(simulator: Threa
     lines = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit()]
     assert [(cols[1], cols[2], cols[3]) for cols in lines] == SEED_SCENARIO, text
     assert "10 of 10 commands succeeded" in text
+    # The room made through callq: its call starts in the simulator and callq joins, records and welcomes alone.
+    automated = [line.split() for line in text.splitlines() if line.strip()[:2] in ("a1", "a2", "a3")]
+    assert [(cols[1], cols[2]) for cols in automated] == [
+        ("connect", "succeeded"), ("start_recording", "succeeded"), ("play", "succeeded")], text
+    assert " succeeded (callq joined on CallStarted)" in text and "CallEnded" in text

@@ -192,3 +192,39 @@ def test_only_the_latest_wake_up_of_a_run_is_honoured(runs: Runs) -> None:
     runs.advance(ROOM, SCID, None)
     token = r.hget(keys.room_run_key(ROOM, SCID), "wake_token")
     assert token and runs.advance(ROOM, SCID, "an-old-token") == "stale"
+
+
+def _running_with_steps(runs: Runs) -> list[dict[str, str]]:
+    r = runs.redis
+    manage(r)
+    deliver(r, event("CallStarted", "e1"))
+    runs.advance(ROOM, SCID, None)
+    (connect,) = commands_of(r)
+    finish(r, connect["id"], "succeeded", call_connection_id="cc-1")
+    r.hset(keys.call_key("cc-1"), mapping={"state": "connected", "server_call_id": SCID, "client": "alice"})
+    runs.advance(ROOM, SCID, None)
+    return commands_of(r)[1:]
+
+
+def test_a_step_cut_off_as_the_call_ends_is_an_ended_run_whichever_news_comes_first(runs: Runs) -> None:
+    r = runs.redis
+    recording, play = _running_with_steps(runs)
+    finish(r, recording["id"], "succeeded")
+    finish(r, play["id"], "failed", error=json.dumps({"code": "acs_failed", "message": "PlayFailed"}))
+    assert runs.advance(ROOM, SCID, None) == "running"  # the call's end may be on its way
+    r.hset(keys.call_key("cc-1"), "state", "disconnected")  # CallDisconnected came
+    assert runs.advance(ROOM, SCID, None) == "ended"
+
+
+def test_a_step_that_fails_in_a_live_call_fails_the_run(runs: Runs) -> None:
+    r = runs.redis
+    now = [1_000.0]
+    runs.clock = lambda: now[0]
+    recording, play = _running_with_steps(runs)
+    finish(r, recording["id"], "succeeded")
+    finish(r, play["id"], "failed", error=json.dumps({"code": "acs_failed", "message": "PlayFailed 8535"}))
+    assert runs.advance(ROOM, SCID, None) == "running"
+    now[0] += 6.0  # past the grace: no news of the call ending
+    assert runs.advance(ROOM, SCID, None) == "failed"
+    error = json.loads(r.hget(keys.room_run_key(ROOM, SCID), "error") or "{}")
+    assert error["code"] == "step_failed" and error["cause"]["code"] == "acs_failed"
