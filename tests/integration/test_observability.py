@@ -148,8 +148,8 @@ def _flower(stack: RunningStack, http: httpx.Client) -> list[str]:
             # Only ids (a command's, or a schedule's with its occurrence time and wake token): never a payload.
             assert re.fullmatch(r"\['cmd_[0-9a-f]{32}'\]|\[('rs_[0-9a-f]{28}'(, \d+(, ('[0-9a-f]{32}'|None))?)?)?\]",
                                 task["args"]), task
-        else:  # other tasks (schedules) carry ids and numbers only
-            assert re.fullmatch(r"\[(('[\w-]+'|\d+)(, )?)*\]", task["args"]), task
+        else:  # other tasks (schedules, automation runs, beat's sweep) carry ids, numbers and wake tokens only
+            assert re.fullmatch(r"\(\)|\[(('[\w-]+'|\d+|None)(, )?)*\]", task["args"]), task
     pages = [json.dumps(tasks), http.get(f"{stack.flower_url}/workers", auth=auth).text]
     pages += [http.get(f"{stack.flower_url}/task/{task_id}", auth=auth).text for task_id in list(tasks)[:40]]
     return pages

@@ -118,7 +118,7 @@ def _aim(case: schemathesis.Case[Any]) -> None:
         case.headers["Idempotency-Key"] = f"contract-{next(_KEYS)}"
 
 
-# Valid-looking schedules may still be refused: a start in the past, a cron the grammar rejects, an unknown
+# Valid-looking schedules (and rooms, see _rooms) may still be refused: a start in the past, a cron the grammar rejects, an unknown
 # timezone, overlapping pause windows are checked by the route (and the clock), not expressible in the schema.
 SCHEDULE_CHECKS = [c for c in CHECKS if c is not checks.positive_data_acceptance]
 
@@ -128,4 +128,12 @@ SCHEDULE_CHECKS = [c for c in CHECKS if c is not checks.positive_data_acceptance
 def test_every_route_answers_as_its_contract_says(case: schemathesis.Case[Any], app: Starlette) -> None:
     _aim(case)
     schedule = case.operation.path == "/v1/recording-schedules" and case.method == "POST"
-    case.call_and_validate(headers=AUTH, checks=SCHEDULE_CHECKS if schedule else CHECKS)
+    case.call_and_validate(headers=AUTH, checks=SCHEDULE_CHECKS if schedule or _rooms(case) else CHECKS)
+
+
+def _rooms(case: schemathesis.Case[Any]) -> bool:
+    """Room and automation routes may refuse schema-valid requests: ACS answers for rooms (an id it never made, one
+    of another length), and some rules need the clock or the whole list (a window in the past, a participant listed
+    twice, connect first and only first) where a schema cannot say them."""
+    path = case.operation.path
+    return path == "/v1/automation" or (path.startswith("/v1/rooms") and not path.endswith("/connect"))
