@@ -118,8 +118,9 @@ def _aim(case: schemathesis.Case[Any]) -> None:
         case.headers["Idempotency-Key"] = f"contract-{next(_KEYS)}"
 
 
-# Valid-looking schedules (and rooms, see _rooms) may still be refused: a start in the past, a cron the grammar rejects, an unknown
-# timezone, overlapping pause windows are checked by the route (and the clock), not expressible in the schema.
+# Valid-looking schedules (and rooms, see _rooms) may still be refused: a start in the past, a cron the grammar
+# rejects, an unknown timezone, overlapping pause windows are checked by the route (and the clock), not expressible in
+# the schema.
 SCHEDULE_CHECKS = [c for c in CHECKS if c is not checks.positive_data_acceptance]
 
 
