@@ -7,6 +7,7 @@ Real Redis, the simulator and the API (uvicorn threads), a real Celery worker pr
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -179,3 +180,75 @@ def test_a_call_that_ends_before_its_steps_finish_ends_the_run(stack: httpx.Clie
     run = _ended_run(api, room_id)
     assert run["state"] == "ended" and run["error"]["code"] == "call_ended"
     assert run["steps"][-1]["status"] == "failed"
+
+
+QUERY_TOKEN = "integration-query-token-0123456789"
+
+
+def _call_started(room_id: str, server_call_id: str, event_id: str) -> list[dict[str, Any]]:
+    return [{"id": event_id, "topic": "/subscriptions/s/resourcegroups/g/providers/microsoft.communication/"
+             "communicationservices/acs", "subject": f"call/{server_call_id}/startedBy/{TEACHER}",
+             "eventType": "Microsoft.Communication.CallStarted", "dataVersion": "1.0", "metadataVersion": "1",
+             "eventTime": "2026-12-03T10:00:00.0000000Z",
+             "data": {"startedBy": {"communicationIdentifier": {"rawId": TEACHER}, "role": "Presenter"},
+                      "serverCallId": server_call_id, "room": {"id": room_id}, "correlationId": "corr",
+                      "isTwoParty": False, "isRoomsCall": True}}]
+
+
+def test_one_call_started_delivered_to_two_api_processes_at_once_runs_once(
+        stack_env: dict[str, str], simulator: ThreadServer, api_server: ThreadServer, api: httpx.Client,
+        tmp_path: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Event Grid may deliver the same event twice, to two API processes behind a load balancer, at the same time."""
+    from tests.conftest import free_port
+    from tests.integration.conftest import ProcessServer
+
+    second_env = {**stack_env, "CALLQ_API_PORT": str(free_port()), "CALLQ_EVENTGRID_QUERY_TOKENS": QUERY_TOKEN}
+    second = ProcessServer("api.app:create_app", second_env, int(second_env["CALLQ_API_PORT"]),
+                           tmp_path / "api2.log").start()
+    third_env = {**second_env, "CALLQ_API_PORT": str(free_port())}
+    third = ProcessServer("api.app:create_app", third_env, int(third_env["CALLQ_API_PORT"]),
+                          tmp_path / "api3.log").start()
+    try:
+        start_worker("w1")
+        # The simulator's own subscription is removed: this test delivers the event itself, twice.
+        simulator.http.delete("/_sim/eventgrid/subscriptions/callq").raise_for_status()
+        room_id = _room(api)
+        started = simulator.http.post(f"/_sim/rooms/{room_id}/call", json={"participants": [TEACHER]}).json()
+        body = _call_started(room_id, started["server_call_id"], "same-event-id")
+
+        async def both() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as c:
+                return list(await asyncio.gather(*(
+                    c.post(f"{server.url}/v1/eventgrid/events?token={QUERY_TOKEN}", json=body)
+                    for server in (second, third))))
+
+        answers = asyncio.run(both())
+        assert [a.status_code for a in answers] == [200, 200]
+        assert sorted(a.json()["stored"] for a in answers) == [0, 1]
+        run = _ended_run(api, room_id)
+        assert run["state"] == "succeeded" and len(_runs(api, room_id)) == 1
+        assert [c["type"] for c in api.get(f"/v1/calls/{run['call_connection_id']}/commands").json()["items"]] == [
+            "connect", "start_recording", "play"]
+    finally:
+        second.stop()
+        third.stop()
+
+
+def test_a_call_whose_disconnect_was_lost_is_closed_by_the_stale_call_sweep(
+        simulator: ThreadServer, api: httpx.Client, start_worker: Any, redis_url: str) -> None:
+    start_worker("w1", extra_env={"CALLQ_STALE_CALL_SECONDS": "1"})
+    simulator.http.delete("/_sim/eventgrid/subscriptions/callq").raise_for_status()  # no CallEnded either
+    room_id = simulator.http.post("/_sim/rooms", json={}).json()["room_id"]
+    simulator.http.post(f"/_sim/rooms/{room_id}/call", json={"participants": [TEACHER]}).raise_for_status()
+    connect = _post(api, f"/v1/rooms/{room_id}/connect").json()
+    cc = api.get(f"/v1/commands/{connect['id']}", params={"wait": 30}).json()["call_connection_id"]
+    play = _post(api, f"/v1/calls/{cc}/play", {"text": "Hold music.", "loop": True}).json()
+    wait_until(lambda: api.get(f"/v1/commands/{play['id']}").json()["status"] == "waiting", timeout_s=30,
+               what="the play to be running at ACS")
+    simulator.http.put("/_sim/faults", json={"callback_target_down": True}).raise_for_status()
+    simulator.http.delete(f"/_sim/rooms/{room_id}/call").raise_for_status()  # CallDisconnected cannot reach callq
+    done = api.get(f"/v1/commands/{play['id']}", params={"wait": 60}).json()
+    assert done["status"] == "failed" and done["error"]["code"] == "call_ended", done
+    assert done["resolved_by"]["id"] == f"callq-stale-{cc}"
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hget(keys.call_key(cc), "state") == "disconnected" and r.zscore(keys.LIVE_CALLS, cc) is None
