@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -84,6 +84,28 @@ async def call_events(request: Request) -> Response:
     state = request.state
     cc = await _own_call(request, state.api_keys.client_for(request))
     return JSONResponse(await event_page(request, keys.call_events_key(cc), f"/v1/calls/{cc}/events"))
+
+
+async def index_page(request: Request, index: str, key_of: Callable[[str], str],
+                     render: Callable[[dict[str, str]], dict[str, Any]], path: str, limit: int) -> dict[str, Any]:
+    """One page of a client's resources listed in ``index`` (a zset of ids, all scored 0), by id after ``?after=``.
+
+    An id whose record has expired is dropped from the index on the way.
+    """
+    after = request.query_params.get("after")
+    r = request.state.redis
+    ids = await r.zrangebylex(index, f"({after}" if after else "-", "+", start=0, num=limit + 1)
+    pipe = r.pipeline(transaction=False)
+    for resource_id in ids[:limit]:
+        pipe.hgetall(key_of(resource_id))
+    records = await pipe.execute()
+    gone = [i for i, record in zip(ids, records, strict=False) if not record]
+    if gone:
+        await r.zrem(index, *gone)
+    page: dict[str, Any] = {"items": [render(record) for record in records if record]}
+    if len(ids) > limit:
+        page["next"] = f"{path}?after={ids[limit - 1]}&limit={limit}"
+    return page
 
 
 SEQ = re.compile(r"^\d{1,20}-\d{1,20}$")

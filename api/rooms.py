@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import idempotency_key
+from api.reads import index_page
 from api.room_schemas import (
     CODES,
     ParticipantsBody,
@@ -190,17 +191,8 @@ async def list_rooms(request: Request) -> Response:
     """The client's rooms (as callq last heard from ACS), by id, paged with ``?after=<id>&limit=N``."""
     state = request.state
     client = state.api_keys.client_for(request)
-    limit = _limit(request)
-    after = request.query_params.get("after")
-    index = keys.client_rooms_key(client)
-    ids = await state.redis.zrangebylex(index, f"({after}" if after else "-", "+", start=0, num=limit + 1)
-    pipe = state.redis.pipeline(transaction=False)
-    for room_id in ids[:limit]:
-        pipe.hgetall(keys.room_key(room_id))
-    records = await pipe.execute()
-    page: dict[str, Any] = {"items": [rooms.render(r) for r in records if r]}
-    if len(ids) > limit:
-        page["next"] = f"/v1/rooms?after={ids[limit - 1]}&limit={limit}"
+    page = await index_page(request, keys.client_rooms_key(client), keys.room_key, rooms.render, "/v1/rooms",
+                            _limit(request))
     return JSONResponse(page)
 
 

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from api import render
 from api.auth import idempotency_key
+from api.reads import index_page
 from api.routes import read_json
 from api.schedule_schemas import CODES, ScheduleBody
 from tasks.publish import task_message
@@ -125,20 +126,8 @@ async def list_schedules(request: Request) -> Response:
     """The client's schedules, oldest first, paged with ``?after=<id>&limit=N``."""
     state = request.state
     client = state.api_keys.client_for(request)
-    limit = _limit(request)
-    after = request.query_params.get("after")
-    index = s.client_schedules_key(client)
-    ids = await state.redis.zrangebylex(index, f"({after}" if after else "-", "+", start=0, num=limit + 1)
-    pipe = state.redis.pipeline(transaction=False)
-    for sid in ids[:limit]:
-        pipe.hgetall(s.schedule_key(sid))
-    records = await pipe.execute()
-    gone = [sid for sid, r in zip(ids, records, strict=False) if not r]
-    if gone:
-        await state.redis.zrem(index, *gone)  # expired after they ended: drop them from the index
-    page: dict[str, Any] = {"items": [render.schedule(r) for r in records if r]}
-    if len(ids) > limit:
-        page["next"] = f"/v1/recording-schedules?after={ids[limit - 1]}&limit={limit}"
+    page = await index_page(request, s.client_schedules_key(client), s.schedule_key, render.schedule,
+                            "/v1/recording-schedules", _limit(request))
     return JSONResponse(page)
 
 

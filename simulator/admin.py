@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .model import BEHAVIOURS, PhoneScript, Room, ServerCall, utc_now
-from .rooms import ROLES, iso7
+from .rooms import ROLES, iso7, parse_time
 from .runtime import Runtime
 
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
@@ -106,10 +106,7 @@ def _time(data: dict[str, Any], key: str) -> datetime | None:
     value = data.get(key)
     if value is None:
         return None
-    try:
-        parsed = datetime.fromisoformat(value) if isinstance(value, str) and "T" in value else None
-    except ValueError:
-        parsed = None
+    parsed = parse_time(value)
     if parsed is None or parsed.tzinfo is None:
         raise AdminError(400, f"{key} must be an ISO 8601 time with an offset, e.g. 2026-11-25T10:00:00Z")
     return parsed

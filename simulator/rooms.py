@@ -185,13 +185,18 @@ def check_window(valid_from: datetime, valid_until: datetime, now: datetime) -> 
         raise bad_argument("ValidUntil", "The time range is incorrect, or larger than 180 days.")
 
 
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 date and time (a string with a ``T``), or None when ``value`` is not one."""
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) and "T" in value else None
+    except ValueError:
+        return None
+
+
 def _time(value: Any, target: str) -> datetime | None:
     if value is None:
         return None
-    try:
-        parsed = datetime.fromisoformat(value) if isinstance(value, str) and "T" in value else None
-    except ValueError:
-        parsed = None
+    parsed = parse_time(value)
     if parsed is None:
         raise bad_argument(target, "The value is not a valid RFC 3339 date and time.")
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)  # naive: UTC, as the SDK means it

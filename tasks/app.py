@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -17,6 +18,13 @@ SCHEDULE_SWEEP_EVERY_S = 15.0
 RECONCILE_TASK = "callq.reconcile"
 STEPS_GLOB = "callq.schedule_*"  # beat re-sends lost wake-ups and re-books lost fires of scheduled recordings
 AUTOMATION_GLOB = "callq.automation_*"  # a room call's automation run (tasks.automations)
+
+
+def countdown_until(app: Celery, at: float) -> float | None:
+    """A Celery countdown to ``at`` (epoch s), capped at half the visibility timeout (kombu #337: a longer one is
+    redelivered early; the step it wakes finds nothing due and sleeps again). None: now."""
+    cap_s = app.conf.callq_settings.visibility_timeout_s / 2
+    return min(max(0.0, at - time.time()), cap_s) or None
 
 
 def task_name(command_type: str) -> str:

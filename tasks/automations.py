@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import redis
 from celery import Celery, Task
 
-from tasks.app import app, task_name
+from tasks.app import app, countdown_until, task_name
 from tasks.publish import task_message
 from workers.automations import Runs
 
@@ -26,10 +25,7 @@ class CeleryWaker:
         self._app = celery
 
     def wake(self, room_id: str, server_call_id: str, token: str | None, at: float) -> None:
-        # Capped below the visibility timeout (kombu #337); an early wake finds nothing due and sleeps again.
-        cap_s = self._app.conf.callq_settings.visibility_timeout_s / 2
-        countdown = min(max(0.0, at - time.time()), cap_s)
-        self._app.send_task(ADVANCE, args=[room_id, server_call_id, token], countdown=countdown or None)
+        self._app.send_task(ADVANCE, args=[room_id, server_call_id, token], countdown=countdown_until(self._app, at))
 
 
 class AutomationTask(Task):  # type: ignore[misc]  # Task is Any to mypy: Celery ships no type hints

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -25,7 +24,7 @@ from redbeat.schedulers import (
 )
 from redbeat.schedules import rrule
 
-from tasks.app import app, task_name
+from tasks.app import app, countdown_until, task_name
 from tasks.automations import AutomationTask
 from tasks.publish import task_message
 from workers.occurrences import Occurrences
@@ -69,10 +68,7 @@ class RedBeatTimers:
         return bool(get_redis(self._app).exists(key))
 
     def wake(self, schedule_id: str, planned: int, token: str | None, at: float) -> None:
-        # Capped below the visibility timeout (kombu #337); an early wake finds nothing due and sleeps again.
-        cap_s = self._app.conf.callq_settings.visibility_timeout_s / 2
-        countdown = min(max(0.0, at - time.time()), cap_s)
-        self._app.send_task(ADVANCE, args=[schedule_id, planned, token], countdown=countdown or None)
+        self._app.send_task(ADVANCE, args=[schedule_id, planned, token], countdown=countdown_until(self._app, at))
 
 
 class ScheduleTask(Task):  # type: ignore[misc]  # Task is Any to mypy: Celery ships no type hints

@@ -159,14 +159,7 @@ def test_a_run_connects_once_then_queues_its_steps_in_order(runs: Runs) -> None:
 
 def test_a_run_whose_call_ends_first_ends_ended(runs: Runs) -> None:
     r = runs.redis
-    manage(r)
-    deliver(r, event("CallStarted", "e1"))
-    runs.advance(ROOM, SCID, None)
-    (connect,) = commands_of(r)
-    finish(r, connect["id"], "succeeded", call_connection_id="cc-1")
-    r.hset(keys.call_key("cc-1"), mapping={"state": "connected", "server_call_id": SCID, "client": "alice"})
-    runs.advance(ROOM, SCID, None)
-    recording, play = commands_of(r)[1:]
+    recording, play = _running_with_steps(runs)
     finish(r, recording["id"], "succeeded")
     finish(r, play["id"], "failed", error=json.dumps({"code": "call_ended", "message": "The call ended."}))
     assert runs.advance(ROOM, SCID, None) == "ended"
