@@ -35,7 +35,8 @@ CHECKS = [checks.not_a_server_error, checks.response_schema_conformance, checks.
 
 
 @pytest.fixture
-def live_api(api_server: ThreadServer) -> str:
+def live_api(api_server: ThreadServer, simulator: ThreadServer) -> str:
+    """The API with ACS (the simulator) up: routes that ask ACS (rooms) must answer, not report it unreachable."""
     return api_server.url
 
 

@@ -31,7 +31,9 @@ WELCOME = {"on_call_started": [
 
 @pytest.fixture
 def stack_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    return with_eventgrid(stack_env, monkeypatch)
+    # Recording files are announced (RecordingFileStatusUpdated) a moment after a recording stops, not minutes.
+    monkeypatch.setenv("CALLQ_SIM_RECORDING_FILE_DELAY_S", "0.2")
+    return with_eventgrid({**stack_env, "CALLQ_SIM_RECORDING_FILE_DELAY_S": "0.2"}, monkeypatch)
 
 
 @pytest.fixture
@@ -93,6 +95,12 @@ def test_rooms_are_made_read_changed_and_deleted_through_the_rooms_sdk(stack: ht
     removed = api.post(f"/v1/rooms/{room_id}/participants/remove", json={"participants": ["8:acs:r_parent"]})
     assert [p["communication_user"] for p in removed.json()["items"]] == [TEACHER, STUDENT]
     assert [r["id"] for r in api.get("/v1/rooms").json()["items"]] == [room_id]
+    # A room made elsewhere (here: straight at the simulator) is adopted by id.
+    elsewhere = simulator.http.post("/_sim/rooms", json={"participants": [TEACHER]}).json()["room_id"]
+    adopted = api.put(f"/v1/rooms/{elsewhere}")
+    assert adopted.status_code == 201 and adopted.json()["origin"] == "adopted", adopted.text
+    assert sorted(r["id"] for r in api.get("/v1/rooms").json()["items"]) == sorted([room_id, elsewhere])
+    assert api.put("/v1/rooms/12345678901234567").json()["error"]["code"] == "room_not_found"
     assert api.delete(f"/v1/rooms/{room_id}").status_code == 204
     assert simulator.http.get(f"/_sim/rooms/{room_id}").status_code == 404
     assert api.get(f"/v1/rooms/{room_id}").status_code == 404
@@ -130,6 +138,9 @@ def test_a_room_call_that_starts_is_joined_recorded_and_welcomed_once(stack: htt
     # The room call's events reach the call's own timeline too, once callq is connected.
     assert simulator.http.delete(f"/_sim/rooms/{room_id}/call").status_code == 204
     wait_until(lambda: "CallEnded" in _timeline(api, room_id), timeout_s=30, what="CallEnded on the room's timeline")
+    # The recording stopped with the call: its file's announcement names only the call, and finds its room.
+    wait_until(lambda: "RecordingFileStatusUpdated" in _timeline(api, room_id), timeout_s=30,
+               what="RecordingFileStatusUpdated on the room's timeline")
     assert api.get(f"/v1/rooms/{room_id}").json()["call"]["state"] == "ended"
     wait_until(lambda: api.get(f"/v1/calls/{cc}").status_code in (404, 409) or
                redis.Redis.from_url(redis_url, decode_responses=True).hget(keys.call_key(cc), "state") ==
@@ -252,3 +263,17 @@ def test_a_call_whose_disconnect_was_lost_is_closed_by_the_stale_call_sweep(
     assert done["resolved_by"]["id"] == f"callq-stale-{cc}"
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     assert r.hget(keys.call_key(cc), "state") == "disconnected" and r.zscore(keys.LIVE_CALLS, cc) is None
+
+
+def test_the_clients_default_automation_serves_a_room_without_its_own(stack: httpx.Client,
+                                                                        simulator: ThreadServer) -> None:
+    api = stack
+    default = {"on_call_started": [{"type": "connect"}, {"type": "play", "body": {"text": "Hello from the default."}}]}
+    assert api.put("/v1/automation", json=default).json()["scope"] == "client"
+    room_id = _room(api, automation=None)
+    simulator.http.post(f"/_sim/rooms/{room_id}/call", json={"participants": [TEACHER]}).raise_for_status()
+    run = _ended_run(api, room_id)
+    assert run["state"] == "succeeded" and run["automation"] == "client"
+    assert [s["type"] for s in run["steps"]] == ["connect", "play"]
+    assert api.delete("/v1/automation").status_code == 204
+    assert api.get("/v1/automation").json()["error"]["code"] == "automation_not_found"
