@@ -48,6 +48,10 @@ def client_pending_key(client: str) -> str:
 
 
 READY_SUFFIX = ":ready"  # a client's runnable work waiting for its turn in the broker (lib.lua's fair_push)
+# Set for SPARSE_MS each time a client's work is dispatched: a client without it is a sparse flow, whose message goes
+# ahead of the window (lib.lua's dispatch).
+DISPATCHED_SUFFIX = ":dispatched"
+SPARSE_MS = 1000
 # The clients that have runnable work waiting, each once, served in turn (lib.lua's dispatch).
 FAIR_RING = "callq:fair:ring"
 # A list as long as all clients' ready lists together (one "1" each): the backlog for scalers that read a list's
@@ -57,6 +61,11 @@ FAIR_BACKLOG = "callq:fair:backlog"
 
 def client_ready_key(client: str) -> str:
     return f"{CLIENT_PREFIX}{client}{READY_SUFFIX}"
+
+
+def client_dispatched_key(client: str) -> str:
+    """Present for SPARSE_MS after the client's work was last dispatched (absent: a sparse flow)."""
+    return f"{CLIENT_PREFIX}{client}{DISPATCHED_SUFFIX}"
 
 
 def client_accept_budget_key(client: str) -> str:

@@ -65,9 +65,23 @@ def test_a_client_with_one_command_is_served_in_turn_with_a_flooding_client(r: r
     # The broker holds only the window: the rest wait in their client's ready list, not in one FIFO.
     assert queued(r) == ["a1", "a2"]
     assert r.llen(keys.client_ready_key("flood")) == 4 and r.llen(keys.client_ready_key("quiet")) == 3
-    # Once the window's first two go, the clients alternate: b1 is served fourth, not after all of a's.
-    assert serve_all(r) == ["a1", "a2", "a3", "b1", "a4", "b2", "a5", "b3", "a6"]
+    # Once the window's first goes, the clients alternate; quiet's first (a sparse flow: nothing of it dispatched
+    # lately) goes ahead of the window, so b1 is served third, not after all of a's.
+    assert serve_all(r) == ["a1", "a2", "b1", "a3", "a4", "b2", "a5", "b3", "a6"]
     assert r.llen(keys.FAIR_RING) == 0
+
+
+def test_a_quiet_clients_message_goes_ahead_of_a_floods_window_and_a_flood_never_does(r: redis.Redis) -> None:
+    for i in range(1, 5):
+        accept(r, f"a{i}", client="flood", window=4)
+    assert queued(r) == ["a1", "a2", "a3", "a4"]  # the flood's first is sparse too, then it queues behind it
+    r.rpop(keys.queue_key(QUEUE))  # a1 served: room for one
+    accept(r, "b1", client="quiet", window=4)
+    assert queued(r) == ["b1", "a2", "a3", "a4"]  # next, not fourth
+    r.rpop(keys.queue_key(QUEUE))
+    accept(r, "b2", client="quiet", window=4)  # quiet's second, at once: it is a flow now, and queues
+    assert queued(r) == ["a2", "a3", "a4", "b2"]
+    assert r.pttl(keys.client_dispatched_key("quiet")) > 0
 
 
 def test_a_message_waiting_its_turn_is_marked_for_the_sweeper_until_dispatched(r: redis.Redis) -> None:

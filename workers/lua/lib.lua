@@ -121,6 +121,12 @@ local function fair_push(client, id, message)
 end
 
 -- Move ready work onto the broker's queue, one entry per client in turn, until it holds `window` messages.
+--
+-- A client that had nothing dispatched for SPARSE_MS is a sparse flow (fq_codel's "new flow"): its message goes to
+-- the end of the queue workers take from next (kombu LPUSHes and BRPOPs), ahead of the window, instead of behind
+-- up to `window` messages of a client that floods. It stays sparse only while it stays quiet: a client whose
+-- messages keep coming has them dispatched within SPARSE_MS of each other and queues like everyone else, so a
+-- flood cannot jump the queue by calling itself new.
 -- Returns how many moved.
 local function dispatch(queue, window)
   local moved = 0
@@ -133,7 +139,10 @@ local function dispatch(queue, window)
       local space = string.find(entry, ' ', 1, true)
       local id = string.sub(entry, 1, space - 1)
       if id ~= '' then redis.call('HDEL', COMMAND_PREFIX .. id, 'in_ready') end
-      redis.call('LPUSH', queue, string.sub(entry, space + 1))
+      local recent = CLIENT_PREFIX .. client .. DISPATCHED_SUFFIX
+      local push = redis.call('EXISTS', recent) == 1 and 'LPUSH' or 'RPUSH'
+      redis.call('SET', recent, '1', 'PX', SPARSE_MS)
+      redis.call(push, queue, string.sub(entry, space + 1))
       redis.call('LPOP', FAIR_BACKLOG)
       moved = moved + 1
     end
