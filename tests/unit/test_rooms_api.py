@@ -36,7 +36,7 @@ class FakeRooms(RoomsAcs):
         self._next = 10**16
 
     def close(self) -> None:
-        pass
+        """Nothing to close: no connection."""
 
     def _fail(self) -> None:
         if self.fail_next is not None:
