@@ -146,17 +146,23 @@ async def list_runs(request: Request) -> Response:
         raise InvalidCommand("after must be the cursor of an earlier page.", code="invalid_after")
     found = await state.redis.zrangebyscore(keys.room_runs_key(room_id), f"({after}" if after else "-inf", "+inf",
                                             start=0, num=PAGE_MAX + 1, withscores=True)
+    r = state.redis
+    scids = [scid for scid, _ in found[:PAGE_MAX]]
+    pipe = r.pipeline(transaction=False)
+    for scid in scids:  # three round trips for the page: runs and their command lists, then the commands
+        pipe.hgetall(keys.room_run_key(room_id, scid))
+        pipe.lrange(keys.room_run_commands_key(room_id, scid), 0, -1)
+    replies = await pipe.execute()
+    runs, id_lists = replies[0::2], replies[1::2]
+    pipe = r.pipeline(transaction=False)
+    for cid in (cid for ids in id_lists for cid in ids):
+        pipe.hmget(keys.command_key(cid), "id", "status")
+    statuses = iter(await pipe.execute())
     items = []
-    for scid, _ in found[:PAGE_MAX]:
-        run = await state.redis.hgetall(keys.room_run_key(room_id, scid))
-        if not run:
-            continue
-        pipe = state.redis.pipeline(transaction=False)
-        ids = await state.redis.lrange(keys.room_run_commands_key(room_id, scid), 0, -1)
-        for cid in ids:
-            pipe.hmget(keys.command_key(cid), "id", "status")
-        cmds = [dict(zip(("id", "status"), c, strict=True)) for c in await pipe.execute() if c[0]]
-        items.append(render_run(run, cmds))
+    for run, ids in zip(runs, id_lists, strict=True):
+        cmds = [dict(zip(("id", "status"), next(statuses), strict=True)) for _ in ids]
+        if run:
+            items.append(render_run(run, [c for c in cmds if c["id"]]))
     page: dict[str, Any] = {"items": items}
     if len(found) > PAGE_MAX:
         page["next"] = f"/v1/rooms/{room_id}/automation/runs?after={int(found[PAGE_MAX - 1][1])}"
