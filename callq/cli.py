@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from callq import _components, stack
+from callq import _api_commands, _components, stack
+from callq.client import CallqAPIError, CallqClientError
 from workers.errors import ConfigError
 from workers.settings import Settings
 
@@ -115,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     chaos = sub.add_parser("chaos", help="run the chaos scenarios at long scale; writes tests/chaos/report.md")
     _chaos_arguments(chaos)
     chaos.set_defaults(run=_chaos)
+    _api_commands.add_parsers(sub)
     return parser
 
 
@@ -151,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except stack.StackError as exc:
         print(f"callq: {exc.message}", file=sys.stderr)
+        return 1
+    except CallqAPIError as exc:  # the API's own words: status, stable code and what to do
+        print(f"callq: the API answered HTTP {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except CallqClientError as exc:
+        print(f"callq: {exc}", file=sys.stderr)
         return 1
     return code
 
