@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from callq._api_commands import participant
 from callq.client import (
     AsyncClient,
     CallqAPIError,
@@ -279,3 +280,11 @@ def test_verify_webhook_refuses(case: str, good: str) -> None:
         headers = _headers("v2," + good.split(",", 1)[1])
     with pytest.raises(WebhookVerificationError):
         verify_webhook(headers, body, secret, now=NOW)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("8:acs:teacher:presenter", {"communication_user": "8:acs:teacher", "role": "presenter"}),
+    ("8:acs:student", {"communication_user": "8:acs:student"}),  # its last part is not a role: the default applies
+])
+def test_cli_participant_takes_an_optional_role_after_the_raw_id(text: str, expected: dict[str, str]) -> None:
+    assert participant(text) == expected
