@@ -85,7 +85,9 @@ async def eventgrid_events(request: Request) -> Response:
             ignored += 1
             metrics.RECORDER.inc("callq_eventgrid_events", short, "ignored")
             continue
-        found = await _record(request, event, room)
+        ev = RoomEvent(id=event.id, type=event.type, room_id=room, server_call_id=event.acs.server_call_id or "",
+                       correlation_id=event.acs.correlation_id or "", time=_time(event), document=cloudevent(event))
+        found = await _record(request, ev)
         if found.duplicate:
             duplicates += 1
             metrics.RECORDER.inc("callq_eventgrid_events", short, "duplicate")
@@ -95,22 +97,19 @@ async def eventgrid_events(request: Request) -> Response:
         if found.run == "created":
             metrics.RECORDER.inc("callq_automation_runs", "started")
         if found.end_call:
-            await _end_call(request, event, found.end_call)
+            await _end_call(request, ev, found.end_call)
     return JSONResponse({"stored": stored, "duplicates": duplicates, "ignored": ignored})
 
 
-async def _record(request: Request, event: Event, room: str) -> room_events.Recorded:
+async def _record(request: Request, ev: RoomEvent) -> room_events.Recorded:
     state = request.state
     settings: Settings = state.settings
-    scid = event.acs.server_call_id or ""
-    short = event.type.removeprefix(room_events.PREFIX)
+    room, scid, short = ev.room_id, ev.server_call_id, ev.short_type
     message = ""
     if short in RUN_EVENTS and scid:
         message = task_message(state.celery, ADVANCE, str(uuid.uuid4()), [room, scid],  # token: None
                                queue=settings.steps_queue)
     run_id = f"run_{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:12]}"
-    ev = RoomEvent(id=event.id, type=event.type, room_id=room, server_call_id=scid,
-                   correlation_id=event.acs.correlation_id or "", time=_time(event), document=cloudevent(event))
     found: room_events.Recorded = await state.scripts.run(room_events.record(
         ev, run_id=run_id, advance_message=message, steps_queue=settings.steps_queue,
         dedup_ttl_s=settings.event_dedup_ttl_s, ttl_s=settings.command_ttl_s, retention_s=settings.event_retention_s))
@@ -119,12 +118,10 @@ async def _record(request: Request, event: Event, room: str) -> room_events.Reco
     return found
 
 
-async def _end_call(request: Request, event: Event, call_connection_id: str) -> None:
+async def _end_call(request: Request, ev: RoomEvent, call_connection_id: str) -> None:
     """CallEnded: callq's connection to that call ends as a CallDisconnected would end it."""
     state = request.state
     settings: Settings = state.settings
-    ev = RoomEvent(id=event.id, type=event.type, room_id="", server_call_id=event.acs.server_call_id or "",
-                   correlation_id=event.acs.correlation_id or "", time=_time(event), document={})
     report = await correlation.ingest(state.scripts, [room_events.disconnected(ev, call_connection_id)],
                                       dedup_ttl_s=settings.event_dedup_ttl_s, ttl_s=settings.command_ttl_s,
                                       retention_s=settings.event_retention_s)
