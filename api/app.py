@@ -39,6 +39,7 @@ from api.rooms import room_routes
 from api.routes import command_routes
 from api.schedules import schedule_routes
 from api.ui import ui_routes
+from api.webhooks import webhook_routes
 from tasks.app import create_celery
 from workers import logs
 from workers.acs import create_client
@@ -57,6 +58,7 @@ from workers.errors import (
     RoomNotFound,
     ScheduleNotFound,
     Unauthorized,
+    WebhookNotFound,
 )
 from workers.ratelimit import RateLimited, RateLimiter
 from workers.rooms import RoomsAcs, create_rooms_client
@@ -77,6 +79,7 @@ STATUS: dict[type[CallqError], int] = {
     CommandNotFound: 404,
     ScheduleNotFound: 404,
     RoomNotFound: 404,
+    WebhookNotFound: 404,
     Conflict: 409,
     CallEnded: 409,
 }
@@ -231,6 +234,7 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         *command_routes,  # before reads: `participants/remove` must not be taken for `participants/{raw_id}`
         *room_routes,
         *automation_routes,
+        *webhook_routes,
         *eventgrid_routes,
         *read_routes,
         *schedule_routes,

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from workers.command import Command
+from workers.command import Command, resource
 from workers.recurrence import format_duration, iso
 from workers.schedules import plan_of, windows_of
 
@@ -63,27 +63,8 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def command(cmd: Command) -> dict[str, Any]:
-    """The public command resource."""
-    links = {"self": f"/v1/commands/{cmd.id}"}
-    if cmd.call_connection_id:
-        links["call"] = f"/v1/calls/{cmd.call_connection_id}"
-    return {
-        "id": cmd.id,
-        "type": cmd.type or None,
-        "status": cmd.status.value,
-        "call_connection_id": cmd.call_connection_id or None,
-        "room_id": cmd.room_id or None,
-        "recording_id": cmd.recording_id or None,
-        "attempts": cmd.attempts,
-        "created_at": cmd.created_at or None,
-        "updated_at": cmd.updated_at or None,
-        "sent_at": cmd.sent_at or None,
-        "resolved_at": cmd.resolved_at or None,
-        "result": cmd.result,
-        "error": cmd.error,
-        "resolved_by": cmd.resolved_by,
-        "links": links,
-    }
+    """The public command resource (the same one webhooks carry: ``workers.command.resource``)."""
+    return resource(cmd)
 
 
 def command_record(record: Mapping[str, str]) -> dict[str, Any]:

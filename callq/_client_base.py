@@ -325,3 +325,51 @@ class Methods(ABC, Generic[R, RL]):
 
     def room_events(self, room_id: str) -> RL:
         return self._pages(f"/v1/rooms/{_seg(room_id)}/events")
+
+    # Webhooks: endpoints, their deliveries, retries and replays.
+    def create_webhook(self, url: str, *, events: list[str] | None = None, description: str | None = None,
+                       enabled: bool | None = None, idempotency_key: str | None = None) -> R:
+        """Register an endpoint; the answer's ``secret`` (``whsec_…``) is shown only here and on rotation."""
+        body = _drop_none(url=url, events=events, description=description, enabled=enabled)
+        return self._do(Op("POST", "/v1/webhooks", json=body, keyed=True, key=idempotency_key))
+
+    def list_webhooks(self) -> R:
+        return self._do(Op("GET", "/v1/webhooks"))
+
+    def get_webhook(self, webhook_id: str) -> R:
+        return self._do(Op("GET", f"/v1/webhooks/{_seg(webhook_id)}"))
+
+    def update_webhook(self, webhook_id: str, *, url: str | None = None, events: list[str] | None = None,
+                       description: str | None = None, enabled: bool | None = None) -> R:
+        body = _drop_none(url=url, events=events, description=description, enabled=enabled)
+        return self._do(Op("PATCH", f"/v1/webhooks/{_seg(webhook_id)}", json=body))
+
+    def delete_webhook(self, webhook_id: str) -> R:
+        return self._do(Op("DELETE", f"/v1/webhooks/{_seg(webhook_id)}"))
+
+    def rotate_webhook_secret(self, webhook_id: str, *, idempotency_key: str | None = None) -> R:
+        """A new secret; the old one keeps signing alongside it for the grace period."""
+        return self._do(Op("POST", f"/v1/webhooks/{_seg(webhook_id)}/rotate-secret", keyed=True, key=idempotency_key))
+
+    def test_webhook(self, webhook_id: str, *, idempotency_key: str | None = None) -> R:
+        return self._do(Op("POST", f"/v1/webhooks/{_seg(webhook_id)}/test", keyed=True, key=idempotency_key))
+
+    def webhook_deliveries(self, webhook_id: str, *, status: str | None = None) -> RL:
+        """Every delivery still kept, newest first (``status``: pending, succeeded or failed)."""
+        query = f"?status={_seg(status)}" if status else ""
+        return self._pages(f"/v1/webhooks/{_seg(webhook_id)}/deliveries{query}")
+
+    def webhook_delivery(self, webhook_id: str, delivery_id: str) -> R:
+        return self._do(Op("GET", f"/v1/webhooks/{_seg(webhook_id)}/deliveries/{_seg(delivery_id)}"))
+
+    def retry_webhook_delivery(self, webhook_id: str, delivery_id: str, *, idempotency_key: str | None = None) -> R:
+        return self._do(Op("POST", f"/v1/webhooks/{_seg(webhook_id)}/deliveries/{_seg(delivery_id)}/retry",
+                           keyed=True, key=idempotency_key))
+
+    def replay_webhook(self, webhook_id: str, *, since: str | None = None, since_seq: int | None = None,
+                       call_connection_id: str | None = None, room_id: str | None = None,
+                       idempotency_key: str | None = None) -> R:
+        """Send again what was made since ``since`` (ISO time), or since ``since_seq`` of one call or room."""
+        body = _drop_none(since=since, since_seq=since_seq, call_connection_id=call_connection_id, room_id=room_id)
+        return self._do(Op("POST", f"/v1/webhooks/{_seg(webhook_id)}/replay", json=body, keyed=True,
+                           key=idempotency_key))

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 import httpx
 import redis
 
+from callq.client import CallqAPIError, Client
+from callq.receiver import Receiver
 from workers.settings import Settings
 
 TEACHER = "8:acs:demo-teacher"
@@ -51,11 +53,16 @@ class Demo:
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=70,
                                 headers={"Authorization": f"Bearer {api_key}"})
         self.sim = httpx.Client(base_url=settings.acs_endpoint, timeout=10)
+        self.client = Client(f"http://127.0.0.1:{settings.api_port}", api_key)
+        self.receiver: Receiver | None = None
         self.steps: list[Step] = []
 
     def close(self) -> None:
         self.api.close()
         self.sim.close()
+        self.client.close()
+        if self.receiver is not None:
+            self.receiver.__exit__()
 
     def _check(self, resp: httpx.Response, what: str) -> dict[str, Any]:
         if resp.status_code >= 400:
@@ -96,7 +103,38 @@ class Demo:
             extra = str((cmd.get("error") or {}).get("message", ""))[:60]
         print(f"  {n:>2}  {cmd['type']:<19} {cmd['status']:<10} {resolved:<27} {latency:>7}  {extra}", file=self.out)
 
+    def subscribe(self) -> dict[str, Any] | None:
+        """A webhook endpoint to a receiver in this process, which checks every signature as a client's app would."""
+        receiver = Receiver().__enter__()
+        self.receiver = receiver
+        try:
+            hook = self.client.create_webhook(receiver.url, events=["*"], description="callq demo")
+        except CallqAPIError as exc:  # e.g. CALLQ_WEBHOOK_ALLOWED_NETWORKS does not let callq reach this machine
+            print(f"webhooks: skipped, {exc}", file=self.out)
+            return None
+        receiver.secrets = [hook["secret"]]
+        return hook
+
+    def webhooks(self, hook: dict[str, Any] | None, cc: str, last_command: str) -> bool:
+        """What the receiver got for the call: every message in order (seq 1, 2, 3 …), each signature valid."""
+        if hook is None or self.receiver is None:
+            return True
+        try:
+            got = self.receiver.wait_for(lambda rs: any(
+                (d.body.get("data", {}).get("command") or {}).get("id") == last_command for d in rs), timeout_s=30)
+        finally:
+            self.client.delete_webhook(hook["id"])
+        lane = [d for d in got if d.lane == cc]
+        in_order = [d.seq for d in lane] == list(range(1, len(lane) + 1))
+        valid = all(d.valid for d in lane)
+        kinds = sorted({d.type for d in lane})
+        print(f"webhooks: {len(lane)} messages about call {cc} reached the receiver "
+              f"({', '.join(kinds)}): seq 1-{len(lane)} in order {'yes' if in_order else 'NO'}, "
+              f"signatures valid {'yes' if valid else 'NO'}", file=self.out)
+        return in_order and valid
+
     def run(self) -> int:
+        hook = self.subscribe()
         room_id = self.start_room_call()
         print(f"callq demo: room {room_id}, ACS at {self.settings.acs_endpoint}", file=self.out)
         print(f"  {'#':>2}  {'command':<19} {'status':<10} {'resolved by':<27} {'latency':>7}", file=self.out)
@@ -116,12 +154,13 @@ class Demo:
                 self.command(f"/v1/recordings/{rid}/{action}")
         self.command(f"/v1/calls/{cc}/play", {"text": "This class is being recorded."})
         self.command(f"/v1/calls/{cc}/participants/remove", parent)
-        self.command(f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
+        hung_up = self.command(f"/v1/calls/{cc}/hang-up", {"for_everyone": True})
         ok = sum(1 for s in self.steps if s.command["status"] == "succeeded")
         print(f"demo: {ok} of {len(self.steps)} commands succeeded", file=self.out)
+        told_ok = self.webhooks(hook, cc, hung_up["id"])
         scheduled_ok = self.scheduled_recording()
         automated_ok = self.automation()
-        return 0 if ok == len(self.steps) and scheduled_ok and automated_ok else 1
+        return 0 if ok == len(self.steps) and told_ok and scheduled_ok and automated_ok else 1
 
     def automation(self) -> bool:
         """A room made through callq with an automation; its call starts in the simulator and callq joins, records

@@ -89,7 +89,7 @@ def up(
     check_ports(planned_ports(settings))
     redis_server = None if settings.external_redis else _find_redis_server()
     creds = _credentials.generate(settings)
-    settings = with_dev_eventgrid(_credentials.apply(settings, creds))
+    settings = with_dev_webhooks(with_dev_eventgrid(_credentials.apply(settings, creds)))
     components = _components.stack(settings, python=sys.executable, redis_server=redis_server)  # validates Flower
 
     # Nothing above touched the disk or started a process: a refusal leaves no trace.
@@ -170,6 +170,15 @@ def with_dev_eventgrid(settings: Settings) -> Settings:
         eventgrid_openid_url=f"{settings.acs_endpoint}/entra/{DEV_EVENTGRID_TENANT}/v2.0/.well-known/openid-configuration")
 
 
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def with_dev_webhooks(settings: Settings) -> Settings:
+    """``settings`` letting webhooks reach this machine (the demo's receiver, a receiver you run beside it), unless
+    CALLQ_WEBHOOK_ALLOWED_NETWORKS names networks of its own."""
+    return settings if settings.webhook_allowed_networks else settings.with_(webhook_allowed_networks=LOOPBACK)
+
+
 def eventgrid_env(settings: Settings) -> dict[str, str]:
     """What callq's processes and the simulator must agree on for the embedded Event Grid subscription."""
     if not settings.eventgrid_entra or settings.eventgrid_tenant_id != DEV_EVENTGRID_TENANT:
@@ -189,6 +198,7 @@ def _child_env(base: Mapping[str, str], settings: Settings) -> dict[str, str]:
     env = dict(base)
     env.update(_credentials.credential_env(settings))
     env.update(eventgrid_env(settings))
+    env["CALLQ_WEBHOOK_ALLOWED_NETWORKS"] = ",".join(settings.webhook_allowed_networks)
     env["CALLQ_REDIS_URL"] = settings.redis_url
     env["CALLQ_DATA_DIR"] = settings.data_dir
     env["CALLQ_LOG_FORMAT"] = settings.log_format  # text (for people) unless the operator asked for json

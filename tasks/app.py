@@ -34,7 +34,8 @@ def task_name(command_type: str) -> str:
 
 def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings (tests build their own)."""
-    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules", "tasks.automations"])
+    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules", "tasks.automations",
+                                                                  "tasks.webhooks"])
     exchange = Exchange(settings.queue, type="direct")  # type: ignore[no-untyped-call]  # kombu: unannotated
     queues = [Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]  # as above
               for name in (settings.queue, settings.steps_queue)]

@@ -146,3 +146,27 @@ def as_hash(fields: Mapping[str, Any]) -> dict[str, str]:
     """What ``flatten`` stores, as a mapping (what ``HGETALL`` would read back)."""
     flat = flatten(fields)
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def resource(cmd: Command) -> dict[str, Any]:
+    """The public command resource."""
+    links = {"self": f"/v1/commands/{cmd.id}"}
+    if cmd.call_connection_id:
+        links["call"] = f"/v1/calls/{cmd.call_connection_id}"
+    return {
+        "id": cmd.id,
+        "type": cmd.type or None,
+        "status": cmd.status.value,
+        "call_connection_id": cmd.call_connection_id or None,
+        "room_id": cmd.room_id or None,
+        "recording_id": cmd.recording_id or None,
+        "attempts": cmd.attempts,
+        "created_at": cmd.created_at or None,
+        "updated_at": cmd.updated_at or None,
+        "sent_at": cmd.sent_at or None,
+        "resolved_at": cmd.resolved_at or None,
+        "result": cmd.result,
+        "error": cmd.error,
+        "resolved_by": cmd.resolved_by,
+        "links": links,
+    }

@@ -73,6 +73,13 @@ class RoomNotFound(CallqError):
     code = "room_not_found"
 
 
+class WebhookNotFound(CallqError):
+    """Raised when a webhook endpoint (or one of its deliveries: code ``delivery_not_found``) is unknown to the
+    calling client."""
+
+    code = "webhook_not_found"
+
+
 class Conflict(CallqError):
     """Raised when a request cannot be carried out in the resource's current state (e.g. a room another client
     already manages through callq)."""

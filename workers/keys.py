@@ -239,3 +239,47 @@ def claim_key(schedule_id: str, planned: int) -> str:
 
 def run_lock_key(schedule_id: str, planned: int) -> str:
     return f"callq:sched:{schedule_id}:run:{planned}:lock"
+
+
+# --- outbound webhooks (workers/webhooks.py, workers/delivery.py) ----------------------------------------
+
+WEBHOOK_PREFIX = "callq:webhook:"  # an endpoint's hash; its lanes, seqs and message index hang below it
+WEBHOOK_MSG_PREFIX = "callq:whmsg:"  # one message (a delivery) to one endpoint
+CLIENT_WEBHOOKS_SUFFIX = ":webhooks"  # a client's enabled endpoints: endpoint id → the event types it takes
+# The endpoints' lanes with a message due, "{endpoint} {lane}" scored by when (ms); a lane being delivered is scored
+# by when its claim lapses, so a worker that died mid-delivery gives it back.
+WEBHOOKS_DUE = "callq:webhooks:due"
+WEBHOOKS_CHANNEL = "callq:notify:webhooks"  # a message was added: deliverers look at WEBHOOKS_DUE now
+
+
+def webhook_key(endpoint_id: str) -> str:
+    return f"{WEBHOOK_PREFIX}{endpoint_id}"
+
+
+def webhook_lane_key(endpoint_id: str, lane: str) -> str:
+    """The messages of one (endpoint, call) not yet delivered, oldest first: only the head is ever in flight."""
+    return f"{WEBHOOK_PREFIX}{endpoint_id}:lane:{lane}"
+
+
+def webhook_lanes_key(endpoint_id: str) -> str:
+    """The endpoint's lanes that hold messages (set): re-enabling an endpoint makes each due again."""
+    return f"{WEBHOOK_PREFIX}{endpoint_id}:lanes"
+
+
+def webhook_messages_key(endpoint_id: str) -> str:
+    """Every message to the endpoint still kept (zset by when it was made, ms): history and replay."""
+    return f"{WEBHOOK_PREFIX}{endpoint_id}:msgs"
+
+
+def webhook_message_key(message_id: str) -> str:
+    return f"{WEBHOOK_MSG_PREFIX}{message_id}"
+
+
+def client_webhooks_key(client: str) -> str:
+    """The client's enabled endpoints and what each subscribes to (hash): what a fan-out reads."""
+    return f"{CLIENT_PREFIX}{client}{CLIENT_WEBHOOKS_SUFFIX}"
+
+
+def client_webhooks_all_key(client: str) -> str:
+    """Every endpoint of the client, enabled or not (zset by creation, ms)."""
+    return f"{CLIENT_PREFIX}{client}:webhooks:all"

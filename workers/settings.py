@@ -7,6 +7,7 @@ Every other module receives a :class:`Settings` instance; tests build one direct
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -79,6 +80,33 @@ def parse_query_tokens(raw: str) -> tuple[str, ...]:
         if token not in tokens:
             tokens.append(token)
     return tuple(tokens)
+
+
+def parse_networks(raw: str) -> tuple[str, ...]:
+    """``10.0.0.0/8,::1/128`` → the networks, normalised; raises ConfigError naming the bad one."""
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ConfigError(f"CALLQ_WEBHOOK_ALLOWED_NETWORKS has {part!r}, which is not an address or a "
+                              "network (e.g. 127.0.0.0/8)") from None
+    return tuple(out)
+
+
+def parse_schedule(raw: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """``5,30,120`` (seconds after each failed attempt) → a retry schedule; empty: the default."""
+    if not raw.strip():
+        return default
+    try:
+        waits = tuple(float(p) for p in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"CALLQ_WEBHOOK_RETRY_SCHEDULE must be seconds separated by commas, got {raw!r}") from None
+    if not waits or any(not 0 <= w <= 7 * 86_400 for w in waits) or len(waits) > 50:
+        raise ConfigError(f"CALLQ_WEBHOOK_RETRY_SCHEDULE must hold 1-50 waits of 0 s to 7 days, got {raw!r}")
+    return waits
 
 
 def _eventgrid_entra(env: Mapping[str, str]) -> tuple[str, tuple[str, ...], str]:
@@ -183,6 +211,16 @@ class Settings:
     eventgrid_app_id: str = EVENTGRID_APP_ID
     eventgrid_role: str = EVENTGRID_ROLE
     eventgrid_query_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Outbound webhooks (workers/webhooks.py, workers/delivery.py). Networks a webhook URL may reach although they
+    # are not public (CIDRs; `callq up` allows loopback for its demo receiver); everything else private, loopback,
+    # link-local or a metadata address is refused. The retry schedule: the waits after each failed attempt (s).
+    webhook_allowed_networks: tuple[str, ...] = ()
+    webhook_timeout_s: float = 15.0
+    webhook_retry_schedule: tuple[float, ...] = (5, 30, 120, 300, 1800, 3600, 7200, 14_400, 21_600, 36_000)
+    webhook_concurrency: int = 64  # deliveries in flight per worker process
+    webhook_retention_s: int = 3 * 86_400  # how long messages are kept for history and replay
+    webhook_rotation_grace_s: int = 86_400  # a rotated-out secret keeps signing alongside the new one this long
+    webhook_max_endpoints: int = 20  # per client
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -268,6 +306,15 @@ class Settings:
             eventgrid_app_id=env.get("CALLQ_EVENTGRID_APP_ID", cls.eventgrid_app_id).strip().lower(),
             eventgrid_role=env.get("CALLQ_EVENTGRID_ROLE", cls.eventgrid_role).strip(),
             eventgrid_query_tokens=parse_query_tokens(env.get("CALLQ_EVENTGRID_QUERY_TOKENS", "")),
+            webhook_allowed_networks=parse_networks(env.get("CALLQ_WEBHOOK_ALLOWED_NETWORKS", "")),
+            webhook_timeout_s=_float(env, "CALLQ_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_s),
+            webhook_retry_schedule=parse_schedule(env.get("CALLQ_WEBHOOK_RETRY_SCHEDULE", ""),
+                                                  cls.webhook_retry_schedule),
+            webhook_concurrency=_int(env, "CALLQ_WEBHOOK_CONCURRENCY", cls.webhook_concurrency, high=10_000),
+            webhook_retention_s=_int(env, "CALLQ_WEBHOOK_RETENTION_SECONDS", cls.webhook_retention_s, low=60),
+            webhook_rotation_grace_s=_int(env, "CALLQ_WEBHOOK_ROTATION_GRACE_SECONDS", cls.webhook_rotation_grace_s,
+                                          low=0),
+            webhook_max_endpoints=_int(env, "CALLQ_WEBHOOK_MAX_ENDPOINTS", cls.webhook_max_endpoints, high=10_000),
         )
 
     def with_(self, **changes: object) -> Settings:

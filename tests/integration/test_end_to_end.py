@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,8 @@ from workers.settings import Settings
 @pytest.fixture
 def stack_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Event Grid wired as `callq up` wires it: the demo's automation needs the room call's CallStarted."""
-    return with_eventgrid(stack_env, monkeypatch)
+    monkeypatch.setenv("CALLQ_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")  # as `callq up`: the demo's receiver is local
+    return with_eventgrid({**stack_env, "CALLQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}, monkeypatch)
 
 
 # The seed doc's room-call actions, in the order the demo runs them, each with the event that resolves it
@@ -129,6 +131,9 @@ def test_demo_runs_the_seed_scenario_and_every_command_succeeds(simulator: Threa
     lines = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit()]
     assert [(cols[1], cols[2], cols[3]) for cols in lines] == SEED_SCENARIO, text
     assert "10 of 10 commands succeeded" in text
+    # A webhook to a receiver in the demo's process: the call's messages in order, every signature valid.
+    assert re.search(r"webhooks: \d+ messages about call \S+ reached the receiver \(call.event, command.succeeded\): "
+                     r"seq 1-\d+ in order yes, signatures valid yes", text), text
     # The room made through callq: its call starts in the simulator and callq joins, records and welcomes alone.
     automated = [line.split() for line in text.splitlines() if line.strip()[:2] in ("a1", "a2", "a3")]
     assert [(cols[1], cols[2]) for cols in automated] == [

@@ -50,6 +50,12 @@ end
 -- Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
 redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ttl)
+if KEYS[3] ~= '' then
+  -- Told before the commands it resolves: a receiver sees the event, then what it meant.
+  local owner = redis.call('HMGET', KEYS[3], 'client', 'room_id')
+  webhook_fanout(owner[1] or (connect and connect.client), 'call.event', ARGV[15], now,
+    {'event', ARGV[4], 'call_connection_id', ARGV[15], 'room_id', owner[2] or ''})
+end
 -- Decoded only when there is a command to apply it to (most events only join the timeline).
 local plan = (#found > 0 and ARGV[9] ~= '') and cjson.decode(ARGV[9]) or {types = {}, steps = {}}
 local answered, known = {}, #found

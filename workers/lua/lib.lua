@@ -25,6 +25,71 @@ local function listed(csv, item)
   return string.find(',' .. csv .. ',', ',' .. item .. ',', 1, true) ~= nil
 end
 
+-- The milliseconds of Redis' clock: every host shares it.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Outbound webhooks (workers/webhooks.py). A message is made in the same script as what it tells of (a command's
+-- terminal move, an ACS event stored, an Event Grid event stored), so nothing can happen without its message and no
+-- message exists for what did not happen. Messages to one endpoint about one call (the lane) are delivered one at
+-- a time in the order they were made, each with the next `seq` of that (endpoint, lane).
+
+-- The first message of the lane that is still kept (expired ones are dropped on the way), or nil.
+local function webhook_head(lane_key)
+  while true do
+    local id = redis.call('LINDEX', lane_key, 0)
+    if not id then return nil end
+    if redis.call('EXISTS', WEBHOOK_MSG_PREFIX .. id) == 1 then return id end
+    redis.call('LPOP', lane_key)
+  end
+end
+
+-- Put message `id` (already stored) at the end of its lane; a lane that was empty is due now.
+local function webhook_enqueue(ep, lane, id, now, ttl)
+  local ekey = WEBHOOK_PREFIX .. ep
+  local lane_key = ekey .. ':lane:' .. lane
+  if redis.call('RPUSH', lane_key, id) == 1 then
+    redis.call('ZADD', WEBHOOKS_DUE, 'NX', now, ep .. ' ' .. lane)
+  end
+  redis.call('SADD', ekey .. ':lanes', lane)
+  redis.call('EXPIRE', lane_key, ttl)
+  redis.call('EXPIRE', ekey .. ':lanes', ttl)
+end
+
+-- A new message of type `kind` to endpoint `ep` on `lane`, happened at `at` (ISO), with `fields` (flat
+-- field/value list: what the body is made of). Returns its id.
+local function webhook_add(ep, kind, lane, at, fields)
+  local ekey = WEBHOOK_PREFIX .. ep
+  local n = redis.call('HINCRBY', ekey, 'messages', 1)
+  local ttl = tonumber(redis.call('HGET', ekey, 'retention') or '259200')
+  local now = now_ms()
+  local seq = redis.call('HINCRBY', ekey .. ':seq', lane, 1)
+  redis.call('EXPIRE', ekey .. ':seq', ttl)
+  -- Zero-padded: ids made in the same millisecond sort in the order they were made (the index's tie-break).
+  local id = 'msg_' .. string.sub(ep, 4) .. '_' .. string.format('%010d', n)
+  local mkey = WEBHOOK_MSG_PREFIX .. id
+  redis.call('HSET', mkey, 'id', id, 'endpoint', ep, 'type', kind, 'lane', lane, 'seq', seq, 'at', at,
+    'created_ms', now, 'status', 'pending', 'attempts', 0, 'round', 0, unpack(fields))
+  redis.call('EXPIRE', mkey, ttl)
+  redis.call('ZADD', ekey .. ':msgs', now, id)
+  redis.call('ZREMRANGEBYSCORE', ekey .. ':msgs', '-inf', now - ttl * 1000)
+  redis.call('EXPIRE', ekey .. ':msgs', ttl)
+  webhook_enqueue(ep, lane, id, now, ttl)
+  redis.call('PUBLISH', WEBHOOKS_CHANNEL, ep)
+  return id
+end
+
+-- A message of type `kind` to each of the client's enabled endpoints that takes it.
+local function webhook_fanout(client, kind, lane, at, fields)
+  if not client or client == '' then return end
+  local subs = redis.call('HGETALL', CLIENT_PREFIX .. client .. CLIENT_WEBHOOKS_SUFFIX)
+  for i = 1, #subs, 2 do
+    if subs[i + 1] == '*' or listed(subs[i + 1], kind) then webhook_add(subs[i], kind, lane, at, fields) end
+  end
+end
+
 -- Move the command `id` to status `to` from a non-terminal one (only from the csv `allowed` unless it is ''),
 -- setting `fields` (a flat field/value list) and adding `attempts_by` to its attempts. A terminal move leaves
 -- the sweeper's and the deadline index, and is announced on COMMAND_DONE_CHANNEL for long-polling API
@@ -54,14 +119,12 @@ local function transition(id, to, allowed, now, fields, attempts_by)
   if record['client'] then redis.call('SREM', CLIENT_PREFIX .. record['client'] .. PENDING_SUFFIX, id) end
   local doc = cjson.encode(record)
   redis.call('PUBLISH', COMMAND_DONE_CHANNEL, id .. ' ' .. doc)
+  local cc = record['call_connection_id'] or ''
+  webhook_fanout(record['client'], 'command.' .. to, cc ~= '' and cc or ('cmd:' .. id), now,
+    {'command', id, 'call_connection_id', cc, 'room_id', record['room_id'] or ''})
   return {'applied', to, flat}
 end
 
--- The milliseconds of Redis' clock: every host shares it.
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 -- GCRA: take one from the budget whose theoretical arrival time is at tat_key (one every `emission` ms, `burst`
 -- at once). 0 when it may go now (and it is taken), else the milliseconds to wait.

@@ -40,6 +40,8 @@ elseif kind == 'CallStarted' and scid ~= '' and not ended then
 end
 
 local client = redis.call('HGET', KEYS[3], 'client') or ''
+webhook_fanout(client, 'room.event', 'room:' .. ARGV[13], now,
+  {'event', ARGV[3], 'room_id', ARGV[13], 'call_connection_id', mine})
 local run = ''
 if client ~= '' and scid ~= '' then
   local current = redis.call('HGET', KEYS[3], 'server_call_id') or ''

@@ -1,0 +1,211 @@
+"""The webhook deliverer: one per worker process, on its own thread and event loop, beside Celery's pool.
+
+Why not a Celery task per delivery: an endpoint that answers slowly would hold a worker slot for as long as it
+takes (up to the timeout), and a hundred slow endpoints would stop every command. Here a delivery in flight is a
+socket on an event loop: a slow endpoint costs nothing but that socket, connections to an endpoint are kept alive
+across deliveries, and the workers' slots stay with commands (so deliveries cannot starve them, #18).
+
+The record in Redis is the truth, as for commands: ``WEBHOOKS_DUE`` says which lane is due when; a deliverer
+claims lanes from it (``webhook_claim.lua``) for a lease a little longer than the request timeout; a deliverer
+that dies mid-delivery (SIGKILL) simply lets its leases lapse and another one sends the same message again (same
+``webhook-id``). A new message wakes every deliverer at once (a Redis PUBLISH); without one they look every
+second anyway, which is also when retries that came due are picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from workers import keys, webhooks
+from workers.egress import EgressRefused, Policy, Sender, parse_url
+from workers.scripts import AutoPipeline
+from workers.settings import Settings
+
+log = logging.getLogger("callq.webhooks")
+POLL_S = 1.0  # retries come due without a wake-up: look this often
+LEASE_MARGIN_S = 30.0  # a claim outlives the request's timeout by this much (resolution, Redis, a GC pause)
+
+
+class Deliverer:
+    """Claims due lanes and delivers their messages, at most ``settings.webhook_concurrency`` lanes at once."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis, sender: Sender, *,
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._scripts = AutoPipeline(redis)
+        self._sender = sender
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._lease_ms = int((settings.webhook_timeout_s + LEASE_MARGIN_S) * 1000)
+        self._tokens = (f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{n}" for n in itertools.count())
+        self._lanes: set[asyncio.Task[None]] = set()
+        self._freed = asyncio.Event()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; then let the deliveries in flight finish (their leases cover them)."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.WEBHOOKS_CHANNEL)
+            while not stop.is_set():
+                try:
+                    full = await self.round()
+                except Exception as exc:  # Redis down: try again at the next poll, never give up
+                    log.warning("webhook deliverer: claiming failed: %s", type(exc).__name__)
+                    full = False
+                await self._wait(pubsub, stop, full)
+        finally:
+            if self._lanes:
+                await asyncio.wait(set(self._lanes), timeout=self._settings.webhook_timeout_s + 1)
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py's PubSub.aclose is unannotated
+
+    async def _wait(self, pubsub: Any, stop: asyncio.Event, full: bool) -> None:
+        """Until a slot frees (when every slot was taken and more may be due), else a wake-up, a poll or stop."""
+        self._freed.clear()
+        if full:
+            await _first(self._freed.wait(), stop.wait(), timeout=POLL_S)
+            return
+        try:
+            message = await pubsub.get_message(timeout=POLL_S)
+            while message is not None:  # a burst of messages added is one wake-up
+                message = await pubsub.get_message(timeout=0)
+        except Exception:  # the subscription broke (Redis restart): reconnects on the next read; poll meanwhile
+            await _first(stop.wait(), timeout=POLL_S)
+
+    async def round(self) -> bool:
+        """Claim what is due and start delivering it; True when every slot is now taken."""
+        free = self._settings.webhook_concurrency - len(self._lanes)
+        if free <= 0:
+            return True
+        claims = await self._scripts.run(webhooks.claim(now_ms=self._now_ms(), lease_ms=self._lease_ms, most=free,
+                                                        token=next(self._tokens)))
+        for c in claims:
+            task = asyncio.get_running_loop().create_task(self._lane(c))
+            self._lanes.add(task)
+            task.add_done_callback(self._done)
+        return len(claims) >= free
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._lanes.discard(task)
+        self._freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            # Its lease lapses and the message goes out again: logged, never lost.
+            log.warning("webhook delivery failed: %s", type(task.exception()).__name__)
+
+    async def _lane(self, c: webhooks.Claim | None) -> None:
+        """Deliver the claimed message, then the lane's next ones while they come straight after it."""
+        while c is not None:
+            c = await self.attempt(c)
+
+    async def attempt(self, c: webhooks.Claim) -> webhooks.Claim | None:
+        """One attempt of the claimed message; the lane's next claim when it moved straight on."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys.webhook_message_key(c.message_id))
+        pipe.hgetall(keys.webhook_key(c.endpoint_id))
+        message, endpoint = await pipe.execute()
+        if not message or not endpoint:  # expired, or the endpoint was deleted meanwhile: nothing to send
+            return None
+        payload = await self._body(message)
+        now_ms = self._now_ms()
+        at = datetime.fromtimestamp(now_ms / 1000, UTC)
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            target = parse_url(endpoint.get("url", ""))
+            answer = await self._sender.post(target, payload, webhooks.headers(
+                c.message_id, at, payload, webhooks.signing_secrets(endpoint, now_ms)))
+            status, retry_after, error = answer.status, answer.retry_after_s, answer.error
+        except EgressRefused as exc:
+            error = exc.code
+        outcome, wait_s = webhooks.verdict(status, retry_after, round_=int(message.get("round") or 0),
+                                           schedule=self._settings.webhook_retry_schedule, rng=self._rng)
+        done_ms = self._now_ms()
+        moved = await self._scripts.run(webhooks.record_result(
+            c, outcome=outcome, now_ms=done_ms, next_ms=done_ms + int(wait_s * 1000) if outcome == "retry" else 0,
+            status=status, error=error, lease_ms=self._lease_ms, next_token=next(self._tokens)))
+        if outcome == "gone" and moved.state == "disabled":
+            log.warning("webhook endpoint %s answered 410 Gone: disabled", c.endpoint_id)
+        if moved.state == "next":
+            return webhooks.Claim(c.endpoint_id, c.lane, moved.message_id, moved.token)
+        return None
+
+    async def _body(self, message: dict[str, str]) -> bytes:
+        """The stored body; made (and stored, first writer wins) at a message's first attempt."""
+        if "body" in message:
+            return message["body"].encode()
+        command: dict[str, str] | None = None
+        if message.get("command"):
+            found = cast(dict[str, str], await self._redis.hgetall(keys.command_key(message["command"])))
+            command = found or None
+        payload = webhooks.body(message, command)
+        key = keys.webhook_message_key(message["id"])
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hsetnx(key, "body", payload.decode())
+        pipe.hget(key, "body")
+        stored = (await pipe.execute())[1]
+        return stored.encode() if stored else payload
+
+
+async def _first(*waits: Any, timeout: float) -> None:
+    """Wait until the first of these awaitables finishes (or ``timeout``), cancelling the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class DelivererThread:
+    """A ``Deliverer`` on its own thread and event loop (a worker process runs one)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="callq-webhooks", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout_s)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        settings = self._settings
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                        max_connections=settings.webhook_concurrency + 8,
+                                        health_check_interval=30)
+        sender = Sender(Policy(settings.webhook_allowed_networks), timeout_s=settings.webhook_timeout_s,
+                        max_connections=settings.webhook_concurrency)
+        self._started.set()
+        try:
+            await Deliverer(settings, redis, sender).run(self._stop)
+        finally:
+            await sender.aclose()
+            await redis.aclose()
