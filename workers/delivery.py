@@ -62,13 +62,17 @@ class Deliverer:
         """Deliver until ``stop`` is set; then let the deliveries in flight finish (their leases cover them)."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(keys.WEBHOOKS_CHANNEL)
+            failing = False
             while not stop.is_set():
                 try:
+                    if not pubsub.subscribed:  # first, and again after Redis came back
+                        await pubsub.subscribe(keys.WEBHOOKS_CHANNEL)
                     full = await self.round()
+                    failing = False
                 except Exception as exc:  # Redis down: try again at the next poll, never give up
-                    log.warning("webhook deliverer: claiming failed: %s", type(exc).__name__)
-                    full = False
+                    if not failing:  # once per outage, not once a second
+                        log.warning("webhook deliverer: claiming failed: %s", type(exc).__name__)
+                    failing, full = True, False
                 await self._wait(pubsub, stop, full)
         finally:
             if self._lanes:
@@ -80,6 +84,9 @@ class Deliverer:
         self._freed.clear()
         if full:
             await _first(self._freed.wait(), stop.wait(), timeout=POLL_S)
+            return
+        if not pubsub.subscribed:
+            await _first(stop.wait(), timeout=POLL_S)
             return
         try:
             message = await pubsub.get_message(timeout=POLL_S)

@@ -136,6 +136,8 @@ def test_history_retry_and_replay_resend_the_same_messages(simulator: ThreadServ
 
     callq.retry_webhook_delivery(hook["id"], first_id)
     receiver.wait_for(lambda rs: len([d for d in rs if d.id == first_id]) == 2, timeout_s=WAIT_S)
+    wait_until(lambda: callq.webhook_delivery(hook["id"], first_id)["status"] == "succeeded", timeout_s=WAIT_S,
+               what="the retry's success recorded")  # until then it is still waiting in its lane: not replayed
 
     before = len(receiver.received)
     replayed = callq.replay_webhook(hook["id"], since_seq=1, call_connection_id=cc)

@@ -204,3 +204,26 @@ def test_the_verdict_follows_the_standard_webhooks_rules() -> None:
     assert outcome == "retry" and 48 <= wait <= 72  # 3xx is a failure (never followed); ±20 % jitter
     assert webhooks.verdict(429, 7.0, round_=0, schedule=schedule, rng=rng) == ("retry", 7.0)
     assert webhooks.verdict(None, None, round_=2, schedule=schedule, rng=rng) == ("failed", 0.0)
+
+
+def test_what_the_sender_signs_verifies_with_callqs_and_the_specs_verifiers() -> None:
+    from datetime import UTC, datetime
+
+    from standardwebhooks import Webhook
+
+    from callq.webhooks import WebhookVerificationError, verify_webhook
+
+    old, new = webhooks.new_secret(), webhooks.new_secret()
+    at = datetime.now(UTC)
+    payload = b'{"type":"webhook.test","timestamp":"2026-12-03T10:00:00Z","data":{"seq":1}}'
+    sent = webhooks.headers("msg_x_0000000001", at, payload, [new, old])
+    assert len(sent["webhook-signature"].split(" ")) == 2 and sent["webhook-timestamp"] == str(int(at.timestamp()))
+    for secret in (new, old):  # a receiver still holding the rotated-out secret verifies during the grace period
+        verify_webhook(sent, payload, secret)
+        assert Webhook(secret).verify(payload, sent) == json.loads(payload)
+    try:
+        verify_webhook(sent, payload + b" ", new)
+    except WebhookVerificationError:
+        pass
+    else:
+        raise AssertionError("a changed body must not verify")
