@@ -99,8 +99,31 @@ def _rooms(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(settings, args) as callq:
+        action = args.webhooks_command
+        if action == "create":
+            _print_json(callq.create_webhook(args.url, events=args.event or None, description=args.description))
+        elif action == "test":
+            _print_json(callq.test_webhook(args.webhook_id))
+        elif action == "replay":
+            _print_json(callq.replay_webhook(args.webhook_id, since=args.since, since_seq=args.since_seq,
+                                             call_connection_id=args.call))
+        elif action == "deliveries":
+            for d in callq.webhook_deliveries(args.webhook_id, status=args.status):
+                code = d.get("last_status_code") or d.get("last_error") or "-"
+                print(f"{d['id']}  {d['type']:<17} {d['status']:<9} seq {d['seq']:<4} attempts {d['attempts']:<2} "
+                      f"last {code}  {d.get('call_connection_id') or d.get('room_id') or ''}")
+        else:
+            for hook in callq.list_webhooks()["items"]:
+                health = hook["health"]
+                print(f"{hook['id']}  {hook['state']:<8} {','.join(hook['events'])}  {hook['url']}  "
+                      f"failures {health['consecutive_failures']}")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Declare connect, wait, tail and rooms on the ``callq`` parser."""
+    """Declare connect, wait, tail, rooms and webhooks on the ``callq`` parser."""
     api = argparse.ArgumentParser(add_help=False)
     api.add_argument("--api-url", help="the callq API (default: http://127.0.0.1:CALLQ_API_PORT)")
     api.add_argument("--api-key", help="the API key (default: CALLQ_API_KEYS, else the one `callq up` generated)")
@@ -130,3 +153,25 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     create.add_argument("--valid-until", metavar="ISO", help="RFC 3339 time with an offset (default: +180 days)")
     create.add_argument("--dial-out", action="store_true", help="allow dialling phone numbers from the room")
     create.set_defaults(run=_rooms)
+
+    hooks = sub.add_parser("webhooks", help="webhook endpoints: list, create, test, deliveries, replay")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    hooks_sub.add_parser("list", parents=[api], help="your endpoints and their health").set_defaults(run=_webhooks)
+    made = hooks_sub.add_parser("create", parents=[api], help="register an endpoint (prints its secret, once)")
+    made.add_argument("url")
+    made.add_argument("--event", action="append", metavar="TYPE",
+                      help="command.succeeded, command.failed, call.event, room.event; repeatable (default: all)")
+    made.add_argument("--description")
+    made.set_defaults(run=_webhooks)
+    for name, text in (("test", "send a webhook.test message"),
+                       ("deliveries", "an endpoint's deliveries, newest first"),
+                       ("replay", "send messages again: --since TIME, or --since-seq N --call CC")):
+        action = hooks_sub.add_parser(name, parents=[api], help=text)
+        action.add_argument("webhook_id", metavar="ID")
+        action.set_defaults(run=_webhooks)
+        if name == "deliveries":
+            action.add_argument("--status", choices=("pending", "succeeded", "failed"))
+        if name == "replay":
+            action.add_argument("--since", metavar="ISO")
+            action.add_argument("--since-seq", type=int, metavar="N")
+            action.add_argument("--call", metavar="CC")

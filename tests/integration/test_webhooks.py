@@ -4,11 +4,13 @@ disables the endpoint, history, retry and replay; and the SSRF guard."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from callq import cli
 from callq.client import CallqAPIError, Client
 from callq.receiver import Answer, Delivery, Receiver
 from tests.conftest import TEST_API_KEY, wait_until
@@ -190,3 +192,20 @@ def test_urls_that_reach_private_or_metadata_addresses_are_refused(callq: Client
             callq.create_webhook(url)
         assert (refused.value.status, refused.value.code) == (422, code), url
     assert callq.list_webhooks()["items"] == []
+
+
+def test_cli_creates_tests_and_lists_deliveries(callq: Client, receiver: Receiver,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["webhooks", "create", receiver.url, "--event", "command.failed"]) == 0
+    hook = json.loads(capsys.readouterr().out)
+    receiver.secrets = [hook["secret"]]
+    assert cli.main(["webhooks", "test", hook["id"]]) == 0
+    test = json.loads(capsys.readouterr().out)
+    [d] = receiver.wait_for(lambda rs: len(rs) == 1, timeout_s=WAIT_S)
+    assert d.id == test["id"] and d.valid and d.type == "webhook.test"
+    wait_until(lambda: callq.webhook_delivery(hook["id"], test["id"])["status"] == "succeeded", timeout_s=WAIT_S,
+               what="the test's success recorded")
+    assert cli.main(["webhooks", "deliveries", hook["id"]]) == 0
+    assert capsys.readouterr().out.split()[:3] == [test["id"], "webhook.test", "succeeded"]
+    assert cli.main(["webhooks", "list"]) == 0
+    assert capsys.readouterr().out.split()[:3] == [hook["id"], "healthy", "command.failed"]
