@@ -70,7 +70,50 @@ def _result_from(kind: str, data: dict[str, Any]) -> dict[str, Any]:
               "correlation_id": data.get("correlationId")}
     if kind == "CallDisconnected":
         result["result_information"] = data.get("resultInformation")
+    if kind == "RecognizeCompleted":
+        result.update(recognized(data))
     return result
+
+
+# ACS's DtmfTone names (``dtmfResult.tones``) → the keys pressed.
+_KEYS = {**{n: str(d) for d, n in enumerate("zero one two three four five six seven eight nine".split())},
+         "pound": "#", "asterisk": "*", "a": "A", "b": "B", "c": "C", "d": "D"}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def recognized(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What a RecognizeCompleted says was recognized, as the command's result carries it.
+
+    ``recognition_type`` (dtmf, speech, choices); ``tones`` (ACS's names, e.g. ``["one", "pound"]``) and ``digits``
+    (the same as keys, ``"1#"``) from ``dtmfResult`` (real ACS today) or ``collectTonesResult`` (older events);
+    ``speech`` (``text``, ``confidence``) from ``speechResult``; ``choice`` (``label``, ``recognized_phrase``,
+    ``confidence``) from ``choiceResult``. A field ACS did not send is absent; odd-typed ones are dropped.
+    """
+    out: dict[str, Any] = {"recognition_type": _text(data.get("recognitionType"))}
+    for name in ("dtmfResult", "collectTonesResult"):
+        found = data.get(name)
+        tones = found.get("tones") if isinstance(found, dict) else None
+        if isinstance(tones, list):
+            names = [t for t in tones if isinstance(t, str)]
+            out["tones"] = names
+            out["digits"] = "".join(_KEYS.get(t.lower(), "?") for t in names)
+            break
+    speech = data.get("speechResult")
+    if isinstance(speech, dict):
+        out["speech"] = {"text": _text(speech.get("speech")), "confidence": _number(speech.get("confidence"))}
+    choice = data.get("choiceResult")
+    if isinstance(choice, dict):
+        out["choice"] = {"label": _text(choice.get("label")),
+                         "recognized_phrase": _text(choice.get("recognizedPhrase")),
+                         "confidence": _number(choice.get("confidence"))}
+    return out
 
 
 def _tag(op: Operation, kind: str, data: dict[str, Any]) -> str | None:

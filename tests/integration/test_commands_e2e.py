@@ -38,6 +38,9 @@ def test_recognize_collects_the_callers_tones(call: str, api: httpx.Client) -> N
                           {"phone_number": PARENT, "max_tones": 3, "stop_tones": ["#"],
                            "prompt": {"text": "Enter your PIN"}}).json()["id"])
     assert done["status"] == "succeeded" and done["resolved_by"]["type"] == "RecognizeCompleted", done
+    # The phone pressed 4, 2, #: two tones collected, then the stop tone ended it (not collected).
+    assert done["result"]["recognition_type"] == "dtmf"
+    assert (done["result"]["tones"], done["result"]["digits"]) == (["four", "two"], "42"), done["result"]
 
 
 def test_continuous_dtmf_starts_and_stops(call: str, api: httpx.Client, simulator: ThreadServer) -> None:

@@ -164,3 +164,64 @@ def test_a_connect_already_listed_is_not_listed_twice(any_redis) -> None:  # typ
     make_command(r, "cmd_c", "connect")  # sent.lua listed it with its call
     ingest(ar, event("CallConnected", eid="e1", ctx="cmd_c"))
     assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["cmd_c"]
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"recognitionType": "dtmf", "dtmfResult": {"tones": ["four", "two", "pound"]}},
+     {"recognition_type": "dtmf", "tones": ["four", "two", "pound"], "digits": "42#"}),
+    # Older events (the 2022 docs' sample) carry the same tones as collectTonesResult.
+    ({"recognitionType": "dtmf", "collectTonesResult": {"tones": ["one", "asterisk"]}},
+     {"recognition_type": "dtmf", "tones": ["one", "asterisk"], "digits": "1*"}),
+    ({"recognitionType": "speech", "speechResult": {"speech": "check in", "confidence": 0.9}},
+     {"recognition_type": "speech", "speech": {"text": "check in", "confidence": 0.9}}),
+    ({"recognitionType": "choices", "choiceResult": {"label": "yes", "recognizedPhrase": "yep", "confidence": 0.8}},
+     {"recognition_type": "choices", "choice": {"label": "yes", "recognized_phrase": "yep", "confidence": 0.8}}),
+])
+def test_recognize_completed_puts_what_was_recognized_in_the_result(any_redis, data: dict[str, Any],  # type: ignore[no-untyped-def]
+                                                                     expected: dict[str, Any]) -> None:
+    r, ar = any_redis
+    make_command(r, "cmd_r", "recognize")
+    ingest(ar, event("RecognizeCompleted", eid="e-rec", ctx="cmd_r", **data))
+    result = json.loads(r.hget(keys.command_key("cmd_r"), "result"))
+    assert {k: result[k] for k in expected} == expected
+    assert result["server_call_id"] == "scid-1"
+
+
+def _answered(r: redis.Redis, cid: str) -> None:
+    """What the worker records when ACS answers an add: the invitation and the participant (sent.lua)."""
+    cmd = command.Command.from_hash(r.hgetall(keys.command_key(cid)))
+    answer = {"result": {"invitation_id": "inv-1", "participant": {"phone_number": "+14255550123"}}}
+    scripts.run(r, ledger.sent(cmd, Status.WAITING, answer, made=ledger.SentTo(), ttl_s=60, wait_deadline_ms=10**13))
+
+
+def test_an_adds_answer_survives_the_event_that_resolves_it(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_a", "add_participant", status="running")
+    _answered(r, "cmd_a")
+    ingest(ar, event("AddParticipantSucceeded", eid="e-add", ctx="cmd_a"))
+    record = r.hgetall(keys.command_key("cmd_a"))
+    assert record["status"] == "succeeded"
+    assert json.loads(record["result"]) == {"invitation_id": "inv-1", "participant": {"phone_number": "+14255550123"},
+                                            "call_connection_id": "cc-1", "server_call_id": "scid-1",
+                                            "correlation_id": "corr"}
+
+
+def test_an_adds_answer_arriving_after_its_event_joins_the_result(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_a", "add_participant", status="running")
+    ingest(ar, event("AddParticipantSucceeded", eid="e-add", ctx="cmd_a"))
+    _answered(r, "cmd_a")
+    result = json.loads(r.hget(keys.command_key("cmd_a"), "result"))
+    assert result["invitation_id"] == "inv-1" and result["server_call_id"] == "scid-1"
+
+
+def test_a_recording_event_naming_another_connection_joins_callqs_call_timeline(any_redis) -> None:  # type: ignore[no-untyped-def]
+    r, ar = any_redis
+    make_command(r, "cmd_s", "start_recording", cc="cc-callq")
+    r.hset(keys.recording_key("rec-1"), mapping={"call_connection_id": "cc-callq", "start_command": "cmd_s"})
+    r.rpush(keys.recording_commands_key("rec-1"), "cmd_s")
+    ingest(ar, event("RecordingStateChanged", eid="e-rsc", cc="cc-acs-other", recordingId="rec-1", state="active"))
+    assert status(r, "cmd_s") == "succeeded"
+    [(_, fields)] = r.xrange(keys.call_events_key("cc-callq"))
+    assert json.loads(fields["event"])["id"] == "e-rsc"
+    assert r.xlen(keys.call_events_key("cc-acs-other")) == 1  # and where ACS said

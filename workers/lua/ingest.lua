@@ -50,11 +50,23 @@ end
 -- Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
 redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ttl)
-if KEYS[3] ~= '' then
-  -- Told before the commands it resolves: a receiver sees the event, then what it meant.
-  local owner = redis.call('HMGET', KEYS[3], 'client', 'room_id')
-  webhook_fanout(owner[1] or (connect and connect.client), 'call.event', ARGV[15], now,
-    {'event', ARGV[4], 'call_connection_id', ARGV[15], 'room_id', owner[2] or ''})
+-- Real ACS reports a recording per server call, so its RecordingStateChanged may name another call connection
+-- than callq's: the event also joins the timeline of the connection that started the recording.
+local own = KEYS[5] ~= '' and redis.call('HGET', KEYS[5], 'call_connection_id') or ''
+if own ~= '' and own ~= ARGV[15] then
+  local timeline = CALL_PREFIX .. own .. CALL_EVENTS_SUFFIX
+  redis.call('XADD', timeline, 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
+  redis.call('EXPIRE', timeline, ttl)
+else
+  own = ''
+end
+-- Told before the commands it resolves: a receiver sees the event, then what it meant.
+for _, call in ipairs({KEYS[3] ~= '' and ARGV[15] or '', own}) do
+  if call ~= '' then
+    local owner = redis.call('HMGET', CALL_PREFIX .. call, 'client', 'room_id')
+    webhook_fanout(owner[1] or (call == ARGV[15] and connect and connect.client), 'call.event', call, now,
+      {'event', ARGV[4], 'call_connection_id', call, 'room_id', owner[2] or ''})
+  end
 end
 -- Decoded only when there is a command to apply it to (most events only join the timeline).
 local plan = (#found > 0 and ARGV[9] ~= '') and cjson.decode(ARGV[9]) or {types = {}, steps = {}}
@@ -72,7 +84,7 @@ for _, cmd in ipairs(found) do
       -- kept, not applied
       if cmd.id == context then redis.call('HSET', COMMAND_PREFIX .. cmd.id, 'late_event', ARGV[11]) end
     else
-      resolved(cmd.id, cmd.cc, transition(cmd.id, step[1], '', now, step[2]))
+      resolved(cmd.id, cmd.cc, transition(cmd.id, step[1], '', now, merged_result(cmd.id, step[2])))
       if ARGV[7] ~= '1' then break end  -- one event answers one command: the one it names, else the oldest
     end
   end

@@ -90,6 +90,30 @@ local function webhook_fanout(client, kind, lane, at, fields)
   end
 end
 
+-- A command's result is told twice for some commands, in either order: by ACS's answer to the request (an add's
+-- invitation_id and participant) and by the event that resolves it (the call's ids, what was recognized). Whichever
+-- comes second joins what is there instead of replacing it: its non-null members win, the others stay. `fields` is a
+-- flat field/value list; returns it with its 'result' merged into the command's stored one (unchanged when either is
+-- not a JSON object).
+local function merged_result(id, fields)
+  local at = nil
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'result' then at = i + 1 end
+  end
+  if not at then return fields end
+  local stored = redis.call('HGET', COMMAND_PREFIX .. id, 'result')
+  if not stored or stored == '' or stored == 'null' then return fields end
+  local ok_old, old = pcall(cjson.decode, stored)
+  local ok_new, new = pcall(cjson.decode, fields[at])
+  if not (ok_old and ok_new and type(old) == 'table' and type(new) == 'table') then return fields end
+  for k, v in pairs(new) do
+    if v ~= cjson.null then old[k] = v end
+  end
+  local out = {unpack(fields)}
+  out[at] = cjson.encode(old)
+  return out
+end
+
 -- Move the command `id` to status `to` from a non-terminal one (only from the csv `allowed` unless it is ''),
 -- setting `fields` (a flat field/value list) and adding `attempts_by` to its attempts. A terminal move leaves
 -- the sweeper's and the deadline index, and is announced on COMMAND_DONE_CHANNEL for long-polling API

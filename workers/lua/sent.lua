@@ -4,7 +4,7 @@
 -- sees its recording id); then running -> ARGV[2] (waiting, or succeeded when the answer is the outcome).
 -- A command that now waits for its event is indexed under its outcome deadline in the same step (due.lua
 -- reads that index), so no crash can leave a wait without its deadline. The fields are recorded even if an
--- early event already resolved the command: the response is still true.
+-- early event already resolved the command: the response is still true (its result joins the event's: merged_result).
 -- KEYS: 1 command hash; 2 hash and 3 command list of the call ACS made, 4 its room's call key; 5 hash and
 --       6 command list of the recording ACS started, 7 the hash of the call it records ('' for what ACS did
 --       not make)
@@ -21,7 +21,7 @@ if KEYS[2] ~= '' then
   if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'EX', ttl) end
   redis.call('EXPIRE', KEYS[3], ttl)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(merged_result(id, {unpack(ARGV, 11)})))
 if KEYS[5] ~= '' then
   redis.call('HSET', KEYS[5], 'client', ARGV[6], 'call_connection_id', ARGV[10], 'start_command', id)
   redis.call('RPUSH', KEYS[6], id)
