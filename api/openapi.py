@@ -12,7 +12,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from api import resources, room_openapi, schedules
+from api import resources, room_openapi, schedules, webhook_openapi
 from api.auth import IDEMPOTENCY_KEY
 from api.routes import COMMANDS, CommandSpec
 from api.schedule_schemas import ScheduleBody
@@ -167,10 +167,10 @@ def _merged(*groups: dict[str, Any]) -> dict[str, Any]:
 
 @cache
 def document() -> dict[str, Any]:
+    bodies: tuple[type[BaseModel], ...] = (ScheduleBody, *room_openapi.MODELS, *webhook_openapi.MODELS)
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        *((spec.body, "validation") for spec in COMMANDS), (ScheduleBody, "validation"),
-        *((model, "validation") for model in room_openapi.MODELS),
-        *((model, "serialization") for model in resources.MODELS)]
+        *((spec.body, "validation") for spec in COMMANDS), *((model, "validation") for model in bodies),
+        *((model, "serialization") for model in (*resources.MODELS, *webhook_openapi.RESPONSE_MODELS))]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     idem = {"name": "Idempotency-Key", "in": "header", "required": True,
             "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern}}
@@ -182,7 +182,7 @@ def document() -> dict[str, Any]:
                        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
         "security": [{"apiKey": []}],
         "paths": _merged(_command_ops(idem), _read_ops(), schedules.openapi_paths(idem, _errors),
-                         room_openapi.openapi_paths(idem, _errors)),
+                         room_openapi.openapi_paths(idem, _errors), webhook_openapi.openapi_paths(idem, _errors)),
     }
 
 

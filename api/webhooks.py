@@ -8,7 +8,9 @@ queues nothing more.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from starlette.routing import Route
 
 from api.auth import idempotency_key
 from api.routes import read_json, validation_error
-from api.schemas import Body
+from api.schemas import Body, Empty
 from api.webhook_schemas import ReplayBody, WebhookBody, WebhookPatch
 from workers import commands, keys, webhooks
 from workers.egress import EgressRefused, Policy, parse_url
@@ -30,6 +32,10 @@ from workers.errors import Conflict, IdempotencyKeyReused, InvalidCommand, Webho
 PAGE_DEFAULT, PAGE_MAX = 50, 200
 REPLAY_MAX = 10_000  # messages one replay may send again
 REQUEUE_CHUNK = 500
+# Registration looks a name up only to refuse a forbidden address early; a resolver that does not answer must not
+# hold the request (and its client) for the resolver's own timeouts (5 s per try, per server, per search domain).
+RESOLVE_TIMEOUT_S = 2.0
+_LIMIT = re.compile(r"[0-9]{1,9}")  # not str.isdigit(): it takes "²", which int() refuses
 B = TypeVar("B", bound=Body)
 
 
@@ -47,12 +53,16 @@ def _now_iso() -> str:
 
 async def _check_url(request: Request, url: str) -> str:
     """A URL callq may deliver to: http(s), and not a private, loopback, link-local or metadata address (unless
-    CALLQ_WEBHOOK_ALLOWED_NETWORKS allows it). A name that does not resolve now is accepted (DNS may not be set up
-    yet); every delivery resolves and checks again, and connects to the address it checked."""
+    CALLQ_WEBHOOK_ALLOWED_NETWORKS allows it). A name that does not resolve now (or not within RESOLVE_TIMEOUT_S) is
+    accepted (DNS may not be set up yet); every delivery resolves and checks again, and connects to the address it
+    checked."""
     policy = Policy(request.state.settings.webhook_allowed_networks)
     try:
         target = parse_url(url)
-        await policy.resolve(target)
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            await policy.resolve(target)
+    except TimeoutError:
+        pass  # as good as unresolvable now: accepted, and checked at every delivery
     except EgressRefused as exc:
         if exc.code != "webhook_url_unresolvable":
             raise InvalidCommand(exc.message, code=exc.code,
@@ -161,7 +171,7 @@ async def rotate_secret(request: Request) -> Response:
     state = request.state
     client = state.api_keys.client_for(request)
     idem = idempotency_key(request)
-    await read_json(request, empty_ok=True)
+    await _parse(request, Empty, empty_ok=True)
     record = await _own(request, client)
     fingerprint = commands.fingerprint(f"POST /v1/webhooks/{record['id']}/rotate-secret", {})
     earlier = await state.redis.hmget(keys.idempotency_key(client, idem), "command_id", "fingerprint", "response")
@@ -191,7 +201,7 @@ async def test_webhook(request: Request) -> Response:
     state = request.state
     client = state.api_keys.client_for(request)
     idem = idempotency_key(request)
-    await read_json(request, empty_ok=True)
+    await _parse(request, Empty, empty_ok=True)
     record = await _own(request, client)
     if record.get("enabled") != "1":
         raise Conflict("This endpoint is disabled; enable it (PATCH {\"enabled\": true}) to test it.",
@@ -243,7 +253,7 @@ async def list_deliveries(request: Request) -> Response:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", str(PAGE_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= PAGE_MAX:
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= PAGE_MAX:
         raise InvalidCommand(f"limit must be a whole number from 1 to {PAGE_MAX}.", code="invalid_limit")
     return int(raw)
 
@@ -302,7 +312,7 @@ async def retry_delivery(request: Request) -> Response:
     key, fingerprint, earlier = await _once(request, client, f"POST {request.url.path}", {})
     if earlier is not None:
         return JSONResponse(earlier, status_code=202, headers={"Idempotent-Replayed": "true"})
-    await read_json(request, empty_ok=True)
+    await _parse(request, Empty, empty_ok=True)
     await state.scripts.run(webhooks.requeue(client=client, endpoint_id=record["id"], message_ids=[message["id"]],
                                              now_ms=int(time.time() * 1000), ttl_s=state.settings.webhook_retention_s))
     _, message = await _own_message(request, client)

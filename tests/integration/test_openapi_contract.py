@@ -1,9 +1,10 @@
 """Every route of /openapi.json, fuzzed in-process by schemathesis, answers as its contract says.
 
 The API runs on the session's real redis-server with the simulator as ACS (no worker: the commands are only
-accepted). Cases the schema calls valid are aimed at a call, recording and command that exist, each with a
-fresh Idempotency-Key, so that valid input must be accepted (``positive_data_acceptance``); invalid cases
-keep their generated ids and keys. No case may get a 5xx, a status or body the schema does not publish.
+accepted; no deliverer: webhook messages are only made). Cases the schema calls valid are aimed at a call,
+recording, command, webhook endpoint and delivery that exist, each with a fresh Idempotency-Key, so that valid
+input must be accepted (``positive_data_acceptance``); invalid cases keep their generated ids and keys. No case
+may get a 5xx, a status or body the schema does not publish.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from api.app import create_app
 from api.openapi import document
 from tests.conftest import TEST_API_KEY
 from tests.integration.conftest import ThreadServer
-from workers import keys
+from workers import keys, scripts, webhooks
 from workers.acs import create_client
 from workers.settings import Settings
 
@@ -34,6 +35,8 @@ pytestmark = pytest.mark.integration
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
 ROOM = "room-contract"
+# Nothing delivers to it here; a name (not an address) so that registering it asks the resolver, as a client's does.
+HOOK_URL = "https://hooks.example.com/callq"
 PEOPLE = ["8:acs:contract_alice", "4:+14255550123"]
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.response_schema_conformance,
           checks.content_type_conformance, checks.positive_data_acceptance]
@@ -95,10 +98,16 @@ def app(stack_settings: Settings, simulator: ThreadServer) -> Iterator[Starlette
         command = client.post(f"http://testserver/v1/calls/{cc}/media/cancel",
                               headers={**AUTH, "Idempotency-Key": "seed"})
         assert command.status_code == 202, command.text
+        hook = client.post("http://testserver/v1/webhooks", json={"url": HOOK_URL},
+                           headers={**AUTH, "Idempotency-Key": "seed-webhook"})
+        assert hook.status_code == 201, hook.text
+        test = client.post(f"http://testserver/v1/webhooks/{hook.json()['id']}/test",
+                           headers={**AUTH, "Idempotency-Key": "seed-webhook-test"})
+        assert test.status_code == 202, test.text
     # Settled, as if a worker had run it: ?wait= on it answers at once instead of long-polling.
     redis.Redis.from_url(settings.redis_url).hset(keys.command_key(command.json()["id"]), "status", "succeeded")
     IDS.update(call_connection_id=cc, recording_id=rid, command_id=command.json()["id"], raw_id=PEOPLE[0],
-               room_id=ROOM)
+               room_id=ROOM, webhook_id=hook.json()["id"], delivery_id=test.json()["id"])
     try:
         yield app
     finally:
@@ -109,13 +118,30 @@ def app(stack_settings: Settings, simulator: ThreadServer) -> Iterator[Starlette
 
 def _aim(case: schemathesis.Case[Any]) -> None:
     """A valid case goes to the seeded resources with an unused Idempotency-Key; an invalid one stays as made."""
-    if case.meta is None or not case.meta.generation.mode.is_positive:
+    if not _positive(case):
         return
     for name in case.path_parameters or {}:
         if name in IDS and name != "room_id":
             case.path_parameters[name] = IDS[name]
     if case.headers and "Idempotency-Key" in case.headers:
         case.headers["Idempotency-Key"] = f"contract-{next(_KEYS)}"
+    if case.query and "cursor" in case.query:
+        case.query["cursor"] = IDS["delivery_id"]  # a cursor is the last id of a page callq answered
+
+
+def _new_webhook(settings: Settings) -> str:
+    """An endpoint of alice's made as POST /v1/webhooks makes it (webhook_save.lua), for one DELETE to delete."""
+    ep = webhooks.new_endpoint_id()
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        saved = scripts.run(r, webhooks.save(
+            client="alice", endpoint_id=ep, mode="create", max_endpoints=settings.webhook_max_endpoints,
+            fields={"url": HOOK_URL, "events": "*", "enabled": "1", "state": "healthy",
+                    "secret": webhooks.new_secret(), "created_ms": "1", "retention": "3600"}))
+    finally:
+        r.close()
+    assert saved.outcome == "new"
+    return ep
 
 
 # Valid-looking schedules (and rooms, see _rooms) may still be refused: a start in the past, a cron the grammar
@@ -126,10 +152,24 @@ SCHEDULE_CHECKS = [c for c in CHECKS if c is not checks.positive_data_acceptance
 
 @schema.parametrize()
 @settings(max_examples=12, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
-def test_every_route_answers_as_its_contract_says(case: schemathesis.Case[Any], app: Starlette) -> None:
+def test_every_route_answers_as_its_contract_says(case: schemathesis.Case[Any], app: Starlette,
+                                                  stack_settings: Settings) -> None:
     _aim(case)
+    if case.method == "DELETE" and case.operation.path == "/v1/webhooks/{webhook_id}" and _positive(case):
+        case.path_parameters["webhook_id"] = _new_webhook(stack_settings)  # the seeded one stays for the others
     schedule = case.operation.path == "/v1/recording-schedules" and case.method == "POST"
-    case.call_and_validate(headers=AUTH, checks=SCHEDULE_CHECKS if schedule or _rooms(case) else CHECKS)
+    refusable = schedule or _rooms(case) or _webhook_url(case)
+    case.call_and_validate(headers=AUTH, checks=SCHEDULE_CHECKS if refusable else CHECKS)
+
+
+def _positive(case: schemathesis.Case[Any]) -> bool:
+    return case.meta is not None and case.meta.generation.mode.is_positive
+
+
+def _webhook_url(case: schemathesis.Case[Any]) -> bool:
+    """A webhook URL the schema calls valid may still be refused: one that resolves to a private, loopback or
+    metadata address, a malformed host, or a 21st endpoint (too_many_webhooks). The route checks those."""
+    return (case.method, case.operation.path) in {("POST", "/v1/webhooks"), ("PATCH", "/v1/webhooks/{webhook_id}")}
 
 
 def _rooms(case: schemathesis.Case[Any]) -> bool:

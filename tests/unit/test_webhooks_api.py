@@ -166,3 +166,59 @@ def test_delete_stops_the_fan_out(client: TestClient, sync_redis: fakeredis.Fake
     assert sync_redis.hgetall(keys.client_webhooks_key("alice")) == {}
     assert client.get(f"/v1/webhooks/{hook['id']}", headers=ALICE).status_code == 404
     assert client.delete(f"/v1/webhooks/{hook['id']}", headers=ALICE).status_code == 404
+
+
+@pytest.mark.parametrize("limit", ["²", "1" * 5000, "-1", "0", "201", "ten", ""])
+def test_a_limit_that_is_not_a_whole_number_in_range_is_422(client: TestClient, limit: str) -> None:
+    # "²".isdigit() is True and int("²") raises, as does int() of 5,000 digits: both were 500s.
+    hook = create(client)
+    resp = client.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"limit": limit}, headers=ALICE)
+    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "invalid_limit")
+
+
+@pytest.mark.parametrize("path", ["rotate-secret", "test", "deliveries/{delivery}/retry"])
+def test_posts_without_parameters_take_no_body_or_an_empty_one(client: TestClient, path: str) -> None:
+    hook = create(client)
+    base = f"/v1/webhooks/{hook['id']}"
+    url = f"{base}/{path.format(delivery=post(client, f'{base}/test', key='made').json()['id'])}"
+    for i, body in enumerate(({"secret": "whsec_mine"}, ["x"], 5)):
+        resp = post(client, url, body, key=f"bad{i}")
+        assert (resp.status_code, resp.json()["error"]["code"]) == (422, "validation_error"), body
+    assert post(client, url, {}, key="empty").status_code in (200, 202)
+    assert post(client, url, key="none").status_code in (200, 202)
+
+
+def test_a_resolver_that_does_not_answer_does_not_hold_a_create(client: TestClient,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from api import webhooks as routes
+    from workers.egress import Policy, Target
+
+    async def never(self: Policy, target: Target) -> list[str]:
+        await asyncio.Event().wait()  # a resolver whose server never answers
+        return []
+
+    monkeypatch.setattr(Policy, "resolve", never)
+    monkeypatch.setattr(routes, "RESOLVE_TIMEOUT_S", 0.01)
+    resp = post(client, "/v1/webhooks", {"url": "https://hooks.example.com/"}, key="slow-dns")
+    assert resp.status_code == 201, resp.text  # as an unresolvable name is: checked again at every delivery
+
+
+def test_openapi_describes_every_webhook_route_with_an_idempotency_key_on_each_post() -> None:
+    from api.openapi import document
+    from api.webhooks import webhook_routes
+
+    doc = document()
+    for route in webhook_routes:
+        for method in route.methods or ():
+            if method == "HEAD":
+                continue
+            op = doc["paths"][route.path][method.lower()]
+            params = {p["name"] for p in op.get("parameters", [])}
+            assert (method == "POST") == ("Idempotency-Key" in params), (method, route.path)
+            for response in op["responses"].values():
+                ref = response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+                assert not ref or ref.rsplit("/", 1)[-1] in doc["components"]["schemas"], ref
+    assert "secret" in doc["components"]["schemas"]["WebhookEndpointWithSecret"]["required"]
+    assert "secret" not in doc["components"]["schemas"]["WebhookEndpoint"]["properties"]
