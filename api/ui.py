@@ -1,11 +1,12 @@
 """The operator page at ``/ui``: live calls, each call's commands and event timeline, commands in trouble, the
-client's rooms with their automation runs and Event Grid timeline.
+client's rooms with their automation runs and Event Grid timeline, its webhook endpoints with their health and
+deliveries.
 
 Server-rendered Jinja2 templates (``api/templates/``, autoescaped) and one small static script, no build step.
 Each page's ``<main>`` is a template of its own, re-fetched as a fragment: every couple of seconds, and on a
 call's page at once whenever its SSE stream (``/v1/calls/{id}/events/stream``) delivers an event, so events show
-up as ACS sends them (a room's page has no stream: it refreshes on the timer). ``api.ui_data`` and ``api.ui_rooms``
-read what the pages show.
+up as ACS sends them (a room's or webhook endpoint's page has no stream: it refreshes on the timer).
+``api.ui_data``, ``api.ui_rooms`` and ``api.ui_webhooks`` read what the pages show.
 
 Authentication is the API's: an ``Authorization`` header, or a session cookie from the login form (the API key
 is posted once, and the cookie holds only the client name, an expiry and a MAC keyed by that key's digest).
@@ -26,7 +27,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from api import ui_data, ui_rooms
+from api import ui_data, ui_rooms, ui_webhooks
 from api.auth import SESSION_COOKIE
 from workers.errors import Unauthorized
 from workers.operations import OPERATIONS
@@ -106,7 +107,8 @@ async def _overview(request: Request, client: str) -> dict[str, Any]:
     settings = request.state.settings
     calls = await ui_data.overview(request.state.redis, client, queue=settings.queue,
                                    acs_endpoint=settings.acs_endpoint, pending_limit=settings.client_max_pending)
-    return {**calls, **await ui_rooms.overview(request.state.redis, client, now=datetime.now(UTC))}
+    return {**calls, **await ui_rooms.overview(request.state.redis, client, now=datetime.now(UTC)),
+            **await ui_webhooks.overview(request.state.redis, client)}
 
 
 async def home(request: Request) -> Response:
@@ -165,6 +167,29 @@ async def room_fragment(request: Request) -> Response:
     return _render(request, "room.html", context)
 
 
+async def _webhook(request: Request, client: str) -> dict[str, Any] | None:
+    return await ui_webhooks.endpoint(request.state.redis, client, request.path_params["webhook_id"])
+
+
+async def webhook_page(request: Request) -> Response:
+    client = _client(request)
+    if client is None:
+        return RedirectResponse("/ui", status_code=303)
+    webhook_id = request.path_params["webhook_id"]
+    context = await _webhook(request, client)
+    if context is None:
+        return _page(request, client, "unknown_webhook.html", {}, title="Unknown webhook", refresh="", status=404)
+    return _page(request, client, "webhook.html", context, title=f"Webhook {webhook_id}",
+                 refresh=f"/ui/fragments/webhooks/{quote(webhook_id)}")
+
+
+async def webhook_fragment(request: Request) -> Response:
+    context = await _webhook(request, request.state.api_keys.client_for(request))
+    if context is None:
+        return _render(request, "unknown_webhook.html", {}, 404)
+    return _render(request, "webhook.html", context)
+
+
 def _same_origin(request: Request) -> bool:
     """Browsers send Origin on a form POST: refuse another site's (login CSRF would log you in as someone else)."""
     origin = request.headers.get("origin")
@@ -211,5 +236,7 @@ ui_routes = [
     Route("/ui/fragments/calls/{call_connection_id}", call_fragment, methods=["GET"], include_in_schema=False),
     Route("/ui/rooms/{room_id}", room_page, methods=["GET"], include_in_schema=False),
     Route("/ui/fragments/rooms/{room_id}", room_fragment, methods=["GET"], include_in_schema=False),
+    Route("/ui/webhooks/{webhook_id}", webhook_page, methods=["GET"], include_in_schema=False),
+    Route("/ui/fragments/webhooks/{webhook_id}", webhook_fragment, methods=["GET"], include_in_schema=False),
     Route("/ui/assets/{name}", asset, methods=["GET"], include_in_schema=False),
 ]

@@ -118,7 +118,7 @@ def _call_state(call: dict[str, str], connect_status: str | None) -> str:
     return call.get("state") or "connecting"
 
 
-async def _managed(r: Any, client: str, room_ids: list[str]) -> set[str]:
+async def managed_rooms(r: Any, client: str, room_ids: list[str]) -> set[str]:
     """Which of these rooms the client manages: those get a link to their room page."""
     pipe = r.pipeline(transaction=False)
     for room_id in room_ids:
@@ -147,7 +147,7 @@ async def _calls(r: Any, client: str) -> list[dict[str, Any]]:
                       "participants": await _participants(r, cc), "recording": await _recording(r, call),
                       "commands": len(command_ids), "active_at": _iso_from_ms(int(score)),
                       "pending": sum(1 for s in statuses if s and s not in Status.TERMINAL)})
-    managed = await _managed(r, client, [c["room_id"] for c in calls])
+    managed = await managed_rooms(r, client, [c["room_id"] for c in calls])
     return [{**c, "room_managed": c["room_id"] in managed} for c in calls]
 
 
@@ -260,7 +260,7 @@ async def call(r: Any, client: str, cc: str) -> dict[str, Any] | None:
     state = _call_state(record, connect.get("status"))
     room_id = record.get("room_id") or ""
     return {"cc": cc, "state": state, "room_id": room_id or "—",
-            "room_managed": bool(room_id) and room_id in await _managed(r, client, [room_id]),
+            "room_managed": bool(room_id) and room_id in await managed_rooms(r, client, [room_id]),
             "listen_state": "disconnected" if state in ENDED else state,
             "recording": await _recording(r, record), "participants": await _participants(r, cc),
             "commands": [_command(rec) for rec in commands],

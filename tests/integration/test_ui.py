@@ -1,5 +1,5 @@
 """The operator page in headless Chromium: log in, see a call appear, watch its events arrive over SSE; a room's
-runs and Event Grid timeline.
+runs and Event Grid timeline; a webhook endpoint's health and deliveries.
 
 Chromium is Debian's (``make test`` installs it); Playwright drives it through ``executable_path`` because its own
 browser download cannot work here. Screenshots land in ``tests/output/`` (git-ignored) for a person to look at.
@@ -8,6 +8,7 @@ browser download cannot work here. Screenshots land in ``tests/output/`` (git-ig
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import redis
 from tests.conftest import TEST_API_KEY
 from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_room_call, wait
-from workers import keys, rooms, scripts
+from workers import keys, ledger, rooms, scripts, webhooks
+from workers.command import Status
 from workers.room_events import RoomEvent, record
 
 pytestmark = pytest.mark.integration
@@ -153,5 +155,51 @@ def test_room_page_shows_a_run_and_its_timeline(browser: Any, api_server: Thread
     _grid(r, room_id, "CallParticipantAdded", "eg-2", {"user": {"communicationIdentifier": {"rawId": "8:acs:pupil"}}})
     assert "8:acs:pupil" in page.locator('#timeline li[data-type="CallParticipantAdded"]').inner_text()
     page.screenshot(path=str(OUTPUT / "ui-room.png"), full_page=True)
+    page.close()
+    r.close()
+
+
+def _attempt(r: redis.Redis, outcome: webhooks.Outcome, status: int | None, error: str = "") -> str:
+    """The first due lane's head attempted, recorded as the deliverer records it (webhook_result.lua)."""
+    now = int(time.time() * 1000)
+    [c] = scripts.run(r, webhooks.claim(now_ms=now, lease_ms=60_000, most=1, token=f"ui-{now}-{outcome}"))
+    scripts.run(r, webhooks.record_result(c, outcome=outcome, now_ms=now, next_ms=now + 3_600_000 if outcome ==
+                                          "retry" else 0, status=status, error=error, lease_ms=60_000,
+                                          next_token=f"ui-next-{now}"))
+    return c.message_id
+
+
+def test_webhook_page_shows_an_endpoints_health_and_failing_deliveries(browser: Any, api_server: ThreadServer,
+                                                                       stack_env: dict[str, str]) -> None:
+    # Seeded through Redis as the webhook routes, a command's terminal move and the deliverer write it (no worker:
+    # the attempts are recorded here), so the page shows a delivery that failed for good and one being retried.
+    r = redis.Redis.from_url(stack_env["CALLQ_REDIS_URL"], decode_responses=True)
+    ep = webhooks.new_endpoint_id()
+    scripts.run(r, webhooks.save(client="alice", endpoint_id=ep, mode="create", max_endpoints=20, fields={
+        "url": "https://hooks.example.com/callq", "events": "*", "enabled": "1", "state": "healthy",
+        "description": "clinic app", "secret": webhooks.new_secret(), "created_at": "2026-01-01T00:00:00.000Z",
+        "created_ms": str(int(time.time() * 1000)), "retention": "3600"}))
+    for cid, cc in (("cmd_ui_lost", "cc-ui-lost"), ("cmd_ui_slow", "cc-ui-slow")):
+        r.hset(keys.command_key(cid), mapping={"id": cid, "client": "alice", "type": "play", "status": "waiting",
+                                               "call_connection_id": cc})
+        scripts.run(r, ledger.transition(cid, Status.SUCCEEDED, {}))
+    lost = _attempt(r, "failed", None, "timeout")
+    slow = _attempt(r, "retry", 503)
+
+    page = _log_in(browser, api_server.url, TEST_API_KEY)
+    row = page.locator(f'#webhooks tr[data-webhook="{ep}"][data-state="failing"]')
+    assert "clinic app" in row.inner_text() and "503" in row.inner_text()
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "ui-overview-webhooks.png"), full_page=True)
+    row.locator("a").click()
+    failed = page.locator(f'#deliveries tr.bad[data-delivery="{lost}"][data-status="failed"]')
+    assert "timeout" in failed.inner_text() and "cc-ui-lost" in failed.inner_text()
+    page.locator(f'#deliveries tr.warn[data-delivery="{slow}"][data-status="pending"]').wait_for()
+    # The page re-fetches itself: the retried delivery getting through shows up without a reload.
+    r.zadd(keys.WEBHOOKS_DUE, {f"{ep} cc-ui-slow": 0})  # due now rather than in an hour
+    assert _attempt(r, "succeeded", 200) == slow
+    page.locator(f'#deliveries tr[data-delivery="{slow}"][data-status="succeeded"]').wait_for()
+    assert "healthy" in page.locator(".call-head").inner_text()
+    page.screenshot(path=str(OUTPUT / "ui-webhook.png"), full_page=True)
     page.close()
     r.close()

@@ -21,7 +21,8 @@ from api.ui_rooms import ROOMS_SHOWN, window_state
 from callq import _components, _credentials
 from callq._table import ready_table
 from tests.conftest import OTHER_API_KEY, TEST_API_KEY
-from workers import keys, metrics, rooms, scripts
+from workers import keys, ledger, metrics, rooms, scripts, webhooks
+from workers.command import Status
 from workers.room_events import RoomEvent, record
 from workers.settings import Settings
 
@@ -458,3 +459,167 @@ def test_every_room_value_is_escaped(settings: Settings, server: fakeredis.FakeS
         _assert_inert(client.get(f"/ui/fragments/rooms/{quote(room_id, safe='')}").text, page)
         call = client.get("/ui/calls/cc-x")
         assert call.status_code == 200 and room_id in _assert_inert(call.text, ["client"])
+
+
+# --- webhooks -------------------------------------------------------------------------------------------------------
+
+HOOK_URL = "https://hooks.example.com/callq"
+
+
+def _endpoint(r: fakeredis.FakeRedis, client: str = "alice", **fields: str) -> str:
+    """An endpoint as POST /v1/webhooks (webhook_save.lua) makes it."""
+    ep = webhooks.new_endpoint_id()
+    base = {"url": HOOK_URL, "events": "*", "enabled": "1", "state": "healthy", "secret": webhooks.new_secret(),
+            "created_at": "2026-01-01T07:00:00.000Z", "created_ms": str(int(time.time() * 1000)),
+            "retention": "3600"}
+    saved = scripts.run(r, webhooks.save(client=client, endpoint_id=ep, fields={**base, **fields}, mode="create",
+                                         max_endpoints=20))
+    assert saved.outcome == "new"
+    return ep
+
+
+def _finished(r: fakeredis.FakeRedis, cid: str, cc: str, status: Status = Status.SUCCEEDED, **fields: str) -> None:
+    """A command of alice's on call ``cc`` reaching ``status``: the transition makes its webhook messages."""
+    _command(r, cid, call_connection_id=cc, **fields)
+    assert scripts.run(r, ledger.transition(cid, status, {})).outcome == "applied"
+
+
+def _attempt(r: fakeredis.FakeRedis, outcome: webhooks.Outcome, status: int | None, error: str = "") -> str:
+    """The first due lane's head, attempted with this outcome (as the deliverer records it); its message id."""
+    now = int(time.time() * 1000)
+    [c] = scripts.run(r, webhooks.claim(now_ms=now, lease_ms=60_000, most=1, token=f"t{now}{outcome}"))
+    scripts.run(r, webhooks.record_result(c, outcome=outcome, now_ms=now, next_ms=now + 60_000 if outcome == "retry"
+                                          else 0, status=status, error=error, lease_ms=60_000, next_token="n"))
+    return c.message_id
+
+
+def _endpoint_with_history(r: fakeredis.FakeRedis) -> tuple[str, dict[str, str]]:
+    """An endpoint that delivered one message, failed one for good, is retrying one and has one waiting behind it."""
+    ep = _endpoint(r, description="clinic app")
+    _finished(r, "cmd_ok", "cc-ok")
+    ok = _attempt(r, "succeeded", 200)
+    _finished(r, "cmd_lost", "cc-lost", Status.FAILED, error=json.dumps({"code": "acs_failed"}))
+    lost = _attempt(r, "failed", None, "timeout")
+    _finished(r, "cmd_slow", "cc-slow")
+    slow = _attempt(r, "retry", 503)
+    _finished(r, "cmd_next", "cc-slow")
+    [waiting] = [m for m in r.lrange(keys.webhook_lane_key(ep, "cc-slow"), 0, -1) if m != slow]
+    return ep, {"ok": ok, "lost": lost, "slow": slow, "waiting": waiting}
+
+
+def _cells(row: str) -> list[str]:
+    return [td.split("</td>")[0] for td in row.split("<td>")[1:]]
+
+
+def test_the_overview_lists_the_clients_webhook_endpoints_with_their_health(client: TestClient,
+                                                                           r: fakeredis.FakeRedis) -> None:
+    ep, _ = _endpoint_with_history(r)
+    off = _endpoint(r, url="https://off.example.com/", enabled="0", state="disabled", disabled_reason="by_client",
+                    events="command.failed,room.event")
+    bobs = _endpoint(r, client="bob", url="https://bob.example.com/")
+    _log_in(client)
+    page = client.get("/ui").text
+    section = page.split('id="webhooks"')[1].split("</section>")[0]
+    assert bobs not in section and "bob.example.com" not in section
+    row = _row(section, "data-webhook", ep)
+    assert 'data-state="failing" class="bad"' in row and f'href="/ui/webhooks/{ep}"' in row
+    assert "clinic app" in row and HOOK_URL in row and "<td>all</td>" in row and ">failing<" in row
+    cells = _cells(row)
+    assert cells[4] == "2"  # failures in a row since the success: the timeout, then the 503
+    assert "<code>503</code>" in cells[6]  # the last failure's answer
+    assert cells[7] == "1"  # one lane (cc-slow) waiting
+    disabled = _row(section, "data-webhook", off)
+    assert ">disabled<" in disabled and "by_client" in disabled and "command.failed, room.event" in disabled
+    assert client.get("/ui/fragments/overview").text.count("<tr data-webhook=") == 2
+
+
+def test_a_webhook_page_lists_its_deliveries_with_the_failing_ones_marked(client: TestClient,
+                                                                         r: fakeredis.FakeRedis) -> None:
+    ep, ids = _endpoint_with_history(r)
+    _log_in(client)
+    page = client.get(f"/ui/webhooks/{ep}")
+    assert page.status_code == 200 and f'data-refresh="/ui/fragments/webhooks/{ep}"' in page.text
+    assert 'data-stream=""' in page.text  # no SSE: the timer refreshes the page
+    html = client.get(f"/ui/fragments/webhooks/{ep}").text
+    assert html == page.text.split('data-events="')[1].split(">", 1)[1].split("</main>")[0].lstrip("\n")
+
+    head = html.split("</section>")[0]
+    assert ">failing<" in head and HOOK_URL in head and "clinic app" in head and "<code>503</code>" in head
+    assert "failing since" in head and "deliveries waiting: 1" in head and "messages made: 4" in head
+    deliveries = html.split('id="deliveries"')[1].split("</section>")[0]
+    order = [tr.split('"')[1] for tr in deliveries.split("<tr data-delivery=")[1:]]
+    assert order == [ids["waiting"], ids["slow"], ids["lost"], ids["ok"]]  # newest first
+    assert "1 succeeded · 2 pending (1 retrying) · 1 failed" in deliveries
+    lost = _row(deliveries, "data-delivery", ids["lost"])
+    assert 'data-status="failed" class="bad"' in lost and "command.failed" in lost and "<code>timeout</code>" in lost
+    assert 'href="/ui/calls/cc-lost"' in lost and 'title="cmd_lost"' in lost
+    slow = _row(deliveries, "data-delivery", ids["slow"])
+    assert 'data-status="pending" class="warn"' in slow and ">retrying<" in slow and "<code>503</code>" in slow
+    assert slow.count("<time ") == 3  # last attempt, next attempt, made
+    ok = _row(deliveries, "data-delivery", ids["ok"])
+    assert 'data-status="succeeded">' in ok and "<code>200</code>" in ok and "delivered" in ok
+    waiting = _row(deliveries, "data-delivery", ids["waiting"])
+    assert 'data-status="pending">' in waiting and "retrying" not in waiting and _cells(waiting)[5] == "0"
+
+
+def test_another_clients_webhook_or_an_unknown_one_is_not_found(client: TestClient, r: fakeredis.FakeRedis) -> None:
+    bobs = _endpoint(r, client="bob", url="https://bob.example.com/")
+    assert client.get(f"/ui/webhooks/{bobs}").status_code == 303  # no session: to the login form
+    assert client.get(f"/ui/fragments/webhooks/{bobs}").status_code == 401
+    _log_in(client)
+    for path in (f"/ui/webhooks/{bobs}", f"/ui/fragments/webhooks/{bobs}", "/ui/webhooks/we_nope"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and "No such webhook endpoint belongs to this client." in resp.text
+        assert "bob.example.com" not in resp.text
+
+
+def test_the_overview_says_when_there_are_no_webhook_endpoints(client: TestClient) -> None:
+    _log_in(client)
+    section = client.get("/ui/fragments/overview").text.split('id="webhooks"')[1].split("</section>")[0]
+    assert "No webhook endpoints" in section and "<table>" not in section
+
+
+def test_every_webhook_value_is_escaped(settings: Settings, server: fakeredis.FakeServer,
+                                        r: fakeredis.FakeRedis) -> None:
+    name = _hostile("client")
+    listed = _hostile("listed endpoint")  # only on the overview: a path segment cannot hold its "/"
+    ep = "we_\"'><img src=x onerror=alert(1)><script>alert(1)"
+    hostile = {"url": _hostile("url"), "events": _hostile("events"), "description": _hostile("description"),
+               "state": _hostile("state"), "disabled_reason": _hostile("disabled reason"),
+               "consecutive_failures": _hostile("failures"), "last_success_at": _hostile("last success"),
+               "last_failure_at": _hostile("last failure at"), "last_failure_code": _hostile("failure code"),
+               "last_failure_error": _hostile("failure error"), "failing_since": _hostile("failing since"),
+               "messages": _hostile("messages"), "created_at": _hostile("created at")}
+    for endpoint_id in (listed, ep):
+        r.hset(keys.webhook_key(endpoint_id), mapping={"id": endpoint_id, "client": name, **hostile})
+        r.zadd(keys.client_webhooks_all_key(name), {endpoint_id: 1})
+    mid = _hostile("delivery id")
+    r.hset(keys.webhook_message_key(mid), mapping={
+        "id": mid, "endpoint": ep, "type": _hostile("type"), "seq": _hostile("seq"), "status": _hostile("status"),
+        "lane": _hostile("lane"), "command": _hostile("command"), "attempts": _hostile("attempts"),
+        "last_code": _hostile("last code"), "last_error": _hostile("last error"),
+        "next_attempt_at": _hostile("next attempt"), "last_attempt_at": _hostile("last attempt"),
+        "created_ms": _hostile("created ms")})
+    for field in ("call_connection_id", "room_id"):
+        other = f"{field}-{mid}"
+        r.hset(keys.webhook_message_key(other), mapping={"id": other, "endpoint": ep, "status": "failed",
+                                                         field: _hostile(field), "delivered_at": _hostile("delivered")})
+        r.zadd(keys.webhook_messages_key(ep), {other: 1})
+    r.zadd(keys.webhook_messages_key(ep), {mid: 2})
+    key = "k" * 24
+    app = create_app(replace(settings, api_keys={name: key}),
+                     redis=fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    with TestClient(app, follow_redirects=False) as client:
+        _log_in(client, key)
+        overview = ["listed endpoint", "url", "events", "description", "state", "disabled reason", "last success",
+                    "last failure at", "failure code", "failure error"]
+        _assert_inert(client.get("/ui").text, ["client", *overview])
+        shown = _assert_inert(client.get("/ui/fragments/overview").text, overview)
+        assert ep in shown and "unknown" in shown  # a count that is not one
+        page = [f for f in overview if f != "listed endpoint"] + [
+            "failing since", "created at", "delivery id", "type", "seq", "status", "lane", "command", "attempts",
+            "last code", "last error", "next attempt", "last attempt", "call_connection_id", "room_id", "delivered"]
+        resp = client.get(f"/ui/webhooks/{quote(ep, safe='')}")
+        assert resp.status_code == 200
+        assert ep in _assert_inert(resp.text, ["client", *page])
+        _assert_inert(client.get(f"/ui/fragments/webhooks/{quote(ep, safe='')}").text, page)
