@@ -38,6 +38,7 @@ COMMAND_TYPES = frozenset(spec.type for spec in COMMANDS)
 EVENTGRID_PATH = "/v1/eventgrid/events"
 CALLBACK_PATH = "/v1/acs/events"
 FLUSH_EVERY_S = 1.0
+WEBHOOK_STATES = ("healthy", "failing", "disabled")
 
 
 def _command_route(scope: Scope) -> str | None:
@@ -179,6 +180,27 @@ async def read_health(r: aioredis.Redis, *, queue: str, acs_endpoint: str) -> He
                   max(0.0, (int(paused_until or 0) - now_ms) / 1000))
 
 
+async def webhook_states(r: aioredis.Redis, clients: Sequence[str]) -> dict[str, int]:
+    """How many of these clients' webhook endpoints are in each state (every state present, 0 included).
+
+    Two round trips whatever the number of endpoints (at most CALLQ_WEBHOOK_MAX_ENDPOINTS per client): their ids,
+    then their states.
+    """
+    pipe = r.pipeline(transaction=False)
+    for client in clients:
+        pipe.zrange(keys.client_webhooks_all_key(client), 0, -1)
+    ids = [ep for found in (await pipe.execute() if clients else []) for ep in found]
+    pipe = r.pipeline(transaction=False)
+    for ep in ids:
+        pipe.hmget(keys.webhook_key(ep), "id", "state")
+    counts = dict.fromkeys(WEBHOOK_STATES, 0)
+    for exists, state in await pipe.execute() if ids else []:
+        state = state or "healthy"  # as the API reads an endpoint that has no state yet
+        if exists is not None and state in counts:  # one deleted between the two reads is not counted
+            counts[state] += 1
+    return counts
+
+
 async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str, clients: Sequence[str] = ()) -> list[Metric]:
     """Every metric family (including this process's own unflushed figures); ``clients``: whose pending to show."""
     await metrics.flush_async(r)
@@ -205,6 +227,8 @@ async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str, clients:
         "callq_acs_pause_seconds": [({}, health.acs_pause_s)],
         "callq_client_pending": [({"client": c}, float(n)) for c, n in pending.items()],
         "callq_client_ready": [({"client": c}, float(n)) for c, n in ready.items()],
+        "callq_webhook_endpoints": [({"state": state}, float(n))
+                                    for state, n in (await webhook_states(r, clients)).items()],
     }
     return prometheus.families(hashes, gauges)
 

@@ -23,6 +23,8 @@ GAUGES = {
     "callq_workers_alive": "Workers whose heartbeat is fresh.",
     "callq_acs_pause_seconds": "Seconds left of the shared pause a 429 from ACS imposed (0: not paused).",
     "callq_client_pending": "Commands of each client accepted and not yet ended (CALLQ_CLIENT_MAX_PENDING).",
+    "callq_webhook_endpoints": ("Webhook endpoints of the API keys' clients by state: healthy, failing (a message "
+                                "spent its retry schedule), disabled (by the client, or 410 Gone)."),
     "callq_client_ready": ("Runnable work of each client waiting for its turn in the fair dispatch (its commands "
                            "parked behind earlier ones on their call are pending, not ready)."),
 }

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from workers import keys, webhooks
+from workers import keys, metrics, webhooks
 from workers.egress import EgressRefused, Policy, Sender, parse_url
 from workers.scripts import AutoPipeline
 from workers.settings import Settings
@@ -146,6 +146,8 @@ class Deliverer:
         moved = await self._scripts.run(webhooks.record_result(
             c, outcome=outcome, now_ms=done_ms, next_ms=done_ms + int(wait_s * 1000) if outcome == "retry" else 0,
             status=status, error=error, lease_ms=self._lease_ms, next_token=next(self._tokens)))
+        # In memory: the worker's flusher writes it with everything else, about once a second (no Redis command here).
+        metrics.RECORDER.inc("callq_webhook_deliveries", "stale" if moved.state == "stale" else outcome)
         if outcome == "gone" and moved.state == "disabled":
             log.warning("webhook endpoint %s answered 410 Gone: disabled", c.endpoint_id)
         if moved.state == "next":

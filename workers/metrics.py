@@ -82,6 +82,9 @@ SPECS = {s.name: s for s in (
          "wrong_audience, bad_query_token …).", ("code",)),
     Spec("callq_automation_runs", "counter", "Room calls' automation runs, by how they ended (or 'started').",
          ("state",)),
+    Spec("callq_webhook_deliveries", "counter", "Webhook delivery attempts by outcome: succeeded, retry (failed, "
+         "tried again later), failed (retry schedule spent; kept for replay), gone (410: endpoint disabled), stale "
+         "(the claim had lapsed: another deliverer has the message, nothing recorded).", ("outcome",)),
     Spec("callq_api_auth_failures", "counter", "API requests refused for a missing or wrong API key or session."),
     Spec("callq_http_requests", "counter", "API requests by method, route template and status.",
          ("method", "route", "status")),

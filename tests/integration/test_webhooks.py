@@ -8,7 +8,9 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from callq import cli
 from callq.client import CallqAPIError, Client
@@ -90,8 +92,15 @@ def test_a_calls_events_and_commands_arrive_signed_in_order_with_contiguous_seqs
     assert command == callq.get_command(hung_up["id"]), "data is the command resource as the API serves it"
 
 
+def deliveries_counted(api_url: str) -> dict[str, float]:
+    """callq_webhook_deliveries_total by outcome, as /metrics shows every worker's figures."""
+    text = httpx.get(f"{api_url}/metrics", headers={"Authorization": f"Bearer {TEST_API_KEY}"}).text
+    return {s.labels["outcome"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "callq_webhook_deliveries_total"}
+
+
 def test_a_failing_receiver_gets_each_message_again_with_the_same_id_and_order_holds(
-        simulator: ThreadServer, callq: Client, receiver: Receiver) -> None:
+        simulator: ThreadServer, api_server: ThreadServer, callq: Client, receiver: Receiver) -> None:
     tried: set[str] = set()
 
     def first_attempt_fails(d: Delivery) -> Answer:
@@ -121,6 +130,9 @@ def test_a_failing_receiver_gets_each_message_again_with_the_same_id_and_order_h
                timeout_s=WAIT_S, what="every success recorded")
     history = list(callq.webhook_deliveries(hook["id"]))
     assert {h["status"] for h in history} == {"succeeded"} and {h["attempts"] for h in history} == {2}
+    # The worker's deliverer counted each attempt; its flusher writes the counts about once a second.
+    wait_until(lambda: deliveries_counted(api_server.url) == {"retry": 4, "succeeded": 4}, timeout_s=WAIT_S,
+               what="every attempt counted in /metrics")
 
 
 def test_history_retry_and_replay_resend_the_same_messages(simulator: ThreadServer, callq: Client,

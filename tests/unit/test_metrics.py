@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -15,8 +18,10 @@ from starlette.testclient import TestClient
 from api import prometheus
 from api.app import create_app
 from tests.conftest import TEST_API_KEY
-from workers import keys, ledger, metrics, scripts
+from workers import keys, ledger, metrics, scripts, webhooks
 from workers.command import Status
+from workers.delivery import Deliverer
+from workers.egress import Answer
 from workers.settings import Settings
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
@@ -154,3 +159,58 @@ def test_gauges_read_the_queue_waits_workers_and_the_acs_pause(
     assert found[("callq_commands_waiting_overdue", ())] == 1
     assert found[("callq_workers_alive", ())] == 1
     assert 0 < found[("callq_acs_pause_seconds", ())] <= 30
+
+
+class _Answering:
+    """A Sender that answers each POST with the next of these statuses (None: no answer, a timeout)."""
+
+    def __init__(self, *statuses: int | None) -> None:
+        self._statuses = list(statuses)
+
+    async def post(self, target: Any, body: bytes, headers: Any) -> Answer:
+        status = self._statuses.pop(0)
+        return Answer(status, None, "" if status is not None else "timeout", 0.0)
+
+
+def test_each_webhook_attempt_counts_its_outcome(client: TestClient, settings: Settings, server: fakeredis.FakeServer,
+                                                 sync_redis: fakeredis.FakeRedis) -> None:
+    ep = webhooks.new_endpoint_id()
+    scripts.run(sync_redis, webhooks.save(client="alice", endpoint_id=ep, mode="create", max_endpoints=20, fields={
+        "url": "https://hooks.example.com/", "events": "*", "enabled": "1", "secret": webhooks.new_secret(),
+        "created_ms": "1", "retention": "3600"}))
+    for i, cc in enumerate(["cc-1", "cc-2", "cc-3", "cc-4", "cc-5"]):
+        sync_redis.hset(keys.command_key(f"cmd_{i}"), mapping={"id": f"cmd_{i}", "type": "play", "status": "waiting",
+                                                               "client": "alice", "call_connection_id": cc})
+        scripts.run(sync_redis, ledger.transition(f"cmd_{i}", Status.SUCCEEDED, {}))
+    now = int(time.time() * 1000)
+    claims = scripts.run(sync_redis, webhooks.claim(now_ms=now, lease_ms=60_000, most=5, token="t"))
+    assert len(claims) == 5
+    # The fourth has had its one retry already: another failure spends its schedule.
+    sync_redis.hset(keys.webhook_message_key(claims[3].message_id), "round", "1")
+    # The last claim lapsed and another deliverer took its message: recording this attempt finds it stale.
+    sync_redis.hset(keys.webhook_message_key(claims[-1].message_id), "claim", "another-deliverer")
+    deliverer = Deliverer(settings.with_(webhook_retry_schedule=(5.0,)),
+                          fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
+                          _Answering(200, 500, 410, None, 200), rng=random.Random(1))  # type: ignore[arg-type]
+
+    async def attempts() -> None:
+        for c in claims:
+            await deliverer.attempt(c)
+
+    asyncio.run(attempts())
+    found = samples(client)
+    counts = {outcome: found.get(("callq_webhook_deliveries_total", (("outcome", outcome),)))
+              for outcome in ("succeeded", "retry", "gone", "failed", "stale")}
+    assert counts == {"succeeded": 1, "retry": 1, "gone": 1, "failed": 1, "stale": 1}
+
+
+def test_webhook_endpoints_are_counted_by_state(client: TestClient, sync_redis: fakeredis.FakeRedis) -> None:
+    for i, (client_, state) in enumerate([("alice", "healthy"), ("alice", "failing"), ("bob", "failing"),
+                                          ("bob", "disabled"), ("carol", "failing")]):  # carol has no API key
+        ep = f"we_{i}"
+        sync_redis.hset(keys.webhook_key(ep), mapping={"id": ep, "client": client_, "state": state})
+        sync_redis.zadd(keys.client_webhooks_all_key(client_), {ep: i})
+    sync_redis.zadd(keys.client_webhooks_all_key("alice"), {"we_deleted": 9})  # its hash is gone
+    found = samples(client)
+    assert {s: found[("callq_webhook_endpoints", (("state", s),))] for s in ("healthy", "failing", "disabled")} == {
+        "healthy": 1, "failing": 2, "disabled": 1}
