@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from api.reads import event_page
 from api.rooms import MAX_ROOM_BODY, own
-from api.routes import COMMANDS, CommandSpec, check_media, read_json, validation_error
+from api.routes import COMMANDS, CommandSpec, check_media, is_digits, read_json, validation_error
 from workers import keys
 from workers.automations import render_run
 from workers.command import now_iso
@@ -142,7 +142,7 @@ async def list_runs(request: Request) -> Response:
     record = await own(request, state.api_keys.client_for(request))
     room_id = record["id"]
     after = request.query_params.get("after", "")
-    if after and not after.isdigit():
+    if after and not is_digits(after):
         raise InvalidCommand("after must be the cursor of an earlier page.", code="invalid_after")
     found = await state.redis.zrangebyscore(keys.room_runs_key(room_id), f"({after}" if after else "-inf", "+inf",
                                             start=0, num=PAGE_MAX + 1, withscores=True)

@@ -85,7 +85,7 @@ async def read_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request's body, refused (413 ``body_too_large``) as soon as it is known to exceed ``limit``."""
     too_large = _invalid(f"An Event Grid delivery is at most {limit} bytes.", "body_too_large")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0

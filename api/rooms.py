@@ -32,7 +32,7 @@ from api.room_schemas import (
     iso_z,
     window,
 )
-from api.routes import read_json
+from api.routes import is_digits, read_json
 from api.schemas import Body
 from workers import commands, keys, rooms
 from workers.errors import AcsError, Conflict, IdempotencyKeyReused, InvalidCommand, RoomNotFound
@@ -182,7 +182,7 @@ async def get_room(request: Request) -> Response:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", str(PAGE_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= PAGE_MAX:
+    if not is_digits(raw) or not 1 <= int(raw) <= PAGE_MAX:
         raise InvalidCommand(f"limit must be a whole number from 1 to {PAGE_MAX}.", code="invalid_limit")
     return int(raw)
 

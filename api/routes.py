@@ -91,6 +91,11 @@ def validation_error(exc: ValidationError) -> InvalidCommand:
     return InvalidCommand(f"The request body is not valid ({where}{first['message']}).", code=code, details=details)
 
 
+def is_digits(raw: str) -> bool:
+    """Plain ASCII digits: ``str.isdigit()`` alone takes "²", which ``int()`` refuses (a 500 instead of a 422)."""
+    return raw.isascii() and raw.isdigit()
+
+
 async def read_json(request: Request, *, empty_ok: bool, max_bytes: int = MAX_BODY_BYTES) -> Any:
     """The request's JSON body, size-limited; an empty body is ``{}`` when ``empty_ok``."""
     raw = await request.body()

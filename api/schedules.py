@@ -21,7 +21,7 @@ from starlette.routing import Route
 from api import render
 from api.auth import idempotency_key
 from api.reads import index_page
-from api.routes import read_json
+from api.routes import is_digits, read_json
 from api.schedule_schemas import CODES, ScheduleBody
 from tasks.publish import task_message
 from workers import command, commands, keys
@@ -117,7 +117,7 @@ async def get_schedule(request: Request) -> Response:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", str(PAGE_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= PAGE_MAX:
+    if not is_digits(raw) or not 1 <= int(raw) <= PAGE_MAX:
         raise InvalidCommand(f"limit must be a whole number from 1 to {PAGE_MAX}.", code="invalid_limit")
     return int(raw)
 
@@ -158,7 +158,7 @@ async def schedule_runs(request: Request) -> Response:
     record = await _own(request, state.api_keys.client_for(request))
     sid, limit = record["id"], _limit(request)
     after = request.query_params.get("after", "")
-    if after and not after.isdigit():
+    if after and not is_digits(after):
         raise InvalidCommand("after must be the epoch seconds of a run's planned time.", code="invalid_after")
     planned = await state.redis.zrangebyscore(s.runs_key(sid), f"({after}" if after else "-inf", "+inf",
                                               start=0, num=limit + 1)

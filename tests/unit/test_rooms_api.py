@@ -261,3 +261,5 @@ def test_rooms_are_listed_in_pages(api: TestClient) -> None:
         url = page.get("next")
     assert seen == made
     assert api.get("/v1/rooms?limit=0", headers=auth(idem=None)).json()["error"]["code"] == "invalid_limit"
+    superscript = api.get("/v1/rooms?limit=%C2%B2", headers=auth(idem=None))  # "²" passes str.isdigit()
+    assert (superscript.status_code, superscript.json()["error"]["code"]) == (422, "invalid_limit")

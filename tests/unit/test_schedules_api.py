@@ -115,6 +115,10 @@ def test_the_list_pages_oldest_first(client: TestClient) -> None:
     third = client.get(second["next"], headers=auth()).json()
     assert [i["id"] for i in second["items"] + third["items"]] == ids[2:] and "next" not in third
     assert client.get("/v1/recording-schedules?limit=0", headers=auth()).json()["error"]["code"] == "invalid_limit"
+    superscript = client.get("/v1/recording-schedules?limit=%C2%B2", headers=auth())  # "²" passes str.isdigit()
+    assert (superscript.status_code, superscript.json()["error"]["code"]) == (422, "invalid_limit")
+    after = client.get(f"/v1/recording-schedules/{ids[0]}/runs?after=%C2%B2", headers=auth())
+    assert (after.status_code, after.json()["error"]["code"]) == (422, "invalid_after")
 
 
 def test_delete_cancels_once_and_enqueues_the_cancel(client: TestClient, r: fakeredis.FakeRedis) -> None:
