@@ -166,13 +166,18 @@ async def delete_webhook(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def _keyed_action(request: Request) -> tuple[str, str, dict[str, str]]:
+    """A body-less POST on an endpoint (rotate, test): its client, Idempotency-Key and the endpoint's record."""
+    client = request.state.api_keys.client_for(request)
+    idem = idempotency_key(request)
+    await _parse(request, Empty, empty_ok=True)
+    return client, idem, await _own(request, client)
+
+
 async def rotate_secret(request: Request) -> Response:
     """A new signing secret; the old one keeps signing alongside it for CALLQ_WEBHOOK_ROTATION_GRACE_SECONDS."""
     state = request.state
-    client = state.api_keys.client_for(request)
-    idem = idempotency_key(request)
-    await _parse(request, Empty, empty_ok=True)
-    record = await _own(request, client)
+    client, idem, record = await _keyed_action(request)
     fingerprint = commands.fingerprint(f"POST /v1/webhooks/{record['id']}/rotate-secret", {})
     earlier = await state.redis.hmget(keys.idempotency_key(client, idem), "command_id", "fingerprint", "response")
     location = f"/v1/webhooks/{record['id']}"
@@ -199,10 +204,7 @@ async def rotate_secret(request: Request) -> Response:
 async def test_webhook(request: Request) -> Response:
     """Send a ``webhook.test`` message now (202 with the delivery to follow)."""
     state = request.state
-    client = state.api_keys.client_for(request)
-    idem = idempotency_key(request)
-    await _parse(request, Empty, empty_ok=True)
-    record = await _own(request, client)
+    client, idem, record = await _keyed_action(request)
     if record.get("enabled") != "1":
         raise Conflict("This endpoint is disabled; enable it (PATCH {\"enabled\": true}) to test it.",
                        code="webhook_disabled")
