@@ -10,13 +10,16 @@ import os
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import requests
 from azure.communication.callautomation import CallAutomationClient
 from azure.core.credentials import AzureKeyCredential
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
+from standardwebhooks import Webhook
 
 QUEUE = "naive"
 LIVE_SET = "bench:naive:workers"
@@ -84,6 +87,27 @@ def connect_and_wait(room_id: str, callback_url: str, timeout_s: float) -> None:
     r = _redis()
     if r.blpop([f"bench:cb:{props.call_connection_id}"], timeout=timeout_s):
         r.rpush(DONE_LIST, repr(time.time()))
+
+
+def _session() -> requests.Session:
+    session: requests.Session | None = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    return session
+
+
+@app.task(name="bench.webhook")  # type: ignore[untyped-decorator]
+def webhook(url: str, secret: str, message_id: str, payload: str) -> None:
+    """Sign and POST one webhook: the webhook_throughput baseline, a task per delivery.
+
+    ``requests`` on a session per worker thread (kept-alive connections: a stronger baseline than a bare
+    ``requests.post``); signed as callq signs, with ``standardwebhooks``; a non-2xx raises (no retries).
+    """
+    at = datetime.now(UTC)
+    headers = {"content-type": "application/json", "user-agent": "bench-naive-webhooks/1", "webhook-id": message_id,
+               "webhook-timestamp": str(int(at.timestamp())),
+               "webhook-signature": Webhook(secret).sign(message_id, at, payload)}
+    _session().post(url, data=payload.encode(), headers=headers, timeout=15).raise_for_status()
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

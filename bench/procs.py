@@ -87,6 +87,27 @@ def tree_rss_mb(pids: list[int]) -> float:
     return total_kb / 1024
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU time (user + system) these processes and all their live descendants have used, in seconds."""
+    todo, seen, ticks = list(pids), set(), 0
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        ticks += _cpu_ticks(pid)
+        todo.extend(_children_of(pid))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class Children:
     """Owns a scenario's child processes and scratch directory; ``with`` guarantees they are stopped."""
 

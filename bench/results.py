@@ -114,8 +114,8 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any], plot_note: str
         "# callq benchmarks", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['os']}; {m['date']}; "
         f"load average at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')} (the machine "
-        "is shared and background load moves absolute figures; accept, ingest, overhead and e2e measure callq and "
-        f"its baselines in turns so their ratios see the same load); load generator: "
+        "is shared and background load moves absolute figures; accept, ingest, overhead, e2e and the webhook "
+        "scenarios measure callq and its baselines in turns so their ratios see the same load); load generator: "
         f"{m['load_generator']}.  ",
         f"Mode: {meta['mode']}; total {meta['seconds']:.0f} s. Written by `callq bench`; figures are ratios "
         "against a baseline measured in the same run, never absolute promises.", "",

@@ -170,3 +170,16 @@ def statuses(r: redis.Redis, command_ids: list[str]) -> list[str | None]:
     for cid in command_ids:
         pipe.hget(keys.command_key(cid), "status")
     return list(pipe.execute())
+
+
+def create_webhooks(api_url: str, urls: list[str], *, auth: Mapping[str, str] = AUTH,
+                    events: tuple[str, ...] = ("command.succeeded",)) -> list[dict[str, Any]]:
+    """Subscribe an endpoint per URL through ``POST /v1/webhooks``; the 201 bodies (each with its ``secret``)."""
+    made = []
+    with httpx.Client(base_url=api_url, headers=dict(auth), trust_env=False, timeout=30) as api:
+        for url in urls:
+            resp = api.post("/v1/webhooks", json={"url": url, "events": list(events)},
+                            headers={"Idempotency-Key": str(uuid.uuid4())})
+            _check(resp, "create a webhook endpoint")
+            made.append(resp.json())
+    return made

@@ -40,14 +40,15 @@ WARMUP = 5
 SETTLE_S = 0.02
 
 
-class _Client:
-    """A callq client on one keep-alive HTTP/1.1 connection (standard library)."""
+class Client:
+    """A callq client on one keep-alive HTTP/1.1 connection (standard library), as one API client (``auth``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, auth: dict[str, str] = stack.AUTH) -> None:
         self._conn = http.client.HTTPConnection(urlsplit(url).netloc, timeout=30)
+        self._auth = auth
 
     def _json(self, method: str, path: str, body: bytes | None, headers: dict[str, str], ok: int) -> Any:
-        self._conn.request(method, path, body=body, headers={**stack.AUTH, **headers})
+        self._conn.request(method, path, body=body, headers={**self._auth, **headers})
         resp = self._conn.getresponse()
         raw = resp.read()
         if resp.status != ok:
@@ -67,13 +68,13 @@ class _Client:
         self._conn.close()
 
 
-def _callq_once(api: _Client, room: str) -> tuple[float, float | None]:
+def callq_once(api: Client, room: str) -> tuple[float, float | None]:
     """Client-timed POST → succeeded, and the server's own created_at → resolved_at (ms resolution)."""
     started = time.perf_counter()
     done = api.wait(api.connect(room)["id"])
     finished = time.perf_counter()
     _check(done)
-    server_side = _epoch(done["resolved_at"]) - _epoch(done["created_at"]) if done.get("resolved_at") else None
+    server_side = epoch(done["resolved_at"]) - epoch(done["created_at"]) if done.get("resolved_at") else None
     return finished - started, server_side
 
 
@@ -91,7 +92,7 @@ def _check(done: dict[str, Any]) -> None:
         raise BenchError(f"connect did not succeed: {done.get('status')} {done.get('error')}")
 
 
-def _epoch(iso: str) -> float:
+def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
@@ -110,14 +111,14 @@ def _collect(st: stack.Stack, rooms: list[str], n: int, *, with_httpx: bool) -> 
     """callq (one or both clients) and SDK samples taking turns, so all see the same background load."""
     out: dict[str, list[float]] = {"callq": [], "server_side": [], "httpx": [], "sdk": []}
     client = CallAutomationClient(st.sim_url, AzureKeyCredential(stack.ACS_KEY))
-    api = _Client(st.api_url)
+    api = Client(st.api_url)
     try:
         with (httpx.Client(base_url=st.api_url, headers=stack.AUTH, trust_env=False, timeout=30) as heavy, client,
               CallbackReceiver() as receiver):
             for i in range(n + WARMUP):
                 room = rooms[i % len(rooms)]
                 time.sleep(SETTLE_S)  # bench pacing, not synchronisation: see SETTLE_S
-                total, server = _callq_once(api, room)
+                total, server = callq_once(api, room)
                 time.sleep(SETTLE_S)
                 direct = _sdk_once(client, receiver, room)
                 through_httpx = None
