@@ -30,8 +30,9 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from workers import keys, metrics, webhooks
-from workers.egress import EgressRefused, Policy, Sender, parse_url
+from workers.egress import EgressRefused, Policy, parse_url
 from workers.scripts import AutoPipeline
+from workers.sender import Sender
 from workers.settings import Settings
 
 log = logging.getLogger("callq.webhooks")

@@ -8,27 +8,21 @@ defence (OWASP SSRF cheat sheet, "case 2": block-list, since an allow-list of cu
 * :class:`Policy` resolves the host and refuses it if ANY of its addresses is not public (loopback, private,
   link-local/metadata, CGNAT, multicast, reserved, Azure's WireServer, and the IPv4-mapped, NAT64 and 6to4 forms of
   those), unless the operator allowed that network explicitly.
-* :class:`Sender` connects to the address the policy validated ("pinning": httpx never resolves the name again, so
-  DNS rebinding between check and connect is impossible) while sending the original ``Host`` header and, for
-  https, SNI and the certificate check for the original host name. Redirects are never followed.
+* ``workers.sender.Sender`` connects only to addresses the policy validated ("pinning": the HTTP client never
+  resolves the name itself, so DNS rebinding between check and connect is impossible), with SNI and the
+  certificate check for the original host name. Redirects are never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
 import re
 import socket
-import ssl
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC
 from urllib.parse import urlsplit
 
-import httpx
 import idna
 
 from workers.errors import CallqError
@@ -36,15 +30,12 @@ from workers.errors import CallqError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_CHARS = 2048
-MAX_BODY_BYTES = 64 * 1024  # we only need the status; reading a small body lets the connection be kept alive
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598; is_private is False for it (is_global catches it too)
 _AZURE_WIRESERVER = ipaddress.ip_address("168.63.129.16")  # "public" but reachable from every Azure VM
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: last 32 bits are the IPv4 address
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")  # underscores occur in real DNS names
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
-_DELTA_SECONDS = re.compile(r"[0-9]+")
-_FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})  # ours to set, never the caller's
 
 
 class EgressRefused(CallqError):
@@ -223,183 +214,3 @@ class Policy:
         for ip in ips:
             self.check_ip(ip)
         return ips
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What one delivery attempt got: an HTTP status, or why there was none."""
-
-    status: int | None  # None: no HTTP answer (refused, unreachable, timed out)
-    retry_after_s: float | None  # from Retry-After; never negative
-    error: str  # "" on an HTTP answer, else a short stable word (see Sender.post)
-    elapsed_s: float
-
-
-def parse_retry_after(value: str | None, *, now_s: float) -> float | None:
-    """Retry-After (RFC 9110: delay-seconds or an HTTP-date) as seconds from ``now_s``; None if absent or invalid."""
-    if value is None:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):  # not str.isdigit(): it accepts "²" and other non-ASCII digits
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    # An HTTP-date is GMT, but parsedate_to_datetime returns a naive datetime for a "-0000" zone, which timestamp()
-    # would take as local time.
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now_s)
-
-
-_REFUSALS = {"webhook_url_forbidden": "forbidden_address", "webhook_url_unresolvable": "unresolvable",
-             "webhook_url_invalid": "invalid_url"}
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(16):  # httpx wraps httpcore wraps ssl: a short chain; bounded in case one is ever cyclic
-        if seen is None:
-            break
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _transport_error(exc: httpx.HTTPError) -> str:
-    """A short stable word for an httpx failure."""
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        # httpcore raises ConnectError for a failed handshake too; a bad certificate is worth telling apart.
-        return "tls_error" if _caused_by(exc, ssl.SSLError) else "connect_error"
-    if isinstance(exc, httpx.ProtocolError | httpx.DecodingError):
-        return "protocol_error"
-    return "network_error"
-
-
-@dataclass
-class _Origin:
-    """One pinned origin's client; ``users`` counts posts in flight so an evicted client is closed only when idle."""
-
-    client: httpx.AsyncClient
-    users: int = 0
-    evicted: bool = False
-
-
-_OriginKey = tuple[str, str, int, str]  # scheme, host, port, pinned ip
-
-
-class Sender:
-    """Delivers POSTs to pinned, policy-checked addresses, keeping connections alive per pinned origin."""
-
-    def __init__(self, policy: Policy, *, timeout_s: float = 15.0, max_connections: int = 10,
-                 verify: ssl.SSLContext | bool = True, max_clients: int = 256, resolve_ttl_s: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
-        """``timeout_s`` bounds a whole attempt (resolution included); ``max_connections`` is per pinned origin;
-        ``verify`` is httpx's (a context with a test CA in tests); ``resolve_ttl_s`` = 0 resolves every time;
-        ``clock`` is the wall clock Retry-After dates are measured against."""
-        self._policy = policy
-        self._timeout_s = timeout_s
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        # One context for every client: building one loads the CA bundle (milliseconds, and memory, per client).
-        # trust_env=False: no proxy from HTTP(S)_PROXY (a proxy would connect for us) and no SSL_CERT_FILE surprise.
-        self._ssl = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify, trust_env=False)
-        self._max_clients = max_clients
-        self._resolve_ttl_s = resolve_ttl_s
-        self._clock = clock
-        self._origins: OrderedDict[_OriginKey, _Origin] = OrderedDict()
-        self._resolved: OrderedDict[tuple[str, int], tuple[float, list[str]]] = OrderedDict()
-
-    async def post(self, target: Target, body: bytes, headers: Mapping[str, str]) -> Answer:
-        """POST ``body`` to ``target``'s first validated address; never raises for a delivery failure.
-
-        ``error`` is one of: forbidden_address, unresolvable, invalid_url, timeout, connect_error, tls_error,
-        protocol_error, network_error. A 3xx is returned as its status: redirects are never followed.
-        """
-        started = time.monotonic()
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                ips = await self._resolve(target)
-        except EgressRefused as exc:
-            return Answer(None, None, _REFUSALS.get(exc.code, exc.code), time.monotonic() - started)
-        except TimeoutError:
-            return Answer(None, None, "timeout", time.monotonic() - started)
-        origin = await self._acquire((target.scheme, target.host, target.port, ips[0]))
-        try:
-            async with asyncio.timeout_at(deadline):
-                status, retry_after_s = await self._send(origin.client, target, ips[0], body, headers)
-        except (TimeoutError, httpx.TimeoutException):
-            return Answer(None, None, "timeout", time.monotonic() - started)
-        except httpx.HTTPError as exc:
-            return Answer(None, None, _transport_error(exc), time.monotonic() - started)
-        except httpx.InvalidURL:  # e.g. an allowed scoped IPv6 address, which has no URL form
-            return Answer(None, None, "invalid_url", time.monotonic() - started)
-        finally:
-            await self._release(origin)
-        return Answer(status, retry_after_s, "", time.monotonic() - started)
-
-    async def _send(self, client: httpx.AsyncClient, target: Target, ip: str, body: bytes,
-                    headers: Mapping[str, str]) -> tuple[int, float | None]:
-        request_headers = {k: v for k, v in headers.items() if k.lower() not in _FRAMING_HEADERS}
-        request_headers["Host"] = target.host_header
-        pinned = f"[{ip}]" if ":" in ip else ip
-        # An IP literal host gets no SNI (RFC 6066) and its certificate is checked against the IP, as httpcore does.
-        extensions = {} if _ip_literal(target.host) is not None else {"sni_hostname": target.host}
-        async with client.stream("POST", f"{target.scheme}://{pinned}:{target.port}{target.target}", content=body,
-                                 headers=request_headers, extensions=extensions) as response:
-            read = 0
-            async for chunk in response.aiter_raw():  # raw: nobody decompresses a body we don't look at
-                read += len(chunk)
-                if read >= MAX_BODY_BYTES:
-                    break  # leaving the block unread closes the connection instead of draining a huge body
-            return response.status_code, parse_retry_after(response.headers.get("retry-after"), now_s=self._clock())
-
-    async def _resolve(self, target: Target) -> list[str]:
-        """Policy.resolve, remembered for ``resolve_ttl_s``: only validated answers are cached."""
-        key = (target.host, target.port)
-        now = time.monotonic()
-        cached = self._resolved.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        ips = await self._policy.resolve(target)
-        if self._resolve_ttl_s > 0:
-            self._resolved[key] = (now + self._resolve_ttl_s, ips)
-            self._resolved.move_to_end(key)
-            while len(self._resolved) > self._max_clients:  # as many names as clients: enough for the hot set
-                self._resolved.popitem(last=False)
-        return ips
-
-    async def _acquire(self, key: _OriginKey) -> _Origin:
-        # A client per (scheme, host, port, ip), not one per ip: httpcore pools connections by origin (the IP), so
-        # a shared client would reuse a TLS connection verified for one host name for a request to another name
-        # that resolves to the same IP.
-        origin = self._origins.get(key)
-        if origin is None:
-            origin = _Origin(httpx.AsyncClient(verify=self._ssl, timeout=self._timeout_s, limits=self._limits,
-                                               follow_redirects=False, trust_env=False))
-            self._origins[key] = origin
-        self._origins.move_to_end(key)
-        origin.users += 1
-        while len(self._origins) > self._max_clients:
-            _, evicted = self._origins.popitem(last=False)
-            evicted.evicted = True
-            if evicted.users == 0:
-                await evicted.client.aclose()
-        return origin
-
-    async def _release(self, origin: _Origin) -> None:
-        origin.users -= 1
-        if origin.evicted and origin.users == 0:
-            await origin.client.aclose()
-
-    async def aclose(self) -> None:
-        """Close every client (and so every kept-alive connection)."""
-        origins = list(self._origins.values())
-        self._origins.clear()
-        self._resolved.clear()
-        for origin in origins:
-            await origin.client.aclose()

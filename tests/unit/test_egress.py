@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from workers.egress import Answer, EgressRefused, Policy, Sender, Target, parse_retry_after, parse_url
+from workers.egress import EgressRefused, Policy, Target, parse_url
+from workers.sender import Answer, Sender, parse_retry_after
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 T = TypeVar("T")
@@ -313,8 +314,8 @@ def test_post_is_pinned_to_the_checked_address_with_the_original_host_header() -
     assert seen.body == b'{"type": "command.succeeded"}'
 
 
-def test_post_to_a_name_only_the_policy_resolves_shows_httpx_never_resolves_it() -> None:
-    """hook.example exists only in the fake resolver the policy uses: if httpx resolved it again, nothing would
+def test_post_to_a_name_only_the_policy_resolves_shows_the_http_client_never_resolves_it() -> None:
+    """hook.example exists only in the fake resolver the policy uses: if aiohttp resolved it again, nothing would
     answer. Resolutions are cached for resolve_ttl_s; 0 resolves every time."""
     async def go(server: _Server, ttl_s: float) -> tuple[list[Answer], list[str]]:
         calls: list[str] = []
@@ -418,8 +419,9 @@ def test_a_refused_connection_is_a_connect_error() -> None:
     assert (got.status, got.error) == (None, "connect_error")
 
 
-def test_an_evicted_client_finishes_its_delivery_first() -> None:
-    """max_clients=1: a second origin evicts the first while the first's POST is still in flight."""
+def test_a_forgotten_name_finishes_its_delivery_first() -> None:
+    """max_clients=1: a second name pushes the first out of the remembered addresses while the first's POST is
+    still in flight."""
     received, release = threading.Event(), threading.Event()
 
     def slow(handler: _Handler) -> None:
@@ -435,7 +437,7 @@ def test_an_evicted_client_finishes_its_delivery_first() -> None:
                                                     b"", {}))
             assert await asyncio.to_thread(received.wait, 30)
             server.respond = answer(200)
-            second = await sender.post(parse_url(f"http://localhost:{port}/b"), b"", {})  # evicts first's client
+            second = await sender.post(parse_url(f"http://localhost:{port}/b"), b"", {})  # pushes the first out
             release.set()
             return await first, second
         finally:
