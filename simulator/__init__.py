@@ -26,6 +26,14 @@ Admin API (JSON, not HMAC-protected; it is not part of ACS):
   ``DELETE`` ends it; ``POST …/call/participants`` / ``DELETE …/call/participants/{raw_id}`` join / leave
 - ``PUT /_sim/phones/{e164}`` ``{"behaviour": "answer|busy|decline|no-answer", "delay_ms", "dtmf", "speech",
   "input_delay_ms"}``; ``GET /_sim/phones``
+- ``POST /_sim/failures`` ``{"operation", "phone_number"?, "call_connection_id"?, "times"? (1; null: always),
+  "code"?, "sub_code"?, "message"?, "failed_play_source_index"?}`` → 201 with the rule: the next matching request
+  of ``operation`` is answered as usual, then ends in the failure event real ACS sends (addParticipant →
+  AddParticipantFailed, removeParticipant, cancelAddParticipant, sendDtmfTones, play → PlayFailed 400/8536,
+  recognize → RecognizeFailed 400/8510, startContinuousDtmfRecognition → ContinuousDtmfRecognitionToneFailed,
+  startRecording → StartRecordingFailed; the others 500/9999 unless told); ``GET`` lists the rules with
+  ``matched``; ``DELETE`` (all) or ``DELETE /_sim/failures/{id}``. A play source on a ``.invalid`` host fails by
+  itself with PlayFailed 8536, one naming a non-audio file with 8535 (a recognize prompt: RecognizeFailed 8511)
 - ``GET|PUT|DELETE /_sim/faults``: seed, rate_limit_per_s, throttle_rate, retry_after_s, error_rate, latency_ms,
   execute_then_fail(_count|_operations|_mode), drop_rate, duplicate_rate, reorder, delay_ms, early_delivery,
   callback_target_down, participants_page_size, rooms_page_size, eventgrid_(drop_rate|duplicate_rate|reorder|

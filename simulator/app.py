@@ -14,6 +14,7 @@ from starlette.routing import Mount, Route
 from .acs import acs_endpoint
 from .admin import ROUTES, AdminError, admin_error
 from .admin_eventgrid import ADMIN_ROUTES, PUBLIC_ROUTES
+from .admin_failures import FAILURE_ROUTES
 from .logs import log_config
 from .rooms_api import RoomsEndpoint
 from .runtime import Runtime
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         logging.config.dictConfig(log_config(settings))
     rooms = RoomsEndpoint()
     routes = [
-        Mount("/_sim", routes=ROUTES + ADMIN_ROUTES),
+        Mount("/_sim", routes=ROUTES + ADMIN_ROUTES + FAILURE_ROUTES),
         Mount("/calling", app=acs_endpoint),
         # Both: a Mount alone would redirect "/rooms" to "/rooms/".
         Route("/rooms", rooms),

@@ -88,7 +88,6 @@ def participant_event(
 
 def recording_state_changed(rec: Recording) -> dict[str, Any]:
     """RecordingStateChanged; its source names the server call and recording."""
-    call = rec.call
     data: dict[str, Any] = {
         "recordingId": rec.recording_id,
         "state": rec.state,
@@ -96,9 +95,21 @@ def recording_state_changed(rec: Recording) -> dict[str, Any]:
         "recordingKind": rec.kind,
         "resultInformation": result_information(OK),
     }
+    return _recording_event("RecordingStateChanged", rec, data)
+
+
+def start_recording_failed(rec: Recording, result: Result) -> dict[str, Any]:
+    """StartRecordingFailed: ``recordingId``, the call's ids and ``resultInformation`` (SDK 1.6's model; the start
+    request has no operationContext). No real sample was found: its source is named like RecordingStateChanged's."""
+    data: dict[str, Any] = {"recordingId": rec.recording_id, "resultInformation": result_information(result)}
+    return _recording_event("StartRecordingFailed", rec, data)
+
+
+def _recording_event(event_name: str, rec: Recording, data: dict[str, Any]) -> dict[str, Any]:
+    call = rec.call
     if rec.call_connection_id is not None:
         data["callConnectionId"] = rec.call_connection_id
     data["serverCallId"] = call.server_call_id
     data["correlationId"] = call.correlation_id
-    source = f"calling/recordings/{call.server_call_id}/{rec.recording_id}/RecordingStateChanged"
-    return envelope("RecordingStateChanged", source, data)
+    source = f"calling/recordings/{call.server_call_id}/{rec.recording_id}/{event_name}"
+    return envelope(event_name, source, data)

@@ -6,6 +6,7 @@ from typing import Any
 
 from . import events
 from .errors import invalid_request, media_operation_active, participant_not_present
+from .failures import PROMPT_FAILED, unplayable
 from .identifiers import is_phone, phone_number, raw_id_of
 from .model import Connection, MediaOp, ServerCall
 from .operation import Reply, Req, callback_url, connected, optional_str
@@ -37,11 +38,12 @@ def send_dtmf_tones(sim: Sim, req: Req) -> Reply:
         raise invalid_request(f"tones must list 1 to {MAX_DTMF_TONES} tones")
     if not all(isinstance(t, str) and t.lower() in TONES for t in tones):
         raise invalid_request(f"tones must be among {sorted(TONES)}")
-    _pstn_target(call, req.body.get("targetParticipant"), "targetParticipant")
+    target = _pstn_target(call, req.body.get("targetParticipant"), "targetParticipant")
     context = optional_str(req.body, "operationContext")
     url = callback_url(req.body, "operationCallbackUri") or conn.callback_uri
-    event = events.call_event(conn, "SendDtmfTonesCompleted", result=events.COMPLETED, operation_context=context)
-    sim.emit(conn, event, url)
+    failure = sim.scripted_failure("sendDtmfTones", targets=[target], connections=[conn.call_connection_id])
+    name, result = ("SendDtmfTonesFailed", failure.result) if failure else ("SendDtmfTonesCompleted", events.COMPLETED)
+    sim.emit(conn, events.call_event(conn, name, result=result, operation_context=context), url)
     return Reply(202, {"operationContext": context} if context is not None else {}, conn.call_connection_id)
 
 
@@ -67,20 +69,38 @@ def _start_media(sim: Sim, conn: Connection, kind: str, body: dict[str, Any]) ->
     return conn.media
 
 
+def _failure(sim: Sim, conn: Connection, operation: str, targets: list[str], sources: list[Any]
+             ) -> tuple[events.Result, dict[str, Any]] | None:
+    """How an accepted play or recognize fails: by a ``/_sim/failures`` rule, or because a file source cannot be
+    played (PlayFailed 8535/8536; a recognize's prompt: RecognizeFailed 8511); None when it does not."""
+    rule = sim.scripted_failure(operation, targets=targets, connections=[conn.call_connection_id])
+    if rule is not None:
+        return rule.result, rule.extra()
+    found = unplayable(sources)
+    if found is None:
+        return None
+    index, result = found
+    return (result if operation == "play" else PROMPT_FAILED), {"failedPlaySourceIndex": index}
+
+
 def play(sim: Sim, req: Req) -> Reply:
-    """202; PlayStarted, then PlayCompleted (never, for a loop, until cancelled)."""
+    """202; PlayStarted, then PlayCompleted (never, for a loop, until cancelled); or PlayFailed alone."""
     conn, call = connected(sim, req.call_connection_id)
     body = req.body
     _check_play_sources(body.get("playSources"), "playSources")
     play_to = body.get("playTo") or []
     if not isinstance(play_to, list):
         raise invalid_request("playTo must be a list ([] plays to everyone)")
-    for index, target in enumerate(play_to):
-        if raw_id_of(target, f"playTo[{index}]") not in call.participants:
-            raise participant_not_present()
+    targets = [raw_id_of(target, f"playTo[{index}]") for index, target in enumerate(play_to)]
+    if any(target not in call.participants for target in targets):
+        raise participant_not_present()
     options = body.get("playOptions")
     loop = bool(options.get("loop")) if isinstance(options, dict) else False
     media = _start_media(sim, conn, "play", body)
+    failed = _failure(sim, conn, "play", targets or list(call.participants), body["playSources"])
+    if failed is not None:  # nothing plays: no PlayStarted
+        media.timer = sim.later(PLAY_S, _media_done, sim, conn, media, "PlayFailed", *failed)
+        return Reply(202, None, conn.call_connection_id)
     started = events.call_event(conn, "PlayStarted", result=events.COMPLETED, operation_context=media.operation_context)
     sim.emit(conn, started, media.callback_uri)
     if not loop:
@@ -110,6 +130,10 @@ def recognize(sim: Sim, req: Req) -> Reply:
     script = sim.store.phones.get(phone_number(target)) if is_phone(target) else None
     delay_s, name, result, extra = recognition_outcome(input_type, options, script)
     media = _start_media(sim, conn, "recognize", body)
+    prompt = [body["playPrompt"]] if body.get("playPrompt") is not None else []
+    failed = _failure(sim, conn, "recognize", [target], prompt)
+    if failed is not None:
+        delay_s, name, (result, extra) = PLAY_S, "RecognizeFailed", failed
     media.timer = sim.later(delay_s, _media_done, sim, conn, media, name, result, extra)
     return Reply(202, None, conn.call_connection_id)
 
@@ -133,10 +157,14 @@ def start_continuous_dtmf(sim: Sim, req: Req) -> Reply:
     if target not in conn.continuous_dtmf:
         script = sim.store.phones.get(phone_number(target))
         tones = tones_of(script.dtmf) if script else []
+        delay_s = script.input_delay_ms / 1000.0 if script else PLAY_S
+        failure = sim.scripted_failure("startContinuousDtmfRecognition", targets=[target],
+                                       connections=[conn.call_connection_id])
         handles = []
-        if tones:
-            assert script is not None
-            handles.append(sim.later(script.input_delay_ms / 1000.0, _tones, sim, conn, tones, context, url))
+        if failure is not None:  # started (200), then recognition fails instead of reporting the tones
+            handles.append(sim.later(delay_s, _tone_failed, sim, conn, failure.result, context, url))
+        elif tones:
+            handles.append(sim.later(delay_s, _tones, sim, conn, tones, context, url))
         conn.continuous_dtmf[target] = handles
     return Reply(200, None, conn.call_connection_id)
 
@@ -147,6 +175,11 @@ def _tones(sim: Sim, conn: Connection, tones: list[str], context: str | None, ur
             conn, "ContinuousDtmfRecognitionToneReceived", operation_context=context, sequenceId=sequence_id, tone=tone
         )
         sim.emit(conn, event, url)
+
+
+def _tone_failed(sim: Sim, conn: Connection, result: events.Result, context: str | None, url: str) -> None:
+    event = events.call_event(conn, "ContinuousDtmfRecognitionToneFailed", result=result, operation_context=context)
+    sim.emit(conn, event, url)
 
 
 def stop_continuous_dtmf(sim: Sim, req: Req) -> Reply:

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from .failures import FailureRules
+
 BEHAVIOURS = ("answer", "busy", "decline", "no-answer")
 MAX_ROOM_SPAN = timedelta(days=180)
 
@@ -187,6 +189,7 @@ class Store:
     connections: dict[str, Connection] = field(default_factory=dict)
     recordings: dict[str, Recording] = field(default_factory=dict)
     phones: dict[str, PhoneScript] = field(default_factory=dict)
+    failures: FailureRules = field(default_factory=FailureRules)  # /_sim/failures
     ids: Ids = field(default_factory=Ids)
     room_seq: int = 0
 

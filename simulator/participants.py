@@ -42,7 +42,10 @@ def add_participant(sim: Sim, req: Req) -> Reply:
     conn.invitations[invitation.invitation_id] = invitation
     script = sim.store.phones.get(phone_number(target)) if is_phone(target) else None
     script = script or PhoneScript()
-    if script.behaviour == "no-answer":
+    failure = sim.scripted_failure("addParticipant", targets=[target], connections=[conn.call_connection_id])
+    if failure is not None:  # rings as scripted, then fails with the rule's result
+        invitation.timer = sim.later(script.delay_ms / 1000.0, _refused, sim, conn, invitation, failure.result)
+    elif script.behaviour == "no-answer":
         invitation.timer = sim.later(timeout_s, _refused, sim, conn, invitation, NO_ANSWER)
     elif script.behaviour == "answer":
         invitation.timer = sim.later(script.delay_ms / 1000.0, _answered, sim, conn, invitation)
@@ -102,6 +105,10 @@ def remove_participant(sim: Sim, req: Req) -> Reply:
     url = callback_url(req.body, "operationCallbackUri") or conn.callback_uri
     if target not in call.participants:
         raise participant_not_present()
+    failure = sim.scripted_failure("removeParticipant", targets=[target], connections=[conn.call_connection_id])
+    if failure is not None:  # the participant stays in the call
+        sim.emit(conn, events.participant_event(conn, "RemoveParticipantFailed", target, context, failure.result), url)
+        return Reply(202, _without_none({"operationContext": context}), conn.call_connection_id)
     del call.participants[target]
     sim.user_left(call, target)
     for other in call.connections.values():
@@ -121,7 +128,13 @@ def cancel_add_participant(sim: Sim, req: Req) -> Reply:
     invitation = conn.invitations.get(invitation_id or "")
     if invitation is None:
         raise invalid_request("invitationId does not name an invitation of this call connection")
+    failure = None
     if invitation.state == "pending":
+        failure = sim.scripted_failure("cancelAddParticipant", targets=[invitation.target],
+                                       connections=[conn.call_connection_id])
+    if failure is not None:  # the invitation rings on
+        name, result = "CancelAddParticipantFailed", failure.result
+    elif invitation.state == "pending":
         invitation.state = "canceled"
         sim.cancel(invitation.timer)
         name, result = "CancelAddParticipantSucceeded", events.OK

@@ -8,10 +8,10 @@ from .events import Result
 from .model import PhoneScript
 
 DEFAULT_SILENCE_S = 5.0
-SILENCE = (400, 8510, "Action failed, initial silence time out reached.")
+SILENCE = (400, 8510, "Action failed, initial silence timeout reached.")
 STOP_TONE = (200, 8514, "Action completed as stop tone was detected.")
 MAX_DIGITS = (200, 8531, "Action completed, max digits received.")
-INTER_DIGIT_TIMEOUT = (400, 8532, "Action failed, inter-digit silence time out reached.")
+INTER_DIGIT_TIMEOUT = (400, 8532, "Action failed, inter-digit silence timeout reached.")
 DTMF_OPTION = (200, 8533, "Action completed, DTMF option matched.")
 SPEECH_OPTION = (200, 8545, "Action completed, speech option matched.")
 SPEECH = (200, 8569, "Action completed, speech was recognized.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import call_not_found, call_terminated, duplicate_recording, invalid_request, recording_not_found
-from .events import now_iso
+from .events import now_iso, start_recording_failed
 from .model import Recording, ServerCall
 from .operation import Reply, Req, callback_url, connected
 from .world import Sim
@@ -35,6 +35,10 @@ def start_recording(sim: Sim, req: Req) -> Reply:
     rec.content_type = body.get("recordingContentType") or rec.content_type
     rec.channel_type = body.get("recordingChannelType") or rec.channel_type
     rec.format_type = body.get("recordingFormatType") or rec.format_type
+    failure = sim.scripted_failure("startRecording", targets=call.participants, connections=call.connections)
+    if failure is not None:  # accepted, then StartRecordingFailed; the recording never exists (GET: 404/8522)
+        sim.send(rec.callback_uri, start_recording_failed(rec, failure.result))
+        return Reply(200, _state(rec), cc)
     sim.store.recordings[rec.recording_id] = rec
     call.recording = rec
     response = _state(rec)  # ACS answers "inactive"; the recording becomes active just after

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from . import acs_events, events
 from .delivery import Dispatcher
 from .events import Result
+from .failures import Rule
 from .faults import Faults
+from .identifiers import is_phone, phone_number
 from .model import Connection, Member, Recording, ServerCall, Store
 
 
@@ -98,6 +100,11 @@ class Sim:
         """RecordingStateChanged for ``rec``'s current state, unless its call has ended."""
         if not rec.call.ended:
             self.send(rec.callback_uri, events.recording_state_changed(rec))
+
+    def scripted_failure(self, operation: str, *, targets: Iterable[str], connections: Iterable[str]) -> Rule | None:
+        """The ``/_sim/failures`` rule that fails this request (counted as used), if any; ``targets`` are raw ids."""
+        phones = [phone_number(raw) for raw in targets if is_phone(raw)]
+        return self.store.failures.take(operation, phones=phones, call_connection_ids=connections)
 
     # -- Event Grid ------------------------------------------------------------------------------------
 

@@ -180,6 +180,9 @@ def _tags(kind: str, recording_state: str | None) -> dict[str, str]:
     return {type_: tag for type_, op in OPERATIONS.items() if (tag := _tag(op, kind, data)) is not None}
 
 
+# Events that name a recording (by recordingId) → the state they leave it in ('' = the event's ``state``). A failed
+# start leaves none: "failed" is callq's word, kept on the recording as its last state.
+_RECORDING_EVENTS = {"RecordingStateChanged": "", "StartRecordingFailed": "failed"}
 _CANCELED = {"code": "invitation_canceled", "message": "The invitation was canceled before it was answered."}
 
 
@@ -213,7 +216,7 @@ def ingest_call(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int, retentio
     """Store one cleaned event and apply it to the commands it resolves (ingest.lua), atomically."""
     data, kind = event["data"], short_type(event)
     cc, context, rec = data.get("callConnectionId") or "", data.get("operationContext") or "", ""
-    if kind == "RecordingStateChanged":
+    if kind in _RECORDING_EVENTS:
         rec = data.get("recordingId") or ""
     invitation = data.get("invitationId") or "" if kind == "CancelAddParticipantSucceeded" and cc else ""
     canceled = {"error": _CANCELED, "resolved_by": {"type": kind, "id": event["id"]}}
@@ -221,8 +224,9 @@ def ingest_call(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int, retentio
              keys.call_key(cc) if cc else "", keys.call_commands_key(cc) if cc else "",
              keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else ""]
     min_id = str(int((time.time() - retention_s) * 1000))
+    state = _RECORDING_EVENTS.get(kind) or data.get("state") or ""
     args = [str(dedup_ttl_s), str(ttl_s), min_id, _COMPACT.encode(event), context,
-            kind, "1" if kind == "CallDisconnected" else "", data.get("state") or "", _steps(event),
+            kind, "1" if kind == "CallDisconnected" else "", state, _steps(event),
             now_iso(), _late(event) if context else "", invitation,
             _COMPACT.encode(flatten(canceled)) if invitation else "",
             data.get("serverCallId") or "", cc]

@@ -210,9 +210,13 @@ def _recognize(client: CallAutomationClient, cmd: Command, settings: Settings) -
 
 
 def _continuous_dtmf_start(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    """200 is the outcome: ACS sends no event for a start that worked. Tones then arrive as ToneReceived events, and
+    a ContinuousDtmfRecognitionToneFailed (it echoes this command's id) reports recognition failing later, not this
+    request: it joins the call's timeline and fails no command (were it to fail this one when it beats the recorded
+    200, the same events would end the command differently by timing alone)."""
     _connection(client, cmd).start_continuous_dtmf_recognition(to_identifier(cmd.params["participant"]),
                                                                 operation_context=cmd.id)
-    return Sent(resolved=True)  # 200 is the outcome; tones then arrive as ToneReceived events
+    return Sent(resolved=True)
 
 
 def _continuous_dtmf_stop(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
@@ -357,8 +361,10 @@ _OPS = (
     Operation("continuous_dtmf_start", _continuous_dtmf_start),
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
     Operation("cancel_media", _cancel_media, interrupts=True, cuts_media="all", overtakes_parked=True),
-    Operation("start_recording", _start_recording, repeatable=True, recording_state="active",
-              reconcile=_reconcile_start, changes="recording"),
+    # StartRecordingFailed carries the recordingId (the start request has no operationContext): it finds the start
+    # under its recording, like RecordingStateChanged, also when it beats the start's answer (runtime catches up).
+    Operation("start_recording", _start_recording, fails_on=frozenset({"StartRecordingFailed"}), repeatable=True,
+              recording_state="active", reconcile=_reconcile_start, changes="recording"),
     Operation("pause_recording", _pause_recording, recording_state="inactive", verify=_recording_is("inactive"),
               recording_by_call=True, verb="pause", reconcile=_reconcile_recording("inactive"), changes="recording",
               reconcile_reads="recording"),

@@ -54,6 +54,8 @@ def test_continuous_dtmf_starts_and_stops(call: str, api: httpx.Client, simulato
 
 def test_cancel_media_cancels_a_looping_play(call: str, api: httpx.Client) -> None:
     play = post(api, f"/v1/calls/{call}/play", {"file_url": "https://example.org/hold.wav", "loop": True}).json()
+    # Playing at ACS first: a cancel accepted before callq sent the play ends it ``interrupted`` instead (README).
+    wait_for_field(api, play["id"], "sent_at")
     cancel = wait(api, post(api, f"/v1/calls/{call}/media/cancel").json()["id"])
     assert cancel["status"] == "succeeded"
     played = wait(api, play["id"])

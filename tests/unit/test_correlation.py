@@ -225,3 +225,104 @@ def test_a_recording_event_naming_another_connection_joins_callqs_call_timeline(
     [(_, fields)] = r.xrange(keys.call_events_key("cc-callq"))
     assert json.loads(fields["event"])["id"] == "e-rsc"
     assert r.xlen(keys.call_events_key("cc-acs-other")) == 1  # and where ACS said
+
+
+# Each failure event ACS sends and the command type it ends, with ACS's resultInformation.
+_FAILURES = [
+    ("PlayFailed", "play", {"code": 400, "subCode": 8535, "message": "Action failed, file format is invalid."},
+     {"failedPlaySourceIndex": 0}),
+    ("RecognizeFailed", "recognize", {"code": 400, "subCode": 8510,
+                                      "message": "Action failed, initial silence timeout reached."}, {}),
+    ("SendDtmfTonesFailed", "send_dtmf", {"code": 500, "subCode": 9999, "message": "Unknown internal server error."},
+     {}),
+    ("RemoveParticipantFailed", "remove_participant", {"code": 404, "subCode": 8522, "message": "Not found."},
+     {"participant": {"rawId": "4:+14255550123"}}),
+    ("CancelAddParticipantFailed", "cancel_add_participant", {"code": 400, "subCode": 8523, "message": "Too late."},
+     {"invitationId": "inv-1"}),
+    ("AddParticipantFailed", "add_participant", {"code": 480, "subCode": 8544,
+                                                 "message": "Call failed, callee unreachable."}, {}),
+]
+
+
+@pytest.mark.parametrize(("kind", "type_", "info", "extra"), _FAILURES)
+def test_a_failure_event_fails_its_command_with_acs_codes_and_message(any_redis, kind: str, type_: str,  # type: ignore[no-untyped-def]
+                                                                     info: dict[str, Any],
+                                                                     extra: dict[str, Any]) -> None:
+    r, ar = any_redis
+    make_command(r, "cmd_f", type_)
+    report = ingest(ar, event(kind, eid="e-f", ctx="cmd_f", resultInformation=info, **extra))
+    assert report.resolved == ["cmd_f"]
+    record = r.hgetall(keys.command_key("cmd_f"))
+    assert record["status"] == "failed"
+    assert json.loads(record["error"]) == {"code": "acs_failed", "message": info["message"],
+                                           "acs_code": info["code"], "acs_subcode": info["subCode"]}
+    assert json.loads(record["resolved_by"])["type"] == kind
+
+
+_START_FAILED = {"code": 500, "subCode": 8589, "message": "Record throttled."}
+
+
+def _recording_started(r: redis.Redis, cid: str, rid: str, cc: str) -> None:
+    """What the worker records when ACS answers a start (sent.lua): the command, listed under its recording."""
+    cmd = command.Command.from_hash(r.hgetall(keys.command_key(cid)))
+    scripts.run(r, ledger.sent(cmd, Status.WAITING, {"recording_id": rid, "result": {"recording_id": rid}},
+                               made=ledger.SentTo(recording_id=rid), ttl_s=60, wait_deadline_ms=10**13))
+    assert r.hget(keys.recording_key(rid), "call_connection_id") == cc
+
+
+def test_start_recording_failed_fails_the_start_of_its_recording(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """It has no operationContext (a start cannot send one): its recordingId finds the start, whichever connection
+    it names; the event joins callq's call timeline too."""
+    r, ar = any_redis
+    make_command(r, "cmd_s", "start_recording", status="running", cc="cc-callq")
+    _recording_started(r, "cmd_s", "rec-1", "cc-callq")
+    report = ingest(ar, event("StartRecordingFailed", eid="e-srf", cc="cc-acs-other", recordingId="rec-1",
+                              resultInformation=_START_FAILED))
+    assert report.resolved == ["cmd_s"]
+    record = r.hgetall(keys.command_key("cmd_s"))
+    assert record["status"] == "failed"
+    assert json.loads(record["error"]) == {"code": "acs_failed", "message": "Record throttled.", "acs_code": 500,
+                                           "acs_subcode": 8589}
+    assert json.loads(record["result"]) == {"recording_id": "rec-1"}  # the answer stays: ACS did name it
+    assert r.hget(keys.recording_key("rec-1"), "state") == "failed"
+    [(_, fields)] = r.xrange(keys.call_events_key("cc-callq"))
+    assert json.loads(fields["event"])["id"] == "e-srf"
+
+
+def test_start_recording_failed_before_the_starts_answer_is_kept_for_it(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """ACS may send it before the start's answer names the recording: it is kept on the recording, and what it
+    means for the start is what the worker applies once it registers the recording (Runtime._catch_up_recording)."""
+    r, ar = any_redis
+    make_command(r, "cmd_s", "start_recording", status="running")
+    report = ingest(ar, event("StartRecordingFailed", eid="e-srf", recordingId="rec-1",
+                              resultInformation=_START_FAILED))
+    assert report.resolved == [] and status(r, "cmd_s") == "running"  # its recording is not known yet
+    last = json.loads(r.hget(keys.recording_key("rec-1"), "last_event"))
+    step = correlation.outcome("start_recording", last)
+    assert step is not None and step[0] == Status.FAILED
+    assert step[1]["error"] == {"code": "acs_failed", "message": "Record throttled.", "acs_code": 500,
+                                "acs_subcode": 8589}
+
+
+def test_a_start_recording_failed_without_recording_id_fails_the_calls_pending_start(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """Designed for the worst case (no recordingId): the event falls back to its call's oldest pending start."""
+    r, ar = any_redis
+    make_command(r, "cmd_p", "play")
+    make_command(r, "cmd_s", "start_recording")
+    report = ingest(ar, event("StartRecordingFailed", eid="e-srf", resultInformation=_START_FAILED))
+    assert report.resolved == ["cmd_s"] and status(r, "cmd_p") == "waiting"
+
+
+def test_a_tone_failed_fails_no_command_and_joins_the_timeline(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """Continuous DTMF's start succeeded on its 200; recognition failing later is news for the call, not a
+    verdict on that request (nor on a pending stop)."""
+    r, ar = any_redis
+    make_command(r, "cmd_start", "continuous_dtmf_start", status="succeeded")
+    make_command(r, "cmd_stop", "continuous_dtmf_stop")
+    report = ingest(ar, event("ContinuousDtmfRecognitionToneFailed", eid="e-tf", ctx="cmd_start",
+                              resultInformation={"code": 500, "subCode": 9999, "message": "Unknown."}))
+    assert report.resolved == [] and report.stored == 1
+    assert (status(r, "cmd_start"), status(r, "cmd_stop")) == ("succeeded", "waiting")
+    assert "late_event" not in r.hgetall(keys.command_key("cmd_start"))
+    [(_, fields)] = r.xrange(keys.call_events_key("cc-1"))
+    assert json.loads(fields["event"])["type"].endswith("ContinuousDtmfRecognitionToneFailed")

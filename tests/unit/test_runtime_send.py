@@ -7,6 +7,7 @@ fake and real, since the scripts are where the guarantees live.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ import redis
 
 from api.notify import Notifier
 from tests import records
-from workers import command, keys, ledger, scripts
+from workers import command, correlation, keys, ledger, scripts
 from workers.command import Status
 from workers.ratelimit import RateLimited, RateLimiter, RateLimitPolicy, prepaid
 from workers.runtime import RetryLater, Runtime
@@ -176,3 +177,30 @@ def test_a_long_poll_is_handed_the_announced_record() -> None:
 def test_an_announcement_without_a_usable_record_asks_for_a_read() -> None:
     assert ledger.announced("c1") == ("c1", None)  # what a callq from before records were announced sends
     assert ledger.announced("c1 {not json") == ("c1", None)
+
+
+class RecordingAcs:
+    """Starts a recording the way the simulator fails one: StartRecordingFailed reaches callq before the answer."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._r = r
+
+    def start_recording(self, **kwargs: Any) -> SimpleNamespace:
+        failed = {"id": "e-srf", "type": "Microsoft.Communication.StartRecordingFailed", "time": "2026-11-25T10:00:00Z",
+                  "data": {"recordingId": "rec-1", "callConnectionId": "cc-1", "serverCallId": "scid-1",
+                           "resultInformation": {"code": 500, "subCode": 8589, "message": "Record throttled."}}}
+        scripts.run(self._r, correlation.ingest_call(correlation.clean(failed), dedup_ttl_s=60, ttl_s=60,
+                                                     retention_s=3600))
+        return SimpleNamespace(recording_id="rec-1")
+
+
+def test_a_start_whose_failure_beat_its_answer_fails_once_the_answer_names_the_recording(r: redis.Redis) -> None:
+    put(r, "s1", type_="start_recording", call_connection_id="cc-1",
+        params={"server_call_id": "scid-1", "content": "audio", "channel": "mixed", "format": "wav"})
+    rt = runtime(r, RecordingAcs(r))  # type: ignore[arg-type]  # a stand-in for the SDK client
+    assert rt.run("s1") == "failed"
+    cmd = r.hgetall(keys.command_key("s1"))
+    assert json.loads(cmd["error"]) == {"code": "acs_failed", "message": "Record throttled.", "acs_code": 500,
+                                        "acs_subcode": 8589}
+    assert json.loads(cmd["resolved_by"])["type"] == "StartRecordingFailed"
+    assert cmd["recording_id"] == "rec-1" and r.zscore(keys.WAIT_DEADLINES, "s1") is None

@@ -5,9 +5,9 @@
 -- Candidates: an operationContext names its command. Without one (real 2024 samples of CallConnected,
 -- CallDisconnected and SendDtmfTonesCompleted lack it) the event answers the call's oldest pending command of
 -- a type it resolves. CallDisconnected answers every pending command of the call; a RecordingStateChanged
--- answers the oldest pending command of its recording that expects that state; a
--- CancelAddParticipantSucceeded also fails the pending add whose invitation it withdrew (ACS sends that add
--- nothing more).
+-- answers the oldest pending command of its recording that expects that state (a StartRecordingFailed, which
+-- names its recording too, its start); a CancelAddParticipantSucceeded also fails the pending add whose
+-- invitation it withdrew (ACS sends that add nothing more).
 --
 -- KEYS: 1 seen marker, 2 the call's event stream, 3 call hash, 4 call's command list, 5 recording hash,
 --       6 recording's command list ('' for those the event names no call / recording for)
