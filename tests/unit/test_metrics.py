@@ -21,7 +21,7 @@ from tests.conftest import TEST_API_KEY
 from workers import keys, ledger, metrics, scripts, webhooks
 from workers.command import Status
 from workers.delivery import Deliverer
-from workers.egress import Answer
+from workers.sender import Answer
 from workers.settings import Settings
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
