@@ -97,6 +97,9 @@ class ScheduleBody(RecordingBody):
         if self.cron is not None and self.timezone is None:
             raise PydanticCustomError("timezone_required", "a cron schedule needs an IANA timezone, such as "
                                                            "Europe/Paris")
+        if self.pause_on_start:
+            raise PydanticCustomError("incompatible_recording_options", "a scheduled recording cannot start paused "
+                                      "(nobody would resume it): use pause_windows")
         if not 1 <= self.duration <= MAX_DURATION_S:
             raise PydanticCustomError("invalid_duration", f"duration must be between 1 s and {MAX_DURATION_S} s")
         if self.every is not None and self.every < 1:
@@ -125,8 +128,15 @@ class ScheduleBody(RecordingBody):
         return recurrence.Plan(kind=self.kind, duration_s=self.duration, start=start, every_s=self.every,
                                cron=self.cron, timezone=self.timezone)
 
-    def recording(self) -> dict[str, str]:
-        return {"content": self.content, "channel": self.channel, "format": self.format}
+    def compared(self) -> dict[str, Any]:
+        """The body as a replay is compared: without the recording options not given (a create made before they
+        existed keeps its fingerprint)."""
+        dumped = self.model_dump(mode="json")
+        return {k: v for k, v in dumped.items() if v is not None or k not in self.LATER_OPTIONS}
+
+    def recording(self) -> dict[str, Any]:
+        """How each occurrence records: the options of ``POST /v1/calls/{cc}/recordings`` that were given."""
+        return RecordingBody.params(self)
 
     def windows(self) -> list[tuple[int, int]]:
         return [(w.offset, w.duration) for w in self.pause_windows]

@@ -101,7 +101,7 @@ async def create_schedule(request: Request) -> Response:
     record = s.stored(s.new_schedule(schedule_id=sid, client=client, room_id=body.room_id, plan=body.plan(now),
                                      recording=body.recording(), windows=body.windows(), first=first,
                                      idempotency_key=idem))
-    fingerprint = commands.fingerprint("POST /v1/recording-schedules", body.model_dump(mode="json"))
+    fingerprint = commands.fingerprint("POST /v1/recording-schedules", body.compared())
     found: s.Recorded = await state.scripts.run(s.create(
         client=client, idempotency_key=idem, schedule_id=sid, record=record, fingerprint=fingerprint,
         idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.steps_queue,
