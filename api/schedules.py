@@ -186,7 +186,8 @@ _SCHEDULE = {"type": "object", "description": "A recording schedule: id, room_id
              "(active|finished|cancelled), next_run_at, created_at, links"}
 _RUNS = {"type": "object", "description": "items: each occurrence's planned_at, state (starting|recording|paused|"
          "stopping|completed|completed_early|missed|failed|cancelled), call_connection_id, recording_id, commands "
-         "(id, step, type, status), error; next: the following page"}
+         "(id, step, type, status), error, links (recording, files: once it has a recording); next: the following "
+         "page"}
 _PAGE = [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1,
                                                                          "maximum": PAGE_MAX}},
          {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}}]
