@@ -16,6 +16,7 @@ Where the reference found no value, the simulator's choice (callq must not depen
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from . import audio
@@ -23,6 +24,7 @@ from .acs_events import timestamp
 from .model import Recording, RecordingFile
 
 MAX_CHANNELS = 5
+_DIGITS = re.compile(r"[0-9]{0,18}")  # ASCII only: str.isdigit() takes "²", which int() refuses
 
 
 def new_file(document_id: str, rec: Recording, participants: list[str], stopped_at: float) -> RecordingFile:
@@ -80,7 +82,7 @@ def byte_range(header: str | None, total: int) -> tuple[int, int] | None | str:
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first_text, sep, last_text = header.removeprefix("bytes=").strip().partition("-")
-    if not sep or not all(t.isdigit() or t == "" for t in (first_text, last_text)) or not first_text + last_text:
+    if not sep or not all(_DIGITS.fullmatch(t) for t in (first_text, last_text)) or not first_text + last_text:
         return None
     if not first_text:  # a suffix: the last N bytes
         count = int(last_text)

@@ -30,7 +30,7 @@ from workers.errors import AcsError, CallqError, CommandNotFound, Conflict
 from workers.reads import acs_errors
 from workers.settings import Settings
 
-_RANGE = re.compile(r"^bytes=(?:(\d{1,18})-(\d{0,18})|-(\d{1,18}))$")
+_RANGE = re.compile(r"^bytes=(?:([0-9]{1,18})-([0-9]{0,18})|-([0-9]{1,18}))$")  # ASCII digits only
 _ERRORS = {404: ResourceNotFoundError}
 MAX_METADATA_BYTES = 1 << 20
 
