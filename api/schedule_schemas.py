@@ -18,6 +18,7 @@ from api.schemas import RecordingBody
 from workers import recurrence
 
 MAX_DURATION_S = 86_400
+MAX_EVERY_S = 366 * 86_400  # a longer period is a one-off or a cron; far larger ones overflow the calendar (a 500)
 MAX_WINDOWS = 20
 CODES = COMMAND_CODES | {"invalid_duration", "invalid_start_at", "invalid_cron", "unknown_timezone",
                          "invalid_schedule", "timezone_required", "invalid_pause_windows"}
@@ -104,6 +105,8 @@ class ScheduleBody(RecordingBody):
             raise PydanticCustomError("invalid_duration", f"duration must be between 1 s and {MAX_DURATION_S} s")
         if self.every is not None and self.every < 1:
             raise PydanticCustomError("invalid_duration", "every must be at least 1 second")
+        if self.every is not None and self.every > MAX_EVERY_S:
+            raise PydanticCustomError("invalid_duration", f"every must be at most {MAX_EVERY_S} s (366 days)")
         self._check_windows()
         return self
 
