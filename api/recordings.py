@@ -42,7 +42,7 @@ async def attach_event(request: Request, event: Event) -> None:
     done = await state.scripts.run(recording_files.attach(
         status, files_at=event.time.isoformat().replace("+00:00", "Z") if event.time else now_iso(),
         ttl_s=state.settings.command_ttl_s))
-    if done.known:
+    if done.new_chunks:  # a redelivery (Event Grid delivers at least once) adds none
         log.info("recording %s: %d file chunk(s) announced", status.recording_id, done.new_chunks)
 
 
