@@ -250,7 +250,8 @@ def _start_recording(client: CallAutomationClient, cmd: Command, settings: Setti
     result = {"recording_id": props.recording_id}
     if p.get("pause_on_start"):
         # Started paused: ACS answers "inactive" and whether a RecordingStateChanged follows is not documented, so
-        # the answer is the outcome (waiting for an "active" that comes only with a resume would time out).
+        # the answer is the outcome (waiting for an "active" that comes only with a resume would hold that resume
+        # back until the outcome deadline). A StartRecordingFailed after it is kept as the command's late_event.
         return Sent(recording_id=props.recording_id, result={**result, "state": props.recording_state},
                     resolved=True)
     return Sent(recording_id=props.recording_id, result=result)
