@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from workers.recording_files import Chunk, FileStatus
+
 PARTICIPANT_EVENTS = frozenset({"Microsoft.Communication.CallParticipantAdded",
                                 "Microsoft.Communication.CallParticipantRemoved"})
 _CALL_SUBJECT = re.compile(r"/?call/(?P<call>.+?)(?:/(?:startedBy|participant)/(?P<raw>.+))?")
@@ -87,3 +89,27 @@ def _text(value: object) -> str | None:
 
 def _seconds(*values: object) -> float | None:
     return next((float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)), None)
+
+
+def recording_file_status(recording_id: str, data: dict[str, Any]) -> FileStatus:
+    """What a RecordingFileStatusUpdated says of the recording's files; a chunk without a content location (nothing
+    to fetch) or an index is left out."""
+    storage = _get(data, "recordingStorageInfo")
+    listed = _get(storage, "recordingChunks")
+    chunks = tuple(chunk for item in (listed if isinstance(listed, list) else []) if (chunk := _chunk(item)))
+    duration = _seconds(_get(data, "recordingDurationMs"))
+    return FileStatus(
+        recording_id=recording_id, chunks=chunks, start_time=_text(_get(data, "recordingStartTime")),
+        duration_ms=int(duration) if duration is not None else None,
+        session_end_reason=_text(_get(data, "sessionEndReason")),
+        content_type=_text(_get(data, "recordingContentType")), channel_type=_text(_get(data, "recordingChannelType")),
+        format_type=_text(_get(data, "recordingFormatType")), storage_type=_text(_get(data, "storageType")))
+
+
+def _chunk(item: object) -> Chunk | None:
+    index, content = _get(item, "index"), _text(_get(item, "contentLocation"))
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0 or not content:
+        return None
+    return Chunk(index=index, document_id=_text(_get(item, "documentId")), content_location=content,
+                 metadata_location=_text(_get(item, "metadataLocation")),
+                 delete_location=_text(_get(item, "deleteLocation")), end_reason=_text(_get(item, "endReason")))

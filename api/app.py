@@ -35,6 +35,7 @@ from api.eventgrid_auth import EventGridVerifier
 from api.metrics import RequestMetrics, flushing, metrics_routes, record_error
 from api.notify import Notifier
 from api.reads import read_routes
+from api.recordings import recording_routes
 from api.rooms import room_routes
 from api.routes import command_routes
 from api.schedules import schedule_routes
@@ -237,6 +238,7 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         *webhook_routes,
         *eventgrid_routes,
         *read_routes,
+        *recording_routes,
         *schedule_routes,
         Route("/openapi.json", openapi.openapi, methods=["GET"], include_in_schema=False),
         Route("/docs", openapi.docs, methods=["GET"], include_in_schema=False),

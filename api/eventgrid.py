@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from api.callbacks import kick
 from api.eventgrid_parse import Event, ValidationRequest, parse_delivery, read_body, webhook_grant
+from api.recordings import attach_event
 from tasks.automations import ADVANCE
 from tasks.publish import task_message
 from workers import correlation, keys, metrics, room_events
@@ -79,6 +80,8 @@ async def eventgrid_events(request: Request) -> Response:
         return delivery.response()
     stored = duplicates = ignored = 0
     for event in delivery.events:
+        if event.type == room_events.RECORDING_FILE:  # kept on callq's recording, whichever room (if any) it is in
+            await attach_event(request, event)
         room = await _room_of(request, event)
         short = event.type.removeprefix(room_events.PREFIX)
         if not room or not event.type.startswith(room_events.PREFIX):

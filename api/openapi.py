@@ -12,7 +12,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from api import resources, room_openapi, schedules, webhook_openapi
+from api import recording_openapi, resources, room_openapi, schedules, webhook_openapi
 from api.auth import IDEMPOTENCY_KEY
 from api.routes import COMMANDS, CommandSpec
 from api.schedule_schemas import ScheduleBody
@@ -41,7 +41,7 @@ _READS = [
     ("/v1/calls/{call_connection_id}/events", "The call's ACS events (paged with ?after=)", _ref("EventPage"), False),
     ("/v1/calls/{call_connection_id}/participants", "Participants as ACS lists them", _ref("ParticipantPage"), True),
     ("/v1/calls/{call_connection_id}/participants/{raw_id}", "One participant", _ref("CallParticipant"), True),
-    ("/v1/recordings/{recording_id}", "A recording's state", _ref("Recording"), True),
+    ("/v1/recordings/{recording_id}", "A recording: its state at ACS and its files", _ref("Recording"), True),
 ]
 _STREAM = "/v1/calls/{call_connection_id}/events/stream"
 # One Server-Sent Event: id (the event's seq, for Last-Event-ID), event (its short type), data (the event as JSON).
@@ -170,7 +170,8 @@ def document() -> dict[str, Any]:
     bodies: tuple[type[BaseModel], ...] = (ScheduleBody, *room_openapi.MODELS, *webhook_openapi.MODELS)
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         *((spec.body, "validation") for spec in COMMANDS), *((model, "validation") for model in bodies),
-        *((model, "serialization") for model in (*resources.MODELS, *webhook_openapi.RESPONSE_MODELS))]
+        *((model, "serialization") for model in (*resources.MODELS, *webhook_openapi.RESPONSE_MODELS,
+                                                 *recording_openapi.MODELS))]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     idem = {"name": "Idempotency-Key", "in": "header", "required": True,
             "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern}}
@@ -182,7 +183,8 @@ def document() -> dict[str, Any]:
                        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
         "security": [{"apiKey": []}],
         "paths": _merged(_command_ops(idem), _read_ops(), schedules.openapi_paths(idem, _errors),
-                         room_openapi.openapi_paths(idem, _errors), webhook_openapi.openapi_paths(idem, _errors)),
+                         room_openapi.openapi_paths(idem, _errors), webhook_openapi.openapi_paths(idem, _errors),
+                         recording_openapi.openapi_paths(_errors)),
     }
 
 

@@ -181,14 +181,6 @@ async def get_participant(request: Request) -> Response:
     return await _read(request, reads.participant, cc, request.path_params["raw_id"])
 
 
-async def get_recording(request: Request) -> Response:
-    state = request.state
-    rid = request.path_params["recording_id"]
-    if await state.redis.hget(keys.recording_key(rid), "client") != state.api_keys.client_for(request):
-        raise CommandNotFound(f"No recording {rid!r} is known to this client.", code="recording_not_found")
-    return await _read(request, reads.recording, rid)
-
-
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -220,5 +212,4 @@ read_routes = [
     Route("/v1/calls/{call_connection_id}/events/stream", call_event_stream, methods=["GET"]),
     Route("/v1/calls/{call_connection_id}/participants", get_participants, methods=["GET"]),
     Route("/v1/calls/{call_connection_id}/participants/{raw_id}", get_participant, methods=["GET"]),
-    Route("/v1/recordings/{recording_id}", get_recording, methods=["GET"]),
 ]

@@ -44,6 +44,7 @@ def schedule(record: Mapping[str, str]) -> dict[str, Any]:
 def schedule_run(run: Mapping[str, str], commands: list[dict[str, str | None]]) -> dict[str, Any]:
     """The public run resource: one occurrence, what it did and how it ended."""
     steps = {v: k.removeprefix("cmd:") for k, v in run.items() if k.startswith("cmd:")}
+    rid = run.get("recording_id")
     return {
         "planned_at": iso(int(run["planned"])),
         "state": run["state"],
@@ -55,6 +56,8 @@ def schedule_run(run: Mapping[str, str], commands: list[dict[str, str | None]]) 
         "started_at": run.get("started_at") or None,
         "ended_at": run.get("ended_at") or None,
         "updated_at": run.get("updated_at") or None,
+        # The recording this occurrence made, and its files once ACS has announced them.
+        "links": {"recording": f"/v1/recordings/{rid}", "files": f"/v1/recordings/{rid}/files"} if rid else {},
     }
 
 

@@ -80,10 +80,33 @@ class ParticipantPage(BaseModel):
     items: list[CallParticipant]
 
 
+class RecordingFile(BaseModel):
+    """One file (chunk) of a recording, as ACS announced it."""
+
+    index: int = Field(ge=0)
+    content_type: str | None = Field(description="audio/wav, audio/mpeg or video/mp4, from the format ACS named")
+    duration_s: float | None = Field(description="when the recording is one file; else in each file's metadata")
+    start_time: str | None = Field(description="the recording's start, on its first file")
+    end_reason: str | None = Field(description="ACS's endReason, e.g. SessionEnded, ChunkMaximumSizeExceeded")
+    deleted_at: str | None = Field(description="when callq deleted it at ACS; null while ACS keeps it")
+    links: dict[str, str] = Field(description="content (GET, Range supported), metadata")
+
+
+class RecordingFilePage(BaseModel):
+    items: list[RecordingFile]
+
+
 class Recording(BaseModel):
     recording_id: str | None
-    state: str | None
+    state: str | None = Field(description="active or inactive as ACS reports it; ended once ACS no longer has it")
     kind: str | None
+    call_connection_id: str | None
+    files_at: str | None = Field(description="when ACS announced the files (RecordingFileStatusUpdated); null before")
+    duration_s: float | None = Field(description="ACS's recordingDurationMs, in seconds")
+    session_end_reason: str | None
+    storage_type: str | None = Field(description="with bring-your-own storage, where ACS also wrote the files")
+    files: list[RecordingFile]
+    links: dict[str, str]
 
 
 MODELS: tuple[type[BaseModel], ...] = (Error, Command, CommandPage, EventPage, Call, CallParticipant, ParticipantPage,

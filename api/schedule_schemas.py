@@ -18,6 +18,7 @@ from api.schemas import RecordingBody
 from workers import recurrence
 
 MAX_DURATION_S = 86_400
+MAX_EVERY_S = 366 * 86_400  # a longer period is a one-off or a cron; far larger ones overflow the calendar (a 500)
 MAX_WINDOWS = 20
 CODES = COMMAND_CODES | {"invalid_duration", "invalid_start_at", "invalid_cron", "unknown_timezone",
                          "invalid_schedule", "timezone_required", "invalid_pause_windows"}
@@ -97,10 +98,15 @@ class ScheduleBody(RecordingBody):
         if self.cron is not None and self.timezone is None:
             raise PydanticCustomError("timezone_required", "a cron schedule needs an IANA timezone, such as "
                                                            "Europe/Paris")
+        if self.pause_on_start:
+            raise PydanticCustomError("incompatible_recording_options", "a scheduled recording cannot start paused "
+                                      "(nobody would resume it): use pause_windows")
         if not 1 <= self.duration <= MAX_DURATION_S:
             raise PydanticCustomError("invalid_duration", f"duration must be between 1 s and {MAX_DURATION_S} s")
         if self.every is not None and self.every < 1:
             raise PydanticCustomError("invalid_duration", "every must be at least 1 second")
+        if self.every is not None and self.every > MAX_EVERY_S:
+            raise PydanticCustomError("invalid_duration", f"every must be at most {MAX_EVERY_S} s (366 days)")
         self._check_windows()
         return self
 
@@ -125,8 +131,15 @@ class ScheduleBody(RecordingBody):
         return recurrence.Plan(kind=self.kind, duration_s=self.duration, start=start, every_s=self.every,
                                cron=self.cron, timezone=self.timezone)
 
-    def recording(self) -> dict[str, str]:
-        return {"content": self.content, "channel": self.channel, "format": self.format}
+    def compared(self) -> dict[str, Any]:
+        """The body as a replay is compared: without the recording options not given (a create made before they
+        existed keeps its fingerprint)."""
+        dumped = self.model_dump(mode="json")
+        return {k: v for k, v in dumped.items() if v is not None or k not in self.LATER_OPTIONS}
+
+    def recording(self) -> dict[str, Any]:
+        """How each occurrence records: the options of ``POST /v1/calls/{cc}/recordings`` that were given."""
+        return RecordingBody.params(self)
 
     def windows(self) -> list[tuple[int, int]]:
         return [(w.offset, w.duration) for w in self.pause_windows]

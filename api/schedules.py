@@ -101,7 +101,7 @@ async def create_schedule(request: Request) -> Response:
     record = s.stored(s.new_schedule(schedule_id=sid, client=client, room_id=body.room_id, plan=body.plan(now),
                                      recording=body.recording(), windows=body.windows(), first=first,
                                      idempotency_key=idem))
-    fingerprint = commands.fingerprint("POST /v1/recording-schedules", body.model_dump(mode="json"))
+    fingerprint = commands.fingerprint("POST /v1/recording-schedules", body.compared())
     found: s.Recorded = await state.scripts.run(s.create(
         client=client, idempotency_key=idem, schedule_id=sid, record=record, fingerprint=fingerprint,
         idempotency_ttl_s=state.settings.idempotency_ttl_s, queue=state.settings.steps_queue,
@@ -186,7 +186,8 @@ _SCHEDULE = {"type": "object", "description": "A recording schedule: id, room_id
              "(active|finished|cancelled), next_run_at, created_at, links"}
 _RUNS = {"type": "object", "description": "items: each occurrence's planned_at, state (starting|recording|paused|"
          "stopping|completed|completed_early|missed|failed|cancelled), call_connection_id, recording_id, commands "
-         "(id, step, type, status), error; next: the following page"}
+         "(id, step, type, status), error, links (recording, files: once it has a recording); next: the following "
+         "page"}
 _PAGE = [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1,
                                                                          "maximum": PAGE_MAX}},
          {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}}]

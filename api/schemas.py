@@ -21,7 +21,7 @@ MAX_TONES = 18
 CODES = frozenset({
     "invalid_phone_number", "invalid_communication_user", "invalid_participant", "pstn_target_required",
     "source_caller_id_required", "timeout_out_of_range", "invalid_tone", "too_many_tones", "invalid_media_url",
-    "invalid_media_source", "incompatible_recording_options",
+    "invalid_media_source", "incompatible_recording_options", "invalid_recording_storage", "channel_out_of_range",
 })
 
 
@@ -249,6 +249,7 @@ def _recording_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     """``oneOf``: a branch per content, naming its channels and formats (a field is required where its
     default would not fit)."""
     _choice_schema(schema, cls)  # type: ignore[arg-type]  # subclasses may add a choice of their own
+    schema.setdefault("allOf", []).append(_affinity_schema())
     branches = []
     for content, (channels, formats) in RECORDING_KINDS.items():
         values = {"content": (content,), "channel": channels, "format": formats}
@@ -258,14 +259,74 @@ def _recording_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     schema.setdefault("allOf", []).append({"oneOf": branches})
 
 
+# An Azure Blob container URL: https, a host, one path segment naming the container (3-63 of a-z 0-9 -).
+BLOB_CONTAINER_URL = re.compile(r"^https://[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?/[a-z0-9][a-z0-9-]{1,61}[a-z0-9]/?$")
+MAX_CHANNEL = 4  # ACS's unmixed audio has channels 0-4 (ChannelAffinity.channel)
+
+
+def _container_url(value: str) -> str:
+    if not BLOB_CONTAINER_URL.match(value):
+        raise PydanticCustomError("invalid_recording_storage", "container_url must be an https Azure Blob container "
+                                  "URL such as https://account.blob.core.windows.net/recordings")
+    return value
+
+
+def _channel(value: int) -> int:
+    if not 0 <= value <= MAX_CHANNEL:
+        raise PydanticCustomError("channel_out_of_range", f"channel must be between 0 and {MAX_CHANNEL}")
+    return value
+
+
+ContainerUrl = Annotated[str, AfterValidator(_container_url),
+                         WithJsonSchema({"type": "string", "pattern": BLOB_CONTAINER_URL.pattern})]
+Channel = Annotated[int, AfterValidator(_channel), WithJsonSchema({"type": "integer", "minimum": 0,
+                                                                   "maximum": MAX_CHANNEL})]
+
+
+class RecordingStorage(Body):
+    """Bring your own storage: ACS also writes the files to this Azure Blob container (its managed identity needs
+    Storage Blob Data Contributor on the account)."""
+
+    container_url: ContainerUrl = Field(examples=["https://account.blob.core.windows.net/recordings"])
+
+
+class ChannelAffinity(Participant):
+    """Put one participant's audio on one channel of an unmixed recording."""
+
+    channel: Channel
+
+    def params(self) -> dict[str, Any]:
+        return {"participant": self.raw_id, "channel": self.channel}
+
+
+def _affinity_schema() -> dict[str, Any]:
+    """``channel_affinity`` (when it names anyone) needs ``channel: unmixed``, said where a schema reader sees it."""
+    return {"anyOf": [{"not": {"required": ["channel_affinity"]}},
+                      {"properties": {"channel_affinity": {"maxItems": 0}}},  # also null: maxItems is for arrays
+                      {"required": ["channel"], "properties": {"channel": {"const": "unmixed"}}}]}
+
+
 class RecordingBody(Body):
-    """Recording options; ACS records audio as wav/mp3 and audio+video as mp4."""
+    """Recording options; ACS records audio as wav/mp3 and audio+video as mp4.
+
+    The options ACS added later are omitted from the stored command unless given (a request made before they
+    existed keeps its fingerprint, so its replay is still recognised).
+    """
 
     model_config = ConfigDict(json_schema_extra=lambda schema, cls: _recording_schema(schema, cls))
+    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("pause_on_start", "recording_storage", "channel_affinity", "locator")
 
     content: Literal["audio", "audioVideo"] = "audio"
     channel: Literal["mixed", "unmixed"] = "mixed"
     format: Literal["wav", "mp3", "mp4"] = "wav"
+    pause_on_start: bool | None = Field(None, description="start paused (inactive) until resumed, e.g. once "
+                                                          "everyone has consented")
+    recording_storage: RecordingStorage | None = Field(None, description="bring your own storage")
+    channel_affinity: list[ChannelAffinity] | None = Field(None, max_length=MAX_CHANNEL + 1,
+                                                           description="unmixed audio: who goes on which channel")
+    locator: Literal["server_call", "call_connection"] | None = Field(
+        None, description="how ACS is told which call to record: by its serverCallId (default) or by callq's call "
+                          "connection")
 
     @model_validator(mode="after")
     def _compatible(self) -> Self:
@@ -273,4 +334,17 @@ class RecordingBody(Body):
         if self.channel not in channels or self.format not in formats:
             raise PydanticCustomError("incompatible_recording_options",
                                       "audio records as wav or mp3; audioVideo records mixed, as mp4")
+        if self.channel_affinity and self.channel != "unmixed":
+            raise PydanticCustomError("incompatible_recording_options",
+                                      "channel_affinity places participants on the channels of unmixed audio: "
+                                      "give channel: unmixed")
         return self
+
+    def params(self) -> dict[str, Any]:
+        params = self.model_dump(include={"content", "channel", "format", "pause_on_start", "locator"},
+                                 exclude_none=True)
+        if self.recording_storage is not None:
+            params["recording_storage"] = self.recording_storage.params()
+        if self.channel_affinity:
+            params["channel_affinity"] = [a.params() for a in self.channel_affinity]
+        return params

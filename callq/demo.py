@@ -6,9 +6,11 @@ its participants start the call (on real ACS, people joining the room do that).
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 import uuid
+import wave
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -56,6 +58,7 @@ class Demo:
         self.client = Client(f"http://127.0.0.1:{settings.api_port}", api_key)
         self.receiver: Receiver | None = None
         self.steps: list[Step] = []
+        self.recordings: list[str] = []  # the class recordings made, the one to download first
 
     def close(self) -> None:
         self.api.close()
@@ -150,6 +153,7 @@ class Demo:
                                                                  "format": "wav"})
         if recording.get("recording_id"):
             rid = recording["recording_id"]
+            self.recordings.append(rid)
             for action in ("pause", "resume", "stop"):
                 self.command(f"/v1/recordings/{rid}/{action}")
         self.command(f"/v1/calls/{cc}/play", {"text": "This class is being recorded."})
@@ -160,7 +164,41 @@ class Demo:
         told_ok = self.webhooks(hook, cc, hung_up["id"])
         scheduled_ok = self.scheduled_recording()
         automated_ok = self.automation()
-        return 0 if ok == len(self.steps) and told_ok and scheduled_ok and automated_ok else 1
+        downloaded_ok = self.class_recording()
+        return 0 if ok == len(self.steps) and told_ok and scheduled_ok and automated_ok and downloaded_ok else 1
+
+    def class_recording(self) -> bool:
+        """The class recording's file, once ACS announced it: downloaded, its length read from the WAV header.
+
+        The scheduled session's recording if it has a file by now, else the seed scenario's.
+        """
+        if not self.recordings or not self._eventgrid_wired():
+            print("recording file: skipped, no Event Grid subscription to callq announces files (callq up wires one)",
+                  file=self.out)
+            return True
+
+        def announced() -> tuple[str, dict[str, Any]] | None:
+            for rid in self.recordings:
+                files = self._check(self.api.get(f"/v1/recordings/{rid}/files"), "listing files")["items"]
+                if files:
+                    return rid, files[0]
+            return None
+
+        rid, listed = self._poll(announced, "the class recording's file")
+        got = self.api.get(listed["links"]["content"])
+        if got.status_code != 200:
+            raise DemoError(f"downloading {listed['links']['content']} failed: HTTP {got.status_code}")
+        try:
+            with wave.open(io.BytesIO(got.content)) as audio:
+                rate, channels, frames = audio.getframerate(), audio.getnchannels(), audio.getnframes()
+        except (wave.Error, EOFError):
+            print(f"recording file: {rid[:24]}… file {listed['index']}: {len(got.content)} bytes of "
+                  f"{listed['content_type']}, not a WAV to read a length from", file=self.out)
+            return True
+        seconds = frames / rate
+        print(f"recording file: {rid[:24]}… file {listed['index']} downloaded, {len(got.content)} bytes, WAV {rate} Hz "
+              f"x {channels}: {seconds:.3f} s (ACS: {listed['duration_s']} s)", file=self.out)
+        return listed["duration_s"] is None or abs(seconds - listed["duration_s"]) < 0.001
 
     def automation(self) -> bool:
         """A room made through callq with an automation; its call starts in the simulator and callq joins, records
@@ -247,6 +285,8 @@ class Demo:
               file=self.out)
         if run["state"] != "completed":
             raise DemoError(f"the scheduled recording ended {run['state']}: {run.get('error')}")
+        if run.get("recording_id"):
+            self.recordings.insert(0, run["recording_id"])  # the longer class: downloaded first if it has its file
         if run.get("call_connection_id"):  # callq joined the second room only to record it: leave
             self.api.post(f"/v1/calls/{run['call_connection_id']}/hang-up", json={"for_everyone": True},
                           headers={"Idempotency-Key": str(uuid.uuid4())})

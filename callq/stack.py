@@ -199,6 +199,9 @@ def _child_env(base: Mapping[str, str], settings: Settings) -> dict[str, str]:
     env.update(_credentials.credential_env(settings))
     env.update(eventgrid_env(settings))
     env["CALLQ_WEBHOOK_ALLOWED_NETWORKS"] = ",".join(settings.webhook_allowed_networks)
+    # ACS announces a recording's files minutes after it stops; the embedded simulator does so within a second (the
+    # demo downloads its class recording), unless told otherwise.
+    env.setdefault("CALLQ_SIM_RECORDING_FILE_DELAY_S", "1")
     env["CALLQ_REDIS_URL"] = settings.redis_url
     env["CALLQ_DATA_DIR"] = settings.data_dir
     env["CALLQ_LOG_FORMAT"] = settings.log_format  # text (for people) unless the operator asked for json

@@ -4,7 +4,8 @@ Run: ``python -m simulator``, ``uvicorn --factory simulator.app:create_app`` or 
 Talk to it with the unmodified SDKs: ``CallAutomationClient("http://127.0.0.1:8089", AzureKeyCredential(key))``,
 ``RoomsClient("http://127.0.0.1:8089", AzureKeyCredential(key), api_version="2025-03-13")``. It is also the
 resource's Event Grid: webhook subscriptions get CallStarted, CallEnded, CallParticipantAdded/Removed and
-RecordingFileStatusUpdated.
+RecordingFileStatusUpdated, whose locations it serves (a WAV of the recorded time, its metadata, delete) to
+HMAC-signed requests (``files_api``).
 
 Environment (read only by ``simulator.settings.Settings.from_env``):
 

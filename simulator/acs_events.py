@@ -11,18 +11,19 @@ Where the reference found no value, the simulator's choice (callq must not depen
   ``{0, 7000, …}`` for terminate (real code values: not found).
 - ``RecordingFileStatusUpdated.sessionEndReason`` is ``CallEnded`` when the call's end stopped the recording and
   ``RecordingStopped`` for an explicit stop (the explicit-stop value: not found); ``endReason`` is
-  ``SessionEnded``; the chunk's URLs are ``{public_url}/recordings/{documentId}/content|metadata|delete``.
+  ``SessionEnded``; the chunk's URLs are ``{public_url}/recordings/{documentId}/content|metadata|delete``
+  (see ``recording_files`` for the file itself); with bring-your-own storage the event adds ``storageType``
+  ``blobstorage`` and ``recordingId``.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from .identifiers import from_raw_id
-from .model import Member, Recording, ServerCall
+from .model import Member, RecordingFile, ServerCall
 
 CALL_STARTED = "Microsoft.Communication.CallStarted"
 CALL_ENDED = "Microsoft.Communication.CallEnded"
@@ -109,27 +110,21 @@ def ended_by_automation(resource_id: str) -> dict[str, Any]:
     return {"communicationIdentifier": identity, "type": "MicrosoftInternal", "name": "Call Automation"}
 
 
-def recording_file(rec: Recording, *, public_url: str, stopped_at: float, session_end_reason: str) -> Event:
+def recording_file(file: RecordingFile, locations: dict[str, str], *, session_end_reason: str) -> Event:
     """One chunk, ready: where its content, metadata and delete endpoints are."""
-    document_id = f"0-sim-d1-{uuid.uuid4().hex}"
-    files = f"{public_url}/recordings/{document_id}"
-    chunk = {
-        "documentId": document_id,
-        "index": 0,
-        "endReason": "SessionEnded",
-        "contentLocation": f"{files}/content",
-        "metadataLocation": f"{files}/metadata",
-        "deleteLocation": f"{files}/delete",
-    }
-    data = {
+    rec = file.recording
+    chunk = {"documentId": file.document_id, "index": file.index, "endReason": "SessionEnded", **locations}
+    data: dict[str, Any] = {
         "recordingStorageInfo": {"recordingChunks": [chunk]},
         "recordingStartTime": timestamp(rec.started_at),
-        "recordingDurationMs": int(max(0.0, stopped_at - rec.started_at) * 1000),
+        "recordingDurationMs": file.duration_ms,
         "sessionEndReason": session_end_reason,
         "recordingContentType": _capitalised(rec.content_type),
         "recordingChannelType": _capitalised(rec.channel_type),
         "recordingFormatType": _capitalised(rec.format_type),
     }
+    if rec.external_storage:  # bring your own storage (the BYOS quickstart's fields)
+        data |= {"storageType": "blobstorage", "recordingId": rec.recording_id}
     call = rec.call
     subject = (f"/recording/call/{call.correlation_id}/serverCallId/{call.server_call_id}"
                f"/recordingId/{rec.recording_id}")

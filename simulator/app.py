@@ -15,6 +15,7 @@ from .acs import acs_endpoint
 from .admin import ROUTES, AdminError, admin_error
 from .admin_eventgrid import ADMIN_ROUTES, PUBLIC_ROUTES
 from .admin_failures import FAILURE_ROUTES
+from .files_api import FILE_ROUTES
 from .logs import log_config
 from .rooms_api import RoomsEndpoint
 from .runtime import Runtime
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/rooms", rooms),
         Mount("/rooms", app=rooms),
         *PUBLIC_ROUTES,
+        *FILE_ROUTES,
     ]
     return Starlette(
         routes=routes,

@@ -136,7 +136,11 @@ class Connection:
 
 @dataclass
 class Recording:
-    """A recording of a server call; ACS only knows ``active`` and ``inactive`` (pause = inactive)."""
+    """A recording of a server call; ACS only knows ``active`` and ``inactive`` (pause = inactive).
+
+    Its file holds the active spans only: ``active_ms`` is the time recorded so far, ``pauses`` each span it was
+    inactive between (when it began, how long in ms), as the file's metadata lists them.
+    """
 
     recording_id: str
     call: ServerCall
@@ -150,6 +154,54 @@ class Recording:
     channel_type: str = "mixed"
     format_type: str = "mp4"
     started_at: float = field(default_factory=time.time)
+    external_storage: str | None = None  # bring-your-own-storage container URL
+    channel_affinity: dict[int, str] = field(default_factory=dict)  # channel → raw id (unmixed audio)
+    active_ms: int = 0
+    active_since: float | None = None
+    paused_at: float | None = None
+    pauses: list[tuple[float, int]] = field(default_factory=list)
+
+    def set_state(self, state: str, now: float) -> bool:
+        """Become ``state`` at ``now``, keeping count of the time recorded and paused; False if it already was."""
+        if state == self.state:
+            return False
+        if state == "active":
+            if self.paused_at is not None:
+                self.pauses.append((self.paused_at, _ms(now - self.paused_at)))
+            self.active_since, self.paused_at = now, None
+        else:
+            if self.active_since is not None:
+                self.active_ms += _ms(now - self.active_since)
+            self.active_since, self.paused_at = None, now
+        self.state = state
+        return True
+
+    def stop(self, now: float) -> None:
+        """Recording ends: an open span is counted, an open pause closed."""
+        if self.state == "active":
+            self.set_state("inactive", now)
+        elif self.paused_at is not None:
+            self.pauses.append((self.paused_at, _ms(now - self.paused_at)))
+        self.paused_at = None
+        self.stopped = True
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+@dataclass
+class RecordingFile:
+    """One chunk of a stopped recording's file: a WAV of the recorded time, served to HMAC-signed requests."""
+
+    document_id: str
+    recording: Recording
+    duration_ms: int
+    channels: int
+    participants: list[str]  # in channel order for unmixed audio
+    stopped_at: float
+    index: int = 0
+    deleted: bool = False
 
 
 class Ids:
@@ -170,6 +222,10 @@ class Ids:
         """base64url JSON, like real recording ids (URL-safe so it can sit in a path)."""
         return _b64(json.dumps({"PlatformEndpointId": str(uuid.uuid4()), "ResourceSpecificId": str(uuid.uuid4())}))
 
+    def document_id(self) -> str:
+        """A recording chunk's storage document, like ACS's ``0-eus-d12-<32 hex>``."""
+        return f"0-sim-d1-{uuid.UUID(int=self._rng.getrandbits(128)).hex}"
+
     @staticmethod
     def uuid() -> str:
         """callConnectionId, correlationId and invitationId are plain UUIDs."""
@@ -188,6 +244,7 @@ class Store:
     calls: dict[str, ServerCall] = field(default_factory=dict)
     connections: dict[str, Connection] = field(default_factory=dict)
     recordings: dict[str, Recording] = field(default_factory=dict)
+    recording_files: dict[str, RecordingFile] = field(default_factory=dict)  # by documentId
     phones: dict[str, PhoneScript] = field(default_factory=dict)
     failures: FailureRules = field(default_factory=FailureRules)  # /_sim/failures
     ids: Ids = field(default_factory=Ids)

@@ -1,11 +1,20 @@
-"""Recording operations: start (server call or connection locator; rooms rejected), pause, resume, stop, get."""
+"""Recording operations: start (server call or connection locator; rooms rejected), pause, resume, stop, get.
+
+Start honours ``pauseOnStart`` (the recording starts ``inactive``: no RecordingStateChanged until a resume),
+``externalStorage`` (an https Azure Blob container; the file event then says ``storageType: blobstorage``) and
+``channelAffinity`` (unmixed audio only; channels 0-4, each channel and participant once: the worst case of what
+ACS accepts, which is not documented).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import call_not_found, call_terminated, duplicate_recording, invalid_request, recording_not_found
 from .events import now_iso, start_recording_failed
+from .identifiers import raw_id_of
 from .model import Recording, ServerCall
 from .operation import Reply, Req, callback_url, connected
 from .world import Sim
@@ -35,6 +44,8 @@ def start_recording(sim: Sim, req: Req) -> Reply:
     rec.content_type = body.get("recordingContentType") or rec.content_type
     rec.channel_type = body.get("recordingChannelType") or rec.channel_type
     rec.format_type = body.get("recordingFormatType") or rec.format_type
+    rec.external_storage = _external_storage(body.get("externalStorage"))
+    rec.channel_affinity = _channel_affinity(body.get("channelAffinity"), rec.channel_type)
     failure = sim.scripted_failure("startRecording", targets=call.participants, connections=call.connections)
     if failure is not None:  # accepted, then StartRecordingFailed; the recording never exists (GET: 404/8522)
         sim.send(rec.callback_uri, start_recording_failed(rec, failure.result))
@@ -42,10 +53,51 @@ def start_recording(sim: Sim, req: Req) -> Reply:
     sim.store.recordings[rec.recording_id] = rec
     call.recording = rec
     response = _state(rec)  # ACS answers "inactive"; the recording becomes active just after
-    if not body.get("pauseOnStart"):
-        rec.state, rec.start_date_time = "active", now_iso()
+    if body.get("pauseOnStart"):
+        rec.paused_at = rec.started_at  # paused from its first moment: left out of the file until resumed
+    else:
+        rec.set_state("active", rec.started_at)
+        rec.start_date_time = now_iso()
         sim.emit_recording(rec)
     return Reply(200, response, cc)
+
+
+def _external_storage(value: object) -> str | None:
+    """The BYOS container URL of ``externalStorage``; None for ACS's own storage."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid_request("externalStorage must be an object")
+    kind = value.get("recordingStorageKind")
+    if kind in (None, "azureCommunicationServices", "AzureCommunicationServices"):
+        return None
+    if kind not in ("azureBlobStorage", "AzureBlobStorage"):
+        raise invalid_request("externalStorage.recordingStorageKind must be azureBlobStorage")
+    url = value.get("recordingDestinationContainerUrl")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme != "https" or not parts.hostname or parts.path.strip("/") == "":
+        raise invalid_request("externalStorage.recordingDestinationContainerUrl must be an https container URL")
+    return str(url)
+
+
+def _channel_affinity(value: object, channel_type: str) -> dict[int, str]:
+    """``channelAffinity`` as channel → participant raw id."""
+    if value in (None, []):
+        return {}
+    if not isinstance(value, list):
+        raise invalid_request("channelAffinity must be an array")
+    if channel_type != "unmixed":
+        raise invalid_request("channelAffinity is only valid with recordingChannelType unmixed")
+    found: dict[int, str] = {}
+    for n, item in enumerate(value):
+        channel = item.get("channel") if isinstance(item, dict) else None
+        if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel <= 4:
+            raise invalid_request(f"channelAffinity[{n}].channel must be an integer 0-4")
+        raw = raw_id_of(item.get("participant"), f"channelAffinity[{n}].participant")
+        if channel in found or raw in found.values():
+            raise invalid_request("channelAffinity names each channel and each participant at most once")
+        found[channel] = raw
+    return found
 
 
 def _recorded_call(sim: Sim, body: dict[str, Any]) -> tuple[ServerCall, str | None]:
@@ -79,8 +131,7 @@ def _state(rec: Recording) -> dict[str, Any]:
 
 
 def _set_state(sim: Sim, rec: Recording, state: str) -> None:
-    if rec.state != state:  # repeating a pause or resume changes nothing and sends nothing
-        rec.state = state
+    if rec.set_state(state, time.time()):  # repeating a pause or resume changes nothing and sends nothing
         rec.start_date_time = rec.start_date_time or now_iso()
         sim.emit_recording(rec)
 
@@ -102,8 +153,10 @@ def resume_recording(sim: Sim, req: Req) -> Reply:
 def stop_recording(sim: Sim, req: Req) -> Reply:
     """204; RecordingStateChanged ``inactive`` if it was active; the id is then unknown."""
     rec = _recording(sim, req)
-    _set_state(sim, rec, "inactive")
-    rec.stopped = True
+    was_active = rec.state == "active"
+    rec.stop(time.time())
+    if was_active:
+        sim.emit_recording(rec)
     rec.call.recording = None
     sim.recording_stopped(rec, "RecordingStopped")
     return Reply(204, None, rec.call_connection_id)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from . import acs_events, events
+from . import acs_events, events, recording_files
 from .delivery import Dispatcher
 from .events import Result
 from .failures import Rule
@@ -143,12 +143,17 @@ class Sim:
             eg.publish(acs_events.participant_event(call, acs_events.PARTICIPANT_REMOVED, raw_id, member))
 
     def recording_stopped(self, rec: Recording, session_end_reason: str) -> None:
-        """Schedule RecordingFileStatusUpdated, ``recording_file_delay_s`` from now."""
-        self.later(self.recording_file_delay_s, self._recording_file_ready, rec, time.time(), session_end_reason)
+        """In ``recording_file_delay_s``: make the recording's file, announce it (RecordingFileStatusUpdated)."""
+        participants = list(rec.call.participants)  # who is in the call as it stops: the file's channels
+        self.later(self.recording_file_delay_s, self._recording_file_ready, rec, participants, time.time(),
+                   session_end_reason)
 
-    def _recording_file_ready(self, rec: Recording, stopped_at: float, session_end_reason: str) -> None:
+    def _recording_file_ready(self, rec: Recording, participants: list[str], stopped_at: float,
+                              session_end_reason: str) -> None:
+        file = recording_files.new_file(self.store.ids.document_id(), rec, participants, stopped_at)
+        self.store.recording_files[file.document_id] = file
         if (eg := self._publisher()) is not None:
-            eg.publish(acs_events.recording_file(rec, public_url=self.public_url, stopped_at=stopped_at,
+            eg.publish(acs_events.recording_file(file, recording_files.locations(file, self.public_url),
                                                  session_end_reason=session_end_reason))
 
     # -- shared transitions ----------------------------------------------------------------------------
@@ -193,10 +198,10 @@ class Sim:
         """
         rec = call.recording
         if rec is not None:
-            if rec.state == "active":
-                rec.state = "inactive"
+            was_active = rec.state == "active"
+            rec.stop(time.time())
+            if was_active:
                 self.emit_recording(rec)
-            rec.stopped = True
             call.recording = None
             self.recording_stopped(rec, "CallEnded")
         for conn in list(call.connections.values()):

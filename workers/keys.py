@@ -169,6 +169,11 @@ def recording_commands_key(recording_id: str) -> str:
     return f"callq:rec:{recording_id}:commands"
 
 
+def recording_files_key(recording_id: str) -> str:
+    """The recording's file chunks as RecordingFileStatusUpdated announced them (hash: index → chunk JSON)."""
+    return f"callq:rec:{recording_id}:files"
+
+
 def event_seen_key(event_id: str) -> str:
     return f"callq:evt:{event_id}"
 

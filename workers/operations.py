@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from azure.communication.callautomation import (
+    AzureBlobContainerRecordingStorage,
     CallAutomationClient,
     CallConnectionClient,
+    ChannelAffinity,
     FileSource,
     PhoneNumberIdentifier,
     RecognizeInputType,
@@ -233,10 +235,26 @@ def _cancel_media(client: CallAutomationClient, cmd: Command, settings: Settings
 
 def _start_recording(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
     p = cmd.params
-    props = client.start_recording(
-        server_call_id=p["server_call_id"], recording_state_callback_url=settings.callback_url,
-        recording_content_type=p["content"], recording_channel_type=p["channel"], recording_format_type=p["format"])
-    return Sent(recording_id=props.recording_id, result={"recording_id": props.recording_id})
+    storage = p.get("recording_storage")
+    options: dict[str, Any] = {
+        "recording_state_callback_url": settings.callback_url, "recording_content_type": p["content"],
+        "recording_channel_type": p["channel"], "recording_format_type": p["format"],
+        "pause_on_start": p.get("pause_on_start"),
+        "recording_storage": AzureBlobContainerRecordingStorage(storage["container_url"]) if storage else None,
+        "channel_affinity": [ChannelAffinity(to_identifier(a["participant"]), a["channel"])
+                             for a in p.get("channel_affinity") or []] or None}
+    if p.get("locator") == "call_connection":
+        props = client.start_recording(call_connection_id=cmd.call_connection_id, **options)
+    else:
+        props = client.start_recording(server_call_id=p["server_call_id"], **options)
+    result = {"recording_id": props.recording_id}
+    if p.get("pause_on_start"):
+        # Started paused: ACS answers "inactive" and whether a RecordingStateChanged follows is not documented, so
+        # the answer is the outcome (waiting for an "active" that comes only with a resume would hold that resume
+        # back until the outcome deadline). A StartRecordingFailed after it is kept as the command's late_event.
+        return Sent(recording_id=props.recording_id, result={**result, "state": props.recording_state},
+                    resolved=True)
+    return Sent(recording_id=props.recording_id, result=result)
 
 
 def _pause_recording(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:

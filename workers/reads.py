@@ -18,7 +18,7 @@ DEFAULT_RETRY_AFTER_S = 1.0
 
 
 @contextlib.contextmanager
-def _acs_errors() -> Iterator[None]:
+def acs_errors() -> Iterator[None]:
     """SDK failures as callq errors; a spent budget (ours or ACS's) is RateLimited, so the API answers 429."""
     try:
         yield
@@ -39,7 +39,7 @@ def _participant(p: CallParticipant) -> dict[str, Any]:
 
 
 def call(client: CallAutomationClient, call_connection_id: str) -> dict[str, Any]:
-    with _acs_errors():
+    with acs_errors():
         props = client.get_call_connection(call_connection_id).get_call_properties()
     return {"call_connection_id": props.call_connection_id, "server_call_id": props.server_call_id,
             "state": props.call_connection_state, "correlation_id": props.correlation_id,
@@ -47,16 +47,16 @@ def call(client: CallAutomationClient, call_connection_id: str) -> dict[str, Any
 
 
 def participants(client: CallAutomationClient, call_connection_id: str) -> list[dict[str, Any]]:
-    with _acs_errors():
+    with acs_errors():
         return [_participant(p) for p in client.get_call_connection(call_connection_id).list_participants()]
 
 
 def participant(client: CallAutomationClient, call_connection_id: str, raw: str) -> dict[str, Any]:
-    with _acs_errors():
+    with acs_errors():
         return _participant(client.get_call_connection(call_connection_id).get_participant(to_identifier(raw)))
 
 
 def recording(client: CallAutomationClient, recording_id: str) -> dict[str, Any]:
-    with _acs_errors():
+    with acs_errors():
         props = client.get_recording_properties(recording_id)
     return {"recording_id": props.recording_id, "state": props.recording_state, "kind": props.recording_kind}

@@ -139,3 +139,8 @@ def test_demo_runs_the_seed_scenario_and_every_command_succeeds(simulator: Threa
     assert [(cols[1], cols[2]) for cols in automated] == [
         ("connect", "succeeded"), ("start_recording", "succeeded"), ("play", "succeeded")], text
     assert " succeeded (callq joined on CallStarted)" in text and "CallEnded" in text
+    # It ends by downloading its class recording (announced by Event Grid) and reading its length from the WAV header:
+    # the length ACS reported, to the millisecond.
+    found = re.search(r"recording file: \S+ file 0 downloaded, \d+ bytes, WAV 16000 Hz x 1: (\d+\.\d{3}) s "
+                      r"\(ACS: (\d+(?:\.\d+)?) s\)", text)
+    assert found is not None and float(found[1]) == float(found[2]), text

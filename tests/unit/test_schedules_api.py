@@ -69,6 +69,8 @@ def test_same_key_replays_and_another_body_is_422(client: TestClient, r: fakered
     ({"room_id": "r", "cron": "0 10 * * 2", "timezone": "UTC", "every": "PT5S", "duration": 1}, "invalid_schedule"),
     ({"room_id": "r", "every": "PT5S", "duration": "P1M"}, "invalid_duration"),
     ({"room_id": "r", "every": "PT5S", "duration": 0}, "invalid_duration"),
+    ({"room_id": "r", "every": 251605984164, "duration": 10}, "invalid_duration"),  # not a 500 past year 9999
+    ({"room_id": "r", "every": "PT1H", "duration": 60, "pause_on_start": True}, "incompatible_recording_options"),
     ({"room_id": "r", "every": "PT5S", "duration": "PT5S"}, "occurrences_overlap"),
     ({"room_id": "r", "cron": "*/10 * * * *", "timezone": "UTC", "duration": "PT15M"}, "occurrences_overlap"),
     ({"room_id": "r", "every": "PT1H", "duration": "PT10M",

@@ -1,0 +1,177 @@
+"""Recording files on the real stack: a recording with a pause, its RecordingFileStatusUpdated through the simulator's
+Event Grid, its files listed, downloaded whole and by Range (a WAV of the recorded time, the pause left out), its
+metadata, and their deletion at ACS; a recording that starts paused; a scheduled run's link to its files.
+
+Real Redis, the simulator and the API (uvicorn threads), a real Celery worker (and beat) process.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+import wave
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import OTHER_API_KEY, TEST_API_KEY, wait_until
+from tests.integration.conftest import ThreadServer, eventgrid_validated, with_eventgrid
+from tests.integration.test_end_to_end import sim_log, sim_room_call
+from tests.integration.test_schedules import SCHED_ENV, TERMINAL, create, runs_in, soon, start_beat
+
+pytestmark = pytest.mark.integration
+__all__ = ["start_beat"]  # a fixture this module's tests use
+
+PAUSED_MS = 300  # the simulator holds the resume this long (its latency fault): the pause lasts at least that
+RECORD = {"content": "audio", "channel": "mixed", "format": "wav"}
+
+
+@pytest.fixture
+def stack_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    # Files are announced a moment after a recording stops, not minutes; a second client checks isolation.
+    extra = {"CALLQ_SIM_RECORDING_FILE_DELAY_S": "0.2",
+             "CALLQ_API_KEYS": f"alice:{TEST_API_KEY},bob:{OTHER_API_KEY}"}
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    return with_eventgrid({**stack_env, **extra}, monkeypatch)
+
+
+@pytest.fixture
+def stack(simulator: ThreadServer, api_server: ThreadServer, api: httpx.Client,
+          start_worker: Callable[..., Any]) -> Iterator[httpx.Client]:
+    start_worker("w1")
+    wait_until(lambda: eventgrid_validated(simulator), timeout_s=30,
+               what="the simulator's Event Grid subscription to be validated")
+    yield api
+
+
+def _done(api: httpx.Client, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    accepted = api.post(path, json=body or {}, headers={"Idempotency-Key": str(uuid.uuid4())})
+    assert accepted.status_code == 202, accepted.text
+    done: dict[str, Any] = api.get(f"/v1/commands/{accepted.json()['id']}", params={"wait": 30}).json()
+    assert done["status"] == "succeeded", done
+    return done
+
+
+def _connected(api: httpx.Client, simulator: ThreadServer) -> str:
+    return str(_done(api, f"/v1/rooms/{sim_room_call(simulator)}/connect")["call_connection_id"])
+
+
+def _files(api: httpx.Client, rid: str) -> list[dict[str, Any]]:
+    found = wait_until(lambda: api.get(f"/v1/recordings/{rid}/files").json()["items"], timeout_s=30,
+                       what=f"recording {rid}'s files to be announced")
+    return list(found)
+
+
+def _wav(body: bytes) -> wave.Wave_read:
+    return wave.open(io.BytesIO(body))
+
+
+def _took_effect(simulator: ThreadServer) -> dict[str, float]:
+    """When each recording operation took effect at the simulator (its own log)."""
+    return {e["operation"]: e["t"] for e in sim_log(simulator) if "Recording" in e["operation"]}
+
+
+def test_a_paused_recording_is_fetched_as_a_wav_of_its_recorded_time(stack: httpx.Client,
+                                                                     simulator: ThreadServer) -> None:
+    api = stack
+    cc = _connected(api, simulator)
+    rid = _done(api, f"/v1/calls/{cc}/recordings", RECORD)["recording_id"]
+    assert api.get(f"/v1/recordings/{rid}").json()["files"] == []  # nothing announced while it records
+    _done(api, f"/v1/recordings/{rid}/pause")
+    simulator.http.put("/_sim/faults", json={"latency_ms": PAUSED_MS}).raise_for_status()
+    _done(api, f"/v1/recordings/{rid}/resume")
+    simulator.http.delete("/_sim/faults").raise_for_status()
+    _done(api, f"/v1/recordings/{rid}/stop")
+
+    [listed] = _files(api, rid)
+    recording = api.get(f"/v1/recordings/{rid}").json()
+    assert recording["state"] == "ended" and recording["call_connection_id"] == cc
+    assert recording["session_end_reason"] == "RecordingStopped" and recording["files"] == [listed]
+    assert (listed["index"], listed["content_type"], listed["end_reason"]) == (0, "audio/wav", "SessionEnded")
+    assert listed["duration_s"] == recording["duration_s"] and listed["deleted_at"] is None
+
+    whole = api.get(listed["links"]["content"])
+    assert whole.status_code == 200 and whole.headers["content-type"] == "audio/wav", whole.text
+    assert int(whole.headers["content-length"]) == len(whole.content)
+    audio = _wav(whole.content)
+    seconds = audio.getnframes() / audio.getframerate()
+    assert (audio.getnchannels(), audio.getsampwidth()) == (1, 2)
+    assert seconds == listed["duration_s"]  # to the frame: what ACS said it recorded
+    # The recorded time is the active spans only, as the simulator's own log of the four operations has them.
+    at = _took_effect(simulator)
+    active_s = (at["pauseRecording"] - at["startRecording"]) + (at["stopRecording"] - at["resumeRecording"])
+    assert seconds == pytest.approx(active_s, abs=0.02)
+    assert at["resumeRecording"] - at["pauseRecording"] >= PAUSED_MS / 1000
+    assert seconds <= at["stopRecording"] - at["startRecording"] - PAUSED_MS / 1000
+
+    part = api.get(listed["links"]["content"], headers={"Range": "bytes=44-1043"})
+    assert part.status_code == 206 and part.content == whole.content[44:1044]
+    assert part.headers["content-range"] == f"bytes 44-1043/{len(whole.content)}"
+    head = api.get(listed["links"]["content"], headers={"Range": "bytes=0-43"})
+    assert head.status_code == 206 and _wav(head.content).getnframes() == audio.getnframes()
+    assert api.get(listed["links"]["content"], headers={"Range": "bytes=-100"}).content == whole.content[-100:]
+    past = api.get(listed["links"]["content"], headers={"Range": f"bytes={len(whole.content)}-"})
+    assert past.status_code == 416 and past.json()["error"]["code"] == "range_not_satisfiable"
+    assert past.headers["content-range"] == f"bytes */{len(whole.content)}"
+
+    meta = api.get(listed["links"]["metadata"]).json()
+    assert meta["chunkDuration"] == round(seconds * 1000) and meta["chunkIndex"] == 0
+    [pause] = meta["pauseResumeIntervals"]
+    assert pause["duration"] >= PAUSED_MS
+
+    bob = {"Authorization": f"Bearer {OTHER_API_KEY}"}
+    for path in (f"/v1/recordings/{rid}", listed["links"]["content"], listed["links"]["metadata"]):
+        assert api.get(path, headers=bob).json()["error"]["code"] == "recording_not_found"
+    assert api.delete(f"/v1/recordings/{rid}/files", headers=bob).status_code == 404
+
+    deleted = api.delete(f"/v1/recordings/{rid}/files")
+    assert deleted.status_code == 200 and deleted.json()["items"][0]["deleted_at"], deleted.text
+    assert [e["operation"] for e in sim_log(simulator) if e["operation"] == "deleteRecordingFile"] == [
+        "deleteRecordingFile"]
+    gone = api.get(listed["links"]["content"])
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "recording_file_deleted"
+    assert api.delete(f"/v1/recordings/{rid}/files").status_code == 200  # deleting again changes nothing
+    assert len([e for e in sim_log(simulator) if e["operation"] == "deleteRecordingFile"]) == 1
+
+
+def test_a_recording_started_paused_records_from_its_resume(stack: httpx.Client, simulator: ThreadServer) -> None:
+    api = stack
+    cc = _connected(api, simulator)
+    # Resolved by ACS's answer ("inactive"): nothing else is promised while it waits for consent.
+    started = _done(api, f"/v1/calls/{cc}/recordings", {**RECORD, "pause_on_start": True})
+    rid = started["recording_id"]
+    assert started["result"]["state"] == "inactive"
+    assert api.get(f"/v1/recordings/{rid}").json()["state"] == "inactive"
+    [start] = [e for e in sim_log(simulator) if e["operation"] == "startRecording"]
+    assert start["body"]["pauseOnStart"] is True
+    _done(api, f"/v1/calls/{cc}/recording/resume")
+    assert api.get(f"/v1/recordings/{rid}").json()["state"] == "active"
+    _done(api, f"/v1/calls/{cc}/recording/stop")
+    [listed] = _files(api, rid)
+    audio = _wav(api.get(listed["links"]["content"]).content)
+    at = _took_effect(simulator)
+    assert audio.getnframes() / audio.getframerate() == pytest.approx(
+        at["stopRecording"] - at["resumeRecording"], abs=0.02)
+
+
+def test_a_scheduled_run_links_the_files_of_its_recording(
+        stack: httpx.Client, simulator: ThreadServer, start_worker: Callable[..., Any],
+        start_beat: Callable[[str], Any]) -> None:
+    api = stack
+    start_worker("w2", extra_env=SCHED_ENV)
+    start_beat("b1")
+    sid = create(api, {"room_id": sim_room_call(simulator), "start_at": soon(2), "duration": "PT3S",
+                       "pause_windows": [{"offset": "PT1S", "duration": "PT1S"}], **RECORD})
+    [run] = wait_until(lambda: runs_in(api, sid, TERMINAL, 1), timeout_s=30, what="the occurrence to end")
+    assert run["state"] == "completed", run
+    rid = run["recording_id"]
+    assert run["links"] == {"recording": f"/v1/recordings/{rid}", "files": f"/v1/recordings/{rid}/files"}
+    [listed] = wait_until(lambda: api.get(run["links"]["files"]).json()["items"], timeout_s=30,
+                          what="the scheduled recording's files")
+    audio = _wav(api.get(listed["links"]["content"]).content)
+    at = _took_effect(simulator)
+    active_s = (at["pauseRecording"] - at["startRecording"]) + (at["stopRecording"] - at["resumeRecording"])
+    assert audio.getnframes() / audio.getframerate() == pytest.approx(active_s, abs=0.02)
