@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
 import httpx
-import redis as redis_sync
 import redis.asyncio as aioredis
 from azure.communication.callautomation import CallAutomationClient
 from celery import Celery
@@ -41,7 +40,7 @@ from api.schedules import schedule_routes
 from api.ui import ui_routes
 from api.webhooks import webhook_routes
 from tasks.app import create_celery
-from workers import logs
+from workers import logs, redis_clients
 from workers.acs import create_client
 from workers.errors import (
     AcsError,
@@ -158,8 +157,7 @@ class State(TypedDict):
 def _redis_pool(settings: Settings, max_connections: int) -> aioredis.Redis:
     # Blocking pool: under a burst a request waits (up to REDIS_POOL_WAIT_S) for a connection instead of failing
     # with "too many connections", which would be a 503 for a store that is perfectly up.
-    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, decode_responses=True, max_connections=max_connections, timeout=REDIS_POOL_WAIT_S))
+    return redis_clients.async_client(settings, max_connections=max_connections, pool_wait_s=REDIS_POOL_WAIT_S)
 
 
 @contextlib.asynccontextmanager
@@ -176,7 +174,7 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
     streams = redis if redis is not None else _redis_pool(settings, settings.redis_stream_max_connections)
     http = httpx.AsyncClient(timeout=10.0)
     # Reads pay the same shared ACS budget as the workers' commands (sync client: run in a threadpool).
-    sync_redis = redis_sync.Redis.from_url(settings.redis_url, decode_responses=True)
+    sync_redis = redis_clients.sync_client(settings)
     acs = create_client(settings, RateLimiter.for_endpoint(
         sync_redis, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s, burst=settings.acs_rate_burst))
     notifier = Notifier(commands)

@@ -6,7 +6,9 @@ redis-py 8 building a client is not free (it copies the response-callback table)
 connect commands one at a time, it was ~13 % of the worker's CPU. A ``redis.Redis`` is safe to share between
 threads (each command borrows a connection from the pool), so the channel keeps one and hands it out.
 
-Selected by ``tasks.app.create_celery`` for ``redis://`` brokers; everything else about the transport (BRPOP,
+Selected by ``tasks.app.create_celery`` for ``redis://`` brokers, and as ``SentinelTransport`` (the same channel
+over kombu's SentinelChannel, whose pool asks the Sentinels for the primary on every connect) when callq runs
+behind Sentinel; everything else about the transport (BRPOP,
 visibility timeout, unacked restore) is kombu's, unchanged.
 """
 
@@ -23,6 +25,7 @@ from tasks.versions import require_tested
 require_tested("kombu")  # the overrides below match kombu 5.7's Channel; refuse any other minor
 
 TRANSPORT = "tasks.broker:Transport"
+SENTINEL_TRANSPORT = "tasks.broker:SentinelTransport"
 
 
 class Channel(kombu_redis.Channel):
@@ -44,3 +47,11 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The shared client over kombu's Sentinel-managed pool (MRO: our conn_or_acquire, kombu's _get_pool)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
