@@ -23,8 +23,6 @@ from tests.sentinel import SentinelSet, sentinel_set  # noqa: F401  (fixture)
 from workers import keys
 
 
-
-
 @pytest.fixture
 def stack_env(stack_env: dict[str, str], sentinel_set: SentinelSet,  # noqa: F811
               monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
