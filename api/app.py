@@ -18,6 +18,7 @@ import httpx
 import redis.asyncio as aioredis
 from azure.communication.callautomation import CallAutomationClient
 from celery import Celery
+from redis.exceptions import MasterDownError, TryAgainError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -127,9 +128,25 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))  # e.g. 405's Allow
 
 
+# Redis answers, but cannot take writes now: a replica not yet promoted (READONLY), a replica that lost its
+# primary (MASTERDOWN), a primary short of replicas (NOREPLICAS), a server loading its data (LOADING). All of them
+# pass with a failover or a restart; the client retries with the same Idempotency-Key.
+# (LOADING is a ConnectionError already; redis-py strips the codes it has classes for from the message.)
+_NOT_WRITABLE = (aioredis.ReadOnlyError, MasterDownError, TryAgainError)
+REDIS_RETRY_AFTER_S = 1
+
+
 async def redis_down(request: Request, exc: Exception) -> Response:
     log.error("Redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return _error(503, "unavailable", "callq's store is unavailable right now; retry with the same Idempotency-Key.")
+    return _error(503, "unavailable", "callq's store is unavailable right now; retry with the same Idempotency-Key.",
+                  headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+
+async def redis_refused(request: Request, exc: Exception) -> Response:
+    """An error answer from Redis: a store that cannot take writes now is a 503; anything else is ours (500)."""
+    if isinstance(exc, _NOT_WRITABLE) or str(exc).startswith("NOREPLICAS"):
+        return await redis_down(request, exc)
+    return await internal_error(request, exc)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
@@ -247,5 +264,6 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         middleware=[Middleware(RequestMetrics)],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,
+                            aioredis.ResponseError: redis_refused,
                             Exception: internal_error},
     )

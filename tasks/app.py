@@ -102,6 +102,9 @@ def create_celery(settings: Settings) -> Celery:
                                   "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
                                   "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
+        # Never give up on the broker: through a failover or an outage of any length a worker waits and reconnects
+        # (Celery's default gives up after 100 tries and the worker exits, to stay down when unsupervised).
+        broker_connection_max_retries=None,
         # Task events (received/started/succeeded, one Redis PUBLISH each) only feed monitors: profiled, they were
         # ~15 % of a worker's CPU per command. A worker sends them when started with -E (callq up, compose.yaml and
         # the Kubernetes worker do: they run Flower) or while a monitor asks (Flower re-enables them every 5 s).

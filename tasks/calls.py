@@ -5,6 +5,7 @@ Task arguments are only the command id: parameters live in the command record, s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutdown
 
@@ -123,7 +125,8 @@ def _heartbeat(settings: Settings, name: str) -> None:
         except Exception as exc:
             log.warning("worker heartbeat or sweep failed: %s", type(exc).__name__)
         _stop_heartbeat.wait(HEARTBEAT_EVERY_S)
-    client.zrem(keys.WORKERS_ZSET, name)
+    with contextlib.suppress(redis.RedisError):  # shutting down with Redis gone: the entry just goes stale
+        client.zrem(keys.WORKERS_ZSET, name)
 
 
 def _check_deadlines() -> None:
