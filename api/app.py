@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
 import httpx
-import redis as redis_sync
 import redis.asyncio as aioredis
 from azure.communication.callautomation import CallAutomationClient
 from celery import Celery
+from redis.exceptions import MasterDownError, TryAgainError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,7 +42,7 @@ from api.schedules import schedule_routes
 from api.ui import ui_routes
 from api.webhooks import webhook_routes
 from tasks.app import create_celery
-from workers import logs
+from workers import logs, redis_clients
 from workers.acs import create_client
 from workers.errors import (
     AcsError,
@@ -129,9 +129,25 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))  # e.g. 405's Allow
 
 
+# Redis answers, but cannot take writes now: a replica not yet promoted (READONLY), a replica that lost its
+# primary (MASTERDOWN), a primary short of replicas (NOREPLICAS), a server loading its data (LOADING). All of them
+# pass with a failover or a restart; the client retries with the same Idempotency-Key.
+# (LOADING is a ConnectionError already; redis-py strips the codes it has classes for from the message.)
+_NOT_WRITABLE = (aioredis.ReadOnlyError, MasterDownError, TryAgainError)
+REDIS_RETRY_AFTER_S = 1
+
+
 async def redis_down(request: Request, exc: Exception) -> Response:
     log.error("Redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return _error(503, "unavailable", "callq's store is unavailable right now; retry with the same Idempotency-Key.")
+    return _error(503, "unavailable", "callq's store is unavailable right now; retry with the same Idempotency-Key.",
+                  headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+
+async def redis_refused(request: Request, exc: Exception) -> Response:
+    """An error answer from Redis: a store that cannot take writes now is a 503; anything else is ours (500)."""
+    if isinstance(exc, _NOT_WRITABLE) or str(exc).startswith("NOREPLICAS"):
+        return await redis_down(request, exc)
+    return await internal_error(request, exc)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
@@ -159,8 +175,7 @@ class State(TypedDict):
 def _redis_pool(settings: Settings, max_connections: int) -> aioredis.Redis:
     # Blocking pool: under a burst a request waits (up to REDIS_POOL_WAIT_S) for a connection instead of failing
     # with "too many connections", which would be a 503 for a store that is perfectly up.
-    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, decode_responses=True, max_connections=max_connections, timeout=REDIS_POOL_WAIT_S))
+    return redis_clients.async_client(settings, max_connections=max_connections, pool_wait_s=REDIS_POOL_WAIT_S)
 
 
 @contextlib.asynccontextmanager
@@ -177,7 +192,7 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
     streams = redis if redis is not None else _redis_pool(settings, settings.redis_stream_max_connections)
     http = httpx.AsyncClient(timeout=10.0)
     # Reads pay the same shared ACS budget as the workers' commands (sync client: run in a threadpool).
-    sync_redis = redis_sync.Redis.from_url(settings.redis_url, decode_responses=True)
+    sync_redis = redis_clients.sync_client(settings)
     acs = create_client(settings, RateLimiter.for_endpoint(
         sync_redis, settings.acs_endpoint, rate_per_s=settings.acs_rate_per_s, burst=settings.acs_rate_burst))
     notifier = Notifier(commands)
@@ -251,5 +266,6 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         middleware=[Middleware(RequestMetrics)],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,
+                            aioredis.ResponseError: redis_refused,
                             Exception: internal_error},
     )

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -185,20 +186,43 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _primary_in_use(redis: aioredis.Redis) -> str:
+    """The address this process's pool sends commands to: Sentinel's current answer, or the URL's host."""
+    pool = redis.connection_pool
+    address = getattr(pool, "master_address", None)  # a Sentinel pool's last discovered primary
+    if address is None:
+        address = (pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
+    return f"{address[0]}:{address[1]}"
+
+
+def replicas(replication: dict[str, Any]) -> list[dict[str, Any]]:
+    """The primary's replicas from ``INFO replication`` (redis-py parses each ``slaveN`` line into a dict):
+    address, state and lag (seconds since its last acknowledgement)."""
+    return [{"address": f"{r.get('ip')}:{r.get('port')}", "state": r.get("state"), "lag_s": r.get("lag")}
+            for name, r in sorted(replication.items()) if name.startswith("slave") and isinstance(r, dict)]
+
+
 async def readyz(request: Request) -> Response:
-    """200 only when Redis (which is also the broker) answers and at least one worker is alive."""
+    """200 only when Redis (which is also the broker) answers as a writable primary and at least one worker is
+    alive; says which primary is in use and how far behind its replicas are."""
     redis = request.state.redis
     checks: dict[str, str] = {}
+    body: dict[str, Any] = {}
     alive = 0
     try:
-        await redis.ping()
-        checks["redis"] = checks["broker"] = "ok"
+        replication = await redis.info("replication")
+        body["redis"] = {"primary": _primary_in_use(redis), "role": replication.get("role"),
+                         "replicas": replicas(replication)}
+        if replication.get("role") != "master":  # a managed endpoint still on the replica, mid-failover
+            checks["redis"] = "read-only: the address in use is a replica"
+        else:
+            checks["redis"] = checks["broker"] = "ok"
         alive = await redis.zcount(keys.WORKERS_ZSET, time.time() - WORKER_FRESH_S, "+inf")
         checks["workers"] = f"{alive} alive" if alive else "none alive"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     ready = checks.get("redis") == "ok" and alive > 0
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks, **body},
                         status_code=200 if ready else 503)
 
 

@@ -11,6 +11,7 @@ import httpx
 import redis
 
 from callq._components import Health, HttpOk, LogLine, RedisPing
+from workers import redis_clients
 from workers.errors import CallqError
 from workers.settings import Settings
 
@@ -88,6 +89,18 @@ def http_ok(url: str, *, timeout_s: float = 2.0) -> bool:
 def redis_pings(url: str, *, timeout_s: float = 2.0) -> bool:
     """Whether Redis at ``url`` answers PING."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def store_pings(settings: Settings, *, timeout_s: float = 2.0) -> bool:
+    """Whether callq's Redis answers PING: the URL's, or the primary the Sentinels name."""
+    client = redis_clients.sync_client(settings, decode_responses=False, socket_connect_timeout=timeout_s,
+                                       socket_timeout=timeout_s)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from callq._components import Component, redact_url
+from callq._components import Component
 from callq._credentials import CREDENTIALS_FILE, DEV_CLIENT, DevCredentials
+from workers import redis_clients
 from workers.settings import Settings
 
 
@@ -26,7 +27,8 @@ def ready_table(
     notes = _credential_notes(settings, creds)
     rows = [("component", "url", "notes")]
     if settings.external_redis:
-        rows.append(("redis", redact_url(settings.redis_url), "external (CALLQ_REDIS_URL)"))
+        where = "CALLQ_REDIS_SENTINELS" if settings.redis_sentinels else "CALLQ_REDIS_URL"
+        rows.append(("redis", redis_clients.describe(settings), f"external ({where})"))
     for c in components:
         rows.append((c.name, c.url or "-", "; ".join(n for n in (c.note, notes.get(c.name, "")) if n)))
     up = len(rows) - 1

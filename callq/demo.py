@@ -20,6 +20,7 @@ import redis
 
 from callq.client import CallqAPIError, Client
 from callq.receiver import Receiver
+from workers import redis_clients
 from workers.settings import Settings
 
 TEACHER = "8:acs:demo-teacher"
@@ -309,7 +310,7 @@ def _call_state(room: dict[str, Any]) -> str | None:
 
 def _beat_running(settings: Settings) -> bool:
     """Whether a beat holds redbeat's lock (it renews it every few seconds, so a dead beat's lapses)."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+    client = redis_clients.sync_client(settings, decode_responses=False, socket_timeout=2)
     try:
         return bool(client.exists(BEAT_LOCK_KEY))
     except redis.RedisError:

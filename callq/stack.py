@@ -17,9 +17,10 @@ from types import FrameType
 from typing import TextIO
 
 from callq import _components, _credentials
-from callq._health import StackError, check_ports, planned_ports, probe, redis_pings
+from callq._health import StackError, check_ports, planned_ports, probe, store_pings
 from callq._procs import Console, ManagedProcess
 from callq._table import ready_table
+from workers import redis_clients
 from workers.settings import Settings
 
 __all__ = [
@@ -104,10 +105,11 @@ def up(
     previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     pid_file.write_text(f"{os.getpid()}\n")
     try:
-        if settings.external_redis and not _wait(lambda: redis_pings(settings.redis_url), health_deadline_s, stop):
+        if settings.external_redis and not _wait(lambda: store_pings(settings), health_deadline_s, stop):
             if stop:
                 return 0
-            raise StackError(f"cannot reach Redis at {_components.redact_url(settings.redis_url)} (CALLQ_REDIS_URL)")
+            where = "CALLQ_REDIS_SENTINELS" if settings.redis_sentinels else "CALLQ_REDIS_URL"
+            raise StackError(f"cannot reach Redis at {redis_clients.describe(settings)} ({where})")
         for component in components:
             if not runner.start_healthy(component, health_deadline_s, stop):
                 return 0 if stop else 1

@@ -5,13 +5,16 @@
 
 from __future__ import annotations
 
+import ssl
 import time
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from tasks import broker, observe  # noqa: F401  (observe connects the logging and metrics signal handlers)
+from workers import redis_clients
 from workers.settings import Settings, process_settings
 
 SCHEDULE_SWEEP_EVERY_S = 15.0
@@ -32,10 +35,45 @@ def task_name(command_type: str) -> str:
     return f"callq.{command_type}"
 
 
+def _broker(settings: Settings) -> dict[str, Any]:
+    """Where the broker is: the URL and transport, plus Sentinel's options when callq runs behind Sentinel."""
+    if not settings.redis_sentinels:
+        # kombu's Redis transport, reusing one client per channel (tasks.broker). rediss:// keeps kombu's own
+        # resolution, which derives the TLS defaults from the scheme name.
+        return {"broker_url": settings.redis_url,
+                "broker_transport": broker.TRANSPORT if urlsplit(settings.redis_url).scheme == "redis" else None}
+    # kombu: `sentinel://` per Sentinel, `;`-separated; a URL's user and password (and db) are the primary's.
+    master = redis_clients.master_params(settings)
+    auth = ""
+    if "password" in master:
+        auth = f"{quote(master.get('username', ''), safe='')}:{quote(master['password'], safe='')}@"
+    url = ";".join(f"sentinel://{auth}{_host(h)}:{p}/{master['db']}" for h, p in settings.redis_sentinels)
+    conf: dict[str, Any] = {
+        "broker_url": url, "broker_transport": broker.SENTINEL_TRANSPORT,
+        "broker_transport_options": {"master_name": settings.redis_sentinel_master,
+                                     "sentinel_kwargs": redis_clients.sentinel_kwargs(settings)},
+        # redbeat: its own scheme and option names (`service_name`, not kombu's `master_name`).
+        "redbeat_redis_url": "redis-sentinel://",
+        "redbeat_redis_options": {"sentinels": list(settings.redis_sentinels),
+                                  "service_name": settings.redis_sentinel_master,
+                                  "sentinel_kwargs": redis_clients.sentinel_kwargs(settings),
+                                  **{k: v for k, v in master.items() if k != "ssl"}},
+    }
+    if master.get("ssl"):
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        conf["redbeat_redis_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return conf
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings (tests build their own)."""
-    app = Celery("callq", broker=settings.redis_url, include=["tasks.calls", "tasks.schedules", "tasks.automations",
-                                                                  "tasks.webhooks"])
+    located = _broker(settings)
+    app = Celery("callq", broker=located.pop("broker_url"),
+                 include=["tasks.calls", "tasks.schedules", "tasks.automations", "tasks.webhooks"])
     exchange = Exchange(settings.queue, type="direct")  # type: ignore[no-untyped-call]  # kombu: unannotated
     queues = [Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]  # as above
               for name in (settings.queue, settings.steps_queue)]
@@ -64,9 +102,9 @@ def create_celery(settings: Settings) -> Celery:
                                   "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
                                   "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
-        # kombu's Redis transport, reusing one client per channel (tasks.broker). rediss:// keeps kombu's own
-        # resolution, which derives the TLS defaults from the scheme name.
-        broker_transport=broker.TRANSPORT if urlsplit(settings.redis_url).scheme == "redis" else None,
+        # Never give up on the broker: through a failover or an outage of any length a worker waits and reconnects
+        # (Celery's default gives up after 100 tries and the worker exits, to stay down when unsupervised).
+        broker_connection_max_retries=None,
         # Task events (received/started/succeeded, one Redis PUBLISH each) only feed monitors: profiled, they were
         # ~15 % of a worker's CPU per command. A worker sends them when started with -E (callq up, compose.yaml and
         # the Kubernetes worker do: they run Flower) or while a monitor asks (Flower re-enables them every 5 s).
@@ -91,6 +129,9 @@ def create_celery(settings: Settings) -> Celery:
         beat_schedule={":schedules-sweep": {"task": "callq.schedule_sweep", "schedule": SCHEDULE_SWEEP_EVERY_S}},
         enable_utc=True,
     )
+    sentinel_options = located.pop("broker_transport_options", {})
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **sentinel_options}
+    app.conf.update(located)  # the broker's transport; behind Sentinel also redbeat's URL and options
     app.conf.callq_settings = settings
     return app
 

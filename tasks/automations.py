@@ -6,11 +6,11 @@ import logging
 import threading
 from typing import Any
 
-import redis
 from celery import Celery, Task
 
 from tasks.app import app, countdown_until, task_name
 from tasks.publish import task_message
+from workers import redis_clients
 from workers.automations import Runs
 
 log = logging.getLogger("callq.tasks.automations")
@@ -40,7 +40,7 @@ class AutomationTask(Task):  # type: ignore[misc]  # Task is Any to mypy: Celery
             if AutomationTask._runs is None:
                 settings = self.app.conf.callq_settings
                 AutomationTask._runs = Runs(
-                    settings, redis.Redis.from_url(settings.redis_url, decode_responses=True), CeleryWaker(self.app),
+                    settings, redis_clients.sync_client(settings), CeleryWaker(self.app),
                     lambda type_, cid: task_message(self.app, task_name(type_), cid, [cid], queue=settings.queue))
             return AutomationTask._runs
 

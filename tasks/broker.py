@@ -6,7 +6,9 @@ redis-py 8 building a client is not free (it copies the response-callback table)
 connect commands one at a time, it was ~13 % of the worker's CPU. A ``redis.Redis`` is safe to share between
 threads (each command borrows a connection from the pool), so the channel keeps one and hands it out.
 
-Selected by ``tasks.app.create_celery`` for ``redis://`` brokers; everything else about the transport (BRPOP,
+Selected by ``tasks.app.create_celery`` for ``redis://`` brokers, and as ``SentinelTransport`` (the same channel
+over kombu's SentinelChannel, whose pool asks the Sentinels for the primary on every connect) when callq runs
+behind Sentinel; everything else about the transport (BRPOP,
 visibility timeout, unacked restore) is kombu's, unchanged.
 """
 
@@ -16,6 +18,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import redis.exceptions
 from kombu.transport import redis as kombu_redis
 
 from tasks.versions import require_tested
@@ -23,10 +26,28 @@ from tasks.versions import require_tested
 require_tested("kombu")  # the overrides below match kombu 5.7's Channel; refuse any other minor
 
 TRANSPORT = "tasks.broker:Transport"
+SENTINEL_TRANSPORT = "tasks.broker:SentinelTransport"
+
+
+# Redis answers, but not as a writable primary: the address in use is a replica not yet promoted (READONLY), or one
+# that lost its primary (MASTERDOWN). kombu files these under channel errors, which Celery's consumer treats as
+# unrecoverable: the worker exits. They are a failover in progress, so they count as a lost connection here, and
+# the consumer reconnects (with Sentinel, to whichever server is the primary by then) and carries on.
+NOT_PRIMARY_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)
 
 
 class Channel(kombu_redis.Channel):
     _shared_client: Any = None
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]  # kombu: unannotated
+        except redis.exceptions.ResponseError as exc:
+            # A server turned replica answers a blocked BRPOP with "UNBLOCKED ... (master -> replica?)".
+            if str(exc).startswith("UNBLOCKED") or isinstance(exc, NOT_PRIMARY_ERRORS):
+                self.client.connection.disconnect()
+                raise redis.exceptions.ConnectionError(str(exc)) from exc
+            raise
 
     @contextlib.contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -44,3 +65,13 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    connection_errors = (*kombu_redis.Transport.connection_errors, *NOT_PRIMARY_ERRORS)
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The shared client over kombu's Sentinel-managed pool (MRO: our conn_or_acquire, kombu's _get_pool)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+    connection_errors = Transport.connection_errors

@@ -5,6 +5,7 @@ Task arguments are only the command id: parameters live in the command record, s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -19,9 +20,10 @@ from celery.signals import worker_ready, worker_shutdown
 
 from tasks.app import RECONCILE_TASK, app, task_name
 from tasks.publish import task_message
-from workers import keys
+from workers import keys, redis_clients
 from workers.operations import OPERATIONS
 from workers.runtime import RetryLater, Runtime
+from workers.settings import Settings
 
 log = logging.getLogger("callq.tasks")
 HEARTBEAT_EVERY_S = 2.0
@@ -109,9 +111,9 @@ app.task(name=RECONCILE, base=CommandTask, bind=True, acks_late=True, max_retrie
 _stop_heartbeat = threading.Event()
 
 
-def _heartbeat(redis_url: str, name: str) -> None:
+def _heartbeat(settings: Settings, name: str) -> None:
     """Let the API's /readyz see live workers; and, one worker at a time, sweep for lost commands."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_clients.sync_client(settings, decode_responses=False)
     while not _stop_heartbeat.is_set():
         try:
             client.zadd(keys.WORKERS_ZSET, {name: time.time()})
@@ -123,7 +125,8 @@ def _heartbeat(redis_url: str, name: str) -> None:
         except Exception as exc:
             log.warning("worker heartbeat or sweep failed: %s", type(exc).__name__)
         _stop_heartbeat.wait(HEARTBEAT_EVERY_S)
-    client.zrem(keys.WORKERS_ZSET, name)
+    with contextlib.suppress(redis.RedisError):  # shutting down with Redis gone: the entry just goes stale
+        client.zrem(keys.WORKERS_ZSET, name)
 
 
 def _check_deadlines() -> None:
@@ -145,7 +148,7 @@ def _check_deadlines() -> None:
 @worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or socket.gethostname()
-    threading.Thread(target=_heartbeat, args=(app.conf.callq_settings.redis_url, name),
+    threading.Thread(target=_heartbeat, args=(app.conf.callq_settings, name),
                      name="callq-heartbeat", daemon=True).start()
     threading.Thread(target=_check_deadlines, name="callq-deadlines", daemon=True).start()
 

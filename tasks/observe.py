@@ -29,7 +29,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from workers import logs, metrics
+from workers import logs, metrics, redis_clients
 from workers.settings import process_settings
 
 log = logging.getLogger("callq.celery")
@@ -104,7 +104,7 @@ def _unbind_task(task_id: str = "", **_: Any) -> None:
 def _start_flusher() -> None:
     global _flusher
     if _flusher is None:
-        _flusher = metrics.Flusher(process_settings().redis_url).start()
+        _flusher = metrics.Flusher(redis_clients.sync_client(process_settings(), decode_responses=False)).start()
 
 
 @worker_ready.connect

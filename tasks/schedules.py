@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-import redis
 from celery import Celery, Task
 from redbeat.schedulers import (
     RedBeatSchedulerEntry,
@@ -27,6 +26,7 @@ from redbeat.schedules import rrule
 from tasks.app import app, countdown_until, task_name
 from tasks.automations import AutomationTask
 from tasks.publish import task_message
+from workers import redis_clients
 from workers.occurrences import Occurrences
 
 log = logging.getLogger("callq.tasks.schedules")
@@ -83,7 +83,7 @@ class ScheduleTask(Task):  # type: ignore[misc]  # Task is Any to mypy: Celery s
             if ScheduleTask._occurrences is None:
                 settings = self.app.conf.callq_settings
                 ScheduleTask._occurrences = Occurrences(
-                    settings, redis.Redis.from_url(settings.redis_url, decode_responses=True),
+                    settings, redis_clients.sync_client(settings),
                     RedBeatTimers(self.app),
                     lambda type_, cid: task_message(self.app, task_name(type_), cid, [cid], queue=settings.queue))
             return ScheduleTask._occurrences

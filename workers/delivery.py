@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from workers import keys, metrics, webhooks
+from workers import keys, metrics, redis_clients, webhooks
 from workers.egress import EgressRefused, Policy, parse_url
 from workers.scripts import AutoPipeline
 from workers.sender import Sender
@@ -208,9 +208,8 @@ class DelivererThread:
         settings = self._settings
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                        max_connections=settings.webhook_concurrency + 8,
-                                        health_check_interval=30)
+        redis = redis_clients.async_client(settings, max_connections=settings.webhook_concurrency + 8,
+                                           health_check_interval=30)
         sender = Sender(Policy(settings.webhook_allowed_networks), timeout_s=settings.webhook_timeout_s,
                         max_connections=settings.webhook_concurrency)
         self._started.set()

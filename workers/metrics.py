@@ -196,8 +196,8 @@ async def flush_async(client: Any, recorder: Recorder = RECORDER) -> None:
 class Flusher:
     """A daemon thread that flushes the process's recorder every ``interval_s`` (workers; the API uses a task)."""
 
-    def __init__(self, redis_url: str, interval_s: float = 1.0) -> None:
-        self._client = redis.Redis.from_url(redis_url)
+    def __init__(self, client: redis.Redis, interval_s: float = 1.0) -> None:
+        self._client = client
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="callq-metrics", daemon=True)

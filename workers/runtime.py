@@ -32,7 +32,7 @@ import redis
 from azure.communication.callautomation import CallAutomationClient
 from azure.core.exceptions import ResourceNotFoundError
 
-from workers import correlation, keys, ledger, logs, metrics, scripts
+from workers import correlation, keys, ledger, logs, metrics, redis_clients, scripts
 from workers.acs import command_scope, create_client, to_acs_error
 from workers.command import Command, Status, is_terminal, now_iso
 from workers.errors import AcsError
@@ -86,7 +86,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings, scheduler: Scheduler) -> Runtime:
-        r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        r = redis_clients.sync_client(settings)
         return cls(settings, r, create_client(settings, _budget(r, settings)), scheduler, random.Random())
 
     @functools.cached_property

@@ -52,6 +52,22 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host2:port2`` (``[::1]:26379`` for IPv6) → the Sentinels; raises ConfigError naming the bad one."""
+    out: list[tuple[str, int]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"CALLQ_REDIS_SENTINELS has {part!r}; each entry must be host:port (e.g. "
+                              "sentinel-1:26379)")
+        if (host, int(port)) not in out:
+            out.append((host, int(port)))
+    return tuple(out)
+
+
 def parse_api_keys(raw: str) -> dict[str, str]:
     """Parse ``name:key,name2:key2`` into {name: key}; raises ConfigError naming the bad pair (not the key)."""
     keys: dict[str, str] = {}
@@ -153,7 +169,14 @@ class Settings:
     # Per API process, for SSE streams only: each open stream holds one in a blocking read, so they get their own
     # pool and 300 open operator pages cannot take the connections command requests need.
     redis_stream_max_connections: int = 1000
-    external_redis: bool = False  # CALLQ_REDIS_URL was given: `callq up` starts no redis-server
+    external_redis: bool = False  # CALLQ_REDIS_URL or Sentinels were given: `callq up` starts no redis-server
+    # Redis behind Sentinel (workers/redis_clients.py): every client asks these Sentinels for the primary of
+    # `redis_sentinel_master` and asks again on every reconnect. redis_url then only supplies the primary's
+    # database, username, password and TLS (rediss://); its host and port are not used.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: str = field(default="", repr=False)  # the Sentinels' own (requirepass), if any
+    redis_sentinel_tls: bool = False  # the Sentinels themselves are reached over TLS
     data_dir: str = ".callq"
     public_url: str = "http://127.0.0.1:8000"
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
@@ -233,6 +256,20 @@ class Settings:
         if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
             scheme = urlsplit(redis_url).scheme
             raise ConfigError(f"CALLQ_REDIS_URL must be a redis:// or rediss:// URL, got scheme {scheme!r}")
+        sentinels = parse_sentinels(env.get("CALLQ_REDIS_SENTINELS", ""))
+        sentinel_master = env.get("CALLQ_REDIS_SENTINEL_MASTER", "").strip()
+        if sentinels and not sentinel_master:
+            raise ConfigError("CALLQ_REDIS_SENTINEL_MASTER must name the monitored primary (the name in the "
+                              "Sentinels' `sentinel monitor <name> ...`) when CALLQ_REDIS_SENTINELS is set")
+        if sentinel_master and not sentinels:
+            raise ConfigError("CALLQ_REDIS_SENTINEL_MASTER is set but CALLQ_REDIS_SENTINELS is empty: list the "
+                              "Sentinels as host:port,host:port")
+        if sentinels and urlsplit(redis_url).scheme == "unix":
+            raise ConfigError("CALLQ_REDIS_URL must be redis:// or rediss:// with CALLQ_REDIS_SENTINELS (it gives "
+                              "the primary's database and credentials), got a unix:// socket")
+        sentinel_tls = env.get("CALLQ_REDIS_SENTINEL_TLS", "").strip().lower()
+        if sentinel_tls not in ("", "0", "1", "true", "false"):
+            raise ConfigError(f"CALLQ_REDIS_SENTINEL_TLS must be true or false, got {sentinel_tls!r}")
         endpoint = env.get("CALLQ_ACS_ENDPOINT", "") or f"http://127.0.0.1:{sim_port}"
         access_key = env.get("CALLQ_ACS_ACCESS_KEY", "")
         if env.get("CALLQ_ACS_CONNECTION_STRING"):
@@ -257,7 +294,11 @@ class Settings:
                                        high=100_000),
             redis_stream_max_connections=_int(env, "CALLQ_REDIS_STREAM_MAX_CONNECTIONS",
                                               cls.redis_stream_max_connections, high=100_000),
-            external_redis=bool(redis_url),
+            external_redis=bool(redis_url or sentinels),
+            redis_sentinels=sentinels,
+            redis_sentinel_master=sentinel_master,
+            redis_sentinel_password=env.get("CALLQ_REDIS_SENTINEL_PASSWORD", ""),
+            redis_sentinel_tls=sentinel_tls in ("1", "true"),
             data_dir=env.get("CALLQ_DATA_DIR", cls.data_dir),
             public_url=(env.get("CALLQ_PUBLIC_URL", "") or f"http://127.0.0.1:{api_port}").rstrip("/"),
             api_keys=parse_api_keys(env.get("CALLQ_API_KEYS", "")),
