@@ -2,13 +2,16 @@
 signature with ``callq.webhooks.verify_webhook`` and keeps what it received, in arrival order.
 
 What it answers is up to its ``answer`` function (200 by default), so a test can make it fail, throttle, go
-slow or answer 410. It runs on the standard library's threading HTTP server (HTTP/1.1 keep-alive), in a thread.
+slow or answer 410; ``go_down()`` and ``come_back()`` take it off the network and back on the same port. It runs on
+the standard library's threading HTTP server (HTTP/1.1 keep-alive), in a thread.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +32,7 @@ class Delivery:
     valid: bool
     status: int
     headers: dict[str, str] = field(repr=False)
+    received_at: float = field(default=0.0, repr=False)  # wall clock, when its answer was decided
 
 
 @dataclass(frozen=True)
@@ -58,22 +62,44 @@ class Receiver:
         self._lock = threading.Lock()
         self._received: list[Delivery] = []
         self._changed = threading.Condition(self._lock)
-        receiver = self
+        self._connections: set[socket.socket] = set()
+        self._live = threading.Event()  # set while listening; each listening gets its own
+        self._server, self._thread = self._listen(host, port)
+
+    def _listen(self, host: str, port: int) -> tuple[ThreadingHTTPServer, threading.Thread]:
+        receiver, live = self, self._live
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:  # go_down clears `live` under this lock: a connection is cut either way
+                    if live.is_set():
+                        receiver._connections.add(self.connection)
+                    else:
+                        _cut(self.connection)
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver._connections.discard(self.connection)
+                super().finish()
+
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # cut mid-request: it never fully arrived
+                    self.close_connection = True
+                    return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 receiver._serve(self, raw, headers)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: tests read what was received, not access logs
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="callq-receiver", daemon=True)
+        server = ThreadingHTTPServer((host, port), Handler)  # SO_REUSEADDR: the same port again after go_down
+        server.daemon_threads = True
+        return server, threading.Thread(target=server.serve_forever, name="callq-receiver", daemon=True)
 
     @property
     def url(self) -> str:
@@ -85,12 +111,35 @@ class Receiver:
         return int(self._server.server_address[1])
 
     def __enter__(self) -> Receiver:
+        self._live.set()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.go_down()
+
+    def go_down(self) -> None:
+        """Stop listening (a new connection is refused) and cut every open one, as a crashed receiver would; a
+        request being answered meanwhile is recorded as answered, but its answer never reaches the sender."""
+        if not self._live.is_set():
+            return
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            self._live.clear()
+            cut, self._connections = list(self._connections), set()
+        for conn in cut:
+            _cut(conn)
+
+    def come_back(self) -> None:
+        """Listen again, on the same address and port."""
+        if self._live.is_set():
+            return
+        host, port = self._server.server_address[:2]
+        self._live = threading.Event()
+        self._server, self._thread = self._listen(str(host), int(port))
+        self._live.set()
+        self._thread.start()
 
     def _serve(self, handler: BaseHTTPRequestHandler, raw: bytes, headers: dict[str, str]) -> None:
         valid = False
@@ -111,13 +160,17 @@ class Receiver:
                            headers=headers)
         answer = self.answer(pending)
         with self._changed:
-            self._received.append(Delivery(**{**pending.__dict__, "status": answer.status}))
+            self._received.append(Delivery(**{**pending.__dict__, "status": answer.status,
+                                              "received_at": time.time()}))
             self._changed.notify_all()
-        handler.send_response(answer.status)
-        for name, value in answer.headers.items():
-            handler.send_header(name, value)
-        handler.send_header("content-length", "0")
-        handler.end_headers()
+        try:
+            handler.send_response(answer.status)
+            for name, value in answer.headers.items():
+                handler.send_header(name, value)
+            handler.send_header("content-length", "0")
+            handler.end_headers()
+        except OSError:  # the sender gave up (its timeout) or go_down cut the connection: it never hears the answer
+            handler.close_connection = True
 
     @property
     def received(self) -> list[Delivery]:
@@ -135,3 +188,10 @@ class Receiver:
                 raise TimeoutError(f"the receiver did not get what was expected within {timeout_s} s "
                                    f"({len(self._received)} deliveries so far)")
             return list(self._received)
+
+
+def _cut(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by its sender

@@ -6,9 +6,9 @@ socket on an event loop: a slow endpoint costs nothing but that socket, connecti
 across deliveries, and the workers' slots stay with commands (so deliveries cannot starve them, #18).
 
 The record in Redis is the truth, as for commands: ``WEBHOOKS_DUE`` says which lane is due when; a deliverer
-claims lanes from it (``webhook_claim.lua``) for a lease a little longer than the request timeout; a deliverer
-that dies mid-delivery (SIGKILL) simply lets its leases lapse and another one sends the same message again (same
-``webhook-id``). A new message wakes every deliverer at once (a Redis PUBLISH); without one they look every
+claims lanes from it (``webhook_claim.lua``) for a lease longer than the request timeout (:func:`lease_s`); a
+deliverer that dies mid-delivery (SIGKILL) simply lets its leases lapse and another one sends the same message again
+(same ``webhook-id``). A new message wakes every deliverer at once (a Redis PUBLISH); without one they look every
 second anyway, which is also when retries that came due are picked up.
 """
 
@@ -37,7 +37,21 @@ from workers.settings import Settings
 
 log = logging.getLogger("callq.webhooks")
 POLL_S = 1.0  # retries come due without a wake-up: look this often
-LEASE_MARGIN_S = 30.0  # a claim outlives the request's timeout by this much (resolution, Redis, a GC pause)
+LEASE_MARGIN_S = 30.0  # the most a claim outlives the request's timeout by (see lease_s)
+
+
+def lease_s(timeout_s: float) -> float:
+    """How long a deliverer's claim on a lane lasts: the timeout, plus as much again up to ``LEASE_MARGIN_S``.
+
+    The lease must outlive the attempt it covers: one attempt is bounded by the timeout (resolution and request
+    together, ``Sender.post``), and the margin covers what comes around it (two Redis reads before, the result
+    script after, a GC or GIL pause, clocks of hosts a little apart: claims are timed by the deliverer's clock).
+    Milliseconds in practice, so the timeout again is ample, and the margin shrinks with short timeouts (a test's
+    2 s) instead of holding a killed deliverer's lanes 30 s. A lease that does lapse mid-attempt costs a duplicate,
+    never order: the result of a claim that is no longer the message's is ``stale`` and moves nothing
+    (``webhook_result.lua``), so the lane goes on only from the new holder's attempt.
+    """
+    return timeout_s + min(LEASE_MARGIN_S, timeout_s)
 
 
 class Deliverer:
@@ -51,7 +65,7 @@ class Deliverer:
         self._sender = sender
         self._rng = rng or random.Random()
         self._clock = clock
-        self._lease_ms = int((settings.webhook_timeout_s + LEASE_MARGIN_S) * 1000)
+        self._lease_ms = int(lease_s(settings.webhook_timeout_s) * 1000)
         self._tokens = (f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{n}" for n in itertools.count())
         self._lanes: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()

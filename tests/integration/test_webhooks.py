@@ -221,3 +221,15 @@ def test_cli_creates_tests_and_lists_deliveries(callq: Client, receiver: Receive
     assert capsys.readouterr().out.split()[:3] == [test["id"], "webhook.test", "succeeded"]
     assert cli.main(["webhooks", "list"]) == 0
     assert capsys.readouterr().out.split()[:3] == [hook["id"], "healthy", "command.failed"]
+
+
+def test_a_receiver_gone_down_refuses_and_cuts_connections_then_serves_again_on_its_port() -> None:
+    with Receiver() as rx, httpx.Client() as http:
+        url, port = rx.url, rx.port
+        assert http.post(url, content=b"{}").status_code == 200  # a kept-alive connection now
+        rx.go_down()
+        with pytest.raises(httpx.ConnectError):
+            http.post(url, content=b"{}")  # the kept-alive connection was cut, and a new one is refused
+        rx.come_back()
+        assert rx.port == port and http.post(url, content=b"{}").status_code == 200
+        assert [d.status for d in rx.received] == [200, 200]
