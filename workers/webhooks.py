@@ -27,7 +27,7 @@ import random
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -166,17 +166,31 @@ def requeue(*, client: str, endpoint_id: str, message_ids: Sequence[str], now_ms
 
 @dataclass(frozen=True)
 class Claim:
-    """A lane a deliverer holds: its head message goes out now, under ``token``."""
+    """A lane a deliverer holds: its head message goes out now, under ``token``. The claim brings what sending it
+    needs (lib.lua's ``webhook_load``): the message, the command it tells of until its body is made, and the
+    endpoint's url and secrets."""
 
     endpoint_id: str
     lane: str
     message_id: str
     token: str
+    message: dict[str, str] = field(default_factory=dict, repr=False)
+    command: dict[str, str] = field(default_factory=dict, repr=False)
+    endpoint: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def _flat(items: list[Any]) -> dict[str, str]:
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _loaded(ep: str, lane: str, message_id: str, token: str, loaded: list[Any]) -> Claim:
+    message, command, endpoint = loaded
+    return Claim(ep, lane, message_id, token, _flat(message), _flat(command), _flat(endpoint))
 
 
 def claim(*, now_ms: int, lease_ms: int, most: int, token: str) -> scripts.ScriptCall[list[Claim]]:
     def parse(reply: Any) -> list[Claim]:
-        return [Claim(*reply[i:i + 4]) for i in range(0, len(reply), 4)]
+        return [_loaded(*reply[i:i + 5]) for i in range(0, len(reply), 5)]
 
     return scripts.call("webhook_claim", [], [now_ms, lease_ms, most, token], parse)
 
@@ -189,17 +203,22 @@ class Moved:
     state: Literal["stale", "later", "disabled", "idle", "next"]
     message_id: str = ""
     token: str = ""
+    next: Claim | None = None  # with ``next``: the lane's next message, claimed, with what sending it needs
 
 
 def record_result(c: Claim, *, outcome: Outcome, now_ms: int, next_ms: int, status: int | None, error: str,
-                  lease_ms: int, next_token: str) -> scripts.ScriptCall[Moved]:
+                  lease_ms: int, next_token: str, body: bytes = b"") -> scripts.ScriptCall[Moved]:
+    """Record an attempt; ``body`` is stored with it when the message had none yet (its first attempt's)."""
     def parse(reply: Any) -> Moved:
-        return Moved(reply[0], *(reply[1:3] if reply[0] == "next" else ()))
+        if reply[0] != "next":
+            return Moved(reply[0])
+        return Moved("next", reply[1], reply[2], _loaded(c.endpoint_id, c.lane, reply[1], reply[2], reply[3]))
 
     return scripts.call(
         "webhook_result", [],
         [c.endpoint_id, c.lane, c.message_id, c.token, outcome, now_ms, iso_ms(now_ms), next_ms,
-         iso_ms(next_ms) if next_ms else "", "" if status is None else status, error, lease_ms, next_token],
+         iso_ms(next_ms) if next_ms else "", "" if status is None else status, error, lease_ms, next_token,
+         body.decode()],
         parse)
 
 

@@ -1,8 +1,19 @@
-"""The deliverer's policy: how long a claim on a lane lasts."""
+"""The deliverer: how long a claim on a lane lasts; what one attempt sends and records."""
 
 from __future__ import annotations
 
-from workers.delivery import LEASE_MARGIN_S, lease_s
+import asyncio
+import json
+import time
+
+import redis
+import redis.asyncio as aioredis
+
+from workers import keys, ledger, scripts, webhooks
+from workers.command import Status
+from workers.delivery import LEASE_MARGIN_S, Deliverer, lease_s
+from workers.sender import Answer
+from workers.settings import Settings
 
 
 def test_a_claim_outlives_the_attempt_by_the_timeout_again_up_to_the_margin() -> None:
@@ -10,3 +21,54 @@ def test_a_claim_outlives_the_attempt_by_the_timeout_again_up_to_the_margin() ->
     assert lease_s(15.0) == 30.0  # the default
     assert lease_s(60.0) == 60.0 + LEASE_MARGIN_S
     assert all(lease_s(t) > t for t in (0.1, 1.0, 8.0, 300.0))  # always longer than an attempt can take
+
+
+class _Recording:
+    """A Sender stand-in: answers the given statuses in turn and keeps every body and header it was handed."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.sent: list[tuple[bytes, dict[str, str]]] = []
+
+    async def post(self, target: object, body: bytes, headers: dict[str, str]) -> Answer:
+        self.sent.append((body, dict(headers)))
+        return Answer(self.statuses.pop(0), None, "", 0.0)
+
+
+def test_a_retry_sends_the_first_attempts_bytes_with_the_same_id_and_the_lane_goes_on_in_order(
+        redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    ep = webhooks.new_endpoint_id()
+    scripts.run(r, webhooks.save(client="alice", endpoint_id=ep, mode="create", max_endpoints=20, fields={
+        "url": "https://hooks.example.com/", "events": "*", "enabled": "1", "secret": webhooks.new_secret(),
+        "created_ms": "1", "retention": "3600"}))
+    for cid in ("cmd_1", "cmd_2"):
+        r.hset(keys.command_key(cid), mapping={"id": cid, "type": "play", "status": "waiting", "client": "alice",
+                                              "call_connection_id": "cc-1"})
+        scripts.run(r, ledger.transition(cid, Status.SUCCEEDED, {}))
+    sender = _Recording(500, 200, 200)
+
+    async def go() -> None:
+        async_redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            await deliver(Deliverer(Settings(webhook_retry_schedule=(0.0,)), async_redis, sender))  # type: ignore[arg-type]
+        finally:
+            await async_redis.aclose()
+
+    async def deliver(deliverer: Deliverer) -> None:
+        [first] = await deliverer._scripts.run(webhooks.claim(now_ms=int(time.time() * 1000), lease_ms=60_000,
+                                                                most=5, token="t1"))
+        assert first.command["id"] == "cmd_1"  # the claim brings the command: no round trip of its own
+        assert await deliverer.attempt(first) is None  # a 500: retried later, the lane waits
+        [again] = await deliverer._scripts.run(webhooks.claim(now_ms=int(time.time() * 1000) + 1, lease_ms=60_000,
+                                                                most=5, token="t2"))
+        assert again.message_id == first.message_id and "body" in again.message and again.command == {}
+        nxt = await deliverer.attempt(again)  # a 200: the lane's next message comes with it, claimed
+        assert nxt is not None and nxt.command["id"] == "cmd_2"
+        assert await deliverer.attempt(nxt) is None
+
+    asyncio.run(go())
+    (body1, h1), (body2, h2), (body3, h3) = sender.sent
+    assert body1 == body2 and h1["webhook-id"] == h2["webhook-id"] != h3["webhook-id"]
+    assert [json.loads(b)["data"]["seq"] for b in (body1, body3)] == [1, 2]
+    assert json.loads(body3)["data"]["command"]["id"] == "cmd_2"

@@ -182,11 +182,13 @@ def test_each_webhook_attempt_counts_its_outcome(client: TestClient, settings: S
         sync_redis.hset(keys.command_key(f"cmd_{i}"), mapping={"id": f"cmd_{i}", "type": "play", "status": "waiting",
                                                                "client": "alice", "call_connection_id": cc})
         scripts.run(sync_redis, ledger.transition(f"cmd_{i}", Status.SUCCEEDED, {}))
-    now = int(time.time() * 1000)
-    claims = scripts.run(sync_redis, webhooks.claim(now_ms=now, lease_ms=60_000, most=5, token="t"))
-    assert len(claims) == 5
     # The fourth has had its one retry already: another failure spends its schedule.
-    sync_redis.hset(keys.webhook_message_key(claims[3].message_id), "round", "1")
+    fourth = sync_redis.lindex(keys.webhook_lane_key(ep, "cc-4"), 0)
+    sync_redis.hset(keys.webhook_message_key(fourth), "round", "1")
+    now = int(time.time() * 1000)
+    claims = sorted(scripts.run(sync_redis, webhooks.claim(now_ms=now, lease_ms=60_000, most=5, token="t")),
+                    key=lambda c: c.lane)
+    assert len(claims) == 5 and claims[3].message_id == fourth
     # The last claim lapsed and another deliverer took its message: recording this attempt finds it stale.
     sync_redis.hset(keys.webhook_message_key(claims[-1].message_id), "claim", "another-deliverer")
     deliverer = Deliverer(settings.with_(webhook_retry_schedule=(5.0,)),

@@ -46,6 +46,21 @@ local function webhook_head(lane_key)
   end
 end
 
+-- What a deliverer needs to send message `id` of endpoint `ep`, handed over with its claim (no round trip of its own):
+-- {the message (flat), the command it tells of (flat; only until the message's body is made, else empty), the
+-- endpoint's url and secrets (flat)}.
+local function webhook_load(ep, id)
+  local m = redis.call('HGETALL', WEBHOOK_MSG_PREFIX .. id)
+  local command, has_body = nil, false
+  for i = 1, #m - 1, 2 do
+    if m[i] == 'body' then has_body = true elseif m[i] == 'command' then command = m[i + 1] end
+  end
+  local cmd = {}
+  if command and not has_body then cmd = redis.call('HGETALL', COMMAND_PREFIX .. command) end
+  local e = redis.call('HMGET', WEBHOOK_PREFIX .. ep, 'url', 'secret', 'old_secret', 'old_secret_until_ms')
+  return {m, cmd, {'url', e[1] or '', 'secret', e[2] or '', 'old_secret', e[3] or '', 'old_secret_until_ms', e[4] or ''}}
+end
+
 -- Put message `id` (already stored) at the end of its lane; a lane that was empty is due now.
 local function webhook_enqueue(ep, lane, id, now, ttl)
   local ekey = WEBHOOK_PREFIX .. ep

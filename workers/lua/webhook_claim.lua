@@ -4,7 +4,7 @@
 -- lanes found empty, leave the schedule (enabling the endpoint again puts them back).
 -- KEYS: none (WEBHOOKS_DUE and the endpoints' keys, named from it)
 -- ARGV: 1 now ms, 2 claim length ms, 3 most lanes, 4 token prefix (unique per call)
--- Returns: {endpoint, lane, message id, token, ...}
+-- Returns: {endpoint, lane, message id, token, webhook_load's reply, ...}
 local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
 for i, member in ipairs(redis.call('ZRANGEBYSCORE', WEBHOOKS_DUE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))) do
@@ -23,6 +23,7 @@ for i, member in ipairs(redis.call('ZRANGEBYSCORE', WEBHOOKS_DUE, '-inf', now, '
     out[#out + 1] = lane
     out[#out + 1] = head
     out[#out + 1] = token
+    out[#out + 1] = webhook_load(ep, head)
   else
     redis.call('ZREM', WEBHOOKS_DUE, member)
   end

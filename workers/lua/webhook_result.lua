@@ -7,11 +7,13 @@
 -- KEYS: none (the message, the endpoint, its lane, WEBHOOKS_DUE; named from ARGV)
 -- ARGV: 1 endpoint, 2 lane, 3 message id, 4 token, 5 outcome, 6 now ms, 7 now ISO, 8 next attempt ms (retry),
 --       9 next attempt ISO (retry), 10 status code ('' without an answer), 11 error, 12 claim length ms,
---       13 next token
--- Returns: {'stale'} | {'later'} | {'disabled'} | {'idle'} | {'next', message id, token}
+--       13 next token, 14 the message's body ('' when it had one already: made at its first attempt, kept for
+--       every later one)
+-- Returns: {'stale'} | {'later'} | {'disabled'} | {'idle'} | {'next', message id, token, webhook_load's reply}
 local ep, lane, id, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local mkey = WEBHOOK_MSG_PREFIX .. id
 if redis.call('HGET', mkey, 'claim') ~= ARGV[4] then return {'stale'} end
+if ARGV[14] ~= '' then redis.call('HSETNX', mkey, 'body', ARGV[14]) end
 local ekey = WEBHOOK_PREFIX .. ep
 local member = ep .. ' ' .. lane
 local lane_key = ekey .. ':lane:' .. lane
@@ -60,4 +62,4 @@ if not nxt or redis.call('HGET', ekey, 'enabled') ~= '1' then
 end
 redis.call('HSET', WEBHOOK_MSG_PREFIX .. nxt, 'claim', ARGV[13])
 redis.call('ZADD', WEBHOOKS_DUE, now + tonumber(ARGV[12]), member)
-return {'next', nxt, ARGV[13]}
+return {'next', nxt, ARGV[13], webhook_load(ep, nxt)}
