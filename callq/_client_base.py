@@ -81,6 +81,7 @@ class Op:
     keyed: bool = False
     key: str | None = None
     timeout_s: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def _seg(value: str) -> str:
@@ -143,6 +144,11 @@ class RetryPolicy:
         if attempt + 1 >= self.max_attempts:
             return None
         return retry_delay_s(attempt, status, retry_after, base_s=self.base_s, cap_s=self.cap_s, rng=self.rng)
+
+
+def file_op(recording_id: str, index: int, byte_range: str | None) -> Op:
+    return Op("GET", f"/v1/recordings/{_seg(recording_id)}/files/{index}",
+              headers={"Range": byte_range} if byte_range else {})
 
 
 def wait_op(command_id: str, remaining_s: float, timeout_s: float) -> Op:
@@ -373,3 +379,17 @@ class Methods(ABC, Generic[R, RL]):
         body = _drop_none(since=since, since_seq=since_seq, call_connection_id=call_connection_id, room_id=room_id)
         return self._do(Op("POST", f"/v1/webhooks/{_seg(webhook_id)}/replay", json=body, keyed=True,
                            key=idempotency_key))
+
+    # Recordings and their files.
+    def get_recording(self, recording_id: str) -> R:
+        """The recording as ACS has it now, with its files once ACS announced them."""
+        return self._do(Op("GET", f"/v1/recordings/{_seg(recording_id)}"))
+
+    def recording_files(self, recording_id: str) -> R:
+        return self._do(Op("GET", f"/v1/recordings/{_seg(recording_id)}/files"))
+
+    def recording_file_metadata(self, recording_id: str, index: int) -> R:
+        return self._do(Op("GET", f"/v1/recordings/{_seg(recording_id)}/files/{index}/metadata"))
+
+    def delete_recording_files(self, recording_id: str) -> R:
+        return self._do(Op("DELETE", f"/v1/recordings/{_seg(recording_id)}/files"))

@@ -37,6 +37,7 @@ from callq._client_base import (
     _seg,
     body_of,
     error_from,
+    file_op,
     is_disconnect,
     is_terminal,
     sse_headers,
@@ -54,7 +55,8 @@ DEFAULT_TIMEOUT_S = 30.0
 
 def _headers(op: Op) -> dict[str, str]:
     # Made here, once per logical call, before the retry loop: every try carries the same key.
-    return {"Idempotency-Key": op.key or str(uuid.uuid4())} if op.keyed else {}
+    extra = dict(op.headers)
+    return {"Idempotency-Key": op.key or str(uuid.uuid4()), **extra} if op.keyed else extra
 
 
 def _request_args(op: Op, headers: dict[str, str]) -> dict[str, Any]:
@@ -105,6 +107,10 @@ class Client(Methods[JSON, list[JSON]]):
 
     def _do(self, op: Op) -> JSON:
         return body_of(self._send(op))
+
+    def download_recording_file(self, recording_id: str, index: int, *, byte_range: str | None = None) -> bytes:
+        """A recording file's content (``byte_range``: a Range header value such as ``"bytes=0-43"``)."""
+        return self._send(file_op(recording_id, index, byte_range)).content
 
     def _pages(self, path: str) -> list[JSON]:
         items: list[JSON] = []
@@ -194,6 +200,10 @@ class AsyncClient(Methods[Awaitable[JSON], Awaitable[list[JSON]]]):
 
     async def _do(self, op: Op) -> JSON:
         return body_of(await self._send(op))
+
+    async def download_recording_file(self, recording_id: str, index: int, *, byte_range: str | None = None) -> bytes:
+        """A recording file's content (``byte_range``: a Range header value such as ``"bytes=0-43"``)."""
+        return (await self._send(file_op(recording_id, index, byte_range))).content
 
     async def _pages(self, path: str) -> list[JSON]:
         items: list[JSON] = []

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from callq.client import CallqAPIError, Client
 from tests.conftest import OTHER_API_KEY, TEST_API_KEY, wait_until
 from tests.integration.conftest import ThreadServer, eventgrid_validated, with_eventgrid
 from tests.integration.test_end_to_end import sim_log, sim_room_call
@@ -175,3 +176,24 @@ def test_a_scheduled_run_links_the_files_of_its_recording(
     at = _took_effect(simulator)
     active_s = (at["pauseRecording"] - at["startRecording"]) + (at["stopRecording"] - at["resumeRecording"])
     assert audio.getnframes() / audio.getframerate() == pytest.approx(active_s, abs=0.02)
+
+
+def test_the_python_client_lists_downloads_and_deletes_a_recordings_files(stack: httpx.Client, simulator: ThreadServer,
+                                                                          api_server: ThreadServer) -> None:
+    api = stack
+    cc = _connected(api, simulator)
+    rid = _done(api, f"/v1/calls/{cc}/recordings", RECORD)["recording_id"]
+    _done(api, f"/v1/recordings/{rid}/stop")
+    [listed] = _files(api, rid)
+    with Client(api_server.url, TEST_API_KEY) as callq:
+        assert callq.recording_files(rid)["items"] == [listed]
+        assert callq.get_recording(rid)["files"] == [listed]
+        whole = callq.download_recording_file(rid, 0)
+        audio = _wav(whole)
+        assert audio.getnframes() / audio.getframerate() == listed["duration_s"]
+        assert callq.download_recording_file(rid, 0, byte_range="bytes=0-43") == whole[:44]
+        assert callq.recording_file_metadata(rid, 0)
+        callq.delete_recording_files(rid)
+        with pytest.raises(CallqAPIError) as gone:
+            callq.download_recording_file(rid, 0)
+        assert (gone.value.status, gone.value.code) == (404, "recording_file_deleted")
