@@ -283,7 +283,8 @@ class MediaSource(Body):
 class PlayBody(Body):
     """Play one source (``file_url``, ``text`` or ``ssml``) or several in a row (``sources``), to the listed
     participants or to everyone when ``targets`` is omitted. ``interrupt_call_media_operation`` (to everyone only)
-    barges in: what plays now is cut short, and callq does not wait for it (the command is a ``play_barge_in``)."""
+    barges in: what plays now is cut short, callq does not wait for it, and the media operations callq has not sent
+    yet end ``interrupted`` (the command is a ``play_barge_in``)."""
 
     exactly_one_of = ("file_url", "text", "ssml", "sources")
     choice_error = ("invalid_media_source", "give exactly one of file_url, text, ssml or sources")
@@ -349,7 +350,7 @@ _NOT_CHOICES = ["dtmf", "speech", "speech_or_dtmf"]
 class RecognizeBody(Participant):
     """Recognize what one participant presses or says, optionally after a prompt: ``dtmf`` tones, ``speech``,
     either (``speech_or_dtmf``), or one of ``choices``. ``interrupt_call_media_operation`` barges in on what plays
-    now (the command is a ``recognize_barge_in``)."""
+    now, as a play can (the command is a ``recognize_barge_in``)."""
 
     schema_rules = ({"oneOf": [
         {"required": ["input_type", "choices"],

@@ -452,14 +452,15 @@ _OPS = (
               frozenset({"RecognizeFailed", "RecognizeCanceled"}), background=True, media=True),
     # Barge-in (interruptCallMediaOperation): ACS cuts the media operation that runs when it arrives (which ends
     # PlayCanceled / RecognizeCanceled) and plays this one. So callq does not hold it behind that operation's
-    # outcome: it is an interrupt, and like a cancel it overtakes commands parked behind another (the media
-    # operations waiting their turn run after it, in order: nothing is cut in callq). It still holds back the next
-    # media operation, as any play does.
+    # outcome: it is ordered as cancel media is (an interrupt that overtakes commands parked behind another), and
+    # like cancel media it ends the call's media operations callq has not sent (``interrupted``): left waiting their
+    # turn, each would be sent while this one plays, and ACS would refuse it (400/8500) or cut this one short.
+    # It still holds back the media operations accepted after it, as any play does.
     Operation("play_barge_in", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"}),
-              background=True, media=True, interrupts=True, overtakes_parked=True),
+              background=True, media=True, interrupts=True, cuts_media="all", overtakes_parked=True),
     Operation("recognize_barge_in", _recognize, frozenset({"RecognizeCompleted"}),
               frozenset({"RecognizeFailed", "RecognizeCanceled"}), background=True, media=True, interrupts=True,
-              overtakes_parked=True),
+              cuts_media="all", overtakes_parked=True),
     # Live transcription runs beside media operations (ACS streams it to the WebSocket named at connect); each
     # request resolves on its own event, TranscriptionFailed carrying ACS's codes.
     Operation("transcription_start", _transcription_start, frozenset({"TranscriptionStarted"}),
