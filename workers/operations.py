@@ -167,9 +167,13 @@ def _transcription(params: dict[str, Any]) -> TranscriptionOptions | None:
 def _connect(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
     # room_id= sends the same roomCallLocator body as RoomCallLocator(...), which SDK 1.6 deprecates. ACS runs text
     # to speech, speech recognition and transcription with the Azure AI services resource named at connect only.
+    options: dict[str, Any] = {}
+    if settings.acs_cognitive_services_endpoint:
+        options["cognitive_services_endpoint"] = settings.acs_cognitive_services_endpoint
+    if (transcription := _transcription(cmd.params)) is not None:
+        options["transcription"] = transcription
     props = client.connect_call(callback_url=settings.callback_url, room_id=cmd.room_id,
-                                operation_context=cmd.id, transcription=_transcription(cmd.params),
-                                cognitive_services_endpoint=settings.acs_cognitive_services_endpoint or None)
+                                operation_context=cmd.id, **options)
     return Sent(call_connection_id=props.call_connection_id)
 
 
