@@ -61,7 +61,10 @@ def _step(request: Request, index: int, raw: Any) -> dict[str, Any]:
         raise InvalidCommand(f"{where}.body: {err.message}", code=err.code, details=err.details) from None
     params = body.params()
     check_media(request, params)
-    return {"type": spec.type, "body": body.model_dump(mode="json", exclude_none=True), "params": params}
+    # "type" stays the step's as given (what the automation shows and takes back); the command it makes may be
+    # another (a play that barges in is a play_barge_in).
+    return {"type": spec.type, "command_type": body.command_type(spec.type),
+            "body": body.model_dump(mode="json", exclude_none=True), "params": params}
 
 
 async def _automation(request: Request) -> dict[str, Any]:

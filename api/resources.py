@@ -62,12 +62,18 @@ class EventPage(BaseModel):
     next: str | None = Field(None, description="the next page's URL, when this page is full")
 
 
+class Transcription(BaseModel):
+    state: str | None = Field(description="active, inactive or disabled (ACS's transcription subscription)")
+    locale: str | None
+
+
 class Call(BaseModel):
     call_connection_id: str | None
     server_call_id: str | None
     state: str | None
     correlation_id: str | None
     targets: list[str]
+    transcription: Transcription | None = Field(None, description="null: connected without transcription options")
 
 
 class CallParticipant(BaseModel):

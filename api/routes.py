@@ -51,15 +51,25 @@ COMMANDS = (
     CommandSpec("/v1/calls/{call_connection_id}/dtmf", "send_dtmf", schemas.DtmfBody, "call",
                 "Send 1-18 DTMF tones to a PSTN participant"),
     CommandSpec("/v1/calls/{call_connection_id}/play", "play", schemas.PlayBody, "call",
-                "Play an audio file or text to participants or to everyone"),
+                "Play audio files, text or SSML to participants or to everyone; with interrupt_call_media_operation, "
+                "barge in (a play_barge_in command)"),
     CommandSpec("/v1/calls/{call_connection_id}/recognize", "recognize", schemas.RecognizeBody, "call",
-                "Recognize DTMF or speech from a participant"),
+                "Recognize DTMF, speech, either, or choices from a participant; with interrupt_call_media_operation, "
+                "barge in (a recognize_barge_in command)"),
     CommandSpec("/v1/calls/{call_connection_id}/continuous-dtmf/start", "continuous_dtmf_start",
                 schemas.PstnParticipant, "call", "Start continuous DTMF recognition"),
     CommandSpec("/v1/calls/{call_connection_id}/continuous-dtmf/stop", "continuous_dtmf_stop",
                 schemas.PstnParticipant, "call", "Stop continuous DTMF recognition"),
     CommandSpec("/v1/calls/{call_connection_id}/media/cancel", "cancel_media", schemas.Empty, "call",
                 "Cancel all media operations (play, recognize)"),
+    CommandSpec("/v1/calls/{call_connection_id}/transcription/start", "transcription_start",
+                schemas.TranscriptionStartBody, "call",
+                "Start live transcription (resolves on TranscriptionStarted / TranscriptionFailed)"),
+    CommandSpec("/v1/calls/{call_connection_id}/transcription/stop", "transcription_stop", schemas.Empty, "call",
+                "Stop live transcription (resolves on TranscriptionStopped / TranscriptionFailed)"),
+    CommandSpec("/v1/calls/{call_connection_id}/transcription/update", "transcription_update",
+                schemas.TranscriptionUpdateBody, "call",
+                "Change the live transcription's locale (resolves on TranscriptionUpdated / TranscriptionFailed)"),
     CommandSpec("/v1/calls/{call_connection_id}/recordings", "start_recording", schemas.RecordingBody, "call",
                 "Start recording the call (result carries recording_id)"),
     CommandSpec("/v1/recordings/{recording_id}/pause", "pause_recording", schemas.Empty, "recording",
@@ -121,12 +131,16 @@ async def _body(request: Request, model: type[schemas.Body]) -> schemas.Body:
 
 
 def check_media(request: Request, params: dict[str, Any]) -> None:
-    """Real ACS fetches media itself and accepts only https; the simulator takes http too."""
+    """Real ACS fetches media itself and accepts only https (and sends transcripts only to wss); the simulator takes
+    http (and ws) too."""
     if not request.state.settings.uses_real_acs:
         return
-    for source in (params.get("source"), params.get("prompt")):
+    for source in (params.get("source"), params.get("prompt"), *(params.get("sources") or ())):
         if source and str(source.get("file_url", "https:")).split(":")[0] != "https":
             raise InvalidCommand("ACS only plays media from https URLs.", code="insecure_media_url")
+    transcription = params.get("transcription") or {}
+    if str(transcription.get("transport_url", "wss:")).split(":")[0] != "wss":
+        raise InvalidCommand("ACS only sends transcripts to wss URLs.", code="insecure_transport_url")
 
 
 async def _call_state(request: Request, client: str, cc: str) -> dict[str, str]:
@@ -183,13 +197,14 @@ async def _accept(request: Request, spec: CommandSpec) -> Response:
     target = await _target(request, spec, client)
     params = {**body.params(), **{k: v for k, v in target.items() if k in ("room_id", "server_call_id")}}
     check_media(request, params)
+    type_ = body.command_type(spec.type)
     new = commands.new(
-        client=client, type_=spec.type, params=params, idempotency_key=idem,
+        client=client, type_=type_, params=params, idempotency_key=idem,
         route=f"{request.method} {request.scope['path']}", call_connection_id=target.get("call_connection_id", ""),
         room_id=target.get("room_id", ""), recording_id=target.get("recording_id", ""))
     found = await state.scripts.run(commands.accept_call(state.settings, message_for(request), new,
                                                          response_json=render.command_json(new.command),
-                                                         limits=commands.door_limits(state.settings, spec.type)))
+                                                         limits=commands.door_limits(state.settings, type_)))
     if found.refused:
         metrics.RECORDER.inc("callq_client_refused", client, found.refused)
         raise _refusal(state.settings, found, target.get("call_connection_id", ""))

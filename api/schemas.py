@@ -17,11 +17,17 @@ from workers.identifiers import ACS_USER, E164, raw_id
 from workers.operations import TONES
 
 MAX_TONES = 18
+# ACS documents no limit on play sources per request (older ACS refused more than one: 400/8523 "more than one play
+# source detected"); callq takes up to this many, the simulator too.
+MAX_PLAY_SOURCES = 10
+MAX_CHOICES = 10
 # The machine codes our validators raise (each becomes the error code when it is the only problem).
 CODES = frozenset({
     "invalid_phone_number", "invalid_communication_user", "invalid_participant", "pstn_target_required",
     "source_caller_id_required", "timeout_out_of_range", "invalid_tone", "too_many_tones", "invalid_media_url",
     "invalid_media_source", "incompatible_recording_options", "invalid_recording_storage", "channel_out_of_range",
+    "invalid_ssml", "too_many_play_sources", "barge_in_plays_to_all", "invalid_choices", "invalid_locale",
+    "invalid_transport_url",
 })
 
 
@@ -60,15 +66,54 @@ def _media_url(value: str) -> str:
     return value
 
 
+def _one_tone(value: str) -> str:
+    if value not in TONES:
+        raise PydanticCustomError("invalid_tone", f"unknown tone {value!r}: use 0-9, *, #, A-D")
+    return value
+
+
+def _ssml(value: str) -> str:
+    if len(value) > MAX_SSML or not SSML.match(value):
+        raise PydanticCustomError("invalid_ssml", f"ssml must be one <speak> document of at most {MAX_SSML} "
+                                                  "characters")
+    return value
+
+
+def _locale(value: str) -> str:
+    if not LOCALE.match(value):
+        raise PydanticCustomError("invalid_locale", "must be a locale with its region, such as en-US")
+    return value
+
+
+def _transport_url(value: str) -> str:
+    if not TRANSPORT_URL.match(value):
+        raise PydanticCustomError("invalid_transport_url", "transport_url must be a ws:// or wss:// URL")
+    return value
+
+
 # The JSON Schema of each rule is built from the same constant the validator checks.
 _TONE = {"type": "string", "enum": sorted(TONES)}
 _TONE_CLASS = "[" + "".join(sorted(TONES)) + "]"  # digits, *, #, A-D: none needs escaping in a class
 # ASCII classes only: the schema's readers (ECMA-262 regexes) and Python disagree on what \s covers.
 MEDIA_URL = re.compile(r"^https?://[A-Za-z0-9._~%!$&'()*+,;=:@\[\]-]+(?:[/?#][!-~]*)?$")
+TRANSPORT_URL = re.compile(r"^wss?://[A-Za-z0-9._~%!$&'()*+,;=:@\[\]-]+(?:[/?#][!-~]*)?$")
+# One SSML document (ACS hands it to Azure AI Speech, which wants a <speak> root); whether it is well-formed XML
+# only the speech service says, as PlayFailed 8565. [\s\S]: any character, to Python and ECMA-262 alike.
+SSML = re.compile(r"^<speak[ \t\r\n>][\s\S]*</speak>$")
+MAX_SSML = 8000
+# Language, optional script, region: ACS's speech and transcription locales (transcription refuses one without
+# a region: 400/8523 "only locales that contain region information are supported").
+LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z]{4})?-(?:[A-Za-z]{2}|[0-9]{3})$")
 Phone = Annotated[str, AfterValidator(_e164), WithJsonSchema({"type": "string", "pattern": E164.pattern})]
 AcsUser = Annotated[str, AfterValidator(_acs_user), WithJsonSchema({"type": "string", "pattern": ACS_USER.pattern})]
 MediaUrl = Annotated[str, AfterValidator(_media_url), WithJsonSchema({"type": "string", "pattern": MEDIA_URL.pattern})]
 Tones = Annotated[list[str], AfterValidator(_tones), WithJsonSchema({"type": "array", "items": _TONE})]
+Tone = Annotated[str, AfterValidator(_one_tone), WithJsonSchema(_TONE)]
+Ssml = Annotated[str, AfterValidator(_ssml), WithJsonSchema({"type": "string", "pattern": SSML.pattern,
+                                                              "maxLength": MAX_SSML})]
+Locale = Annotated[str, AfterValidator(_locale), WithJsonSchema({"type": "string", "pattern": LOCALE.pattern})]
+TransportUrl = Annotated[str, AfterValidator(_transport_url),
+                         WithJsonSchema({"type": "string", "pattern": TRANSPORT_URL.pattern})]
 # Not blank once surrounding whitespace is stripped (every body strips strings): holds a visible ASCII character.
 NOT_BLANK = "[!-~]"
 
@@ -76,7 +121,9 @@ NOT_BLANK = "[!-~]"
 class Body(BaseModel):
     """A request body. ``exactly_one_of`` names fields of which exactly one is given (not null): validated by
     ``_choice`` and published as the schema's ``oneOf``, with a branch for each field in ``allowed`` (all by
-    default) that also requires the fields ``needs`` names for it."""
+    default) that also requires the fields ``needs`` names for it. ``schema_rules`` publish what a body's own
+    model validators check across fields (each joins the schema's ``allOf``), so every body the schema allows is
+    one the route accepts."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True,
                               json_schema_extra=lambda schema, cls: _choice_schema(schema, cls))
@@ -86,6 +133,7 @@ class Body(BaseModel):
     allowed: ClassVar[tuple[str, ...] | None] = None
     not_allowed_error: ClassVar[tuple[str, str]] = ("", "")
     needs: ClassVar[dict[str, tuple[str, str, str]]] = {}  # field → (needed field, code, message)
+    schema_rules: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     @model_validator(mode="after")
     def _choice(self) -> Self:
@@ -104,6 +152,11 @@ class Body(BaseModel):
     def params(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
+    def command_type(self, route_type: str) -> str:
+        """The type of the command this body makes on a route for ``route_type`` commands (the same, but for a
+        barge-in, which callq orders as an interrupt: see ``workers.operations``)."""
+        return route_type
+
 
 def _given(prop: dict[str, Any]) -> dict[str, Any]:
     """A nullable property's schema without its null: what a field that must be given may hold."""
@@ -112,7 +165,10 @@ def _given(prop: dict[str, Any]) -> dict[str, Any]:
 
 
 def _choice_schema(schema: dict[str, Any], cls: type[Body]) -> None:
-    """``oneOf``: one branch per allowed choice, requiring it (and what it needs), with the other choices null."""
+    """``oneOf``: one branch per allowed choice, requiring it (and what it needs), with the other choices null; and
+    the body's ``schema_rules``."""
+    if cls.schema_rules:
+        schema.setdefault("allOf", []).extend(cls.schema_rules)
     if not cls.exactly_one_of:
         return
     props = schema["properties"]
@@ -151,8 +207,20 @@ class PstnParticipant(Participant):
     not_allowed_error = ("pstn_target_required", "this action only targets PSTN (phone) participants")
 
 
-class ConnectBody(Empty):
+class TranscriptionOptions(Body):
+    """Live transcription for the call (ACS sends the transcript to ``transport_url``, a WebSocket server of
+    yours; callq never sees it). ACS needs these at connect for a later transcription start to work."""
+
+    transport_url: TransportUrl = Field(examples=["wss://transcripts.example.com/acs"])
+    locale: Locale = Field(examples=["en-US"])
+    start: bool = Field(False, description="start transcribing as soon as callq joins (else: transcription/start)")
+    intermediate_results: bool = False
+
+
+class ConnectBody(Body):
     """``POST /v1/rooms/{room_id}/connect``: nothing is required; callq supplies callback and context."""
+
+    transcription: TranscriptionOptions | None = None
 
 
 class HangUpBody(Body):
@@ -199,43 +267,136 @@ class DtmfBody(PstnParticipant):
 
 
 class MediaSource(Body):
-    """An audio file URL, or text to speak."""
+    """What to play: an audio file URL, text to speak (in ``voice_name``), or an SSML document."""
 
-    exactly_one_of = ("file_url", "text")
-    choice_error = ("invalid_media_source", "give exactly one of file_url or text")
+    exactly_one_of = ("file_url", "text", "ssml")
+    choice_error = ("invalid_media_source", "give exactly one of file_url, text or ssml")
 
     file_url: MediaUrl | None = None
     text: str | None = Field(None, max_length=4000)
-    voice_name: str | None = Field(None, max_length=100)
+    ssml: Ssml | None = Field(None, examples=['<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" '
+                                               'xml:lang="en-US"><voice name="en-US-JennyNeural">Hello</voice>'
+                                               '</speak>'])
+    voice_name: str | None = Field(None, max_length=100, description="for text (default en-US-NancyNeural)")
 
 
-class PlayBody(MediaSource):
-    """Play to the listed participants, or to everyone when ``targets`` is omitted."""
+class PlayBody(Body):
+    """Play one source (``file_url``, ``text`` or ``ssml``) or several in a row (``sources``), to the listed
+    participants or to everyone when ``targets`` is omitted. ``interrupt_call_media_operation`` (to everyone only)
+    barges in: what plays now is cut short, callq does not wait for it, and the media operations callq has not sent
+    yet end ``interrupted`` (the command is a ``play_barge_in``)."""
 
+    exactly_one_of = ("file_url", "text", "ssml", "sources")
+    choice_error = ("invalid_media_source", "give exactly one of file_url, text, ssml or sources")
+    schema_rules = ({"anyOf": [{"properties": {"interrupt_call_media_operation": {"const": False}}},
+                               {"properties": {"targets": {"anyOf": [{"type": "null"},
+                                                                     {"type": "array", "maxItems": 0}]}}}]},)
+
+    file_url: MediaUrl | None = None
+    text: str | None = Field(None, max_length=4000)
+    ssml: Ssml | None = None
+    voice_name: str | None = Field(None, max_length=100,
+                                   description="for text, and for each text source that names no voice")
+    sources: list[MediaSource] | None = Field(None, min_length=1, max_length=MAX_PLAY_SOURCES,
+                                              description=f"1-{MAX_PLAY_SOURCES}, played one after another")
     targets: list[Participant] | None = Field(None, max_length=50)
     loop: bool = False
+    interrupt_call_media_operation: bool = Field(False, description="barge in (play to everyone only)")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_PLAY_SOURCES:
+            raise PydanticCustomError("too_many_play_sources", f"play at most {MAX_PLAY_SOURCES} sources at a time")
+        return value
+
+    @model_validator(mode="after")
+    def _barge_in(self) -> Self:
+        if self.interrupt_call_media_operation and self.targets:
+            raise PydanticCustomError("barge_in_plays_to_all", "interrupt_call_media_operation plays to everyone: "
+                                                               "leave targets out")
+        return self
 
     def params(self) -> dict[str, Any]:
-        source = MediaSource.model_validate(self.model_dump(include={"file_url", "text", "voice_name"}))
-        return {"source": source.model_dump(exclude_none=True), "loop": self.loop,
-                "targets": [t.raw_id for t in self.targets or []]}
+        # A body in today's form keeps today's parameters (``source``), so a request retried across an upgrade is
+        # still "the same request" for its Idempotency-Key; ``sources`` is the new form.
+        out: dict[str, Any] = {"loop": self.loop, "targets": [t.raw_id for t in self.targets or []]}
+        if self.sources is None:
+            out["source"] = self.model_dump(include={"file_url", "text", "ssml", "voice_name"}, exclude_none=True)
+        else:
+            out["sources"] = [{**s.model_dump(exclude_none=True),
+                               **({"voice_name": self.voice_name} if s.text and self.voice_name and not s.voice_name
+                                  else {})} for s in self.sources]
+        if self.interrupt_call_media_operation:
+            out["interrupt_call_media_operation"] = True
+        return out
+
+    def command_type(self, route_type: str) -> str:
+        return f"{route_type}_barge_in" if self.interrupt_call_media_operation else route_type
+
+
+class Choice(Body):
+    """One answer a ``choices`` recognize listens for: said (one of ``phrases``) or pressed (``tone``)."""
+
+    label: str = Field(min_length=1, max_length=100, pattern=NOT_BLANK)
+    phrases: list[Annotated[str, Field(min_length=1, max_length=100, pattern=NOT_BLANK)]] = Field(
+        min_length=1, max_length=20)
+    tone: Tone | None = None
+
+
+_NOT_CHOICES = ["dtmf", "speech", "speech_or_dtmf"]
 
 
 class RecognizeBody(Participant):
-    """Collect DTMF (or speech) from one participant, optionally after a prompt."""
+    """Recognize what one participant presses or says, optionally after a prompt: ``dtmf`` tones, ``speech``,
+    either (``speech_or_dtmf``), or one of ``choices``. ``interrupt_call_media_operation`` barges in on what plays
+    now, as a play can (the command is a ``recognize_barge_in``)."""
 
-    input_type: Literal["dtmf", "speech"] = "dtmf"
+    schema_rules = ({"oneOf": [
+        {"required": ["input_type", "choices"],
+         "properties": {"input_type": {"const": "choices"}, "choices": {"type": "array"}}},
+        {"properties": {"input_type": {"enum": _NOT_CHOICES}, "choices": {"type": "null"}}}]},)
+
+    input_type: Literal["dtmf", "speech", "speech_or_dtmf", "choices"] = "dtmf"
     max_tones: int = Field(1, ge=1, le=100)
     initial_silence_timeout: Annotated[int, *_seconds(0, 300)] | None = None
     inter_tone_timeout: Annotated[int, *_seconds(1, 60)] | None = None
     stop_tones: Tones | None = None
     prompt: MediaSource | None = None
     interrupt_prompt: bool = False
-    speech_language: str | None = Field(None, max_length=20)
+    speech_language: Locale | None = Field(None, examples=["en-US"])
+    end_silence_timeout: Annotated[int, *_seconds(1, 60)] | None = Field(
+        None, description="speech: seconds of silence that end what was said")
+    choices: list[Choice] | None = Field(None, min_length=1, max_length=MAX_CHOICES)
+    interrupt_call_media_operation: bool = False
+
+    @model_validator(mode="after")
+    def _choices_go_with_their_type(self) -> Self:
+        if (self.input_type == "choices") != (self.choices is not None):
+            raise PydanticCustomError("invalid_choices", "input_type choices takes choices (and only it does)")
+        return self
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), **self.model_dump(exclude={"phone_number", "communication_user"},
-                                                      exclude_none=True)}
+        # Unset new fields stay out, so today's bodies keep today's parameters (see PlayBody.params).
+        return {**super().params(), **self.model_dump(
+            exclude={"phone_number", "communication_user", *(() if self.interrupt_call_media_operation
+                                                             else ("interrupt_call_media_operation",))},
+            exclude_none=True)}
+
+    def command_type(self, route_type: str) -> str:
+        return f"{route_type}_barge_in" if self.interrupt_call_media_operation else route_type
+
+
+class TranscriptionStartBody(Body):
+    """Start live transcription (the call must have been connected with ``transcription`` options)."""
+
+    locale: Locale | None = Field(None, description="default: the locale given at connect")
+
+
+class TranscriptionUpdateBody(Body):
+    """Change the live transcription's locale."""
+
+    locale: Locale = Field(examples=["fr-FR"])
 
 
 # What ACS records: each content with the channels and formats it may be recorded in.

@@ -31,7 +31,8 @@ STREAM_READ_TIMEOUT_S = 60.0  # the API sends a keep-alive every 15 s: a minute 
 CommandType = Literal[
     "connect", "add_participant", "remove_participant", "cancel_add_participant", "send_dtmf", "play", "recognize",
     "continuous_dtmf_start", "continuous_dtmf_stop", "cancel_media", "start_recording", "pause_recording",
-    "resume_recording", "stop_recording", "hang_up",
+    "resume_recording", "stop_recording", "hang_up", "transcription_start", "transcription_stop",
+    "transcription_update",
 ]
 # Command type → route; ``{}`` is the room id for connect, the call connection id for the rest (the API's
 # recording-scoped pause/resume/stop routes take a recording id: use ``command`` with those paths' call forms).
@@ -51,6 +52,9 @@ COMMAND_PATHS: Mapping[CommandType, str] = {
     "resume_recording": "/v1/calls/{}/recording/resume",
     "stop_recording": "/v1/calls/{}/recording/stop",
     "hang_up": "/v1/calls/{}/hang-up",
+    "transcription_start": "/v1/calls/{}/transcription/start",
+    "transcription_stop": "/v1/calls/{}/transcription/stop",
+    "transcription_update": "/v1/calls/{}/transcription/update",
 }
 
 
@@ -222,8 +226,12 @@ class Methods(ABC, Generic[R, RL]):
         path = COMMAND_PATHS[type_].format(_seg(target))
         return self._do(Op("POST", path, json=dict(body or {}), keyed=True, key=idempotency_key))
 
-    def connect(self, room_id: str, *, idempotency_key: str | None = None) -> R:
-        return self.command("connect", room_id, idempotency_key=idempotency_key)
+    def connect(self, room_id: str, *, transcription: Mapping[str, Any] | None = None,
+                idempotency_key: str | None = None) -> R:
+        """``transcription``: ``{"transport_url": "wss://…", "locale": "en-US", "start": False}`` to allow (or
+        start) live transcription in the call."""
+        return self.command("connect", room_id, _drop_none(transcription=transcription),
+                            idempotency_key=idempotency_key)
 
     def add_participant(self, cc: str, *, phone_number: str | None = None, communication_user: str | None = None,
                         source_caller_id: str | None = None, invitation_timeout: int | None = None,
@@ -242,11 +250,27 @@ class Methods(ABC, Generic[R, RL]):
         return self.command("send_dtmf", cc, {"phone_number": phone_number, "tones": tones},
                             idempotency_key=idempotency_key)
 
-    def play(self, cc: str, *, text: str | None = None, file_url: str | None = None, loop: bool = False,
-             targets: list[Mapping[str, str]] | None = None, idempotency_key: str | None = None) -> R:
-        """``targets``: participants as ``{"phone_number": …}`` or ``{"communication_user": …}``; None for all."""
-        body = _drop_none(text=text, file_url=file_url, loop=loop, targets=targets)
+    def play(self, cc: str, *, text: str | None = None, file_url: str | None = None, ssml: str | None = None,
+             sources: list[Mapping[str, str]] | None = None, voice_name: str | None = None, loop: bool = False,
+             targets: list[Mapping[str, str]] | None = None, interrupt_call_media_operation: bool = False,
+             idempotency_key: str | None = None) -> R:
+        """One of ``text``, ``file_url``, ``ssml`` or ``sources`` (each ``{"file_url"|"text"|"ssml": …}``, played
+        in a row). ``targets``: participants as ``{"phone_number": …}`` or ``{"communication_user": …}``; None for
+        all. ``interrupt_call_media_operation``: barge in on what plays now (to everyone only)."""
+        body = _drop_none(text=text, file_url=file_url, ssml=ssml, sources=sources, voice_name=voice_name,
+                          loop=loop, targets=targets)
+        if interrupt_call_media_operation:
+            body["interrupt_call_media_operation"] = True
         return self.command("play", cc, body, idempotency_key=idempotency_key)
+
+    def start_transcription(self, cc: str, *, locale: str | None = None, idempotency_key: str | None = None) -> R:
+        return self.command("transcription_start", cc, _drop_none(locale=locale), idempotency_key=idempotency_key)
+
+    def stop_transcription(self, cc: str, *, idempotency_key: str | None = None) -> R:
+        return self.command("transcription_stop", cc, idempotency_key=idempotency_key)
+
+    def update_transcription(self, cc: str, locale: str, *, idempotency_key: str | None = None) -> R:
+        return self.command("transcription_update", cc, {"locale": locale}, idempotency_key=idempotency_key)
 
     def start_recording(self, cc: str, *, idempotency_key: str | None = None, **opts: str) -> R:
         """``opts``: ``content`` (audio/audioVideo), ``channel`` (mixed/unmixed), ``format`` (wav/mp3/mp4)."""

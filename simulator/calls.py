@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import events
+from . import events, transcription
 from .errors import invalid_request
 from .model import Connection, ServerCall, utc_now
 from .operation import Reply, Req, callback_url, find_connection, optional_str
@@ -26,6 +26,7 @@ def connect(sim: Sim, req: Req) -> Reply:
     callback = callback_url(body, "callbackUri", required=True)
     assert callback is not None
     context = optional_str(body, "operationContext")
+    setup, cognitive = transcription.setup(body), transcription.cognitive_endpoint(body)
     call, failure, delay_ms = _locate(sim, body.get("callLocator"))
     ids = sim.store.ids
     conn = Connection(
@@ -34,6 +35,8 @@ def connect(sim: Sim, req: Req) -> Reply:
         correlation_id=call.correlation_id if call else ids.uuid(),
         operation_context=context,
         call=call,
+        transcription=setup,
+        cognitive_services_endpoint=cognitive,
     )
     sim.store.connections[conn.call_connection_id] = conn
     if call is None:
@@ -43,12 +46,20 @@ def connect(sim: Sim, req: Req) -> Reply:
     else:
         call.connections[conn.call_connection_id] = conn
         if delay_ms > 0:
-            conn.timers.append(sim.later(delay_ms / 1000.0, sim.establish, conn))
+            conn.timers.append(sim.later(delay_ms / 1000.0, _establish, sim, conn))
         else:
-            sim.establish(conn)
+            _establish(sim, conn)
     response = properties(conn, state="connecting")  # ACS answers before the call is joined
     response.pop("serverCallId", None)  # and real connect responses carry no serverCallId
     return Reply(200, response, conn.call_connection_id)
+
+
+def _establish(sim: Sim, conn: Connection) -> None:
+    """CallConnected; then, when the connect asked for it, transcription starts (no operationContext: no request
+    started it)."""
+    sim.establish(conn)
+    if conn.state == "connected" and conn.transcription is not None and conn.transcription.start_on_connect:
+        transcription.begin(sim, conn, None, None, None)
 
 
 def _locate(sim: Sim, locator: Any) -> tuple[ServerCall | None, events.Result | None, float]:
@@ -85,6 +96,9 @@ def properties(conn: Connection, *, state: str | None = None) -> dict[str, Any]:
         callbackUri=conn.callback_uri,
         correlationId=conn.correlation_id,
     )
+    found = transcription.subscription(conn)
+    if found is not None:
+        body["transcriptionSubscription"] = found
     return body
 
 

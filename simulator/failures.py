@@ -8,7 +8,9 @@ The request is still validated and answered as ACS answers it; what it would hav
 failure event goes where its success event would have gone. The oldest rule that matches is used.
 
 Codes: ``PlayFailed`` 400/8535 and 400/8536 and ``RecognizeFailed`` 400/8510 and 400/8532 with their messages are
-ACS's (MicrosoftDocs how-tos "play-action" and "recognize-action", "Event codes"). ACS documents no code for the
+ACS's (MicrosoftDocs how-tos "play-action" and "recognize-action", "Event codes"), as are ``TranscriptionFailed``'s
+500/8578 (no WebSocket connection: the default for a start) and 400/8565 for SSML the speech service refuses
+("real-time-transcription-tutorial" and "play-action", "Event codes"). ACS documents no code for the
 other failure events; their defaults are the simulator's choice: ACS's generic 500/9999 "Unknown internal server
 error." (its message for an unknown failure), and for ``AddParticipantFailed`` the documented subcode 8544 (callee
 unreachable) with SIP's 480, as the busy (486) and declined (603) answers carry SIP codes. A rule may set any
@@ -22,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 Result = tuple[int, int, str]  # code, subCode, message (as events.Result)
 
@@ -31,6 +34,8 @@ FILE_DOWNLOAD = (400, 8536, "Action failed, file could not be downloaded.")
 INITIAL_SILENCE = (400, 8510, "Action failed, initial silence timeout reached.")
 PROMPT_FAILED = (500, 8511, "Action failed, encountered failure while trying to play the prompt.")
 UNREACHABLE = (480, 8544, "Call failed, callee unreachable.")
+WEBSOCKET = (500, 8578, "Action failed, not able to establish WebSocket connection.")
+SPEECH_SERVICE = (400, 8565, "Action failed due to a bad request to Cognitive Services. Check your input parameters.")
 
 # operation (as /_sim/log names it) -> (the failure event ACS sends for it, the default result)
 EVENTS: dict[str, tuple[str, Result]] = {
@@ -42,6 +47,8 @@ EVENTS: dict[str, tuple[str, Result]] = {
     "recognize": ("RecognizeFailed", INITIAL_SILENCE),
     "startContinuousDtmfRecognition": ("ContinuousDtmfRecognitionToneFailed", UNKNOWN),
     "startRecording": ("StartRecordingFailed", UNKNOWN),
+    "startTranscription": ("TranscriptionFailed", WEBSOCKET),
+    "stopTranscription": ("TranscriptionFailed", UNKNOWN),
 }
 _WITH_PLAY_SOURCE = ("play", "recognize")  # their failure events carry failedPlaySourceIndex
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
@@ -168,9 +175,15 @@ class FailureRules:
 
 
 def unplayable(sources: list[Any]) -> tuple[int, Result] | None:
-    """The first file source ACS could not play (its index and PlayFailed's result), judged from its URL alone."""
+    """The first source ACS could not play (its index and PlayFailed's result): a file judged from its URL alone,
+    SSML that is not one well-formed ``<speak>`` document (the speech service refuses it: 400/8565)."""
     for index, source in enumerate(sources):
-        uri = (source.get("file") or {}).get("uri") if isinstance(source, dict) else None
+        if not isinstance(source, dict):
+            continue
+        ssml = (source.get("ssml") or {}).get("ssmlText") if isinstance(source.get("ssml"), dict) else None
+        if isinstance(ssml, str) and not _speakable(ssml):
+            return index, SPEECH_SERVICE
+        uri = (source.get("file") or {}).get("uri") if isinstance(source.get("file"), dict) else None
         if not isinstance(uri, str):
             continue
         parts = urlsplit(uri)
@@ -179,3 +192,15 @@ def unplayable(sources: list[Any]) -> tuple[int, Result] | None:
         if parts.path.lower().endswith(_NOT_AUDIO):
             return index, FILE_FORMAT
     return None
+
+
+def _speakable(ssml: str) -> bool:
+    """Well-formed XML whose root is SSML's ``speak`` (in its namespace or none). No DTD is allowed: the
+    simulator parses what any client sends, and entity expansion is not something it needs."""
+    if "<!DOCTYPE" in ssml.upper():
+        return False
+    try:
+        root = ElementTree.fromstring(ssml)
+    except ElementTree.ParseError:
+        return False
+    return root.tag in ("speak", "{http://www.w3.org/2001/10/synthesis}speak")

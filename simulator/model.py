@@ -106,6 +106,20 @@ class MediaOp:
 
 
 @dataclass
+class Transcription:
+    """Live transcription as a connection was set up for it (``transcriptionOptions`` at connect), and its state.
+
+    The transcript itself goes to ``transport_url`` over a WebSocket in ACS; the simulator opens none."""
+
+    transport_url: str
+    locale: str
+    intermediate_results: bool = False
+    start_on_connect: bool = False
+    state: str = "inactive"  # inactive | active (ACS's TranscriptionSubscriptionState also has disabled)
+    subscription_id: str = ""
+
+
+@dataclass
 class Invitation:
     """An add-participant invitation that rings until answered, refused, timed out or cancelled."""
 
@@ -132,6 +146,8 @@ class Connection:
     invitations: dict[str, Invitation] = field(default_factory=dict)
     continuous_dtmf: dict[str, list[asyncio.TimerHandle]] = field(default_factory=dict)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    transcription: Transcription | None = None  # None: connected without transcription options
+    cognitive_services_endpoint: str | None = None  # callIntelligenceOptions at connect
 
 
 @dataclass

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .events import Result
 from .model import PhoneScript
+
+TONES = frozenset("zero one two three four five six seven eight nine a b c d pound asterisk".split())
+# A speech locale: language, optional script, region (en-US, zh-Hans-CN, es-419).
+LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z]{4})?-(?:[A-Za-z]{2}|[0-9]{3})")
 
 DEFAULT_SILENCE_S = 5.0
 SILENCE = (400, 8510, "Action failed, initial silence timeout reached.")
@@ -51,6 +56,23 @@ def recognition_outcome(input_type: str, options: dict[str, Any], script: PhoneS
     if script.dtmf and input_type in ("dtmf", "speechOrDtmf"):
         return _dtmf(delay_s, options.get("dtmfOptions") or {}, tones_of(script.dtmf))
     return silent
+
+
+def recognition_delay_s(outcome: Outcome, options: dict[str, Any], *, prompt_s: float) -> float:
+    """How long after the request ``outcome`` happens, with a prompt lasting ``prompt_s``.
+
+    The initial silence timer runs once the prompt has played. The caller's input counts from when it is heard:
+    at once with ``interruptPrompt`` (input cuts the prompt short), else after the prompt. Speech is recognized
+    once the caller has been silent for ``speechOptions.endSilenceTimeoutInMs`` after it."""
+    delay_s, _, result, extra = outcome
+    if result == SILENCE:
+        return prompt_s + delay_s
+    heard_from_s = 0.0 if options.get("interruptPrompt") else prompt_s
+    speech = options.get("speechOptions")
+    end_silence_ms = speech.get("endSilenceTimeoutInMs") if isinstance(speech, dict) else None
+    if "speechResult" not in extra or not isinstance(end_silence_ms, int):
+        end_silence_ms = 0
+    return heard_from_s + delay_s + end_silence_ms / 1000.0
 
 
 def _speech(text: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from . import calls, media, participants, recordings
+from . import calls, media, participants, recordings, transcription
 from .operation import Reply, Req
 from .world import Sim
 
@@ -45,6 +45,9 @@ OPERATIONS = {
         _op("startContinuousDtmfRecognition", media.start_continuous_dtmf),
         _op("stopContinuousDtmfRecognition", media.stop_continuous_dtmf),
         _op("cancelAllMediaOperations", media.cancel_all_media),
+        _op("startTranscription", transcription.start),
+        _op("stopTranscription", transcription.stop),
+        _op("updateTranscription", transcription.update),
         _op("startRecording", recordings.start_recording, repeatable=True),
         _op("pauseRecording", recordings.pause_recording),
         _op("resumeRecording", recordings.resume_recording),
@@ -61,6 +64,9 @@ _CONNECTION_ACTIONS = {
     "startContinuousDtmfRecognition",
     "stopContinuousDtmfRecognition",
     "cancelAllMediaOperations",
+    "startTranscription",
+    "stopTranscription",
+    "updateTranscription",
 }
 _PARTICIPANT_ACTIONS = {"add": "addParticipant", "remove": "removeParticipant"}
 _PARTICIPANT_ACTIONS["cancelAddParticipant"] = "cancelAddParticipant"

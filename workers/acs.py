@@ -83,6 +83,18 @@ class EndpointTransport(RequestsTransport):  # type: ignore[misc]  # azure-core 
         session.proxies.update(self.proxies)
 
 
+class _SdkOwnKeyword(logging.Filter):
+    """Drop the warning SDK 1.6 logs on every transcription start, update and connect with transcription options:
+    it passes ``speech_recognition_model_endpoint_id`` to generated models that call the field something else
+    (callq never sets it), so the warning says nothing about the request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("speech_recognition_model_endpoint_id is not a known attribute")
+
+
+_SDK_OWN_KEYWORD = _SdkOwnKeyword()
+
+
 def create_client(settings: Settings, limiter: RateLimiter | None = None) -> CallAutomationClient:
     """One SDK client per worker process. Built from endpoint + key so plain-HTTP simulator URLs work.
 
@@ -92,6 +104,8 @@ def create_client(settings: Settings, limiter: RateLimiter | None = None) -> Cal
     """
     # azure-core logs every request and response at INFO; callq logs commands itself.
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+    logging.getLogger("azure.communication.callautomation._generated._utils.serialization").addFilter(
+        _SDK_OWN_KEYWORD)  # the same object each time: added once
     if not settings.acs_access_key:
         raise ConfigError("CALLQ_ACS_ACCESS_KEY (or CALLQ_ACS_CONNECTION_STRING) must be set to reach ACS")
     endpoint = settings.acs_endpoint.rstrip("/")

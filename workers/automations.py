@@ -194,7 +194,8 @@ class Runs:
             params["room_id"] = room_id
         elif step["type"] == "start_recording":
             params["server_call_id"] = server_call_id
-        new = commands.new(client=run["client"], type_=step["type"], params=params,
+        # A step's command type may differ from its route's (a play that barges in is a play_barge_in).
+        new = commands.new(client=run["client"], type_=step.get("command_type") or step["type"], params=params,
                            idempotency_key=idempotency_key(room_id, scid, index),
                            route=f"automation {room_id}", call_connection_id=cc,
                            room_id=room_id if step["type"] == "connect" else "")

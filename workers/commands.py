@@ -57,10 +57,12 @@ def new(
 def door_limits(settings: Settings, type_: str) -> DoorLimits:
     """The limits a client's request for a ``type_`` command meets at the API (``CALLQ_MAX_PENDING_PER_CALL``,
     ``CALLQ_CLIENT_*``). An interrupt (hang up, cancel media, cancel an invitation) is never refused for pending
-    work, only by the accept budget: it is how a client clears a call the limit holds full."""
+    work, only by the accept budget: it is how a client clears a call the limit holds full. A barge-in is ordered
+    as an interrupt but is more media to play, not a way to clear a call: the limits hold for it."""
     budget = {"accept_rate_per_s": settings.client_accept_rate_per_s,
               "accept_burst": settings.client_accept_burst or settings.client_accept_rate_per_s}
-    if OPERATIONS[type_].interrupts:
+    op = OPERATIONS[type_]
+    if op.interrupts and not op.media:
         return DoorLimits(**budget)
     return DoorLimits(per_call=settings.max_pending_per_call, per_client=settings.client_max_pending, **budget)
 

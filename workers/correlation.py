@@ -72,7 +72,18 @@ def _result_from(kind: str, data: dict[str, Any]) -> dict[str, Any]:
         result["result_information"] = data.get("resultInformation")
     if kind == "RecognizeCompleted":
         result.update(recognized(data))
+    if kind.startswith("Transcription"):
+        result["transcription"] = transcription(data)
     return result
+
+
+def transcription(data: Mapping[str, Any]) -> dict[str, str | None]:
+    """What a Transcription* event says of the call's transcription: ``status`` (``transcriptionStarted`` …) and
+    ``status_details`` (``subscriptionStarted`` …) from its ``transcriptionUpdate``; odd-typed ones are null."""
+    update = data.get("transcriptionUpdate")
+    update = update if isinstance(update, dict) else {}
+    return {"status": _text(update.get("transcriptionStatus")),
+            "status_details": _text(update.get("transcriptionStatusDetails"))}
 
 
 # ACS's DtmfTone names (``dtmfResult.tones``) → the keys pressed.

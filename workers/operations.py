@@ -19,8 +19,11 @@ from azure.communication.callautomation import (
     ChannelAffinity,
     FileSource,
     PhoneNumberIdentifier,
+    RecognitionChoice,
     RecognizeInputType,
+    SsmlSource,
     TextSource,
+    TranscriptionOptions,
 )
 from azure.core.exceptions import ResourceNotFoundError
 
@@ -129,20 +132,48 @@ def _for_everyone(cmd: Command) -> bool:
     return bool(cmd.params.get("for_everyone", True))
 
 
-def _media_source(spec: dict[str, Any]) -> FileSource | TextSource:
+DEFAULT_VOICE = "en-US-NancyNeural"
+# The API's recognize input types → the SDK's.
+INPUT_TYPES = {"dtmf": RecognizeInputType.DTMF, "speech": RecognizeInputType.SPEECH,
+               "speech_or_dtmf": RecognizeInputType.SPEECH_OR_DTMF, "choices": RecognizeInputType.CHOICES}
+
+
+def _media_source(spec: dict[str, Any]) -> FileSource | TextSource | SsmlSource:
     if spec.get("file_url"):
         return FileSource(url=spec["file_url"])
-    return TextSource(text=spec["text"], voice_name=spec.get("voice_name") or "en-US-NancyNeural")
+    if spec.get("ssml"):
+        return SsmlSource(ssml_text=spec["ssml"])
+    return TextSource(text=spec["text"], voice_name=spec.get("voice_name") or DEFAULT_VOICE)
+
+
+def _play_sources(params: dict[str, Any]) -> list[FileSource | TextSource | SsmlSource]:
+    # ``source``: one, as accepted before several were possible (and still, for a body in that form).
+    return [_media_source(s) for s in params.get("sources") or [params["source"]]]
 
 
 def _connection(client: CallAutomationClient, cmd: Command) -> CallConnectionClient:
     return client.get_call_connection(cmd.call_connection_id)
 
 
+def _transcription(params: dict[str, Any]) -> TranscriptionOptions | None:
+    found = params.get("transcription")
+    if not found:
+        return None
+    return TranscriptionOptions(transport_url=found["transport_url"], transport_type="websocket",
+                                locale=found["locale"], start_transcription=bool(found.get("start")),
+                                enable_intermediate_results=bool(found.get("intermediate_results")))
+
+
 def _connect(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
-    # room_id= sends the same roomCallLocator body as RoomCallLocator(...), which SDK 1.6 deprecates.
+    # room_id= sends the same roomCallLocator body as RoomCallLocator(...), which SDK 1.6 deprecates. ACS runs text
+    # to speech, speech recognition and transcription with the Azure AI services resource named at connect only.
+    options: dict[str, Any] = {}
+    if settings.acs_cognitive_services_endpoint:
+        options["cognitive_services_endpoint"] = settings.acs_cognitive_services_endpoint
+    if (transcription := _transcription(cmd.params)) is not None:
+        options["transcription"] = transcription
     props = client.connect_call(callback_url=settings.callback_url, room_id=cmd.room_id,
-                                operation_context=cmd.id)
+                                operation_context=cmd.id, **options)
     return Sent(call_connection_id=props.call_connection_id)
 
 
@@ -184,30 +215,59 @@ def _send_dtmf(client: CallAutomationClient, cmd: Command, settings: Settings) -
 
 def _play(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
     p = cmd.params
+    sources, loop = _play_sources(p), bool(p.get("loop"))
     targets = [to_identifier(t) for t in p.get("targets") or []]
-    # An empty play_to list plays to everyone in the call (playTo: [] on the wire).
-    _connection(client, cmd).play_media(_media_source(p["source"]), play_to=targets or "all",
-                                        loop=bool(p.get("loop")), operation_context=cmd.id,
-                                        operation_callback_url=settings.callback_url)
+    connection = _connection(client, cmd)
+    if targets:
+        connection.play_media(sources, play_to=targets, loop=loop, operation_context=cmd.id,
+                              operation_callback_url=settings.callback_url)
+    else:  # to everyone (playTo: [] on the wire); only such a play may barge in (the SDK sends false otherwise)
+        connection.play_media(sources, play_to="all", loop=loop, operation_context=cmd.id,
+                              operation_callback_url=settings.callback_url,
+                              interrupt_call_media_operation=bool(p.get("interrupt_call_media_operation")))
     return Sent()
 
 
 def _recognize(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
     p = cmd.params
+    input_type = p["input_type"]
     kwargs: dict[str, Any] = {"operation_context": cmd.id, "operation_callback_url": settings.callback_url,
                               "initial_silence_timeout": p.get("initial_silence_timeout"),
-                              "interrupt_prompt": bool(p.get("interrupt_prompt"))}
+                              "interrupt_prompt": bool(p.get("interrupt_prompt")),
+                              "interrupt_call_media_operation": bool(p.get("interrupt_call_media_operation")),
+                              "speech_language": p.get("speech_language")}
     if p.get("prompt"):
         kwargs["play_prompt"] = _media_source(p["prompt"])
-    if p["input_type"] == "dtmf":
+    if input_type in ("dtmf", "speech_or_dtmf"):
         kwargs |= {"dtmf_max_tones_to_collect": p.get("max_tones"),
                    "dtmf_inter_tone_timeout": p.get("inter_tone_timeout"),
                    "dtmf_stop_tones": [TONES[t] for t in p.get("stop_tones") or []] or None}
-        input_type = RecognizeInputType.DTMF
-    else:
-        kwargs |= {"speech_language": p.get("speech_language")}
-        input_type = RecognizeInputType.SPEECH
-    _connection(client, cmd).start_recognizing_media(input_type, to_identifier(p["participant"]), **kwargs)
+    if input_type in ("speech", "speech_or_dtmf"):
+        kwargs["end_silence_timeout"] = p.get("end_silence_timeout")
+    if input_type == "choices":
+        kwargs["choices"] = [RecognitionChoice(label=c["label"], phrases=c["phrases"],
+                                               tone=TONES[c["tone"]] if c.get("tone") else None)
+                             for c in p["choices"]]
+    _connection(client, cmd).start_recognizing_media(INPUT_TYPES[input_type], to_identifier(p["participant"]),
+                                                     **kwargs)
+    return Sent()
+
+
+def _transcription_start(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).start_transcription(locale=cmd.params.get("locale"), operation_context=cmd.id,
+                                                 operation_callback_url=settings.callback_url)
+    return Sent()
+
+
+def _transcription_stop(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).stop_transcription(operation_context=cmd.id,
+                                                operation_callback_url=settings.callback_url)
+    return Sent()
+
+
+def _transcription_update(client: CallAutomationClient, cmd: Command, settings: Settings) -> Sent:
+    _connection(client, cmd).update_transcription(locale=cmd.params["locale"], operation_context=cmd.id,
+                                                  operation_callback_url=settings.callback_url)
     return Sent()
 
 
@@ -344,6 +404,24 @@ def _reconcile_recording(state: str) -> Callable[[CallAutomationClient, Command]
     return reconcile
 
 
+def _reconcile_transcription(client: CallAutomationClient, cmd: Command) -> Verdict | None:
+    """What the call's transcription subscription shows: ``active`` after a start, not after a stop, the locale
+    asked for after an update. No subscription at all: the call was connected without transcription, so a start
+    cannot have worked (and a stop has nothing to stop)."""
+    found = _connection(client, cmd).get_call_properties().transcription_subscription
+    state, locale = (found.state, found.locale) if found is not None else (None, None)
+    result = {"transcription": {"state": state, "locale": locale}}
+    if cmd.type == "transcription_update":
+        if locale is not None and locale.lower() == str(cmd.params["locale"]).lower():
+            return _reconciled(Status.SUCCEEDED, "read call", result=result)
+        return _lost("transcription_not_updated", "The transcription's locale is not the one asked for.",
+                     "read call")
+    if (state == "active") == (cmd.type == "transcription_start"):
+        return _reconciled(Status.SUCCEEDED, "read call", result=result)
+    verb = "started" if cmd.type == "transcription_start" else "stopped"
+    return _lost(f"transcription_not_{verb}", f"The call's transcription is not {verb}.", "read call")
+
+
 def _reconcile_start(client: CallAutomationClient, cmd: Command) -> Verdict | None:
     """A recording ACS knows was started, whatever its state now: a later pause (sent once this start's deadline
     passed) may already have made it inactive, and that is no evidence against the start."""
@@ -376,6 +454,28 @@ _OPS = (
               background=True, media=True),
     Operation("recognize", _recognize, frozenset({"RecognizeCompleted"}),
               frozenset({"RecognizeFailed", "RecognizeCanceled"}), background=True, media=True),
+    # Barge-in (interruptCallMediaOperation): ACS cuts the media operation that runs when it arrives (which ends
+    # PlayCanceled / RecognizeCanceled) and plays this one. So callq does not hold it behind that operation's
+    # outcome: it is ordered as cancel media is (an interrupt that overtakes commands parked behind another), and
+    # like cancel media it ends the call's media operations callq has not sent (``interrupted``): left waiting their
+    # turn, each would be sent while this one plays, and ACS would refuse it (400/8500) or cut this one short.
+    # It still holds back the media operations accepted after it, as any play does.
+    Operation("play_barge_in", _play, frozenset({"PlayCompleted"}), frozenset({"PlayFailed", "PlayCanceled"}),
+              background=True, media=True, interrupts=True, cuts_media="all", overtakes_parked=True),
+    Operation("recognize_barge_in", _recognize, frozenset({"RecognizeCompleted"}),
+              frozenset({"RecognizeFailed", "RecognizeCanceled"}), background=True, media=True, interrupts=True,
+              cuts_media="all", overtakes_parked=True),
+    # Live transcription runs beside media operations (ACS streams it to the WebSocket named at connect); each
+    # request resolves on its own event, TranscriptionFailed carrying ACS's codes.
+    Operation("transcription_start", _transcription_start, frozenset({"TranscriptionStarted"}),
+              frozenset({"TranscriptionFailed"}), reconcile=_reconcile_transcription, changes="transcription",
+              reconcile_reads="transcription"),
+    Operation("transcription_stop", _transcription_stop, frozenset({"TranscriptionStopped"}),
+              frozenset({"TranscriptionFailed"}), reconcile=_reconcile_transcription, changes="transcription",
+              reconcile_reads="transcription"),
+    Operation("transcription_update", _transcription_update, frozenset({"TranscriptionUpdated"}),
+              frozenset({"TranscriptionFailed"}), reconcile=_reconcile_transcription, changes="transcription",
+              reconcile_reads="transcription"),
     Operation("continuous_dtmf_start", _continuous_dtmf_start),
     Operation("continuous_dtmf_stop", _continuous_dtmf_stop, frozenset({"ContinuousDtmfRecognitionStopped"})),
     Operation("cancel_media", _cancel_media, interrupts=True, cuts_media="all", overtakes_parked=True),

@@ -41,9 +41,12 @@ def _participant(p: CallParticipant) -> dict[str, Any]:
 def call(client: CallAutomationClient, call_connection_id: str) -> dict[str, Any]:
     with acs_errors():
         props = client.get_call_connection(call_connection_id).get_call_properties()
+    found = props.transcription_subscription
     return {"call_connection_id": props.call_connection_id, "server_call_id": props.server_call_id,
             "state": props.call_connection_state, "correlation_id": props.correlation_id,
-            "targets": [t.raw_id for t in props.targets or []]}
+            "targets": [t.raw_id for t in props.targets or []],
+            # null when the call was connected without transcription options
+            "transcription": None if found is None else {"state": found.state, "locale": found.locale}}
 
 
 def participants(client: CallAutomationClient, call_connection_id: str) -> list[dict[str, Any]]:

@@ -184,6 +184,9 @@ class Settings:
     acs_access_key: str = field(default="", repr=False)
     acs_resource_id: str = DEV_RESOURCE_ID
     acs_openid_url: str = ""
+    # The Azure AI services resource connected to the ACS resource (https://<name>.cognitiveservices.azure.com/),
+    # named at connect: ACS needs it for text and SSML plays, speech recognition and transcription. Empty: not sent.
+    acs_cognitive_services_endpoint: str = ""
     callback_token: str = field(default="", repr=False)
     flower_user: str = "admin"
     flower_password: str = field(default="", repr=False)
@@ -279,6 +282,10 @@ class Settings:
         if log_format not in ("text", "json"):
             raise ConfigError(f"CALLQ_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
         eventgrid_tenant_id, eventgrid_audience, eventgrid_openid_url = _eventgrid_entra(env)
+        cognitive = env.get("CALLQ_ACS_COGNITIVE_SERVICES_ENDPOINT", "").strip()
+        if cognitive and (urlsplit(cognitive).scheme != "https" or not urlsplit(cognitive).hostname):
+            raise ConfigError(f"CALLQ_ACS_COGNITIVE_SERVICES_ENDPOINT must be an https URL (the Azure AI services "
+                              f"resource's endpoint), got {cognitive!r}")
         log_level = env.get("CALLQ_LOG_LEVEL", cls.log_level).upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"CALLQ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -306,6 +313,7 @@ class Settings:
             acs_access_key=access_key,
             acs_resource_id=env.get("CALLQ_ACS_RESOURCE_ID", cls.acs_resource_id),
             acs_openid_url=env.get("CALLQ_ACS_OPENID_URL", ""),
+            acs_cognitive_services_endpoint=cognitive,
             callback_token=env.get("CALLQ_CALLBACK_TOKEN", ""),
             flower_user=env.get("CALLQ_FLOWER_USER", cls.flower_user),
             flower_password=env.get("CALLQ_FLOWER_PASSWORD", ""),

@@ -79,7 +79,8 @@ def test_the_oldest_matching_rule_fails_the_request_and_one_shot_rules_are_spent
 def test_every_failure_event_is_scriptable() -> None:
     assert {event for event, _ in EVENTS.values()} == {
         "AddParticipantFailed", "RemoveParticipantFailed", "CancelAddParticipantFailed", "SendDtmfTonesFailed",
-        "PlayFailed", "RecognizeFailed", "ContinuousDtmfRecognitionToneFailed", "StartRecordingFailed"}
+        "PlayFailed", "RecognizeFailed", "ContinuousDtmfRecognitionToneFailed", "StartRecordingFailed",
+        "TranscriptionFailed"}
 
 
 def test_a_file_that_cannot_be_fetched_or_is_not_audio_cannot_be_played() -> None:

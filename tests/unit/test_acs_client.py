@@ -115,3 +115,14 @@ def test_a_429_pauses_the_shared_budget_for_the_wait_in_any_header_form() -> Non
         policy.on_response(None, acs_response(429, headers))  # type: ignore[arg-type]  # the request is unused
     policy.on_response(None, acs_response(200, {"Retry-After": "9"}))  # type: ignore[arg-type]  # not throttled
     assert limiter.paused == [2.0, 1.5, 0.25, 1.0, 1.0]  # none named (or unreadable): pause one second
+
+
+def test_the_sdks_warning_about_its_own_transcription_keyword_is_dropped_and_no_other(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    from azure.communication.callautomation._generated.models import StartTranscriptionRequest
+
+    create_client(settings.with_(acs_access_key="a2V5"))
+    with caplog.at_level("WARNING"):
+        StartTranscriptionRequest(locale="en-US", speech_recognition_model_endpoint_id=None)  # as SDK 1.6 builds it
+        StartTranscriptionRequest(locale="en-US", not_a_field=1)
+    assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["not_a_field"]
