@@ -16,6 +16,7 @@ for reads only (see ``api.auth``), are HttpOnly and SameSite=Strict, and the pag
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -148,23 +149,35 @@ async def _room(request: Request, client: str) -> dict[str, Any] | None:
     return await ui_rooms.room(request.state.redis, client, request.path_params["room_id"], now=datetime.now(UTC))
 
 
-async def room_page(request: Request) -> Response:
+async def _detail(request: Request, load: Callable[[Request, str], Awaitable[dict[str, Any] | None]], template: str,
+                  unknown: str, title: str, fragment: str) -> Response:
+    """A room's or a webhook endpoint's page (or, for an unknown or another client's one, its 404 page)."""
     client = _client(request)
     if client is None:
         return RedirectResponse("/ui", status_code=303)
-    room_id = request.path_params["room_id"]
-    context = await _room(request, client)
+    context = await load(request, client)
     if context is None:
-        return _page(request, client, "unknown_room.html", {}, title="Unknown room", refresh="", status=404)
-    return _page(request, client, "room.html", context, title=f"Room {room_id}",
-                 refresh=f"/ui/fragments/rooms/{quote(room_id)}")
+        return _page(request, client, unknown, {}, title=f"Unknown {title.split()[0].lower()}", refresh="",
+                     status=404)
+    return _page(request, client, template, context, title=title, refresh=fragment)
+
+
+async def _detail_fragment(request: Request, load: Callable[[Request, str], Awaitable[dict[str, Any] | None]],
+                           template: str, unknown: str) -> Response:
+    context = await load(request, request.state.api_keys.client_for(request))
+    if context is None:
+        return _render(request, unknown, {}, 404)
+    return _render(request, template, context)
+
+
+async def room_page(request: Request) -> Response:
+    room_id = request.path_params["room_id"]
+    return await _detail(request, _room, "room.html", "unknown_room.html", f"Room {room_id}",
+                         f"/ui/fragments/rooms/{quote(room_id)}")
 
 
 async def room_fragment(request: Request) -> Response:
-    context = await _room(request, request.state.api_keys.client_for(request))
-    if context is None:
-        return _render(request, "unknown_room.html", {}, 404)
-    return _render(request, "room.html", context)
+    return await _detail_fragment(request, _room, "room.html", "unknown_room.html")
 
 
 async def _webhook(request: Request, client: str) -> dict[str, Any] | None:
@@ -172,22 +185,13 @@ async def _webhook(request: Request, client: str) -> dict[str, Any] | None:
 
 
 async def webhook_page(request: Request) -> Response:
-    client = _client(request)
-    if client is None:
-        return RedirectResponse("/ui", status_code=303)
     webhook_id = request.path_params["webhook_id"]
-    context = await _webhook(request, client)
-    if context is None:
-        return _page(request, client, "unknown_webhook.html", {}, title="Unknown webhook", refresh="", status=404)
-    return _page(request, client, "webhook.html", context, title=f"Webhook {webhook_id}",
-                 refresh=f"/ui/fragments/webhooks/{quote(webhook_id)}")
+    return await _detail(request, _webhook, "webhook.html", "unknown_webhook.html", f"Webhook {webhook_id}",
+                         f"/ui/fragments/webhooks/{quote(webhook_id)}")
 
 
 async def webhook_fragment(request: Request) -> Response:
-    context = await _webhook(request, request.state.api_keys.client_for(request))
-    if context is None:
-        return _render(request, "unknown_webhook.html", {}, 404)
-    return _render(request, "webhook.html", context)
+    return await _detail_fragment(request, _webhook, "webhook.html", "unknown_webhook.html")
 
 
 def _same_origin(request: Request) -> bool:

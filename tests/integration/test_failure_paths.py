@@ -6,7 +6,6 @@ API → worker → SDK → simulator → failure event → the command's error e
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,24 +13,15 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.integration.conftest import ThreadServer
-from tests.integration.test_commands_e2e import phone, wait_for_field
-from tests.integration.test_end_to_end import post, sim_room_call, wait
+from tests.integration.test_commands_e2e import PARENT, phone, wait_for_field
+from tests.integration.test_commands_e2e import call as live_call
+from tests.integration.test_end_to_end import post, wait
 from tests.integration.test_runtime import CALLER
 
-PARENT = "+14255550123"  # in the call: answers, and presses 4 2 # when asked
-OTHER = "+14255550166"
+OTHER = "+14255550166"  # PARENT (test_commands_e2e) is in the call: answers, and presses 4 2 # when asked
+__all__ = ["live_call"]  # a fixture (test_commands_e2e's `call`: a connected call with PARENT added) the tests use
 
 
-@pytest.fixture
-def live_call(simulator: ThreadServer, api: httpx.Client, start_worker: Callable) -> str:  # type: ignore[type-arg]
-    start_worker()
-    phone(simulator, PARENT, behaviour="answer", delay_ms=20, dtmf="42#", input_delay_ms=20)
-    connect = wait(api, post(api, f"/v1/rooms/{sim_room_call(simulator)}/connect").json()["id"])
-    cc = str(connect["call_connection_id"])
-    add = wait(api, post(api, f"/v1/calls/{cc}/participants",
-                         {"phone_number": PARENT, "source_caller_id": CALLER}).json()["id"])
-    assert add["status"] == "succeeded", add
-    return cc
 
 
 def fail_next(sim: ThreadServer, operation: str, **rule: Any) -> dict[str, Any]:
