@@ -43,10 +43,11 @@ class SentinelSet:
     def start(self, port: int, *args: str) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is not installed"
-        self.procs[port] = subprocess.Popen(
-            [binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "no"],
-            stdout=(self.directory / f"{port}.log").open("ab"), stderr=subprocess.STDOUT)
+        with (self.directory / f"{port}.log").open("ab") as log:  # the child keeps its own descriptor
+            self.procs[port] = subprocess.Popen(
+                [binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                 "--save", "", "--appendonly", "no"],
+                stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, port: int) -> None:
         proc = self.procs.pop(port)

@@ -50,6 +50,24 @@ def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+class _Primary(redis.Redis):
+    """The primary's client; closing it also closes its connections to the Sentinels, which redis-py leaves open."""
+
+    def close(self) -> None:
+        super().close()
+        for sentinel in getattr(getattr(self.connection_pool, "sentinel_manager", None), "sentinels", []):
+            sentinel.close()
+
+
+class _AsyncPrimary(aioredis.Redis):
+    """The same for asyncio clients (an open transport left for the garbage collector warns, and leaks a socket)."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in getattr(getattr(self.connection_pool, "sentinel_manager", None), "sentinels", []):
+            await sentinel.aclose()
+
+
 def sync_client(settings: Settings, *, decode_responses: bool = True, **options: Any) -> redis.Redis:
     """A blocking client (workers, beat helpers, the CLI); ``options`` are redis-py's (socket_timeout, ...)."""
     if not settings.redis_sentinels:
@@ -57,7 +75,8 @@ def sync_client(settings: Settings, *, decode_responses: bool = True, **options:
     sentinel = Sentinel(list(settings.redis_sentinels),  # type: ignore[no-untyped-call]  # redis-py: unannotated
                         sentinel_kwargs=sentinel_kwargs(settings))
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]  # as above
-        settings.redis_sentinel_master, decode_responses=decode_responses, **master_params(settings), **options)
+        settings.redis_sentinel_master, redis_class=_Primary, decode_responses=decode_responses,
+        **master_params(settings), **options)
     return client
 
 
@@ -86,8 +105,9 @@ def async_client(settings: Settings, *, max_connections: int | None = None, pool
     sentinel = AsyncSentinel(list(settings.redis_sentinels),  # type: ignore[no-untyped-call]  # redis-py: unannotated
                              sentinel_kwargs=sentinel_kwargs(settings))
     pool_class = _BlockingSentinelPool if pool_wait_s is not None else AsyncSentinelPool
-    client: aioredis.Redis = sentinel.master_for(settings.redis_sentinel_master, connection_pool_class=pool_class,
-                                                 decode_responses=True, **master_params(settings), **options)
+    client: aioredis.Redis = sentinel.master_for(settings.redis_sentinel_master, redis_class=_AsyncPrimary,
+                                                 connection_pool_class=pool_class, decode_responses=True,
+                                                 **master_params(settings), **options)
     return client
 
 
