@@ -217,7 +217,7 @@ class _Acs(BaseAdapter):
         return response
 
     def close(self) -> None:
-        pass
+        """Nothing to close: no connection."""
 
 
 @pytest.fixture
