@@ -62,6 +62,7 @@ from workers.errors import (
     WebhookNotFound,
 )
 from workers.ratelimit import RateLimited, RateLimiter
+from workers.replication import NotReplicated, Replication
 from workers.rooms import RoomsAcs, create_rooms_client
 from workers.scripts import AutoPipeline
 from workers.settings import Settings
@@ -143,6 +144,13 @@ async def redis_down(request: Request, exc: Exception) -> Response:
                   headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
 
 
+async def not_replicated(request: Request, exc: Exception) -> Response:
+    log.warning("writes not confirmed by the replicas on %s %s: %s", request.method, request.url.path, exc)
+    return _error(503, "not_replicated", "callq's store did not confirm this write on its replicas in time; retry "
+                  "with the same Idempotency-Key (the retry neither repeats nor loses it).",
+                  headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+
 async def redis_refused(request: Request, exc: Exception) -> Response:
     """An error answer from Redis: a store that cannot take writes now is a 503; anything else is ours (500)."""
     if isinstance(exc, _NOT_WRITABLE) or str(exc).startswith("NOREPLICAS"):
@@ -165,6 +173,7 @@ class State(TypedDict):
     api_keys: ApiKeys
     celery: Celery
     scripts: AutoPipeline
+    replication: Replication
     acs: CallAutomationClient
     rooms: RoomsAcs  # blocking: called through run_in_threadpool
     verifier: AcsTokenVerifier
@@ -209,10 +218,12 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
         closing.push_async_callback(http.aclose)
         closing.push_async_callback(notifier.stop)
         await notifier.start()
+        replication = Replication.from_settings(settings)
         async with flushing(commands):
             yield State(settings=settings, redis=commands, stream_redis=streams, http=http,
                         api_keys=ApiKeys(settings.api_keys), celery=create_celery(settings),
-                        scripts=AutoPipeline(commands),  # every hot-path script call: accept, ingest, kick
+                        # every hot-path script call: accept, ingest, kick (it WAITs in the same round trip)
+                        scripts=AutoPipeline(commands, replication), replication=replication,
                         acs=acs, rooms=rooms, verifier=AcsTokenVerifier(settings, http),
                         eventgrid=EventGridVerifier(settings, http), notifier=notifier)
 
@@ -238,6 +249,35 @@ def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:
     return merged
 
 
+# Writes on these paths all go through the script pipeline, which confirms them with the replicas itself.
+SELF_CONFIRMING = frozenset({"/v1/acs/events", "/v1/eventgrid/events", *(route.path for route in command_routes)})
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _acknowledged(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """Each route that writes answers a success only once the replicas confirmed its writes (replication.py).
+
+    Its own writes may have gone over several pooled connections, in transactions or through the script
+    pipeline; one barrier and ``WAIT`` after the handler covers them all. A failed request acknowledged nothing.
+    """
+    wrapped: list[BaseRoute] = []
+    for route in routes:
+        if (not isinstance(route, Route) or route.path in SELF_CONFIRMING
+                or not WRITE_METHODS & set(route.methods or ())):
+            wrapped.append(route)
+            continue
+
+        async def confirmed(request: Request, endpoint: Any = route.endpoint) -> Response:
+            response: Response = await endpoint(request)
+            if response.status_code < 400:
+                await request.state.replication.confirm_async(request.state.redis)
+            return response
+
+        wrapped.append(Route(route.path, confirmed, methods=list(route.methods or ()), name=route.name,
+                             include_in_schema=route.include_in_schema))
+    return wrapped
+
+
 def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None = None,
                rooms: RoomsAcs | None = None) -> Starlette:
     """Build the API; ``redis`` and ``rooms`` let tests hand in (fake) clients instead of ones from settings."""
@@ -261,11 +301,11 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         *ui_routes,
     ]
     return Starlette(
-        routes=_merged(routes),
+        routes=_merged(_acknowledged(routes) if settings.redis_min_replicas else routes),
         lifespan=functools.partial(lifespan, settings=settings, redis=redis, rooms=rooms),
         middleware=[Middleware(RequestMetrics)],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,
-                            aioredis.ResponseError: redis_refused,
+                            aioredis.ResponseError: redis_refused, NotReplicated: not_replicated,
                             Exception: internal_error},
     )

@@ -203,8 +203,9 @@ def replicas(replication: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def readyz(request: Request) -> Response:
-    """200 only when Redis (which is also the broker) answers as a writable primary and at least one worker is
-    alive; says which primary is in use and how far behind its replicas are."""
+    """200 only when Redis (which is also the broker) answers as a writable primary, has the replicas
+    ``CALLQ_REDIS_MIN_REPLICAS`` asks for online (without them every write would answer 503 ``not_replicated``),
+    and at least one worker is alive; says which primary is in use and how far behind its replicas are."""
     redis = request.state.redis
     checks: dict[str, str] = {}
     body: dict[str, Any] = {}
@@ -217,11 +218,15 @@ async def readyz(request: Request) -> Response:
             checks["redis"] = "read-only: the address in use is a replica"
         else:
             checks["redis"] = checks["broker"] = "ok"
+        wanted = request.state.settings.redis_min_replicas
+        if wanted:
+            online = sum(1 for r in body["redis"]["replicas"] if r["state"] == "online")
+            checks["replicas"] = "ok" if online >= wanted else f"{online} online, {wanted} required"
         alive = await redis.zcount(keys.WORKERS_ZSET, time.time() - WORKER_FRESH_S, "+inf")
         checks["workers"] = f"{alive} alive" if alive else "none alive"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
-    ready = checks.get("redis") == "ok" and alive > 0
+    ready = checks.get("redis") == "ok" and checks.get("replicas", "ok") == "ok" and alive > 0
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks, **body},
                         status_code=200 if ready else 503)
 

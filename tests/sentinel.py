@@ -66,6 +66,22 @@ class SentinelSet:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def start_pair() -> SentinelSet:
+    """A primary and one replica in sync, no Sentinels (for what replication alone does, such as WAIT)."""
+    s = SentinelSet(Path(tempfile.mkdtemp(prefix="callq-pair-")), free_port(), free_port(), [])
+    try:
+        s.start(s.primary_port)
+        wait_until(lambda: s.answers(s.primary_port), timeout_s=10, what="the primary")
+        s.start(s.replica_port, "--replicaof", "127.0.0.1", str(s.primary_port))
+        wait_until(lambda: s.answers(s.replica_port) and
+                   s.client(s.replica_port).info("replication").get("master_link_status") == "up",
+                   timeout_s=20, what="the replica in sync")
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def start_sentinel_set() -> SentinelSet:
     """Start and wait: the replica in sync, every Sentinel seeing the replica and the other two Sentinels."""
     s = SentinelSet(Path(tempfile.mkdtemp(prefix="callq-sentinel-")), free_port(), free_port(),

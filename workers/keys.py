@@ -10,6 +10,8 @@ WORKERS_ZSET = "callq:workers"
 # Every command that has not ended, scored by when the sweeper should next look at it (epoch ms).
 ACTIVE_ZSET = "callq:active"
 SWEEP_LOCK = "callq:sweep:lock"
+# Written just before each WAIT (workers/replication.py): its offset covers every earlier write on any connection.
+REPLICATION_BARRIER = "callq:replication:barrier"
 # Calls not known to have ended, scored by when callq last heard of them (epoch ms): the stale-call sweep asks ACS
 # about those silent for long (Runtime.sweep_calls).
 LIVE_CALLS = "callq:calls:live"

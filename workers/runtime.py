@@ -38,6 +38,7 @@ from workers.command import Command, Status, is_terminal, now_iso
 from workers.errors import AcsError
 from workers.operations import OPERATIONS, Sent, reconcile, timed_out
 from workers.ratelimit import RateLimited, RateLimiter, prepaid, wait_or_defer
+from workers.replication import NotReplicated, Replication
 from workers.retry import retry_delay_s, should_retry
 from workers.settings import Settings
 
@@ -93,6 +94,10 @@ class Runtime:
     def limiter(self) -> RateLimiter:
         """The shared ACS budget (the client's policy pays reads from it; the claim pays a command's send)."""
         return _budget(self.redis, self.settings)
+
+    @functools.cached_property
+    def replication(self) -> Replication:
+        return Replication.from_settings(self.settings)
 
     @property
     def lease_ms(self) -> int:
@@ -157,6 +162,8 @@ class Runtime:
                 command_id, lease_ms=self.lease_ms, budget_keys=self.limiter.script_keys,
                 budget_args=self.limiter.script_args, now_ms=_now_ms(), queue=self.settings.queue,
                 window=self.settings.dispatch_window))
+            if claim.kind == "claimed":
+                self._confirm_claim(command_id, claim)
             if claim.kind != "throttled":
                 return claim
             try:
@@ -167,6 +174,20 @@ class Runtime:
                                  only_from=(Status.QUEUED,))
                 metrics.throttled(command_id, claim.type)
                 raise RetryLater(limited.retry_after_s) from None
+
+    def _confirm_claim(self, command_id: str, claim: ledger.Claim) -> None:
+        """With ``CALLQ_REDIS_MIN_REPLICAS``, send only a claim the replicas have: a claim lost in a failover would
+        bring the command back unsent-looking, and a non-repeatable one would then go to ACS twice. Unconfirmed, the
+        claim is handed back as it was (a crashed attempt stays marked) and the command tried again later."""
+        if not self.replication.enabled:
+            return
+        try:
+            self.replication.confirm(self.redis)
+        except NotReplicated as exc:
+            log.warning("claim of %s not confirmed by the replicas (%s); not sending it now", command_id, exc)
+            self._transition(command_id, Status.RUNNING if claim.crashed else Status.QUEUED, {"lease_until": "0"},
+                             only_from=(Status.RUNNING,), attempts_by=-1)
+            raise RetryLater(self.settings.redis_replication_timeout_ms / 1000) from None
 
     def kick(self, lane: str) -> None:
         """Hand the call's parked commands whose turn has come to the fair dispatch (kick.lua)."""

@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from workers import keys
+from workers.replication import Replication
 
 LUA_DIR = Path(__file__).with_name("lua")
 LIB = "lib"
@@ -144,10 +145,15 @@ _Pending = tuple[ScriptCall[Any], "asyncio.Future[Any]"]
 
 
 class AutoPipeline:
-    """Script calls made by concurrent tasks on one event loop, sent to Redis as one pipeline per turn."""
+    """Script calls made by concurrent tasks on one event loop, sent to Redis as one pipeline per turn.
 
-    def __init__(self, r: aioredis.Redis) -> None:
+    With ``replication`` enabled the batch ends with its barrier write and ``WAIT`` (workers/replication.py):
+    still one round trip, and a caller gets its reply only once the replicas confirmed it (else NotReplicated).
+    """
+
+    def __init__(self, r: aioredis.Redis, replication: Replication | None = None) -> None:
         self._redis = r
+        self._replication = replication or Replication()
         self._pending: list[_Pending] = []
         self._sending: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
@@ -173,28 +179,49 @@ class AutoPipeline:
                 if not answer.done():
                     answer.set_exception(redis.ConnectionError("The pipeline to Redis was interrupted."))
 
+    async def _rerun(self, batch: list[_Pending], replies: list[Any]) -> bool:
+        """Run again, with ``EVAL``, the calls Redis answered NOSCRIPT (replacing their replies); whether any were.
+
+        Every call of such a script in the batch failed alike, so re-running them in batch order keeps a caller's
+        calls in order."""
+        rerun = False
+        for index, ((sc, _), reply) in enumerate(zip(batch, replies, strict=True)):
+            if isinstance(reply, NoScriptError):
+                rerun = True
+                try:
+                    replies[index] = await self._redis.eval(sc.script.text, len(sc.keys), *sc.keys, *sc.args)
+                except Exception as exc:
+                    replies[index] = exc
+        return rerun
+
     async def _answer(self, batch: list[_Pending]) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for sc, _ in batch:
             pipe.evalsha(sc.script.sha, len(sc.keys), *sc.keys, *sc.args)
+        self._replication.add_wait(pipe)
         try:
             replies = await pipe.execute(raise_on_error=False)
+            replicated: Exception | None = None
+            try:
+                replies = self._replication.check(replies)
+            except redis.RedisError as exc:  # the scripts ran; their writes are not confirmed on the replicas
+                replies, replicated = replies[:len(batch)], exc
         except Exception as exc:  # the connection failed: nobody in this batch got an answer
             for _, answer in batch:
                 if not answer.done():
                     answer.set_exception(exc)
             return
-        for (sc, answer), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError):
-                # Every call of this script in the batch failed alike, so re-running them in batch order
-                # keeps a caller's calls in order.
-                try:
-                    reply = await self._redis.eval(sc.script.text, len(sc.keys), *sc.keys, *sc.args)
-                except Exception as exc:
-                    reply = exc
+        if await self._rerun(batch, replies) and replicated is None:
+            try:  # the re-runs came after the batch's WAIT: they need their own
+                await self._replication.confirm_async(self._redis)
+            except Exception as exc:
+                replicated = exc
+        for (_, answer), reply in zip(batch, replies, strict=True):
             if answer.done():  # its caller was cancelled; the script ran all the same
                 continue
             if isinstance(reply, Exception):
                 answer.set_exception(reply)
+            elif replicated is not None:
+                answer.set_exception(replicated)
             else:
                 answer.set_result(reply)

@@ -177,6 +177,10 @@ class Settings:
     redis_sentinel_master: str = ""
     redis_sentinel_password: str = field(default="", repr=False)  # the Sentinels' own (requirepass), if any
     redis_sentinel_tls: bool = False  # the Sentinels themselves are reached over TLS
+    # Acknowledged means replicated (workers/replication.py): WAIT for this many replicas after every write callq
+    # acknowledges and every claim before a send; 0 = Redis' asynchronous replication as is.
+    redis_min_replicas: int = 0
+    redis_replication_timeout_ms: int = 1000
     data_dir: str = ".callq"
     public_url: str = "http://127.0.0.1:8000"
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
@@ -306,6 +310,9 @@ class Settings:
             redis_sentinel_master=sentinel_master,
             redis_sentinel_password=env.get("CALLQ_REDIS_SENTINEL_PASSWORD", ""),
             redis_sentinel_tls=sentinel_tls in ("1", "true"),
+            redis_min_replicas=_int(env, "CALLQ_REDIS_MIN_REPLICAS", cls.redis_min_replicas, low=0, high=16),
+            redis_replication_timeout_ms=_int(env, "CALLQ_REDIS_REPLICATION_TIMEOUT_MS",
+                                              cls.redis_replication_timeout_ms, low=10, high=60_000),
             data_dir=env.get("CALLQ_DATA_DIR", cls.data_dir),
             public_url=(env.get("CALLQ_PUBLIC_URL", "") or f"http://127.0.0.1:{api_port}").rstrip("/"),
             api_keys=parse_api_keys(env.get("CALLQ_API_KEYS", "")),
