@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import redis
@@ -187,8 +188,9 @@ class Children:
 
     # --- the processes scenarios need -------------------------------------------------------------------
 
-    def redis(self, name: str = "redis") -> str:
-        """A private redis-server (no persistence, no eviction) on a free port; its URL once it answers PING."""
+    def redis(self, name: str = "redis", *, replica_of: str = "") -> str:
+        """A private redis-server (no persistence, no eviction) on a free port; its URL once it answers PING (a
+        replica of the server at URL ``replica_of``: once it is in sync)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise BenchError("redis-server is not installed (apt-get install redis-server)")
@@ -196,14 +198,16 @@ class Children:
         data = self.tmp / name
         data.mkdir()
         proc = self.spawn(name, [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                                 "--dir", str(data), "--maxmemory-policy", "noeviction"])
+                                 "--dir", str(data), "--maxmemory-policy", "noeviction",
+                                 *(("--replicaof", HOST, str(urlsplit(replica_of).port)) if replica_of else ())])
         url = f"redis://{HOST}:{port}/0"
         client = redis.Redis.from_url(url)
 
         def pings() -> bool:
             self.check_alive(name, proc)
             try:
-                return bool(client.ping())
+                return bool(client.ping()) and (
+                    not replica_of or client.info("replication").get("master_link_status") == "up")
             except redis.ConnectionError:
                 return False
 

@@ -21,8 +21,8 @@ from typing import Any
 from bench.results import ScenarioResult, machine, markdown, to_json, write_plot
 from bench.scenarios import Context
 
-SCENARIOS = ("accept", "overhead", "e2e", "rate", "ingest", "pending", "flood", "webhook_latency", "webhook_throughput",
-             "simulator")
+SCENARIOS = ("accept", "replicated", "overhead", "e2e", "rate", "ingest", "pending", "flood", "webhook_latency",
+             "webhook_throughput", "simulator")
 BENCH_DIR = Path(__file__).resolve().parent
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"accept", "overhead", "e2e", "rate", "ingest", "pending", "flood", "webhook_latency", "webhook_throughput",
-             "simulator"}
+SCENARIOS = {"accept", "replicated", "overhead", "e2e", "rate", "ingest", "pending", "flood", "webhook_latency",
+             "webhook_throughput", "simulator"}
 MARKER = "CALLQ_BENCH_RUN"
 
 
