@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import uuid
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_room_call, wait
@@ -22,6 +24,7 @@ from tests.sentinel import SentinelSet, start_pair
 from workers import keys, ledger, scripts
 from workers.replication import NotReplicated, Replication
 from workers.runtime import RetryLater, Runtime
+from workers.scripts import AutoPipeline
 from workers.settings import Settings
 
 TIMEOUT_MS = 200
@@ -69,6 +72,24 @@ def test_confirm_covers_writes_made_on_other_connections_and_says_how_many_repli
     assert (short.value.reached, short.value.wanted) == (1, 2)
     Replication(0, TIMEOUT_MS).confirm(redis.Redis(port=1))  # disabled: not even a connection is made
     other.close()
+
+
+def test_the_script_pipeline_answers_a_batch_once_replicated_also_after_a_script_flush(pair: SentinelSet) -> None:
+    async def batch(min_replicas: int) -> list[object]:
+        r = aioredis.Redis(port=pair.primary_port, decode_responses=True)
+        try:
+            pipe = AutoPipeline(r, Replication(min_replicas, TIMEOUT_MS))
+            calls = [pipe.run(ledger.enqueue(client=f"c{i}", command_id="", message=f"m{i}", queue="q", window=100))
+                     for i in range(3)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await r.aclose()
+
+    pair.client(pair.primary_port).script_flush()  # every call answers NOSCRIPT first and is re-run
+    assert asyncio.run(batch(1)) == [1, 1, 1]
+    assert sorted(pair.client(pair.replica_port).lrange("q", 0, -1)) == ["m0", "m1", "m2"]
+    answers = asyncio.run(batch(2))  # one replica cannot confirm for two: every caller hears it
+    assert [type(a) for a in answers] == [NotReplicated] * 3
 
 
 def test_a_command_is_acknowledged_only_once_the_replica_has_it_and_a_retry_after_503_makes_one_command(
