@@ -44,8 +44,8 @@ def _contender(r: redis.Redis, label: str, url: str, headers: dict[str, str], qu
         if queued() < load.requests:
             raise BenchError(f"{label}: {load.requests} requests answered but {queued()} queued in {queue}")
 
-    spec = LoadSpec(url, {**headers, **JSON}, "{}", connections=50, duration_s=ctx.pick(12, 2) / rounds,
-                    warmup_s=ctx.pick(2, 0.5))
+    spec = LoadSpec(url, {**headers, **JSON}, "{}", connections=50, duration_s=ctx.pick(12, 1) / rounds,
+                    warmup_s=ctx.pick(2, 0.25))
     return Contender(label, spec, empty_queue, all_queued)
 
 
@@ -80,7 +80,7 @@ def run(ctx: Context) -> ScenarioResult:
         f"`POST /v1/rooms/{{room}}/connect` (API key, Idempotency-Key unique per request, empty JSON body) at 50 "
         f"keep-alive connections, {loads['callq'].tool}; each server is uvicorn in its own process with one worker, "
         f"all on one private Redis, loaded one at a time in {rounds} interleaved round(s) of "
-        f"{ctx.pick(12, 2) / rounds:g} s after a {ctx.pick(2, 0.5):g} s warm-up each (throughput over all rounds, "
+        f"{ctx.pick(12, 1) / rounds:g} s after a {ctx.pick(2, 0.25):g} s warm-up each (throughput over all rounds, "
         "latency percentiles the median over rounds). naive = a Starlette endpoint doing "
         "`await run_in_threadpool(task.apply_async, ...)` on a plain Celery app; raw LPUSH = one `redis.asyncio` "
         "LPUSH per request (the ceiling). callq does more per request: API key, body and Idempotency-Key checks, "

@@ -139,7 +139,8 @@ def _enable_task_events(redis_url: str) -> None:
     """What Flower does every 5 s: ask the workers to send task events; returns once they all said yes."""
     app = Celery(broker=redis_url)
     try:
-        replies = app.control.enable_events(reply=True, timeout=10)
+        # limit: the reply of the one worker ends the wait (without it Celery collects replies for the whole timeout)
+        replies = app.control.enable_events(reply=True, timeout=10, limit=1)
     finally:
         app.close()
     if not replies or not all("enabled" in str(reply) for reply in replies):
@@ -147,7 +148,7 @@ def _enable_task_events(redis_url: str) -> None:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    n = int(ctx.pick(200, 30))
+    n = int(ctx.pick(200, 12))
     with ctx.children("e2e") as ch:
         st = stack.start(ch, workers=1, concurrency=8)
         rooms = stack.create_rooms(st.sim_url, 20)

@@ -51,7 +51,7 @@ def _contender(r: redis.Redis, label: str, url: str, headers: dict[str, str], st
             raise BenchError(f"{label}: {load.requests} events answered but {r.xlen(stream)} stored")
 
     spec = LoadSpec(url, {**headers, "Content-Type": "application/json"}, event_body(), connections=50,
-                    duration_s=ctx.pick(12, 2) / rounds, warmup_s=ctx.pick(2, 0.5))
+                    duration_s=ctx.pick(12, 1) / rounds, warmup_s=ctx.pick(2, 0.25))
     return Contender(label, spec, empty_stream, all_stored)
 
 
@@ -82,7 +82,7 @@ def run(ctx: Context) -> ScenarioResult:
     res.notes = [
         "One CloudEvent per POST (ACS's usual), unique event ids, 50 keep-alive connections "
         f"({callq.tool}); each server is uvicorn in its own process, loaded one at a time in {rounds} interleaved "
-        f"round(s) of {ctx.pick(12, 2) / rounds:g} s after a {ctx.pick(2, 0.5):g} s warm-up each. callq "
+        f"round(s) of {ctx.pick(12, 1) / rounds:g} s after a {ctx.pick(2, 0.25):g} s warm-up each. callq "
         "checks a real RS256 JWT on every POST (one token for the run, signed by the suite's key, whose JWKS the "
         "API fetched through `CALLQ_ACS_OPENID_URL`), dedupes, stores and correlates; the stream length is "
         "checked afterwards so every 2xx stored its event. Baseline: a Starlette endpoint doing one XADD of the "

@@ -113,7 +113,7 @@ def _collect(st: stack.Stack, n: int, ch: Children) -> dict[str, list[float]]:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    n = int(ctx.pick(200, 30))
+    n = int(ctx.pick(200, 15))
     with ctx.children("overhead") as ch:
         got = _collect(stack.start(ch, workers=1, concurrency=4), n, ch)
     ms = {kind: summary_ms(values) for kind, values in got.items()}

@@ -68,13 +68,13 @@ def _overall(times: list[float]) -> float:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    n = int(ctx.pick(600, 150))
+    n = int(ctx.pick(600, 60))
     with ctx.children("rate") as ch:
         started = time.monotonic()
         callq = _callq_times(ch, n)
         callq_s = time.monotonic() - started
         redis_url = ch.redis("redis-naive")
-        celery = _celery_times(ch, redis_url, n, max_s=ctx.pick(15, 5))
+        celery = _celery_times(ch, redis_url, n, max_s=ctx.pick(15, 2))
     callq_rate, celery_rate = steady_rate(callq), steady_rate(celery)
     accuracy = callq_rate / LIMIT
     res = ScenarioResult("rate")
@@ -88,7 +88,7 @@ def run(ctx: Context) -> ScenarioResult:
         f"processes (8 threads each) with `CALLQ_ACS_RATE_PER_SECOND={LIMIT:g}` (burst 5); the rate is taken from "
         "the simulator's `/_sim/arrivals` times. Baseline: the same number of tasks with "
         f"`rate_limit=\"{LIMIT:g}/s\"` on {WORKERS} plain Celery worker processes, each recording `time.time()` as "
-        f"it starts, stopped after {ctx.pick(15, 5):g} s ({len(celery)} ran). Both rates are over the middle 80 % of "
+        f"it starts, stopped after {ctx.pick(15, 2):g} s ({len(celery)} ran). Both rates are over the middle 80 % of "
         "the arrivals (leaving out the start-up burst and the tail); overall rates: callq "
         f"{_overall(callq):.1f}/s, Celery {_overall(celery):.1f}/s. Celery's limit is a token bucket per worker "
         "process, so 4 workers may run up to 4× the limit; here, with the Redis broker and Celery's defaults, "

@@ -37,8 +37,8 @@ def _contender(r: redis.Redis, label: str, url: str, ctx: Context, rounds: int) 
         if queued() < load.requests:
             raise BenchError(f"{label}: {load.requests} requests answered but {queued()} queued")
 
-    spec = LoadSpec(url, {**AUTH, **JSON}, "{}", connections=50, duration_s=ctx.pick(12, 2) / rounds,
-                    warmup_s=ctx.pick(2, 0.5))
+    spec = LoadSpec(url, {**AUTH, **JSON}, "{}", connections=50, duration_s=ctx.pick(12, 1) / rounds,
+                    warmup_s=ctx.pick(2, 0.25))
     return Contender(label, spec, empty_queue, all_queued)
 
 
@@ -72,7 +72,7 @@ def run(ctx: Context) -> ScenarioResult:
     res.details = {**{label: load.to_json() for label, load in loads.items()}, "waits": waits}
     res.notes = [
         f"`POST {PATH}` as in `accept` (50 keep-alive connections, {one.tool}, {rounds} interleaved round(s) of "
-        f"{ctx.pick(12, 2) / rounds:g} s after a {ctx.pick(2, 0.5):g} s warm-up each), against two callq APIs "
+        f"{ctx.pick(12, 1) / rounds:g} s after a {ctx.pick(2, 0.25):g} s warm-up each), against two callq APIs "
         "on one primary that has one replica on this machine: `CALLQ_REDIS_MIN_REPLICAS=1` (callq) and `=0` "
         "(baseline). The ratio is the price of 'acknowledged means replicated' on a loopback replica; a replica "
         "across a network adds its round trip to each batch's wait.",

@@ -30,17 +30,17 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    requests, concurrency, calls = int(ctx.pick(20_000, 3_000)), int(ctx.pick(32, 16)), int(ctx.pick(32, 8))
+    requests, concurrency, calls = int(ctx.pick(20_000, 1_000)), int(ctx.pick(32, 16)), int(ctx.pick(32, 8))
     with ctx.children("simulator") as ch:
         def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
             return ch.spawn("simulator", argv, env)
 
         sim = _run(sim_capacity.measure(requests=requests, concurrency=concurrency, calls=calls,
-                                        max_seconds=ctx.pick(30, 5), spawn=spawn))
+                                        max_seconds=ctx.pick(30, 2), spawn=spawn))
         stub = ch.uvicorn("stub-acs", "bench.baselines:stub_acs", {})
         fake_calls = [str(uuid.uuid4()) for _ in range(calls)]
         statuses, _, sent_s = _run(sim_capacity.drive(stub.port, fake_calls, requests=requests,
-                                                      concurrency=concurrency, max_seconds=ctx.pick(30, 5)))
+                                                      concurrency=concurrency, max_seconds=ctx.pick(30, 2)))
     stub_rps = sum(statuses.values()) / sent_s
     res = ScenarioResult("simulator")
     res.rows = [

@@ -60,7 +60,7 @@ def _collect(api_url: str, rx: webhook_receiver.Receiver, rooms: list[str], n: i
 
 
 def run(ctx: Context) -> ScenarioResult:
-    n = int(ctx.pick(200, 30))
+    n = int(ctx.pick(200, 12))
     with ctx.children("webhook_latency") as ch:
         rx = webhook_receiver.start(ch)
         st = stack.start(ch, workers=1, concurrency=8, extra_env=ENV)

@@ -50,8 +50,10 @@ class ThreadServer(Server):
     def __init__(self, app_factory: str, env: dict[str, str], port: int) -> None:
         self.port = port
         self._env = env
+        # A request still in flight at teardown (a delivery from the other server, itself stopping) is cut after
+        # a second instead of holding the test's teardown until the join below gives up.
         config = uvicorn.Config(app_factory, factory=True, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on")
+                                lifespan="on", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

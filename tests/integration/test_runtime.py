@@ -61,14 +61,14 @@ def test_a_retry_after_execute_then_fail_reuses_the_repeatability_id(simulator: 
 
 def test_four_workers_share_one_rate_limit(simulator_process: ProcessServer, api_process: ProcessServer,
                                            start_worker: Callable, redis_url: str) -> None:  # type: ignore[type-arg]
-    """400 commands on 4 worker processes at 20/s (burst 5): the budget granted no 1 s window more than 25.
+    """300 commands on 4 worker processes at 40/s (burst 5): the budget granted no 1 s window more than 45.
 
     Checked on the budget's own clock (Redis's, stamped on each command as the claim pays for its send), so the
-    check is exact whatever the machine's load; how close to 20/s callq gets is measured by ``callq bench``'s
-    rate scenario. Four budgets instead of one would grant up to 4 × 25 in a window. The simulator and the API have
-    processes of their own: in this one they would share an interpreter lock with the 400 requests sent here."""
+    check is exact whatever the machine's load; how close to 40/s callq gets is measured by ``callq bench``'s
+    rate scenario. Four budgets instead of one would grant up to 4 × 45 in a window. The simulator and the API have
+    processes of their own: in this one they would share an interpreter lock with the 300 requests sent here."""
     simulator = simulator_process
-    limit, burst, count = 20, 5, 400
+    limit, burst, count = 40, 5, 300
     env = {"CALLQ_ACS_RATE_PER_SECOND": str(limit), "CALLQ_ACS_RATE_BURST": str(burst)}
     for n in range(4):
         start_worker(f"w{n}", extra_env=env)
