@@ -75,8 +75,8 @@ class Plan:
     timeout_s: int
 
 
-PLAN = pick(bounded=Plan(flood_calls=10, plays_per_call=20, max_pending=8, b_calls=4, b_threads=2,
-                         kill_every_s=1.0, kills=5, timeout_s=240),
+PLAN = pick(bounded=Plan(flood_calls=8, plays_per_call=16, max_pending=8, b_calls=4, b_threads=2,
+                         kill_every_s=1.0, kills=4, timeout_s=240),
             long=Plan(flood_calls=12, plays_per_call=150, max_pending=100, b_calls=16, b_threads=4,
                       kill_every_s=3.0, kills=None, timeout_s=1500))
 PLAY_S = 0.05  # how long the simulator's plays last (a module constant of the simulator, 20 ms by default)

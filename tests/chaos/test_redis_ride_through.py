@@ -3,7 +3,7 @@
 Read-only: the server the worker and API use becomes a replica (``REPLICAOF`` an address with nothing behind it:
 read-only, data kept), as a managed endpoint pointing at a replica before the promotion does. Gone: redis-server
 stopped until the worker has retried its broker connection for at least OUTAGE_S (30 s at long scale, `callq
-chaos`; 12 s in `make test`; its log says so), then started on
+chaos`; 6 s in `make test`; its log says so), then started on
 the same port and data. Both times: the API answers 503 with a stable code, and the worker, never restarted,
 runs a command afterwards.
 """
@@ -27,7 +27,7 @@ from tests.integration.conftest import ThreadServer
 from tests.integration.test_end_to_end import post, sim_room_call, wait
 from workers import keys
 
-OUTAGE_S = pick(bounded=12.0, long=30.0)  # the worker's retry waits sum to this (Celery's 2, 4, 6 … s)
+OUTAGE_S = pick(bounded=6.0, long=30.0)  # the worker's retry waits sum to this (Celery's 2, 4, 6 … s)
 
 
 @pytest.fixture

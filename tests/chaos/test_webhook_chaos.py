@@ -78,8 +78,8 @@ class Plan:
     timeout_test_s: int
 
 
-PLAN = pick(bounded=Plan(calls=6, commands_per_call=6, outage_s=5, timeout_s=2, slow_s=1, too_slow_s=3,
-                         schedule=(0.2, 0.4, 0.8, 1.6, *[2.0] * 20), kills=4, kill_every_s=2.5, timeout_test_s=150),
+PLAN = pick(bounded=Plan(calls=4, commands_per_call=6, outage_s=3, timeout_s=2, slow_s=1, too_slow_s=3,
+                         schedule=(0.2, 0.4, 0.8, 1.6, *[2.0] * 20), kills=3, kill_every_s=2, timeout_test_s=150),
             long=Plan(calls=40, commands_per_call=12, outage_s=30, timeout_s=8, slow_s=5, too_slow_s=12,
                       schedule=(0.5, 1, 2, 4, 8, *[10.0] * 19), kills=12, kill_every_s=4, timeout_test_s=900))
 FAIL_RATE, SLOW_RATE, TOO_SLOW_RATE = 0.2, 0.1, 0.03
