@@ -8,7 +8,7 @@ from __future__ import annotations
 import ssl
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
@@ -38,10 +38,8 @@ def task_name(command_type: str) -> str:
 def _broker(settings: Settings) -> dict[str, Any]:
     """Where the broker is: the URL and transport, plus Sentinel's options when callq runs behind Sentinel."""
     if not settings.redis_sentinels:
-        # kombu's Redis transport, reusing one client per channel (tasks.broker). rediss:// keeps kombu's own
-        # resolution, which derives the TLS defaults from the scheme name.
-        return {"broker_url": settings.redis_url,
-                "broker_transport": broker.TRANSPORT if urlsplit(settings.redis_url).scheme == "redis" else None}
+        # redis:// is kombu's Redis transport reusing one client per channel (tasks.broker.register).
+        return {"broker_url": settings.redis_url}
     # kombu: `sentinel://` per Sentinel, `;`-separated; a URL's user and password (and db) are the primary's.
     master = redis_clients.master_params(settings)
     auth = ""
@@ -49,7 +47,7 @@ def _broker(settings: Settings) -> dict[str, Any]:
         auth = f"{quote(master.get('username', ''), safe='')}:{quote(master['password'], safe='')}@"
     url = ";".join(f"sentinel://{auth}{_host(h)}:{p}/{master['db']}" for h, p in settings.redis_sentinels)
     conf: dict[str, Any] = {
-        "broker_url": url, "broker_transport": broker.SENTINEL_TRANSPORT,
+        "broker_url": url,
         "broker_transport_options": {"master_name": settings.redis_sentinel_master,
                                      "sentinel_kwargs": redis_clients.sentinel_kwargs(settings)},
         # redbeat: its own scheme and option names (`service_name`, not kombu's `master_name`).
@@ -71,6 +69,7 @@ def _host(host: str) -> str:
 
 def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings (tests build their own)."""
+    broker.register()
     located = _broker(settings)
     app = Celery("callq", broker=located.pop("broker_url"),
                  include=["tasks.calls", "tasks.schedules", "tasks.automations", "tasks.webhooks"])

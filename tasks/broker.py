@@ -6,10 +6,9 @@ redis-py 8 building a client is not free (it copies the response-callback table)
 connect commands one at a time, it was ~13 % of the worker's CPU. A ``redis.Redis`` is safe to share between
 threads (each command borrows a connection from the pool), so the channel keeps one and hands it out.
 
-Selected by ``tasks.app.create_celery`` for ``redis://`` brokers, and as ``SentinelTransport`` (the same channel
-over kombu's SentinelChannel, whose pool asks the Sentinels for the primary on every connect) when callq runs
-behind Sentinel; everything else about the transport (BRPOP,
-visibility timeout, unacked restore) is kombu's, unchanged.
+``tasks.app.create_celery`` registers it (``register``) for ``redis://`` brokers, and ``SentinelTransport`` (the
+same channel over kombu's SentinelChannel, whose pool asks the Sentinels for the primary on every connect) for
+``sentinel://``; everything else about the transport (BRPOP, visibility timeout, unacked restore) is kombu's.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis.exceptions
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 from tasks.versions import require_tested
@@ -27,6 +27,18 @@ require_tested("kombu")  # the overrides below match kombu 5.7's Channel; refuse
 
 TRANSPORT = "tasks.broker:Transport"
 SENTINEL_TRANSPORT = "tasks.broker:SentinelTransport"
+
+
+def register() -> None:
+    """Have ``redis://`` and ``sentinel://`` broker URLs mean callq's transports in this process.
+
+    Through kombu's own alias table rather than Celery's ``broker_transport`` (a class path): a connection then
+    keeps its standard scheme in ``as_uri()``, which Flower reads to pick how to list the queues on its broker page
+    (it knows ``redis`` and ``sentinel``, not a class path). ``rediss://`` keeps kombu's transport, whose TLS
+    defaults come from that scheme's name.
+    """
+    TRANSPORT_ALIASES["redis"] = TRANSPORT
+    TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
 
 
 # Redis answers, but not as a writable primary: the address in use is a replica not yet promoted (READONLY), or one

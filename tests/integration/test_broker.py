@@ -14,7 +14,9 @@ from workers.settings import Settings
 
 def test_the_app_uses_it_for_redis_urls_and_kombus_own_for_rediss(settings: Settings) -> None:
     plain = create_celery(dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0"))
-    assert plain.connection_for_write().transport_cls == broker.TRANSPORT
+    conn = plain.connection_for_write()
+    assert isinstance(conn.transport, broker.Transport)
+    assert conn.as_uri().startswith("redis://")  # Flower picks its broker reader by this scheme
     tls = create_celery(dataclasses.replace(settings, redis_url="rediss://127.0.0.1:1/0"))
     assert tls.connection_for_write().transport_cls == "rediss"  # kombu derives its TLS defaults from the name
 

@@ -150,7 +150,10 @@ def _flower(stack: RunningStack, http: httpx.Client) -> list[str]:
                                 task["args"]), task
         else:  # other tasks (schedules, automation runs, beat's sweep) carry ids, numbers and wake tokens only
             assert re.fullmatch(r"\(\)|\[(('[\w-]+'|\d+|None)(, )?)*\]", task["args"]), task
-    pages = [json.dumps(tasks), http.get(f"{stack.flower_url}/workers", auth=auth).text]
+    broker_page = http.get(f"{stack.flower_url}/broker", auth=auth)
+    # Flower reads the queues through the broker URL's scheme: callq's transport keeps it `redis://`.
+    assert broker_page.status_code == 200 and "callq.steps" in broker_page.text, broker_page.text[-2000:]
+    pages = [json.dumps(tasks), http.get(f"{stack.flower_url}/workers", auth=auth).text, broker_page.text]
     pages += [http.get(f"{stack.flower_url}/task/{task_id}", auth=auth).text for task_id in list(tasks)[:40]]
     return pages
 

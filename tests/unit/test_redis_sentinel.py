@@ -74,7 +74,7 @@ def test_broker_and_redbeat_behind_sentinel() -> None:
                            "CALLQ_REDIS_SENTINEL_PASSWORD": "sp"})
     conf = create_celery(s).conf
     assert conf.broker_url == "sentinel://:p%3Bw@s1:26379/1;sentinel://:p%3Bw@s2:26380/1;sentinel://:p%3Bw@[::1]:26381/1"
-    assert conf.broker_transport == broker.SENTINEL_TRANSPORT
+    assert isinstance(create_celery(s).connection_for_write().transport, broker.SentinelTransport)
     options = conf.broker_transport_options
     assert options["master_name"] == "callq" and options["sentinel_kwargs"]["password"] == "sp"
     assert options["visibility_timeout"] == s.visibility_timeout_s  # callq's own options are kept
@@ -86,7 +86,7 @@ def test_broker_and_redbeat_behind_sentinel() -> None:
 
 def test_broker_without_sentinel_is_unchanged() -> None:
     conf = create_celery(Settings(redis_url="redis://127.0.0.1:1/0")).conf
-    assert conf.broker_url == "redis://127.0.0.1:1/0" and conf.broker_transport == broker.TRANSPORT
+    assert conf.broker_url == "redis://127.0.0.1:1/0" and conf.broker_transport is None  # redis:// names it
     assert "master_name" not in conf.broker_transport_options
     assert conf.redbeat_redis_url == "redis://127.0.0.1:1/0"
 
