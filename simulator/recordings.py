@@ -4,6 +4,9 @@ Start honours ``pauseOnStart`` (the recording starts ``inactive``: no RecordingS
 ``externalStorage`` (an https Azure Blob container; the file event then says ``storageType: blobstorage``) and
 ``channelAffinity`` (unmixed audio only; channels 0-4, each channel and participant once: the worst case of what
 ACS accepts, which is not documented).
+
+The recording's events (RecordingStateChanged, StartRecordingFailed) name the recorder's own endpoint as their
+``callConnectionId``, not the connection that started it, as real ACS's do (``events._recording_event``).
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ def start_recording(sim: Sim, req: Req) -> Reply:
     url = callback_url(body, "recordingStateCallbackUri")
     if call.recording is not None:
         raise duplicate_recording()
-    if cc is None:  # a serverCallId locator: events name (and default to) a connection on that call
+    if cc is None:  # a serverCallId locator: events default to the callback of a connection on that call
         conn = next((c for c in call.connections.values() if c.state == "connected"), None)
         cc = conn.call_connection_id if conn else None
     fallback = sim.store.connections[cc].callback_uri if cc else None
-    rec = Recording(sim.store.ids.recording_id(), call, url or fallback, cc)
+    endpoint = sim.store.ids.uuid()  # the recorder's own connection: its events name it, not ``cc``
+    rec = Recording(sim.store.ids.recording_id(endpoint), call, url or fallback, cc, endpoint)
     rec.content_type = body.get("recordingContentType") or rec.content_type
     rec.channel_type = body.get("recordingChannelType") or rec.channel_type
     rec.format_type = body.get("recordingFormatType") or rec.format_type
@@ -48,7 +52,7 @@ def start_recording(sim: Sim, req: Req) -> Reply:
     rec.channel_affinity = _channel_affinity(body.get("channelAffinity"), rec.channel_type)
     failure = sim.scripted_failure("startRecording", targets=call.participants, connections=call.connections)
     if failure is not None:  # accepted, then StartRecordingFailed; the recording never exists (GET: 404/8522)
-        sim.send(rec.callback_uri, start_recording_failed(rec, failure.result))
+        sim.send(rec.callback_uri, start_recording_failed(rec, failure.result), lane=rec.lane)
         return Reply(200, _state(rec), cc)
     sim.store.recordings[rec.recording_id] = rec
     call.recording = rec

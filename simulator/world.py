@@ -83,11 +83,11 @@ class Sim:
 
     # -- events ----------------------------------------------------------------------------------------
 
-    def send(self, url: str | None, event: dict[str, Any]) -> None:
-        """Queue ``event`` for ``url`` (dropped when there is no URL to send to)."""
+    def send(self, url: str | None, event: dict[str, Any], *, lane: str | None = None) -> None:
+        """Queue ``event`` for ``url`` (dropped when there is no URL to send to), on ``lane`` if given."""
         if not url:
             return
-        ack = self.dispatcher.enqueue(url, event, ack=self._acks is not None)
+        ack = self.dispatcher.enqueue(url, event, ack=self._acks is not None, lane_id=lane)
         if ack is not None and self._acks is not None:
             self._acks.append(ack)
 
@@ -99,7 +99,7 @@ class Sim:
     def emit_recording(self, rec: Recording) -> None:
         """RecordingStateChanged for ``rec``'s current state, unless its call has ended."""
         if not rec.call.ended:
-            self.send(rec.callback_uri, events.recording_state_changed(rec))
+            self.send(rec.callback_uri, events.recording_state_changed(rec), lane=rec.lane)
 
     def scripted_failure(self, operation: str, *, targets: Iterable[str], connections: Iterable[str]) -> Rule | None:
         """The ``/_sim/failures`` rule that fails this request (counted as used), if any; ``targets`` are raw ids."""

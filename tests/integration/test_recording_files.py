@@ -197,3 +197,36 @@ def test_the_python_client_lists_downloads_and_deletes_a_recordings_files(stack:
         with pytest.raises(CallqAPIError) as gone:
             callq.download_recording_file(rid, 0)
         assert (gone.value.status, gone.value.code) == (404, "recording_file_deleted")
+
+
+def _recording_events(api: httpx.Client, cc: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = api.get(f"/v1/calls/{cc}/events").json()["items"]
+    return [e for e in items if e["type"].endswith(".RecordingStateChanged")]
+
+
+def test_recording_events_naming_the_recorders_connection_resolve_and_join_callqs_call(
+        stack: httpx.Client, simulator: ThreadServer) -> None:
+    """The simulator names the recorder's own endpoint as the events' callConnectionId, as real ACS does: callq finds
+    the commands by recordingId and puts each event on the timeline of the call that started the recording."""
+    api = stack
+    cc = _connected(api, simulator)
+    started = _done(api, f"/v1/calls/{cc}/recordings", RECORD)
+    rid = started["recording_id"]
+    paused = _done(api, f"/v1/recordings/{rid}/pause")
+    resumed = _done(api, f"/v1/calls/{cc}/recording/resume")
+    _done(api, f"/v1/recordings/{rid}/stop")  # resolved by ACS's 204; its RecordingStateChanged follows
+    for done, state in ((started, "active"), (paused, "inactive"), (resumed, "active")):
+        assert done["resolved_by"]["type"] == "RecordingStateChanged", done
+        assert done["call_connection_id"] == cc and done["result"]["state"] == state, done
+
+    events = wait_until(lambda: (found := _recording_events(api, cc)) and len(found) == 4 and found,
+                        timeout_s=30, what="the recording's four RecordingStateChanged on callq's call")
+    assert [e["data"]["state"] for e in events] == ["active", "inactive", "active", "inactive"]
+    assert {e["data"]["recordingId"] for e in events} == {rid}
+    named = {e["data"]["callConnectionId"] for e in events}
+    assert len(named) == 1 and cc not in named, named  # every one names the recorder, none callq's connection
+    assert {d["resolved_by"]["id"] for d in (started, paused, resumed)} <= {e["id"] for e in events}
+    # The recorder's connection is no call of this client's: its events are not readable under it.
+    [recorder] = named
+    assert api.get(f"/v1/calls/{recorder}/events").status_code == 404
+    assert api.get(f"/v1/recordings/{rid}").json()["call_connection_id"] == cc
