@@ -220,7 +220,8 @@ def _ms(seconds: float) -> int:
 
 @dataclass
 class RecordingFile:
-    """One chunk of a stopped recording's file: a WAV of the recorded time, served to HMAC-signed requests."""
+    """One chunk of a stopped recording's file, served to HMAC-signed requests: a WAV of the recorded time, made on
+    demand, or (mp3, mp4) the bytes ffmpeg encoded, or the reason it could not (``error``: served as a 500)."""
 
     document_id: str
     recording: Recording
@@ -228,8 +229,11 @@ class RecordingFile:
     channels: int
     participants: list[str]  # in channel order for unmixed audio
     stopped_at: float
+    format: str = "wav"
     index: int = 0
     deleted: bool = False
+    content: bytes | None = None
+    error: str | None = None
 
 
 class Ids:

@@ -15,8 +15,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import encoder
 from .errors import call_not_found, call_terminated, duplicate_recording, invalid_request, recording_not_found
-from .events import now_iso, start_recording_failed
+from .events import Result, now_iso, start_recording_failed
 from .identifiers import raw_id_of
 from .model import Recording, ServerCall
 from .operation import Reply, Req, callback_url, connected
@@ -51,8 +52,9 @@ def start_recording(sim: Sim, req: Req) -> Reply:
     rec.external_storage = _external_storage(body.get("externalStorage"))
     rec.channel_affinity = _channel_affinity(body.get("channelAffinity"), rec.channel_type)
     failure = sim.scripted_failure("startRecording", targets=call.participants, connections=call.connections)
-    if failure is not None:  # accepted, then StartRecordingFailed; the recording never exists (GET: 404/8522)
-        sim.send(rec.callback_uri, start_recording_failed(rec, failure.result), lane=rec.lane)
+    result = failure.result if failure is not None else _unrecordable(sim, rec)
+    if result is not None:  # accepted, then StartRecordingFailed; the recording never exists (GET: 404/8522)
+        sim.send(rec.callback_uri, start_recording_failed(rec, result), lane=rec.lane)
         return Reply(200, _state(rec), cc)
     sim.store.recordings[rec.recording_id] = rec
     call.recording = rec
@@ -64,6 +66,13 @@ def start_recording(sim: Sim, req: Req) -> Reply:
         rec.start_date_time = now_iso()
         sim.emit_recording(rec)
     return Reply(200, response, cc)
+
+
+def _unrecordable(sim: Sim, rec: Recording) -> Result | None:
+    """StartRecordingFailed's result when the file could not be made here: an mp3 / mp4 without ffmpeg. The
+    simulator's own failure (500/9999, ACS's generic code), told when it starts rather than minutes later."""
+    reason = encoder.missing(sim.ffmpeg, rec.format_type)
+    return None if reason is None else (500, 9999, reason)
 
 
 def _external_storage(value: object) -> str | None:
