@@ -1,5 +1,5 @@
 # callq developer entry points. `make up` runs the stack with the demo; `make test` is what CI runs.
-# Everything the targets need is installed here (venv, redis-server, docker-compose, luacheck): a fresh machine
+# Everything the targets need is installed here (venv, redis-server, docker-compose, luacheck, chromium, ffmpeg): a fresh machine
 # needs only python3, make and apt. Python packages come from requirements.lock (`make lock` regenerates it), so
 # every machine, CI and the image run the same versions.
 
@@ -28,13 +28,13 @@ define apt_install
 	fi
 endef
 
-.PHONY: up test lint typecheck lint-lua lock bench chaos clean setup redis-server docker-compose chromium luacheck
+.PHONY: up test lint typecheck lint-lua lock bench chaos clean setup redis-server docker-compose chromium luacheck ffmpeg
 
 up: setup
 	$(VENV)/bin/callq up --demo
 
 # CI runs this (.ci/run): ruff, mypy --strict, the Lua lint, then the whole test suite, stopping at the first failure.
-test: setup docker-compose chromium
+test: setup docker-compose chromium ffmpeg
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory typecheck
 	$(MAKE) --no-print-directory lint-lua
@@ -92,6 +92,12 @@ luacheck:
 # The operator-page test drives Debian's Chromium with Playwright (Playwright's own browser download cannot work here).
 chromium:
 	@command -v chromium >/dev/null || { $(call apt_install,chromium,); }
+
+# The simulator encodes MP3 and MP4 recording files with Debian's ffmpeg (simulator/encoder.py); their tests need it
+# (ffprobe, in the same package, checks the files). `make up` does not: its demo records WAV, and a simulator without
+# ffmpeg fails an mp3/mp4 start with a StartRecordingFailed saying what to install.
+ffmpeg:
+	@command -v ffmpeg >/dev/null || { $(call apt_install,ffmpeg,--no-install-recommends); }
 
 clean:
 	rm -rf .callq .pytest_cache .ruff_cache build *.egg-info

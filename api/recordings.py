@@ -30,7 +30,7 @@ from workers.recording_files import StoredFile
 
 log = logging.getLogger("callq.api.recordings")
 STREAM_BLOCK = 256 * 1024  # bytes handed to the event loop per thread-pool hop
-EXTENSIONS = {"audio/wav": "wav", "audio/mpeg": "mp3", "video/mp4": "mp4"}
+EXTENSIONS = {"audio/wav": "wav", "audio/mpeg": "mp3", "video/mp4": "mp4", "audio/mp4": "m4a"}
 
 
 async def attach_event(request: Request, event: Event) -> None:

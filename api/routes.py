@@ -135,7 +135,8 @@ def check_media(request: Request, params: dict[str, Any]) -> None:
     http (and ws) too."""
     if not request.state.settings.uses_real_acs:
         return
-    for source in (params.get("source"), params.get("prompt"), *(params.get("sources") or ())):
+    for source in (params.get("source"), params.get("prompt"), *(params.get("sources") or ()),
+                   *(params.get("prompts") or ())):
         if source and str(source.get("file_url", "https:")).split(":")[0] != "https":
             raise InvalidCommand("ACS only plays media from https URLs.", code="insecure_media_url")
     transcription = params.get("transcription") or {}

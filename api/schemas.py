@@ -27,7 +27,8 @@ CODES = frozenset({
     "source_caller_id_required", "timeout_out_of_range", "invalid_tone", "too_many_tones", "invalid_media_url",
     "invalid_media_source", "incompatible_recording_options", "invalid_recording_storage", "channel_out_of_range",
     "invalid_ssml", "too_many_play_sources", "barge_in_plays_to_all", "invalid_choices", "invalid_locale",
-    "invalid_transport_url",
+    "invalid_transport_url", "tts_options_need_text", "custom_voice_needs_voice_name",
+    "invalid_custom_voice_endpoint_id", "invalid_voice_kind",
 })
 
 
@@ -85,6 +86,19 @@ def _locale(value: str) -> str:
     return value
 
 
+def _custom_voice_endpoint(value: str) -> str:
+    if not CUSTOM_VOICE_ENDPOINT.match(value):
+        raise PydanticCustomError("invalid_custom_voice_endpoint_id",
+                                  "custom_voice_endpoint_id must be the GUID of your custom voice's deployment")
+    return value
+
+
+def _voice_kind(value: str) -> str:
+    if value not in VOICE_KINDS:
+        raise PydanticCustomError("invalid_voice_kind", f"voice_kind must be one of {', '.join(VOICE_KINDS)}")
+    return value
+
+
 def _transport_url(value: str) -> str:
     if not TRANSPORT_URL.match(value):
         raise PydanticCustomError("invalid_transport_url", "transport_url must be a ws:// or wss:// URL")
@@ -112,6 +126,12 @@ Tone = Annotated[str, AfterValidator(_one_tone), WithJsonSchema(_TONE)]
 Ssml = Annotated[str, AfterValidator(_ssml), WithJsonSchema({"type": "string", "pattern": SSML.pattern,
                                                               "maxLength": MAX_SSML})]
 Locale = Annotated[str, AfterValidator(_locale), WithJsonSchema({"type": "string", "pattern": LOCALE.pattern})]
+# An Azure AI Speech custom voice deployment ("endpoint") is named by a GUID.
+CUSTOM_VOICE_ENDPOINT = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
+CustomVoiceEndpoint = Annotated[str, AfterValidator(_custom_voice_endpoint),
+                                WithJsonSchema({"type": "string", "pattern": CUSTOM_VOICE_ENDPOINT.pattern})]
+VOICE_KINDS = ("male", "female")  # the SDK's VoiceKind
+VoiceKind = Annotated[str, AfterValidator(_voice_kind), WithJsonSchema({"type": "string", "enum": list(VOICE_KINDS)})]
 TransportUrl = Annotated[str, AfterValidator(_transport_url),
                          WithJsonSchema({"type": "string", "pattern": TRANSPORT_URL.pattern})]
 # Not blank once surrounding whitespace is stripped (every body strips strings): holds a visible ASCII character.
@@ -266,37 +286,91 @@ class DtmfBody(PstnParticipant):
         return {**super().params(), "tones": self.tones}
 
 
+# Text to speech: the options ACS's TextSource takes besides voice_name. They choose how text is spoken, so they
+# need a text source (a voice_name elsewhere is ignored, as it always was: a body of that form stays accepted).
+TTS_OPTIONS = ("source_locale", "voice_kind", "custom_voice_endpoint_id")
+_TTS_ERROR = ("tts_options_need_text", "source_locale, voice_kind and custom_voice_endpoint_id apply to text to "
+                                       "speak: give them with text (with sources, on each text source)")
+_CUSTOM_VOICE_ERROR = ("custom_voice_needs_voice_name", "custom_voice_endpoint_id needs voice_name: the name of "
+                                                        "the custom voice deployed there")
+# The same two rules for a schema reader: options only with text, a custom voice endpoint only with its voice's name.
+_TTS_RULES = (
+    {"anyOf": [{"properties": {o: {"type": "null"} for o in TTS_OPTIONS}},
+               {"required": ["text"], "properties": {"text": {"type": "string"}}}]},
+    {"anyOf": [{"properties": {"custom_voice_endpoint_id": {"type": "null"}}},
+               {"required": ["voice_name"], "properties": {"voice_name": {"type": "string"}}}]},
+)
+_VOICE_NAME = "for text: the voice (default en-US-NancyNeural, unless source_locale or voice_kind is given)"
+
+
+# How text is spoken (ACS's TextSource): a voice by name, or by language and kind; a custom neural voice by its name
+# and the deployment it runs on. The same fields on a source and on a play's one-source form.
+SourceLocale = Annotated[Locale | None, Field(examples=["fr-FR"],
+                                              description="for text: its language (ACS picks a voice of it)")]
+TextVoiceKind = Annotated[VoiceKind | None, Field(description="for text: the kind of voice ACS picks")]
+CustomVoice = Annotated[CustomVoiceEndpoint | None, Field(
+    description="for text: the Azure AI Speech deployment of the custom voice named in voice_name")]
+
+
+def _check_tts(body: MediaSource | PlayBody) -> None:
+    """The two rules of ``_TTS_RULES``."""
+    if body.text is None and any(getattr(body, o) is not None for o in TTS_OPTIONS):
+        raise PydanticCustomError(*_TTS_ERROR)
+    if body.custom_voice_endpoint_id is not None and body.voice_name is None:
+        raise PydanticCustomError(*_CUSTOM_VOICE_ERROR)
+
+
 class MediaSource(Body):
-    """What to play: an audio file URL, text to speak (in ``voice_name``), or an SSML document."""
+    """What to play: an audio file URL, text to speak (``voice_name`` and the other text-to-speech options), or an
+    SSML document."""
 
     exactly_one_of = ("file_url", "text", "ssml")
     choice_error = ("invalid_media_source", "give exactly one of file_url, text or ssml")
+    schema_rules = _TTS_RULES
 
     file_url: MediaUrl | None = None
     text: str | None = Field(None, max_length=4000)
     ssml: Ssml | None = Field(None, examples=['<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" '
                                                'xml:lang="en-US"><voice name="en-US-JennyNeural">Hello</voice>'
                                                '</speak>'])
-    voice_name: str | None = Field(None, max_length=100, description="for text (default en-US-NancyNeural)")
+    voice_name: str | None = Field(None, max_length=100, description=_VOICE_NAME)
+    source_locale: SourceLocale = None
+    voice_kind: TextVoiceKind = None
+    custom_voice_endpoint_id: CustomVoice = None
+
+    @model_validator(mode="after")
+    def _tts(self) -> Self:
+        _check_tts(self)
+        return self
+
+    def chooses_voice(self) -> bool:
+        """True when the source says which voice speaks (else the play's voice_name, or callq's default, does)."""
+        return any(v is not None for v in (self.voice_name, self.source_locale, self.voice_kind))
 
 
 class PlayBody(Body):
     """Play one source (``file_url``, ``text`` or ``ssml``) or several in a row (``sources``), to the listed
-    participants or to everyone when ``targets`` is omitted. ``interrupt_call_media_operation`` (to everyone only)
-    barges in: what plays now is cut short, callq does not wait for it, and the media operations callq has not sent
-    yet end ``interrupted`` (the command is a ``play_barge_in``)."""
+    participants or to everyone when ``targets`` is omitted. Text is spoken as the text-to-speech options say
+    (``voice_name``; or ``source_locale`` and ``voice_kind``; a custom voice by ``voice_name`` and
+    ``custom_voice_endpoint_id``). ``interrupt_call_media_operation`` (to everyone only) barges in: what plays now is
+    cut short, callq does not wait for it, and the media operations callq has not sent yet end ``interrupted`` (the
+    command is a ``play_barge_in``)."""
 
     exactly_one_of = ("file_url", "text", "ssml", "sources")
     choice_error = ("invalid_media_source", "give exactly one of file_url, text, ssml or sources")
     schema_rules = ({"anyOf": [{"properties": {"interrupt_call_media_operation": {"const": False}}},
                                {"properties": {"targets": {"anyOf": [{"type": "null"},
-                                                                     {"type": "array", "maxItems": 0}]}}}]},)
+                                                                     {"type": "array", "maxItems": 0}]}}}]},
+                    *_TTS_RULES)
 
     file_url: MediaUrl | None = None
     text: str | None = Field(None, max_length=4000)
     ssml: Ssml | None = None
-    voice_name: str | None = Field(None, max_length=100,
-                                   description="for text, and for each text source that names no voice")
+    voice_name: str | None = Field(None, max_length=100, description=(
+        "for text, and for each text source that chooses no voice (no voice_name, source_locale or voice_kind)"))
+    source_locale: SourceLocale = None
+    voice_kind: TextVoiceKind = None
+    custom_voice_endpoint_id: CustomVoice = None
     sources: list[MediaSource] | None = Field(None, min_length=1, max_length=MAX_PLAY_SOURCES,
                                               description=f"1-{MAX_PLAY_SOURCES}, played one after another")
     targets: list[Participant] | None = Field(None, max_length=50)
@@ -306,9 +380,7 @@ class PlayBody(Body):
     @field_validator("sources", mode="before")
     @classmethod
     def _count(cls, value: Any) -> Any:
-        if isinstance(value, list) and len(value) > MAX_PLAY_SOURCES:
-            raise PydanticCustomError("too_many_play_sources", f"play at most {MAX_PLAY_SOURCES} sources at a time")
-        return value
+        return _at_most_max_sources(value)
 
     @model_validator(mode="after")
     def _barge_in(self) -> Self:
@@ -317,22 +389,36 @@ class PlayBody(Body):
                                                                "leave targets out")
         return self
 
+    @model_validator(mode="after")
+    def _tts(self) -> Self:
+        _check_tts(self)  # as a MediaSource's, for the one-source form (voice_name alone may go with sources)
+        return self
+
     def params(self) -> dict[str, Any]:
         # A body in today's form keeps today's parameters (``source``), so a request retried across an upgrade is
         # still "the same request" for its Idempotency-Key; ``sources`` is the new form.
         out: dict[str, Any] = {"loop": self.loop, "targets": [t.raw_id for t in self.targets or []]}
         if self.sources is None:
-            out["source"] = self.model_dump(include={"file_url", "text", "ssml", "voice_name"}, exclude_none=True)
+            out["source"] = self.model_dump(include={"file_url", "text", "ssml", "voice_name", *TTS_OPTIONS},
+                                            exclude_none=True)
         else:
             out["sources"] = [{**s.model_dump(exclude_none=True),
-                               **({"voice_name": self.voice_name} if s.text and self.voice_name and not s.voice_name
-                                  else {})} for s in self.sources]
+                               **({"voice_name": self.voice_name}
+                                  if s.text and self.voice_name and not s.chooses_voice() else {})}
+                              for s in self.sources]
         if self.interrupt_call_media_operation:
             out["interrupt_call_media_operation"] = True
         return out
 
     def command_type(self, route_type: str) -> str:
         return f"{route_type}_barge_in" if self.interrupt_call_media_operation else route_type
+
+
+def _at_most_max_sources(value: Any) -> Any:
+    """Checked before each source is (mode="before"): too many is its own code, whatever the sources hold."""
+    if isinstance(value, list) and len(value) > MAX_PLAY_SOURCES:
+        raise PydanticCustomError("too_many_play_sources", f"play at most {MAX_PLAY_SOURCES} sources at a time")
+    return value
 
 
 class Choice(Body):
@@ -348,14 +434,16 @@ _NOT_CHOICES = ["dtmf", "speech", "speech_or_dtmf"]
 
 
 class RecognizeBody(Participant):
-    """Recognize what one participant presses or says, optionally after a prompt: ``dtmf`` tones, ``speech``,
-    either (``speech_or_dtmf``), or one of ``choices``. ``interrupt_call_media_operation`` barges in on what plays
-    now, as a play can (the command is a ``recognize_barge_in``)."""
+    """Recognize what one participant presses or says, optionally after a prompt (``prompt``, one source, or
+    ``prompts``, several played in a row): ``dtmf`` tones, ``speech``, either (``speech_or_dtmf``), or one of
+    ``choices``. ``interrupt_call_media_operation`` barges in on what plays now, as a play can (the command is a
+    ``recognize_barge_in``)."""
 
     schema_rules = ({"oneOf": [
         {"required": ["input_type", "choices"],
          "properties": {"input_type": {"const": "choices"}, "choices": {"type": "array"}}},
-        {"properties": {"input_type": {"enum": _NOT_CHOICES}, "choices": {"type": "null"}}}]},)
+        {"properties": {"input_type": {"enum": _NOT_CHOICES}, "choices": {"type": "null"}}}]},
+        {"anyOf": [{"properties": {"prompt": {"type": "null"}}}, {"properties": {"prompts": {"type": "null"}}}]})
 
     input_type: Literal["dtmf", "speech", "speech_or_dtmf", "choices"] = "dtmf"
     max_tones: int = Field(1, ge=1, le=100)
@@ -363,6 +451,9 @@ class RecognizeBody(Participant):
     inter_tone_timeout: Annotated[int, *_seconds(1, 60)] | None = None
     stop_tones: Tones | None = None
     prompt: MediaSource | None = None
+    prompts: list[MediaSource] | None = Field(None, min_length=1, max_length=MAX_PLAY_SOURCES,
+                                              description=f"1-{MAX_PLAY_SOURCES} prompt sources, played one after "
+                                                          "another (instead of prompt)")
     interrupt_prompt: bool = False
     speech_language: Locale | None = Field(None, examples=["en-US"])
     end_silence_timeout: Annotated[int, *_seconds(1, 60)] | None = Field(
@@ -370,10 +461,22 @@ class RecognizeBody(Participant):
     choices: list[Choice] | None = Field(None, min_length=1, max_length=MAX_CHOICES)
     interrupt_call_media_operation: bool = False
 
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        return _at_most_max_sources(value)
+
     @model_validator(mode="after")
     def _choices_go_with_their_type(self) -> Self:
         if (self.input_type == "choices") != (self.choices is not None):
             raise PydanticCustomError("invalid_choices", "input_type choices takes choices (and only it does)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_prompt_form(self) -> Self:
+        if self.prompt is not None and self.prompts is not None:
+            raise PydanticCustomError("invalid_media_source", "give prompt (one source) or prompts (several), "
+                                                              "not both")
         return self
 
     def params(self) -> dict[str, Any]:

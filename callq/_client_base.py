@@ -253,12 +253,17 @@ class Methods(ABC, Generic[R, RL]):
     def play(self, cc: str, *, text: str | None = None, file_url: str | None = None, ssml: str | None = None,
              sources: list[Mapping[str, str]] | None = None, voice_name: str | None = None, loop: bool = False,
              targets: list[Mapping[str, str]] | None = None, interrupt_call_media_operation: bool = False,
-             idempotency_key: str | None = None) -> R:
-        """One of ``text``, ``file_url``, ``ssml`` or ``sources`` (each ``{"file_url"|"text"|"ssml": …}``, played
-        in a row). ``targets``: participants as ``{"phone_number": …}`` or ``{"communication_user": …}``; None for
-        all. ``interrupt_call_media_operation``: barge in on what plays now (to everyone only)."""
+             source_locale: str | None = None, voice_kind: str | None = None,
+             custom_voice_endpoint_id: str | None = None, idempotency_key: str | None = None) -> R:
+        """One of ``text``, ``file_url``, ``ssml`` or ``sources`` (each ``{"file_url"|"text"|"ssml": …}``, with a
+        text source's voice options, played in a row). ``text`` is spoken in ``voice_name``, or a voice ACS picks by
+        ``source_locale`` and ``voice_kind`` (male/female); a custom voice is ``voice_name`` plus
+        ``custom_voice_endpoint_id``. ``targets``: participants as ``{"phone_number": …}`` or
+        ``{"communication_user": …}``; None for all. ``interrupt_call_media_operation``: barge in on what plays now
+        (to everyone only)."""
         body = _drop_none(text=text, file_url=file_url, ssml=ssml, sources=sources, voice_name=voice_name,
-                          loop=loop, targets=targets)
+                          source_locale=source_locale, voice_kind=voice_kind,
+                          custom_voice_endpoint_id=custom_voice_endpoint_id, loop=loop, targets=targets)
         if interrupt_call_media_operation:
             body["interrupt_call_media_operation"] = True
         return self.command("play", cc, body, idempotency_key=idempotency_key)

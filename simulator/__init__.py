@@ -4,8 +4,8 @@ Run: ``python -m simulator``, ``uvicorn --factory simulator.app:create_app`` or 
 Talk to it with the unmodified SDKs: ``CallAutomationClient("http://127.0.0.1:8089", AzureKeyCredential(key))``,
 ``RoomsClient("http://127.0.0.1:8089", AzureKeyCredential(key), api_version="2025-03-13")``. It is also the
 resource's Event Grid: webhook subscriptions get CallStarted, CallEnded, CallParticipantAdded/Removed and
-RecordingFileStatusUpdated, whose locations it serves (a WAV of the recorded time, its metadata, delete) to
-HMAC-signed requests (``files_api``).
+RecordingFileStatusUpdated, whose locations it serves (a WAV, MP3 or MP4 of the recorded time, its metadata, delete)
+to HMAC-signed requests (``files_api``; MP3 and MP4 are encoded by ffmpeg: ``encoder``).
 
 Environment (read only by ``simulator.settings.Settings.from_env``):
 
@@ -14,8 +14,8 @@ Environment (read only by ``simulator.settings.Settings.from_env``):
 - ``CALLQ_ACS_RESOURCE_ID`` (``00000000-0000-4000-8000-00000000ca11``): ``aud`` of callback JWTs.
 - ``CALLQ_SIM_PUBLIC_URL`` (``http://{host}:{port}``): base of the ``jwks_uri`` in the OpenID document.
 - ``CALLQ_SIM_ISSUER`` (``https://acscallautomation.communication.azure.com``): ``iss`` of callback JWTs.
-- ``CALLQ_SIM_RECORDING_FILE_DELAY_S`` (``5``), ``CALLQ_SIM_EVENTGRID_URL``, ``…_SCHEMA``, ``…_TENANT_ID``,
-  ``…_AUDIENCE``, ``…_MAX_EVENTS_PER_BATCH``: see simulator.settings.
+- ``CALLQ_SIM_RECORDING_FILE_DELAY_S`` (``5``), ``CALLQ_SIM_FFMPEG`` (``ffmpeg``), ``CALLQ_SIM_EVENTGRID_URL``,
+  ``…_SCHEMA``, ``…_TENANT_ID``, ``…_AUDIENCE``, ``…_MAX_EVENTS_PER_BATCH``: see simulator.settings.
 
 Admin API (JSON, not HMAC-protected; it is not part of ACS):
 

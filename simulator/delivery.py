@@ -63,9 +63,13 @@ class Dispatcher:
         self.log: deque[dict[str, Any]] = deque(maxlen=LOG_MAX)
         self.stats = {"posts": 0, "events_delivered": 0, "events_dropped": 0}
 
-    def enqueue(self, url: str, event: dict[str, Any], *, ack: bool = False) -> asyncio.Future[None] | None:
-        """Queue one event; with ``ack`` the returned future resolves once it was delivered or given up."""
-        key = (url, str((event.get("data") or {}).get("callConnectionId") or ""))
+    def enqueue(self, url: str, event: dict[str, Any], *, ack: bool = False,
+                lane_id: str | None = None) -> asyncio.Future[None] | None:
+        """Queue one event; with ``ack`` the returned future resolves once it was delivered or given up.
+
+        It goes on the lane of the call connection it names, or on ``lane_id``'s when given (a recording's events name
+        the recorder's endpoint but keep their order with the connection that started the recording)."""
+        key = (url, lane_id if lane_id is not None else str((event.get("data") or {}).get("callConnectionId") or ""))
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()

@@ -106,9 +106,10 @@ def start_recording_failed(rec: Recording, result: Result) -> dict[str, Any]:
 
 
 def _recording_event(event_name: str, rec: Recording, data: dict[str, Any]) -> dict[str, Any]:
+    """The recorder's endpoint, not the connection that started it, is the ``callConnectionId`` (as real ACS's):
+    a receiver correlates recording events by ``recordingId``."""
     call = rec.call
-    if rec.call_connection_id is not None:
-        data["callConnectionId"] = rec.call_connection_id
+    data["callConnectionId"] = rec.endpoint_id
     data["serverCallId"] = call.server_call_id
     data["correlationId"] = call.correlation_id
     source = f"calling/recordings/{call.server_call_id}/{rec.recording_id}/{event_name}"

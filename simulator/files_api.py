@@ -1,7 +1,8 @@
 """The recording-file storage endpoints a RecordingFileStatusUpdated points at (rooms-and-eventgrid.md §4.1).
 
-``GET {public_url}/recordings/{documentId}/content`` (the file; one ``Range`` honoured: 206 with Content-Range,
-416 past the end), ``GET …/metadata`` (JSON) and ``DELETE …/delete`` (200; the file is gone after). Only
+``GET {public_url}/recordings/{documentId}/content`` (the file, as ``audio/wav``, ``audio/mpeg``, ``video/mp4`` or
+``audio/mp4``; one ``Range`` honoured: 206 with Content-Range, 416 past the end; 500 naming the reason when its
+encoding failed), ``GET …/metadata`` (JSON) and ``DELETE …/delete`` (200; the file is gone after). Only
 HMAC-signed requests are served, as the SDK's ``download_recording`` / ``delete_recording`` sign them: the storage
 URL's path, the ACS resource's host (here the simulator's own: ``Host``), and an ``x-ms-host`` header; 401/7509
 otherwise. An unknown or deleted document is 404.
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from . import audio, recording_files
+from . import recording_files
 from .errors import AcsError, unauthenticated
 from .hmac_auth import verify
 from .model import RecordingFile
@@ -52,6 +53,8 @@ async def content(request: Request) -> Response:
     """The file, or the one byte range asked for."""
     try:
         file = await _file(request)
+        if file.error is not None:  # the encoder failed: say why (ACS would have no such file to announce)
+            raise AcsError(500, "InternalServerError", file.error)
     except AcsError as exc:
         return _error(exc)
     total = recording_files.size(file)
@@ -63,9 +66,9 @@ async def content(request: Request) -> Response:
     if isinstance(wanted, tuple):
         headers["Content-Range"] = f"bytes {first}-{last}/{total}"
     headers["Content-Length"] = str(last - first + 1)
-    body = audio.wav_bytes(recording_files.frames(file), file.channels, first, last)
-    return StreamingResponse(body, status_code=206 if isinstance(wanted, tuple) else 200, headers=headers,
-                             media_type="audio/wav")
+    return StreamingResponse(recording_files.content(file, first, last),
+                             status_code=206 if isinstance(wanted, tuple) else 200, headers=headers,
+                             media_type=recording_files.media_type(file))
 
 
 async def metadata(request: Request) -> Response:

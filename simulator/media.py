@@ -20,6 +20,7 @@ TEXT_CHARS_PER_PLAY_S = 100
 # the simulator takes callq's.
 MAX_PLAY_SOURCES = 10
 MAX_CHOICES = 10
+VOICE_KINDS = ("male", "female")  # the SDK's VoiceKind
 CONTINUOUS_DTMF_STOPPED = (200, 0, "Continuous DTMF recognition stopped.")
 
 
@@ -54,14 +55,30 @@ def _check_play_sources(sources: object, field: str) -> list[dict[str, Any]]:
         raise invalid_request(f"{field} must list at least one play source")
     if len(sources) > MAX_PLAY_SOURCES:
         raise invalid_request(f"{field} may list at most {MAX_PLAY_SOURCES} play sources")
-    for source in sources:
+    for index, source in enumerate(sources):
         kind = source.get("kind") if isinstance(source, dict) else None
         needed = {"file": "uri", "text": "text", "ssml": "ssmlText"}.get(kind or "")
         nested = source.get(kind) if needed else None
         if not needed or not isinstance(nested, dict) or not isinstance(nested.get(needed), str) \
                 or not nested[needed]:
             raise invalid_request(f"{field}: each source needs kind file/text/ssml with its uri/text/ssmlText")
+        if kind == "text":
+            _check_text_to_speech(nested, f"{field}[{index}].text")
     return sources
+
+
+def _check_text_to_speech(text: dict[str, Any], field: str) -> None:
+    """A TextSource's voice options as the SDK sends them (``sourceLocale``, ``voiceKind`` male/female,
+    ``voiceName``, ``customVoiceEndpointId``): each optional, each of its type. Which voices exist only the speech
+    service knows; the simulator speaks none, and its log keeps what was asked."""
+    locale = text.get("sourceLocale")
+    if locale is not None and not (isinstance(locale, str) and LOCALE.fullmatch(locale)):
+        raise invalid_request(f"{field}.sourceLocale must be a locale such as en-US")
+    if text.get("voiceKind") is not None and text["voiceKind"] not in VOICE_KINDS:
+        raise invalid_request(f"{field}.voiceKind must be one of {list(VOICE_KINDS)}")
+    for key in ("voiceName", "customVoiceEndpointId"):
+        if text.get(key) is not None and not (isinstance(text[key], str) and text[key].strip()):
+            raise invalid_request(f"{field}.{key} must be a non-empty string")
 
 
 def play_duration_s(sources: list[dict[str, Any]]) -> float:

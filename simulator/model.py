@@ -156,12 +156,18 @@ class Recording:
 
     Its file holds the active spans only: ``active_ms`` is the time recorded so far, ``pauses`` each span it was
     inactive between (when it began, how long in ms), as the file's metadata lists them.
+
+    ``call_connection_id`` is the connection that started it (None for a serverCallId start with none connected);
+    ``endpoint_id`` is the recorder's own endpoint in the call, which real ACS names as the ``callConnectionId`` of
+    the recording's events: in a real RecordingStateChanged (acs-wire.md §5.3) it is not the CallConnected
+    connection's id but the ``PlatformEndpointId`` inside the recording id.
     """
 
     recording_id: str
     call: ServerCall
     callback_uri: str | None
     call_connection_id: str | None
+    endpoint_id: str
     state: str = "inactive"
     stopped: bool = False
     start_date_time: str = ""
@@ -176,6 +182,12 @@ class Recording:
     active_since: float | None = None
     paused_at: float | None = None
     pauses: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def lane(self) -> str:
+        """The delivery lane of its events: the starting connection's, so they keep their order with its events
+        (a call's end stops the recording before CallDisconnected) though they name ``endpoint_id``."""
+        return self.call_connection_id or ""
 
     def set_state(self, state: str, now: float) -> bool:
         """Become ``state`` at ``now``, keeping count of the time recorded and paused; False if it already was."""
@@ -208,7 +220,8 @@ def _ms(seconds: float) -> int:
 
 @dataclass
 class RecordingFile:
-    """One chunk of a stopped recording's file: a WAV of the recorded time, served to HMAC-signed requests."""
+    """One chunk of a stopped recording's file, served to HMAC-signed requests: a WAV of the recorded time, made on
+    demand, or (mp3, mp4) the bytes ffmpeg encoded, or the reason it could not (``error``: served as a 500)."""
 
     document_id: str
     recording: Recording
@@ -216,8 +229,11 @@ class RecordingFile:
     channels: int
     participants: list[str]  # in channel order for unmixed audio
     stopped_at: float
+    format: str = "wav"
     index: int = 0
     deleted: bool = False
+    content: bytes | None = None
+    error: str | None = None
 
 
 class Ids:
@@ -234,9 +250,9 @@ class Ids:
         """Opaque base64url, like real serverCallIds (which encode a URL)."""
         return _b64(f"https://sim.callq.local/conv/{uuid.uuid4()}?i=1")
 
-    def recording_id(self) -> str:
-        """base64url JSON, like real recording ids (URL-safe so it can sit in a path)."""
-        return _b64(json.dumps({"PlatformEndpointId": str(uuid.uuid4()), "ResourceSpecificId": str(uuid.uuid4())}))
+    def recording_id(self, endpoint_id: str) -> str:
+        """base64url JSON naming the recorder's endpoint, like real recording ids (URL-safe so it can sit in a path)."""
+        return _b64(json.dumps({"PlatformEndpointId": endpoint_id, "ResourceSpecificId": str(uuid.uuid4())}))
 
     def document_id(self) -> str:
         """A recording chunk's storage document, like ACS's ``0-eus-d12-<32 hex>``."""

@@ -4,12 +4,12 @@ Where the reference found no value, the simulator's choice (callq must not depen
 
 - one chunk per recording (``index`` 0, ``endReason`` ``SessionEnded``); its length is the recorded time, paused
   spans left out, and ``recordingDurationMs`` says the same (whether ACS's counts paused time: not found);
-- every format is served as WAV (16 kHz, 16-bit PCM, a quiet tone): the simulator encodes no MP3 or MP4, and says
-  so (``Content-Type: audio/wav``, metadata ``recordingInfo.format: wav``) while the event keeps the requested
-  format, as ACS's would;
-- mixed audio is one channel; unmixed one per participant (at least one, at most five), ``channelAffinity``
+- the file is in the format asked: WAV (16 kHz, 16-bit PCM, a quiet tone, made on demand for any byte range), or
+  MP3 / MP4 encoded from that WAV by ffmpeg once the recording stopped (``encoder``: what each holds, and what
+  happens without ffmpeg); the Content-Type and the metadata's ``recordingInfo`` say which;
+- mixed audio is one channel; unmixed WAV one per participant (at least one, at most five), ``channelAffinity``
   placing who it names, the others following in the order they joined; ``participants`` lists them in channel
-  order (ACS's per-channel field: not found);
+  order (ACS's per-channel field: not found); MP3 and MP4 are mono;
 - metadata times: ``chunkStartTime`` and each pause's ``startTime`` ISO 8601; ``chunkDuration`` and each pause's
   ``duration`` in milliseconds (the unit is not documented).
 """
@@ -17,9 +17,10 @@ Where the reference found no value, the simulator's choice (callq must not depen
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
-from . import audio
+from . import audio, encoder
 from .acs_events import timestamp
 from .model import Recording, RecordingFile
 
@@ -28,10 +29,12 @@ _DIGITS = re.compile(r"[0-9]{0,18}")  # ASCII only: str.isdigit() takes "²", wh
 
 
 def new_file(document_id: str, rec: Recording, participants: list[str], stopped_at: float) -> RecordingFile:
-    """The file of ``rec``, stopped at ``stopped_at`` with ``participants`` in the call (in join order)."""
-    ordered = _channel_order(rec, participants) if rec.channel_type == "unmixed" else participants
-    channels = max(1, min(MAX_CHANNELS, len(ordered))) if rec.channel_type == "unmixed" else 1
-    return RecordingFile(document_id, rec, rec.active_ms, channels, ordered, stopped_at)
+    """The file of ``rec``, stopped at ``stopped_at`` with ``participants`` in the call (in join order); an MP3 or
+    MP4 still has to be encoded (``encoder.encode``) before it is served."""
+    unmixed = rec.channel_type == "unmixed" and rec.format_type not in encoder.ENCODED
+    ordered = _channel_order(rec, participants) if unmixed else participants
+    channels = max(1, min(MAX_CHANNELS, len(ordered))) if unmixed else 1
+    return RecordingFile(document_id, rec, rec.active_ms, channels, ordered, stopped_at, format=rec.format_type)
 
 
 def _channel_order(rec: Recording, participants: list[str]) -> list[str]:
@@ -46,8 +49,23 @@ def frames(file: RecordingFile) -> int:
 
 
 def size(file: RecordingFile) -> int:
-    """The WAV file's length in bytes."""
+    """The file's length in bytes."""
+    if file.content is not None:
+        return len(file.content)
     return audio.wav_size(frames(file), file.channels)
+
+
+def media_type(file: RecordingFile) -> str:
+    """The Content-Type it is served with."""
+    return encoder.media_type(file.format, file.recording.content_type)
+
+
+def content(file: RecordingFile, first: int, last: int) -> Iterator[bytes]:
+    """Bytes ``first``..``last`` (inclusive) of the file."""
+    if file.content is None:
+        return audio.wav_bytes(frames(file), file.channels, first, last)
+    data = file.content
+    return (data[at:min(last + 1, at + audio.CHUNK_BYTES)] for at in range(first, last + 1, audio.CHUNK_BYTES))
 
 
 def locations(file: RecordingFile, public_url: str) -> dict[str, str]:
@@ -68,12 +86,23 @@ def metadata(file: RecordingFile, resource_id: str) -> dict[str, Any]:
         "chunkStartTime": timestamp(rec.started_at),
         "chunkDuration": file.duration_ms,
         "pauseResumeIntervals": [{"startTime": timestamp(start), "duration": ms} for start, ms in rec.pauses],
-        "recordingInfo": {
-            "contentType": rec.content_type, "channelType": rec.channel_type, "format": "wav",
-            "audioConfiguration": {"sampleRate": audio.SAMPLE_RATE, "channels": file.channels,
-                                   "bitRate": audio.SAMPLE_RATE * audio.SAMPLE_BYTES * 8 * file.channels}},
+        "recordingInfo": _recording_info(file),
         "participants": [{"participantId": raw} for raw in file.participants if raw],
     }
+
+
+def _recording_info(file: RecordingFile) -> dict[str, Any]:
+    rec = file.recording
+    info: dict[str, Any] = {"contentType": rec.content_type, "channelType": rec.channel_type, "format": file.format}
+    if file.format in encoder.ENCODED:
+        chosen = encoder.profile(file.format, rec.content_type)
+        bit_rate = chosen.audio_bit_rate
+    else:
+        chosen, bit_rate = None, audio.SAMPLE_RATE * audio.SAMPLE_BYTES * 8 * file.channels
+    info["audioConfiguration"] = {"sampleRate": audio.SAMPLE_RATE, "channels": file.channels, "bitRate": bit_rate}
+    if chosen is not None and chosen.video:
+        info["videoConfiguration"] = dict(encoder.VIDEO)
+    return info
 
 
 def byte_range(header: str | None, total: int) -> tuple[int, int] | None | str:

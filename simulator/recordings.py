@@ -4,6 +4,9 @@ Start honours ``pauseOnStart`` (the recording starts ``inactive``: no RecordingS
 ``externalStorage`` (an https Azure Blob container; the file event then says ``storageType: blobstorage``) and
 ``channelAffinity`` (unmixed audio only; channels 0-4, each channel and participant once: the worst case of what
 ACS accepts, which is not documented).
+
+The recording's events (RecordingStateChanged, StartRecordingFailed) name the recorder's own endpoint as their
+``callConnectionId``, not the connection that started it, as real ACS's do (``events._recording_event``).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import encoder
 from .errors import call_not_found, call_terminated, duplicate_recording, invalid_request, recording_not_found
-from .events import now_iso, start_recording_failed
+from .events import Result, now_iso, start_recording_failed
 from .identifiers import raw_id_of
 from .model import Recording, ServerCall
 from .operation import Reply, Req, callback_url, connected
@@ -36,19 +40,21 @@ def start_recording(sim: Sim, req: Req) -> Reply:
     url = callback_url(body, "recordingStateCallbackUri")
     if call.recording is not None:
         raise duplicate_recording()
-    if cc is None:  # a serverCallId locator: events name (and default to) a connection on that call
+    if cc is None:  # a serverCallId locator: events default to the callback of a connection on that call
         conn = next((c for c in call.connections.values() if c.state == "connected"), None)
         cc = conn.call_connection_id if conn else None
     fallback = sim.store.connections[cc].callback_uri if cc else None
-    rec = Recording(sim.store.ids.recording_id(), call, url or fallback, cc)
+    endpoint = sim.store.ids.uuid()  # the recorder's own connection: its events name it, not ``cc``
+    rec = Recording(sim.store.ids.recording_id(endpoint), call, url or fallback, cc, endpoint)
     rec.content_type = body.get("recordingContentType") or rec.content_type
     rec.channel_type = body.get("recordingChannelType") or rec.channel_type
     rec.format_type = body.get("recordingFormatType") or rec.format_type
     rec.external_storage = _external_storage(body.get("externalStorage"))
     rec.channel_affinity = _channel_affinity(body.get("channelAffinity"), rec.channel_type)
     failure = sim.scripted_failure("startRecording", targets=call.participants, connections=call.connections)
-    if failure is not None:  # accepted, then StartRecordingFailed; the recording never exists (GET: 404/8522)
-        sim.send(rec.callback_uri, start_recording_failed(rec, failure.result))
+    result = failure.result if failure is not None else _unrecordable(sim, rec)
+    if result is not None:  # accepted, then StartRecordingFailed; the recording never exists (GET: 404/8522)
+        sim.send(rec.callback_uri, start_recording_failed(rec, result), lane=rec.lane)
         return Reply(200, _state(rec), cc)
     sim.store.recordings[rec.recording_id] = rec
     call.recording = rec
@@ -60,6 +66,13 @@ def start_recording(sim: Sim, req: Req) -> Reply:
         rec.start_date_time = now_iso()
         sim.emit_recording(rec)
     return Reply(200, response, cc)
+
+
+def _unrecordable(sim: Sim, rec: Recording) -> Result | None:
+    """StartRecordingFailed's result when the file could not be made here: an mp3 / mp4 without ffmpeg. The
+    simulator's own failure (500/9999, ACS's generic code), told when it starts rather than minutes later."""
+    reason = encoder.missing(sim.ffmpeg, rec.format_type)
+    return None if reason is None else (500, 9999, reason)
 
 
 def _external_storage(value: object) -> str | None:

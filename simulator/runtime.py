@@ -53,7 +53,7 @@ class Runtime:
         entra = EntraSigner(settings.public_url)
         eventgrid = EventGrid(settings, client, entra, faults)
         sim = Sim(dispatcher, faults, eventgrid, public_url=settings.public_url, resource_id=settings.resource_id,
-                  recording_file_delay_s=settings.recording_file_delay_s)
+                  recording_file_delay_s=settings.recording_file_delay_s, ffmpeg=settings.ffmpeg)
         eventgrid.start()
         return cls(settings, signer, faults, sim, RequestLog(), ResponseCache(), client, entra, eventgrid,
                    ResponseCache())

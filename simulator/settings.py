@@ -12,6 +12,7 @@ Environment variables (all optional except the access key):
   variable callq's processes read too, so ``callq up`` and compose switch every process at once.
 - ``CALLQ_SIM_RECORDING_FILE_DELAY_S`` (default ``5``): seconds from a recording's stop to its
   ``RecordingFileStatusUpdated`` (ACS: "typically a few minutes").
+- ``CALLQ_SIM_FFMPEG`` (default ``ffmpeg``): the encoder of mp3 / mp4 recording files (``simulator.encoder``).
 
 Event Grid (one webhook subscription made at start, named ``callq``; more through ``/_sim/eventgrid``):
 
@@ -53,6 +54,7 @@ class Settings:
     issuer: str = DEFAULT_ISSUER
     log_format: str = "text"
     recording_file_delay_s: float = 5.0
+    ffmpeg: str = "ffmpeg"  # encodes mp3 / mp4 recording files (simulator.encoder): a name on PATH or a path
     eventgrid_url: str = field(default="", repr=False)  # may carry a secret query parameter
     eventgrid_schema: str = "EventGridSchema"
     eventgrid_tenant_id: str = ""
@@ -105,6 +107,7 @@ class Settings:
             issuer=env.get("CALLQ_SIM_ISSUER", "") or DEFAULT_ISSUER,
             log_format=log_format,
             recording_file_delay_s=_non_negative(env, "CALLQ_SIM_RECORDING_FILE_DELAY_S", cls.recording_file_delay_s),
+            ffmpeg=env.get("CALLQ_SIM_FFMPEG", "") or cls.ffmpeg,
             eventgrid_url=env.get("CALLQ_SIM_EVENTGRID_URL", ""),
             eventgrid_schema=env.get("CALLQ_SIM_EVENTGRID_SCHEMA", "") or cls.eventgrid_schema,
             eventgrid_tenant_id=env.get("CALLQ_SIM_EVENTGRID_TENANT_ID", ""),

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from . import acs_events, events, recording_files
+from . import acs_events, encoder, events, recording_files
 from .delivery import Dispatcher
 from .events import Result
 from .failures import Rule
 from .faults import Faults
 from .identifiers import is_phone, phone_number
-from .model import Connection, Member, Recording, ServerCall, Store
+from .model import Connection, Member, Recording, RecordingFile, ServerCall, Store
+
+logger = logging.getLogger("simulator.recordings")
 
 
 class Publisher(Protocol):
@@ -31,7 +34,8 @@ class Sim:
     """Shared by the ACS endpoints, the admin API and timers; lives in the app's lifespan state."""
 
     def __init__(self, dispatcher: Dispatcher, faults: Faults, eventgrid: Publisher | None = None, *,
-                 public_url: str = "", resource_id: str = "", recording_file_delay_s: float = 5.0) -> None:
+                 public_url: str = "", resource_id: str = "", recording_file_delay_s: float = 5.0,
+                 ffmpeg: str = "ffmpeg") -> None:
         self.store = Store()
         self.dispatcher = dispatcher
         self.faults = faults
@@ -39,7 +43,9 @@ class Sim:
         self.public_url = public_url
         self.resource_id = resource_id
         self.recording_file_delay_s = recording_file_delay_s
+        self.ffmpeg = ffmpeg  # the encoder of mp3 and mp4 recording files (simulator.encoder)
         self._timers: set[asyncio.TimerHandle] = set()
+        self._encodings: set[asyncio.Task[None]] = set()
         # While an ACS request executes, the acks of the events it sends are collected here so the
         # "early_delivery" fault can hold the response until they arrived. Handlers are synchronous,
         # so no other request can interleave between begin and end.
@@ -78,16 +84,19 @@ class Sim:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
+        for task in self._encodings:  # its ffmpeg runs to its end in its thread; the file is dropped
+            task.cancel()
+        self._encodings.clear()
         self.store = Store()
         await self.dispatcher.reset()
 
     # -- events ----------------------------------------------------------------------------------------
 
-    def send(self, url: str | None, event: dict[str, Any]) -> None:
-        """Queue ``event`` for ``url`` (dropped when there is no URL to send to)."""
+    def send(self, url: str | None, event: dict[str, Any], *, lane: str | None = None) -> None:
+        """Queue ``event`` for ``url`` (dropped when there is no URL to send to), on ``lane`` if given."""
         if not url:
             return
-        ack = self.dispatcher.enqueue(url, event, ack=self._acks is not None)
+        ack = self.dispatcher.enqueue(url, event, ack=self._acks is not None, lane_id=lane)
         if ack is not None and self._acks is not None:
             self._acks.append(ack)
 
@@ -99,7 +108,7 @@ class Sim:
     def emit_recording(self, rec: Recording) -> None:
         """RecordingStateChanged for ``rec``'s current state, unless its call has ended."""
         if not rec.call.ended:
-            self.send(rec.callback_uri, events.recording_state_changed(rec))
+            self.send(rec.callback_uri, events.recording_state_changed(rec), lane=rec.lane)
 
     def scripted_failure(self, operation: str, *, targets: Iterable[str], connections: Iterable[str]) -> Rule | None:
         """The ``/_sim/failures`` rule that fails this request (counted as used), if any; ``targets`` are raw ids."""
@@ -151,7 +160,28 @@ class Sim:
     def _recording_file_ready(self, rec: Recording, participants: list[str], stopped_at: float,
                               session_end_reason: str) -> None:
         file = recording_files.new_file(self.store.ids.document_id(), rec, participants, stopped_at)
-        self.store.recording_files[file.document_id] = file
+        if file.format not in encoder.ENCODED:
+            self._file_made(self.store, file, session_end_reason)
+            return
+        # Encoded off the event loop (ffmpeg takes a moment per minute of audio); announced once done.
+        task = asyncio.get_running_loop().create_task(self._encode(file, session_end_reason))
+        self._encodings.add(task)
+        task.add_done_callback(self._encodings.discard)
+
+    async def _encode(self, file: RecordingFile, session_end_reason: str) -> None:
+        store, rec = self.store, file.recording
+        try:
+            file.content = await asyncio.to_thread(encoder.encode, self.ffmpeg, file.format, rec.content_type,
+                                                   file.duration_ms)
+        except encoder.EncodeError as exc:
+            # Announced all the same, as ACS would announce its file: its content answers 500 with this reason.
+            file.error = str(exc)
+            logger.error("recording %s: file %s not encoded: %s", rec.recording_id, file.document_id, exc)
+        if store is self.store:  # not reset meanwhile
+            self._file_made(store, file, session_end_reason)
+
+    def _file_made(self, store: Store, file: RecordingFile, session_end_reason: str) -> None:
+        store.recording_files[file.document_id] = file
         if (eg := self._publisher()) is not None:
             eg.publish(acs_events.recording_file(file, recording_files.locations(file, self.public_url),
                                                  session_end_reason=session_end_reason))

@@ -233,7 +233,8 @@ def ingest_call(event: dict[str, Any], *, dedup_ttl_s: int, ttl_s: int, retentio
     canceled = {"error": _CANCELED, "resolved_by": {"type": kind, "id": event["id"]}}
     keys_ = [keys.event_seen_key(event["id"]), keys.call_events_key(cc or "unknown"),
              keys.call_key(cc) if cc else "", keys.call_commands_key(cc) if cc else "",
-             keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else ""]
+             keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else "",
+             keys.recording_early_events_key(rec) if rec else ""]
     min_id = str(int((time.time() - retention_s) * 1000))
     state = _RECORDING_EVENTS.get(kind) or data.get("state") or ""
     args = [str(dedup_ttl_s), str(ttl_s), min_id, _COMPACT.encode(event), context,

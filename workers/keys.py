@@ -171,6 +171,12 @@ def recording_commands_key(recording_id: str) -> str:
     return f"callq:rec:{recording_id}:commands"
 
 
+def recording_early_events_key(recording_id: str) -> str:
+    """Events of the recording that came before callq knew which of its calls the recording is on (list of event
+    JSON): ingest.lua keeps them, sent.lua puts them on that call's timeline when the start's answer names it."""
+    return f"callq:rec:{recording_id}:early"
+
+
 def recording_files_key(recording_id: str) -> str:
     """The recording's file chunks as RecordingFileStatusUpdated announced them (hash: index → chunk JSON)."""
     return f"callq:rec:{recording_id}:files"

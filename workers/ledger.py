@@ -188,7 +188,7 @@ def sent(cmd: Command, to: Status, fields: Mapping[str, Any], *, made: SentTo, t
          keys.call_key(call) if call else "", keys.call_commands_key(call) if call else "",
          keys.room_call_key(cmd.room_id) if call and cmd.room_id else "",
          keys.recording_key(rec) if rec else "", keys.recording_commands_key(rec) if rec else "",
-         keys.call_key(own) if rec and own else ""],
+         keys.call_key(own) if rec and own else "", keys.recording_early_events_key(rec) if rec else ""],
         [cmd.id, to.value, now_iso(), ttl_s, wait_deadline_ms, cmd.client, cmd.room_id, call, rec, own,
          *flatten(fields)],
         Moved.parse)

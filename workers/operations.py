@@ -143,7 +143,11 @@ def _media_source(spec: dict[str, Any]) -> FileSource | TextSource | SsmlSource:
         return FileSource(url=spec["file_url"])
     if spec.get("ssml"):
         return SsmlSource(ssml_text=spec["ssml"])
-    return TextSource(text=spec["text"], voice_name=spec.get("voice_name") or DEFAULT_VOICE)
+    # callq's default voice only where the body chose none: a language or kind alone lets ACS pick a voice of it.
+    chosen = any(spec.get(k) for k in ("voice_name", "source_locale", "voice_kind"))
+    return TextSource(text=spec["text"], voice_name=spec.get("voice_name") or (None if chosen else DEFAULT_VOICE),
+                      source_locale=spec.get("source_locale"), voice_kind=spec.get("voice_kind"),
+                      custom_voice_endpoint_id=spec.get("custom_voice_endpoint_id"))
 
 
 def _play_sources(params: dict[str, Any]) -> list[FileSource | TextSource | SsmlSource]:
@@ -236,7 +240,9 @@ def _recognize(client: CallAutomationClient, cmd: Command, settings: Settings) -
                               "interrupt_prompt": bool(p.get("interrupt_prompt")),
                               "interrupt_call_media_operation": bool(p.get("interrupt_call_media_operation")),
                               "speech_language": p.get("speech_language")}
-    if p.get("prompt"):
+    if p.get("prompts"):  # a list: the SDK sends playPrompts (even of one), a single source playPrompt
+        kwargs["play_prompt"] = [_media_source(s) for s in p["prompts"]]
+    elif p.get("prompt"):
         kwargs["play_prompt"] = _media_source(p["prompt"])
     if input_type in ("dtmf", "speech_or_dtmf"):
         kwargs |= {"dtmf_max_tones_to_collect": p.get("max_tones"),

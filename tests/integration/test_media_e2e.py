@@ -1,5 +1,6 @@
 """Media in full, end to end: API → worker → SDK → simulator → events → resolved. Several play sources, SSML,
-barge-in (play and recognize), recognize's choices and speech_or_dtmf, live transcription start / stop / update."""
+text-to-speech options, barge-in (play and recognize), recognize's choices, speech_or_dtmf and prompt of several
+sources, live transcription start / stop / update."""
 
 from __future__ import annotations
 
@@ -59,6 +60,47 @@ def test_several_sources_play_in_one_request(call: str, api: httpx.Client, simul
     sent = [e for e in sim_log(simulator) if e["operation"] == "play"][-1]["body"]
     assert [s["kind"] for s in sent["playSources"]] == ["file", "text", "ssml"]
     assert sent["playSources"][2]["ssml"]["ssmlText"] == SSML
+
+
+VOICE_ENDPOINT = "2c3a9a6e-5d1f-4b1e-9f7e-0c5b3a1d2e4f"  # a custom voice's Azure AI Speech deployment
+
+
+def test_text_to_speech_options_reach_acs_in_its_own_names(call: str, api: httpx.Client,
+                                                          simulator: ThreadServer) -> None:
+    done = wait(api, post(api, f"/v1/calls/{call}/play", {"sources": [
+        {"text": "Bonjour à tous.", "source_locale": "fr-FR", "voice_kind": "female"},
+        {"text": "Welcome.", "voice_name": "ContosoTeacherNeural", "custom_voice_endpoint_id": VOICE_ENDPOINT}]},
+                          ).json()["id"])
+    assert done["status"] == "succeeded" and done["resolved_by"]["type"] == "PlayCompleted", done
+    sent = [e for e in sim_log(simulator) if e["operation"] == "play"][-1]["body"]
+    assert [s["text"] for s in sent["playSources"]] == [
+        {"text": "Bonjour à tous.", "sourceLocale": "fr-FR", "voiceKind": "female"},
+        {"text": "Welcome.", "voiceName": "ContosoTeacherNeural", "customVoiceEndpointId": VOICE_ENDPOINT}]
+    one = wait(api, post(api, f"/v1/calls/{call}/play", {"text": "Hello.", "source_locale": "en-GB",
+                                                         "voice_kind": "male"}).json()["id"])
+    assert one["status"] == "succeeded", one
+    sent = [e for e in sim_log(simulator) if e["operation"] == "play"][-1]["body"]
+    assert sent["playSources"] == [{"kind": "text", "text": {"text": "Hello.", "sourceLocale": "en-GB",
+                                                             "voiceKind": "male"}}]
+    bad = post(api, f"/v1/calls/{call}/play", {"file_url": "https://example.org/a.wav", "voice_kind": "male"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "tts_options_need_text", bad.text
+
+
+def test_a_recognize_prompt_of_several_sources_is_played_then_recognized(call: str, api: httpx.Client,
+                                                                         simulator: ThreadServer) -> None:
+    body = {"phone_number": PARENT, "max_tones": 2, "interrupt_prompt": True, "prompts": [
+        {"text": "Welcome to the class line.", "source_locale": "en-GB", "voice_kind": "female"},
+        {"file_url": "https://example.org/menu.wav"}, {"ssml": SSML}]}
+    done = wait(api, post(api, f"/v1/calls/{call}/recognize", body).json()["id"])
+    assert done["status"] == "succeeded" and done["resolved_by"]["type"] == "RecognizeCompleted", done
+    assert done["result"]["digits"] == "42"
+    sent = [e for e in sim_log(simulator) if e["operation"] == "recognize"][-1]["body"]
+    assert "playPrompt" not in sent
+    assert sent["playPrompts"] == [
+        {"kind": "text", "text": {"text": "Welcome to the class line.", "sourceLocale": "en-GB",
+                                  "voiceKind": "female"}},
+        {"kind": "file", "file": {"uri": "https://example.org/menu.wav"}},
+        {"kind": "ssml", "ssml": {"ssmlText": SSML}}]
 
 
 def test_ssml_the_speech_service_refuses_fails_the_play(call: str, api: httpx.Client) -> None:

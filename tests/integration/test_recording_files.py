@@ -1,6 +1,7 @@
 """Recording files on the real stack: a recording with a pause, its RecordingFileStatusUpdated through the simulator's
 Event Grid, its files listed, downloaded whole and by Range (a WAV of the recorded time, the pause left out), its
-metadata, and their deletion at ACS; a recording that starts paused; a scheduled run's link to its files.
+metadata, and their deletion at ACS; a recording that starts paused; a scheduled run's link to its files; MP3 and MP4
+files; recording events that name the recorder's connection, not callq's.
 
 Real Redis, the simulator and the API (uvicorn threads), a real Celery worker (and beat) process.
 """
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from callq.client import CallqAPIError, Client
+from tests import media
 from tests.conftest import OTHER_API_KEY, TEST_API_KEY, wait_until
 from tests.integration.conftest import ThreadServer, eventgrid_validated, with_eventgrid
 from tests.integration.test_end_to_end import sim_log, sim_room_call
@@ -197,3 +199,66 @@ def test_the_python_client_lists_downloads_and_deletes_a_recordings_files(stack:
         with pytest.raises(CallqAPIError) as gone:
             callq.download_recording_file(rid, 0)
         assert (gone.value.status, gone.value.code) == (404, "recording_file_deleted")
+
+
+def _recording_events(api: httpx.Client, cc: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = api.get(f"/v1/calls/{cc}/events").json()["items"]
+    return [e for e in items if e["type"].endswith(".RecordingStateChanged")]
+
+
+def test_recording_events_naming_the_recorders_connection_resolve_and_join_callqs_call(
+        stack: httpx.Client, simulator: ThreadServer) -> None:
+    """The simulator names the recorder's own endpoint as the events' callConnectionId, as real ACS does: callq finds
+    the commands by recordingId and puts each event on the timeline of the call that started the recording."""
+    api = stack
+    cc = _connected(api, simulator)
+    started = _done(api, f"/v1/calls/{cc}/recordings", RECORD)
+    rid = started["recording_id"]
+    paused = _done(api, f"/v1/recordings/{rid}/pause")
+    resumed = _done(api, f"/v1/calls/{cc}/recording/resume")
+    _done(api, f"/v1/recordings/{rid}/stop")  # resolved by ACS's 204; its RecordingStateChanged follows
+    for done, state in ((started, "active"), (paused, "inactive"), (resumed, "active")):
+        assert done["resolved_by"]["type"] == "RecordingStateChanged", done
+        assert done["call_connection_id"] == cc and done["result"]["state"] == state, done
+
+    events = wait_until(lambda: (found := _recording_events(api, cc)) and len(found) == 4 and found,
+                        timeout_s=30, what="the recording's four RecordingStateChanged on callq's call")
+    assert [e["data"]["state"] for e in events] == ["active", "inactive", "active", "inactive"]
+    assert {e["data"]["recordingId"] for e in events} == {rid}
+    named = {e["data"]["callConnectionId"] for e in events}
+    assert len(named) == 1 and cc not in named, named  # every one names the recorder, none callq's connection
+    assert {d["resolved_by"]["id"] for d in (started, paused, resumed)} <= {e["id"] for e in events}
+    # The recorder's connection is no call of this client's: its events are not readable under it.
+    [recorder] = named
+    assert api.get(f"/v1/calls/{recorder}/events").status_code == 404
+    assert api.get(f"/v1/recordings/{rid}").json()["call_connection_id"] == cc
+
+
+@pytest.mark.parametrize(("body", "media_type", "suffix"), [
+    ({"content": "audio", "channel": "mixed", "format": "mp3"}, "audio/mpeg", "mp3"),
+    ({"content": "audioVideo", "channel": "mixed", "format": "mp4"}, "video/mp4", "mp4"),
+])
+def test_an_mp3_or_mp4_recording_is_downloaded_as_that_format(stack: httpx.Client, simulator: ThreadServer,
+                                                              body: dict[str, str], media_type: str,
+                                                              suffix: str) -> None:
+    """The simulator encodes the file with ffmpeg; callq serves it with its Content-Type, whole and by Range."""
+    api = stack
+    cc = _connected(api, simulator)
+    rid = _done(api, f"/v1/calls/{cc}/recordings", body)["recording_id"]
+    _done(api, f"/v1/recordings/{rid}/stop")
+    [listed] = _files(api, rid)
+    assert listed["content_type"] == media_type
+    whole = api.get(listed["links"]["content"])
+    assert whole.status_code == 200 and whole.headers["content-type"] == media_type, whole.text
+    assert whole.headers["content-disposition"] == f'attachment; filename="recording-0.{suffix}"'
+    if suffix == "mp3":
+        assert media.mp3_first_frame(whole.content) == media.Mp3Frame(layer=3, sample_rate=16_000)
+    else:
+        assert media.mp4_brand(whole.content) is not None
+    probe = media.ffprobe(whole.content, suffix)
+    if probe is not None:  # a real decoder reads it, about as long as ACS said (MP3 pads its last frame)
+        assert probe.duration_s == pytest.approx(listed["duration_s"], abs=0.15)
+        assert {kind for kind, _ in probe.streams} == ({"audio"} if suffix == "mp3" else {"audio", "video"})
+    part = api.get(listed["links"]["content"], headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == whole.content[:100]
+    assert api.get(listed["links"]["metadata"]).json()["recordingInfo"]["format"] == suffix

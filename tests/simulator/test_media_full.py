@@ -128,6 +128,33 @@ def test_recognize_takes_several_prompts_and_interrupt_prompt(sim: Sim, conn) ->
     assert len(body["playPrompts"]) == 2 and body["recognizeOptions"]["interruptPrompt"] is True
 
 
+CUSTOM_VOICE = "2c3a9a6e-5d1f-4b1e-9f7e-0c5b3a1d2e4f"
+
+
+def test_text_to_speech_options_are_taken_and_logged_as_sent(sim: Sim, conn) -> None:  # type: ignore[no-untyped-def]
+    conn.play_media([TextSource(text="Bonjour", source_locale="fr-FR", voice_kind="female"),
+                     TextSource(text="Hello", voice_name="ContosoTeacherNeural",
+                                custom_voice_endpoint_id=CUSTOM_VOICE)], operation_context="tts")
+    assert sim.receiver.wait_for(sim.path, "PlayCompleted")[0]["data"]["operationContext"] == "tts"
+    body = [e for e in sim.log() if e["operation"] == "play"][-1]["body"]
+    assert [s["text"] for s in body["playSources"]] == [
+        {"text": "Bonjour", "sourceLocale": "fr-FR", "voiceKind": "female"},
+        {"text": "Hello", "voiceName": "ContosoTeacherNeural", "customVoiceEndpointId": CUSTOM_VOICE}]
+
+
+@pytest.mark.parametrize("text", [{"sourceLocale": "french"}, {"voiceKind": "robot"}, {"voiceName": ""},
+                                  {"customVoiceEndpointId": 7}])
+def test_bad_text_to_speech_options_are_400_8523(sim: Sim, conn, text: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    cc = conn.get_call_properties().call_connection_id
+    for body in ({"playSources": [{"kind": "text", "text": {"text": "hi", **text}}]},
+                 {"recognizeInputType": "dtmf", "playPrompts": [{"kind": "text", "text": {"text": "hi", **text}}],
+                  "recognizeOptions": {"targetParticipant": {"rawId": f"4:{PHONE}"}}}):
+        action = "play" if "playSources" in body else "recognize"
+        answer = sim.acs("POST", f"/calling/callConnections/{cc}:{action}?api-version=x", body)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400, "8523"), (action, text)
+        assert "text." in answer.json()["error"]["message"]
+
+
 def test_a_prompt_of_bad_ssml_fails_the_recognize_with_8565(sim: Sim, conn) -> None:  # type: ignore[no-untyped-def]
     conn.start_recognizing_media(RecognizeInputType.DTMF, TARGET, play_prompt=SsmlSource(ssml_text="<speak>"))
     info = sim.receiver.wait_for(sim.path, "RecognizeFailed")[0]["data"]["resultInformation"]

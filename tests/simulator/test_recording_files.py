@@ -1,11 +1,13 @@
 """Recording files: the chunk RecordingFileStatusUpdated announces is a playable WAV of the recorded time (paused spans
-left out), with ACS-like metadata, served only to HMAC-signed requests, with Range, and deletable; the start options
-(pauseOnStart, externalStorage, channelAffinity) are honoured."""
+left out), with ACS-like metadata, served only to HMAC-signed requests, with Range, and deletable; MP3 and MP4 are
+encoded by ffmpeg (and a simulator without it fails the start, one whose encoder fails serves a 500 saying so); the
+start options (pauseOnStart, externalStorage, channelAffinity) are honoured."""
 
 from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +19,12 @@ from azure.communication.callautomation import (
 )
 from azure.core.exceptions import HttpResponseError
 from eghook import Hook
-from simharness import KEY, Sim, sign_headers
+from simharness import KEY, ServerThread, Sim, sign_headers
+
+from simulator.app import create_app
+from simulator.settings import Settings
+from tests import media
+from tests.conftest import free_port
 
 ALICE, BOB = "8:acs:res_alice", "8:acs:res_bob"
 
@@ -35,14 +42,15 @@ def _signed(sim: Sim, method: str, url: str, **headers: str) -> httpx.Response:
                                                    **headers})
 
 
-def _recorded(sim: Sim, hook: Hook, client: Any, **options: Any) -> tuple[str, dict[str, Any]]:
+def _recorded(sim: Sim, hook: Hook, client: Any, *, content: str = "audio", fmt: str = "wav",
+              **options: Any) -> tuple[str, dict[str, Any]]:
     """Start, pause, resume and stop a recording; returns its id and its file event's chunk and data."""
     path = hook.new_path()
     sim.subscribe(f"files-{path.strip('/')[-8:]}", hook.url(path))
     room_id, server_call_id = sim.room()
     sim.connect(client, room_id)
-    rec = client.start_recording(server_call_id=server_call_id, recording_content_type="audio",
-                                 recording_format_type="wav", **options)
+    rec = client.start_recording(server_call_id=server_call_id, recording_content_type=content,
+                                 recording_format_type=fmt, **options)
     client.pause_recording(rec.recording_id)
     client.resume_recording(rec.recording_id)
     client.stop_recording(rec.recording_id)
@@ -158,3 +166,85 @@ def test_own_storage_is_named_in_the_file_event(sim: Sim, hook: Hook, client: An
     # ACS keeps its own copy as well: the chunk is still served.
     chunk = data["recordingStorageInfo"]["recordingChunks"][0]
     assert _signed(sim, "GET", chunk["contentLocation"]).status_code == 200
+
+
+def test_an_mp3_recording_is_an_mp3_of_the_recorded_time(sim: Sim, hook: Hook, client: Any) -> None:
+    _, data = _recorded(sim, hook, client, fmt="mp3")
+    assert data["recordingFormatType"] == "Mp3"
+    chunk = data["recordingStorageInfo"]["recordingChunks"][0]
+    got = _signed(sim, "GET", chunk["contentLocation"])
+    assert got.status_code == 200 and got.headers["content-type"] == "audio/mpeg", got.text
+    assert int(got.headers["content-length"]) == len(got.content)
+    assert media.mp3_first_frame(got.content) == media.Mp3Frame(layer=3, sample_rate=16_000)
+    probe = media.ffprobe(got.content, "mp3")
+    if probe is not None:  # the decoder's reading; MP3 pads its last frame (36 ms at 16 kHz) and adds its delay
+        assert probe.streams == [("audio", "mp3")]
+        assert probe.duration_s == pytest.approx(data["recordingDurationMs"] / 1000, abs=0.15)
+    part = _signed(sim, "GET", chunk["contentLocation"], Range="bytes=100-199")
+    assert part.status_code == 206 and part.content == got.content[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(got.content)}"
+    info = _signed(sim, "GET", chunk["metadataLocation"]).json()["recordingInfo"]
+    assert (info["format"], info["audioConfiguration"]["channels"]) == ("mp3", 1) and "videoConfiguration" not in info
+
+
+def test_an_mp4_recording_of_audio_and_video_has_both_tracks(sim: Sim, hook: Hook, client: Any) -> None:
+    _, data = _recorded(sim, hook, client, content="audioVideo", fmt="mp4")
+    chunk = data["recordingStorageInfo"]["recordingChunks"][0]
+    got = _signed(sim, "GET", chunk["contentLocation"])
+    assert got.status_code == 200 and got.headers["content-type"] == "video/mp4", got.text
+    assert media.mp4_brand(got.content) is not None
+    probe = media.ffprobe(got.content, "mp4")
+    if probe is not None:
+        assert sorted(probe.streams) == [("audio", "aac"), ("video", "h264")]
+        assert probe.duration_s == pytest.approx(data["recordingDurationMs"] / 1000, abs=0.15)
+    info = _signed(sim, "GET", chunk["metadataLocation"]).json()["recordingInfo"]
+    assert info["format"] == "mp4" and info["videoConfiguration"]["longerSideLength"] == 320
+
+
+def test_an_mp4_of_audio_only_is_served_as_audio_mp4(sim: Sim, hook: Hook, client: Any) -> None:
+    _, data = _recorded(sim, hook, client, content="audio", fmt="mp4")
+    got = _signed(sim, "GET", data["recordingStorageInfo"]["recordingChunks"][0]["contentLocation"])
+    assert got.headers["content-type"] == "audio/mp4" and media.mp4_brand(got.content) is not None
+    probe = media.ffprobe(got.content, "mp4")
+    assert probe is None or probe.streams == [("audio", "aac")]
+
+
+@pytest.fixture
+def sim_with_encoder(hook: Hook, receiver: Any, request: pytest.FixtureRequest) -> Iterator[Sim]:
+    """A second simulator whose ffmpeg is ``request.param``."""
+    port = free_port()
+    settings = Settings(access_key=KEY, port=port, callback_backoff_s=0.01, recording_file_delay_s=0.05,
+                        ffmpeg=request.param)
+    with ServerThread(create_app(settings), port):
+        handle = Sim(f"http://127.0.0.1:{port}", settings, receiver)
+        yield handle
+        handle.admin.close()
+
+
+@pytest.mark.parametrize("sim_with_encoder", ["/nonexistent/ffmpeg"], indirect=True)
+def test_without_its_encoder_an_mp3_start_fails_saying_why(sim_with_encoder: Sim) -> None:
+    sim = sim_with_encoder
+    room_id, server_call_id = sim.room()
+    with sim.client() as client:
+        sim.connect(client, room_id)
+        started = client.start_recording(server_call_id=server_call_id, recording_content_type="audio",
+                                         recording_format_type="mp3")
+        failed = sim.receiver.wait_for(sim.path, "StartRecordingFailed")[0]["data"]
+        assert failed["recordingId"] == started.recording_id
+        assert (failed["resultInformation"]["code"], failed["resultInformation"]["subCode"]) == (500, 9999)
+        message = failed["resultInformation"]["message"]
+        assert "'/nonexistent/ffmpeg' was not found" in message and "apt-get install ffmpeg" in message
+        wav = client.start_recording(server_call_id=server_call_id, recording_content_type="audio",
+                                     recording_format_type="wav")  # WAV needs no encoder
+        assert client.get_recording_properties(wav.recording_id).recording_state == "active"
+
+
+@pytest.mark.parametrize("sim_with_encoder", ["/bin/false"], indirect=True)
+def test_a_file_whose_encoding_failed_is_a_500_naming_the_encoder(sim_with_encoder: Sim, hook: Hook) -> None:
+    sim = sim_with_encoder
+    with sim.client() as client:
+        _, data = _recorded(sim, hook, client, fmt="mp3")
+    chunk = data["recordingStorageInfo"]["recordingChunks"][0]
+    got = _signed(sim, "GET", chunk["contentLocation"])
+    assert got.status_code == 500 and "/bin/false could not encode mp3" in got.json()["error"]["message"]
+    assert sim.admin.get("/_sim/health").json() == {"status": "ok"}  # still serving

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from simharness import Sim
@@ -74,6 +77,12 @@ def test_second_start_while_active_or_paused_is_400_8559(sim: Sim, client) -> No
     assert client.start_recording(server_call_id=server_call_id).recording_id != recording.recording_id
 
 
+def _platform_endpoint(recording_id: str) -> str:
+    """The ``PlatformEndpointId`` a recording id encodes (base64url JSON, as real ACS's)."""
+    padded = recording_id + "=" * (-len(recording_id) % 4)
+    return str(json.loads(base64.urlsafe_b64decode(padded))["PlatformEndpointId"])
+
+
 def test_start_by_call_connection_id_defaults_to_call_callback(sim: Sim, client) -> None:
     room_id, _ = sim.room()
     conn = sim.connect(client, room_id)
@@ -81,7 +90,22 @@ def test_start_by_call_connection_id_defaults_to_call_callback(sim: Sim, client)
     recording = client.start_recording(call_connection_id=cc)
     event = sim.receiver.wait_for(sim.path, "RecordingStateChanged")[0]["data"]
     assert event["recordingId"] == recording.recording_id
-    assert event["callConnectionId"] == cc
+
+
+def test_recording_events_name_the_recorders_endpoint_not_the_connection(sim: Sim, client) -> None:
+    """As in real ACS's sample (acs-wire.md §5.3): the event's callConnectionId is not the CallConnected one but the
+    recorder's endpoint, the PlatformEndpointId its recording id encodes; one id for all of a recording's events."""
+    room_id, server_call_id = sim.room()
+    cc = sim.connect(client, room_id).get_call_properties().call_connection_id
+    recording = client.start_recording(call_connection_id=cc)
+    client.pause_recording(recording.recording_id)
+    client.stop_recording(recording.recording_id)
+    events = sim.receiver.wait_for(sim.path, "RecordingStateChanged", count=2)
+    named = {(e["data"]["callConnectionId"], e["data"]["serverCallId"]) for e in events}
+    assert named == {(_platform_endpoint(recording.recording_id), server_call_id)}
+    assert cc not in {n for n, _ in named}
+    second = client.start_recording(server_call_id=server_call_id)
+    assert _platform_endpoint(second.recording_id) not in (cc, _platform_endpoint(recording.recording_id))
 
 
 def test_unknown_server_call_is_404_8522(sim: Sim, client) -> None:

@@ -18,6 +18,7 @@ from workers.settings import Settings
 
 SSML = '<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">Hello</speak>'
 WSS = "wss://transcripts.example.org/acs"
+VOICE_ENDPOINT = "2c3a9a6e-5d1f-4b1e-9f7e-0c5b3a1d2e4f"  # a custom voice's Azure AI Speech deployment
 
 
 @pytest.fixture
@@ -58,6 +59,23 @@ def client(settings: Settings, server: fakeredis.FakeServer, r: fakeredis.FakeRe
                    "interrupt_prompt": True, "interrupt_call_media_operation": True}, "recognize_barge_in",
      {"participant": "4:+14255550123", "input_type": "speech_or_dtmf", "max_tones": 4, "end_silence_timeout": 2,
       "interrupt_prompt": True, "interrupt_call_media_operation": True}),
+    # text to speech: a voice by language and kind, or a custom voice by name and deployment
+    ("play", {"text": "Bonjour", "source_locale": "fr-FR", "voice_kind": "female"}, "play",
+     {"source": {"text": "Bonjour", "source_locale": "fr-FR", "voice_kind": "female"}, "loop": False,
+      "targets": []}),
+    ("play", {"text": "Hi", "voice_name": "ContosoNeural", "custom_voice_endpoint_id": VOICE_ENDPOINT}, "play",
+     {"source": {"text": "Hi", "voice_name": "ContosoNeural", "custom_voice_endpoint_id": VOICE_ENDPOINT},
+      "loop": False, "targets": []}),
+    # the play's voice_name is for text sources choosing no voice: one choosing by language keeps its choice
+    ("play", {"sources": [{"text": "Hola", "source_locale": "es-ES"}, {"text": "Hi"}],
+              "voice_name": "en-GB-SoniaNeural"}, "play",
+     {"sources": [{"text": "Hola", "source_locale": "es-ES"}, {"text": "Hi", "voice_name": "en-GB-SoniaNeural"}],
+      "loop": False, "targets": []}),
+    ("recognize", {**PHONE, "prompts": [{"text": "Welcome.", "voice_kind": "male", "source_locale": "en-GB"},
+                                        {"file_url": "https://example.org/menu.wav"}]}, "recognize",
+     {"participant": "4:+14255550123", "input_type": "dtmf", "max_tones": 1, "interrupt_prompt": False,
+      "prompts": [{"text": "Welcome.", "voice_kind": "male", "source_locale": "en-GB"},
+                  {"file_url": "https://example.org/menu.wav"}]}),
     ("transcription/start", {"locale": "en-GB"}, "transcription_start", {"locale": "en-GB"}),
     ("transcription/start", None, "transcription_start", {}),
     ("transcription/stop", None, "transcription_stop", {}),
@@ -96,6 +114,21 @@ def test_a_connect_may_allow_live_transcription(client, r) -> None:  # type: ign
     ("recognize", {**PHONE, "input_type": "speech", "speech_language": "english"}, "invalid_locale"),
     ("recognize", {**PHONE, "input_type": "speech", "end_silence_timeout": 0}, "timeout_out_of_range"),
     ("recognize", {**PHONE, "prompt": {"ssml": "<p>no</p>"}}, "invalid_ssml"),
+    ("play", {"file_url": "https://x/a.wav", "voice_kind": "female"}, "tts_options_need_text"),
+    ("play", {"sources": [{"text": "hi"}], "source_locale": "en-US"}, "tts_options_need_text"),
+    ("play", {"sources": [{"ssml": SSML, "source_locale": "en-US"}]}, "tts_options_need_text"),
+    ("play", {"text": "hi", "custom_voice_endpoint_id": VOICE_ENDPOINT}, "custom_voice_needs_voice_name"),
+    ("play", {"sources": [{"text": "hi", "custom_voice_endpoint_id": VOICE_ENDPOINT}]},
+     "custom_voice_needs_voice_name"),
+    ("play", {"text": "hi", "voice_name": "V", "custom_voice_endpoint_id": "my-voice"},
+     "invalid_custom_voice_endpoint_id"),
+    ("play", {"text": "hi", "voice_kind": "robot"}, "invalid_voice_kind"),
+    ("play", {"text": "hi", "source_locale": "french"}, "invalid_locale"),
+    ("recognize", {**PHONE, "prompt": {"text": "a"}, "prompts": [{"text": "b"}]}, "invalid_media_source"),
+    ("recognize", {**PHONE, "prompts": [{"text": f"part {n}"} for n in range(11)]}, "too_many_play_sources"),
+    ("recognize", {**PHONE, "prompts": [{"file_url": "https://x/a.wav", "voice_kind": "male"}]},
+     "tts_options_need_text"),
+    ("recognize", {**PHONE, "prompts": []}, "validation_error"),
     ("transcription/start", {"locale": "en"}, "invalid_locale"),
     ("transcription/update", {"locale": "fr"}, "invalid_locale"),
     ("transcription/update", {}, "validation_error"),
@@ -116,6 +149,9 @@ def test_a_connect_with_a_transport_url_that_is_no_websocket_is_422(client) -> N
 def test_real_acs_needs_https_sources_and_a_wss_transport(settings: Settings, server, r) -> None:  # type: ignore[no-untyped-def]
     with make_client(settings.with_(acs_endpoint="https://x.communication.azure.com"), server) as client:
         resp = post(client, f"/v1/calls/{CC}/play", {"sources": [{"text": "a"}, {"file_url": "http://e.org/a.wav"}]})
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "insecure_media_url"
+        resp = post(client, f"/v1/calls/{CC}/recognize", {**PHONE, "prompts": [{"file_url": "http://e.org/a.wav"}]},
+                    key="k3")
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "insecure_media_url"
         resp = post(client, "/v1/rooms/room-1/connect",
                     {"transcription": {"transport_url": "ws://e.org/t", "locale": "en-US"}}, key="k2")

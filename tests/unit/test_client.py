@@ -132,12 +132,14 @@ def test_bodies_are_built_from_the_keyword_arguments() -> None:
         callq.add_participant("cc", phone_number="+14255550123", source_caller_id="+18005550199",
                               invitation_timeout=30)
         callq.play("cc", text="hi", targets=[{"phone_number": "+14255550123"}])
+        callq.play("cc", text="salut", source_locale="fr-FR", voice_kind="female")
         callq.start_recording("cc", content="audio", format="mp3")
         callq.pause_recording("cc")
     assert bodies == [
         ("/v1/calls/cc/participants", {"phone_number": "+14255550123", "source_caller_id": "+18005550199",
                                        "invitation_timeout": 30}),
         ("/v1/calls/cc/play", {"text": "hi", "loop": False, "targets": [{"phone_number": "+14255550123"}]}),
+        ("/v1/calls/cc/play", {"text": "salut", "source_locale": "fr-FR", "voice_kind": "female", "loop": False}),
         ("/v1/calls/cc/recordings", {"content": "audio", "format": "mp3"}),
         ("/v1/calls/cc/recording/pause", {}),
     ]

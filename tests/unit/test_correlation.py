@@ -304,6 +304,23 @@ def test_start_recording_failed_before_the_starts_answer_is_kept_for_it(any_redi
                                 "acs_subcode": 8589}
 
 
+def test_a_recording_event_before_the_starts_answer_joins_callqs_timeline_once_the_answer_comes(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """Real ACS names the recorder's connection, not callq's; an event that beats the start's answer cannot tell
+    whose call it is about yet. It is kept with the recording, and recording the answer puts it on the timeline of
+    the call that started the recording (an event naming callq's own connection is there already)."""
+    r, ar = any_redis
+    make_command(r, "cmd_s", "start_recording", status="running", cc="cc-callq")
+    ingest(ar, event("RecordingStateChanged", eid="e-early", cc="cc-acs-other", recordingId="rec-1", state="active"),
+           event("RecordingStateChanged", eid="e-own", cc="cc-callq", recordingId="rec-1", state="active"))
+    assert r.xlen(keys.call_events_key("cc-callq")) == 1  # only the one naming it, so far
+    _recording_started(r, "cmd_s", "rec-1", "cc-callq")
+    ids = [json.loads(fields["event"])["id"] for _, fields in r.xrange(keys.call_events_key("cc-callq"))]
+    assert ids == ["e-own", "e-early"]
+    assert not r.exists(keys.recording_early_events_key("rec-1"))
+    ingest(ar, event("RecordingStateChanged", eid="e-late", cc="cc-acs-other", recordingId="rec-1", state="inactive"))
+    assert r.xlen(keys.call_events_key("cc-callq")) == 3 and not r.exists(keys.recording_early_events_key("rec-1"))
+
+
 def test_a_start_recording_failed_without_recording_id_fails_the_calls_pending_start(any_redis) -> None:  # type: ignore[no-untyped-def]
     """Designed for the worst case (no recordingId): the event falls back to its call's oldest pending start."""
     r, ar = any_redis

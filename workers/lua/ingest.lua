@@ -10,13 +10,14 @@
 -- invitation it withdrew (ACS sends that add nothing more).
 --
 -- KEYS: 1 seen marker, 2 the call's event stream, 3 call hash, 4 call's command list, 5 recording hash,
---       6 recording's command list ('' for those the event names no call / recording for)
+--       6 recording's command list, 7 recording's early events ('' for those the event names no call /
+--       recording for)
 -- ARGV: 1 dedupe ttl, 2 ttl, 3 stream MINID, 4 event json, 5 operationContext, 6 short type,
 --       7 '1' when the event answers every candidate (else the first), 8 recording state, 9 steps json
 --       ('' = the event resolves nothing), 10 now, 11 late-event json ('' without a context),
 --       12 withdrawn invitation id, 13 its failure fields json, 14 server call id, 15 call id
 -- Returns: {'duplicate'} or {'stored', 'orphan' | '', {id, call, record as field/value} per command resolved}
-local bad = check_types({'string', 'stream', 'hash', 'list', 'hash', 'list'})
+local bad = check_types({'string', 'stream', 'hash', 'list', 'hash', 'list', 'list'})
 if bad then return bad end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return {'duplicate'} end
 local ttl, now, kind, context = tonumber(ARGV[2]), ARGV[10], ARGV[6], ARGV[5]
@@ -50,14 +51,19 @@ end
 -- Stream ids are millisecond timestamps, so MINID trims what is older than the retention.
 redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ttl)
--- Real ACS reports a recording per server call, so its RecordingStateChanged may name another call connection
--- than callq's: the event also joins the timeline of the connection that started the recording.
+-- Real ACS reports a recording from a recorder of its own, so its RecordingStateChanged names another call
+-- connection than callq's: the event also joins the timeline of the connection that started the recording. One
+-- that beats the start's answer (which names that connection) is kept for sent.lua to put there.
 local own = KEYS[5] ~= '' and redis.call('HGET', KEYS[5], 'call_connection_id') or ''
 if own ~= '' and own ~= ARGV[15] then
   local timeline = CALL_PREFIX .. own .. CALL_EVENTS_SUFFIX
   redis.call('XADD', timeline, 'MINID', '~', ARGV[3], '*', 'event', ARGV[4])
   redis.call('EXPIRE', timeline, ttl)
 else
+  if own == '' and KEYS[7] ~= '' then
+    redis.call('RPUSH', KEYS[7], ARGV[4])
+    redis.call('EXPIRE', KEYS[7], ttl)
+  end
   own = ''
 end
 -- Told before the commands it resolves: a receiver sees the event, then what it meant.

@@ -6,12 +6,12 @@
 -- reads that index), so no crash can leave a wait without its deadline. The fields are recorded even if an
 -- early event already resolved the command: the response is still true (its result joins the event's: merged_result).
 -- KEYS: 1 command hash; 2 hash and 3 command list of the call ACS made, 4 its room's call key; 5 hash and
---       6 command list of the recording ACS started, 7 the hash of the call it records ('' for what ACS did
---       not make)
+--       6 command list of the recording ACS started, 7 the hash of the call it records, 8 the recording's early
+--       events ('' for what ACS did not make)
 -- ARGV: 1 command id, 2 to, 3 now iso, 4 ttl s, 5 wait deadline ms, 6 client, 7 room id, 8 call made,
 --       9 recording id, 10 the command's call, 11... field/value pairs
 -- Returns: lib.transition's reply
-local bad = check_types({'hash', 'hash', 'list', 'string', 'hash', 'list', 'hash'})
+local bad = check_types({'hash', 'hash', 'list', 'string', 'hash', 'list', 'hash', 'list'})
 if bad then return bad end
 local id, ttl = ARGV[1], tonumber(ARGV[4])
 if KEYS[2] ~= '' then
@@ -28,6 +28,22 @@ if KEYS[5] ~= '' then
   if KEYS[7] ~= '' then call_recording(ARGV[10], ARGV[9]) end
   redis.call('EXPIRE', KEYS[5], ttl)
   redis.call('EXPIRE', KEYS[6], ttl)
+  -- Its events that came before this answer (ingest.lua kept them): the ones naming another connection (the
+  -- recorder's, as real ACS's do) join the timeline of the call that started it now, told as ingest tells them.
+  local early = KEYS[8] ~= '' and ARGV[10] ~= '' and redis.call('LRANGE', KEYS[8], 0, -1) or {}
+  local room = #early > 0 and redis.call('HGET', CALL_PREFIX .. ARGV[10], 'room_id') or ''
+  for _, raw in ipairs(early) do
+    local ok, event = pcall(cjson.decode, raw)
+    local named = ok and type(event) == 'table' and type(event.data) == 'table' and event.data.callConnectionId
+    if named ~= ARGV[10] then
+      local timeline = CALL_PREFIX .. ARGV[10] .. CALL_EVENTS_SUFFIX
+      redis.call('XADD', timeline, '*', 'event', raw)
+      redis.call('EXPIRE', timeline, ttl)
+      webhook_fanout(ARGV[6], 'call.event', ARGV[10], ARGV[3],
+        {'event', raw, 'call_connection_id', ARGV[10], 'room_id', room or ''})
+    end
+  end
+  if KEYS[8] ~= '' then redis.call('DEL', KEYS[8]) end
 end
 local moved = transition(id, ARGV[2], 'running', ARGV[3], {'lease_until', '0'})
 if moved[1] == 'applied' and ARGV[2] == 'waiting' then
