@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import signal
 import uuid
@@ -155,7 +156,7 @@ def test_a_worker_sends_nothing_on_a_claim_the_replica_did_not_confirm_and_hands
     runtime = Runtime(Settings(redis_min_replicas=1, redis_replication_timeout_ms=TIMEOUT_MS), primary,
                       client=NoAcs(), scheduler=Scheduler(), rng=random.Random(1))  # type: ignore[arg-type]
     with replica_silent(pair), pytest.raises(RetryLater):
-        runtime.run(cid)
+        contextvars.copy_context().run(runtime.run, cid)  # its log context stays there, as in a worker's task
     record = primary.hgetall(keys.command_key(cid))
     assert (record["status"], record.get("attempts", "0"), record["lease_until"]) == ("queued", "0", "0")
     # Handed back as unsent: the next claim is a first attempt, not a crashed one that ACS must be asked about.
