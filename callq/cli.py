@@ -124,8 +124,9 @@ def _chaos_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=("bounded", "long"), default="long",
                         help="long (default): minutes per scenario; bounded: the seconds-long form make test runs")
     parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
-                        help="run only these scenarios (worker_kills, redis_restart, api_restarts, callback_chaos, "
-                             "throttling_storm, flood_kills, hostile_input, webhook_chaos)")
+                        help="run only these scenarios (worker_kills, redis_restart, redis_ride_through, "
+                             "redis_failover, api_restarts, callback_chaos, throttling_storm, flood_kills, "
+                             "hostile_input, webhook_chaos)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the report goes (default: tests/chaos/report.md after a whole long run, "
                              "tests/chaos/output/report.md otherwise)")

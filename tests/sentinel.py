@@ -1,10 +1,17 @@
-"""A real Sentinel set-up for tests: a primary, one replica and three ``redis-server --sentinel``, on free ports."""
+"""A real Sentinel set-up for tests: a primary, one replica and three ``redis-server --sentinel``, on free ports.
+
+The failover chaos test (tests/chaos/test_redis_failover.py) also uses it with the replica replicating through a
+proxy that delays the stream (``replica_via``), with no Sentinels at all (the managed-endpoint shape), and with its
+own Sentinel timings.
+"""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,13 +53,33 @@ class SentinelSet:
         with (self.directory / f"{port}.log").open("ab") as log:  # the child keeps its own descriptor
             self.procs[port] = subprocess.Popen(
                 [binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                 "--save", "", "--appendonly", "no"],
+                 "--save", "", "--appendonly", "no",
+                 # A replica's full sync starts at once, not after Redis 7's default 5 s wait for more replicas.
+                 *(() if "--sentinel" in args else ("--repl-diskless-sync-delay", "0"))],
                 stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, port: int) -> None:
         proc = self.procs.pop(port)
         proc.terminate()
         proc.wait(timeout=10)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL: the server dies with whatever it had not sent its replica yet."""
+        proc = self.procs.pop(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def role(self, port: int) -> str:
+        """``master`` or ``slave`` as the server itself says (``INFO replication``), or ``down``."""
+        try:
+            return str(self.client(port).info("replication")["role"])
+        except redis.RedisError:
+            return "down"
+
+    def offset(self, port: int) -> int:
+        """How far into the replication stream this server is: a primary's written offset, a replica's received."""
+        info = self.client(port).info("replication")
+        return int(info["master_repl_offset"] if info["role"] == "master" else info["slave_repl_offset"])
 
     def answers(self, port: int) -> bool:
         try:
@@ -82,22 +109,28 @@ def start_pair() -> SentinelSet:
     return s
 
 
-def start_sentinel_set() -> SentinelSet:
-    """Start and wait: the replica in sync, every Sentinel seeing the replica and the other two Sentinels."""
+def start_sentinel_set(*, sentinels: int = 3, replica_via: Callable[[int], int] | None = None,
+                       down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> SentinelSet:
+    """Start and wait: the replica in sync, every Sentinel seeing the replica and the other Sentinels.
+
+    ``replica_via``: given the primary's port, the port the replica should replicate from instead (a proxy in
+    front of the primary); ``sentinels``: 0 for a primary and replica alone.
+    """
     s = SentinelSet(Path(tempfile.mkdtemp(prefix="callq-sentinel-")), free_port(), free_port(),
-                    [free_port() for _ in range(3)])
+                    [free_port() for _ in range(sentinels)])
     try:
         s.start(s.primary_port)
         wait_until(lambda: s.answers(s.primary_port), timeout_s=10, what="the primary")
-        s.start(s.replica_port, "--replicaof", "127.0.0.1", str(s.primary_port))
+        upstream = replica_via(s.primary_port) if replica_via else s.primary_port
+        s.start(s.replica_port, "--replicaof", "127.0.0.1", str(upstream))
         wait_until(lambda: s.answers(s.replica_port) and
                    s.client(s.replica_port).info("replication").get("master_link_status") == "up",
                    timeout_s=20, what="the replica in sync")
         for port in s.sentinel_ports:
             conf = s.directory / f"sentinel-{port}.conf"  # Sentinel rewrites its file: one each
             conf.write_text(f"sentinel monitor {MASTER} 127.0.0.1 {s.primary_port} 2\n"
-                            f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                            f"sentinel failover-timeout {MASTER} 5000\n")
+                            f"sentinel down-after-milliseconds {MASTER} {down_after_ms}\n"
+                            f"sentinel failover-timeout {MASTER} {failover_timeout_ms}\n")
             s.start(port, str(conf), "--sentinel")
 
         def all_see_everyone() -> bool:
@@ -106,7 +139,8 @@ def start_sentinel_set() -> SentinelSet:
                     master = s.client(port).sentinel_master(MASTER)
                 except redis.RedisError:
                     return False
-                if int(master.get("num-slaves", 0)) < 1 or int(master.get("num-other-sentinels", 0)) < 2:
+                if int(master.get("num-slaves", 0)) < 1 or \
+                        int(master.get("num-other-sentinels", 0)) < len(s.sentinel_ports) - 1:
                     return False
             return True
 

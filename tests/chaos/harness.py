@@ -177,7 +177,10 @@ class RetryingClient:
     def __init__(self, base_url: str, *, deadline_s: float, retry_every_s: float = 0.1) -> None:
         self.base_url, self.deadline_s, self.retry_every_s = base_url, deadline_s, retry_every_s
         self.answers: dict[str, list[str]] = defaultdict(list)  # key -> the command id of every 2xx it got
+        # Every 2xx: (wall-clock time its request was sent, time the answer came, command id).
+        self.accepted: list[tuple[float, float, str]] = []
         self.counts: Counter[str] = Counter()  # 5xx, refused (nothing listening), cut (no answer), replayed
+        self.codes: Counter[str] = Counter()  # every 5xx by status and error code: "503 unavailable"
         self._lock = threading.Lock()
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
@@ -198,6 +201,7 @@ class RetryingClient:
     def submit(self, path: str, body: dict[str, Any], key: str) -> str:
         """The command id callq answered with, once it answered 2xx; any 4xx fails the test (the request is valid)."""
         def attempt() -> str | None:
+            sent = time.time()
             try:
                 resp = self._client().post(path, json=body, headers={"Idempotency-Key": key})
             except httpx.ConnectError:
@@ -208,11 +212,14 @@ class RetryingClient:
                 return None
             if resp.status_code >= 500:
                 self._count("5xx")
+                with self._lock:
+                    self.codes[f"{resp.status_code} {error_code(resp)}"] += 1
                 return None
             assert resp.status_code < 300, f"{path} with {key}: {resp.status_code} {resp.text}"
             command_id = str(resp.json()["id"])
             with self._lock:
                 self.answers[key].append(command_id)
+                self.accepted.append((sent, time.time(), command_id))
                 self.counts["replayed"] += resp.headers.get("Idempotent-Replayed") == "true"
             return command_id
         return str(wait_until(attempt, timeout_s=self.deadline_s, what=f"a 2xx for {key}",
@@ -225,6 +232,14 @@ class RetryingClient:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+def error_code(resp: httpx.Response) -> str:
+    """callq's error code in a response (``{"error": {"code": ...}}``), or what stands in for one."""
+    try:
+        return str(resp.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "(no code)"  # not callq's error body: a traceback, a proxy's page
 
 
 def record(r: redis.Redis, command_id: str) -> dict[str, str]:
