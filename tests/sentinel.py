@@ -76,6 +76,25 @@ class SentinelSet:
         except redis.RedisError:
             return "down"
 
+    def acknowledged(self, port: int) -> bool:
+        """Whether a write on the primary at ``port`` is acknowledged by a replica (``WAIT 1``, up to 1 s)."""
+        try:
+            primary = self.client(port)
+            primary.set("callq:test:sync-probe", "1")
+            return int(primary.execute_command("WAIT", 1, 1000)) >= 1  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            return False
+
+    def in_sync(self) -> bool:
+        """The replica's link is up and it acknowledges a write. "Up" alone is not enough: after a diskless full
+        sync the primary streams nothing more until the replica's first acknowledgement, which its once-a-second
+        cron sends, so for up to a second a ``WAIT`` hears from no replica (seen here: 0 of 1 for ~0.5 s)."""
+        try:
+            up = self.client(self.replica_port).info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+        return up and self.acknowledged(self.primary_port)
+
     def offset(self, port: int) -> int:
         """How far into the replication stream this server is: a primary's written offset, a replica's received."""
         info = self.client(port).info("replication")
@@ -100,9 +119,7 @@ def start_pair() -> SentinelSet:
         s.start(s.primary_port)
         wait_until(lambda: s.answers(s.primary_port), timeout_s=10, what="the primary")
         s.start(s.replica_port, "--replicaof", "127.0.0.1", str(s.primary_port))
-        wait_until(lambda: s.answers(s.replica_port) and
-                   s.client(s.replica_port).info("replication").get("master_link_status") == "up",
-                   timeout_s=20, what="the replica in sync")
+        wait_until(lambda: s.in_sync(), timeout_s=20, what="the replica in sync")
     except BaseException:
         s.close()
         raise
@@ -123,9 +140,7 @@ def start_sentinel_set(*, sentinels: int = 3, replica_via: Callable[[int], int] 
         wait_until(lambda: s.answers(s.primary_port), timeout_s=10, what="the primary")
         upstream = replica_via(s.primary_port) if replica_via else s.primary_port
         s.start(s.replica_port, "--replicaof", "127.0.0.1", str(upstream))
-        wait_until(lambda: s.answers(s.replica_port) and
-                   s.client(s.replica_port).info("replication").get("master_link_status") == "up",
-                   timeout_s=20, what="the replica in sync")
+        wait_until(lambda: s.in_sync(), timeout_s=20, what="the replica in sync")
         for port in s.sentinel_ports:
             conf = s.directory / f"sentinel-{port}.conf"  # Sentinel rewrites its file: one each
             conf.write_text(f"sentinel monitor {MASTER} 127.0.0.1 {s.primary_port} 2\n"
