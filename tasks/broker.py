@@ -65,6 +65,13 @@ class Channel(kombu_redis.Channel):
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         if client is None:
             if self._shared_client is None:
+                if getattr(self.connection, "client", None) is None:
+                    # Celery collects a connection it lost (which drops the transport's client) and then closes it,
+                    # which closes this channel again and restores its unacked messages: with no broker URL left
+                    # kombu would fail on an AttributeError, which ends the worker. A connection error instead is
+                    # one that close ignores; the messages stay in Redis' unacked index, and come back when their
+                    # visibility timeout passes (or the sweeper revives their commands).
+                    raise redis.exceptions.ConnectionError("the broker connection was already closed")
                 self._shared_client = self._create_client()  # type: ignore[no-untyped-call]  # kombu: unannotated
             client = self._shared_client
         yield client

@@ -64,3 +64,20 @@ def test_publishes_unacked_bookkeeping_and_acks_share_one_client(redis_url: str)
             assert client.connection_pool is channel.pool
         subscriber.close()
     plain.close()
+
+
+def test_closing_a_lost_connection_again_leaves_unacked_messages_in_redis_and_raises_nothing(redis_url: str) -> None:
+    """What Celery does on a lost connection (a failover): collect it (the transport loses its client), then close
+    it, which restores the channel's unacked messages. That must not raise past kombu (it ended the worker)."""
+    broker.register()
+    plain = redis.Redis.from_url(redis_url)
+    conn = Connection(redis_url)
+    assert isinstance(conn.transport, broker.Transport)
+    queue = conn.SimpleQueue("callq-broker-lost")
+    queue.put({"n": 1})
+    message = queue.get(timeout=5)
+    assert message.payload == {"n": 1}  # delivered, never acked
+    conn._do_close_transport()  # as Connection.collect ends
+    conn.close()
+    assert plain.hlen("unacked") == 1  # kept for the visibility timeout to restore
+    plain.close()
