@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -232,6 +233,17 @@ class RetryingClient:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+def settle(clients: Sequence[Future[Any]], *, timeout_s: float, what: str) -> tuple[int, list[BaseException]]:
+    """Wait for client threads to finish; how many are still sending at the deadline, and what the finished ones
+    raised. A deadline is not a failure here: the scenario records its figures first, then asserts on these."""
+    try:
+        wait_until(lambda: all(f.done() for f in clients), timeout_s=timeout_s, what=what, interval_s=0.1)
+    except AssertionError:
+        pass
+    failed = [exc for f in clients if f.done() and (exc := f.exception()) is not None]
+    return sum(1 for f in clients if not f.done()), failed
 
 
 def error_code(resp: httpx.Response) -> str:

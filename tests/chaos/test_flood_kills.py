@@ -50,6 +50,7 @@ from tests.chaos.harness import (
     honest,
     outcomes,
     record,
+    settle,
     statuses,
     unfinished,
 )
@@ -213,13 +214,7 @@ def test_a_flood_and_sigkilled_workers_lose_nothing_and_keep_every_call_in_order
         b = [pool.submit(load.ordinary, b_rooms[t::PLAN.b_threads], PLAN.timeout_s / 3)
              for t in range(PLAN.b_threads)]
         clients: list[Future[None]] = [*floods, *b]
-        try:
-            wait_until(lambda: all(f.done() for f in clients), timeout_s=PLAN.timeout_s / 2,
-                       what="both clients to finish sending", interval_s=0.1)
-        except AssertionError:
-            pass  # reported below, once the figures are recorded
-        sending = sum(1 for f in clients if not f.done())
-        failed = [f.exception() for f in clients if f.done() and f.exception() is not None]
+        sending, failed = settle(clients, timeout_s=PLAN.timeout_s / 2, what="both clients to finish sending")
 
         a_ids = [i for cmd in a_connects for i in load.a[cmd["call_connection_id"]]]
         b_ids = [*load.b_connects, *(i for group in load.b.values() for i in group[1:])]

@@ -68,6 +68,15 @@ def _files(api: httpx.Client, rid: str) -> list[dict[str, Any]]:
     return list(found)
 
 
+def _recorded(api: httpx.Client, simulator: ThreadServer, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A recording of a new call, started with ``body`` and stopped: its id and its one file."""
+    cc = _connected(api, simulator)
+    rid = str(_done(api, f"/v1/calls/{cc}/recordings", body)["recording_id"])
+    _done(api, f"/v1/recordings/{rid}/stop")
+    [listed] = _files(api, rid)
+    return rid, listed
+
+
 def _wav(body: bytes) -> wave.Wave_read:
     return wave.open(io.BytesIO(body))
 
@@ -110,9 +119,10 @@ def test_a_paused_recording_is_fetched_as_a_wav_of_its_recorded_time(stack: http
     assert at["resumeRecording"] - at["pauseRecording"] >= PAUSED_MS / 1000
     assert seconds <= at["stopRecording"] - at["startRecording"] - PAUSED_MS / 1000
 
-    part = api.get(listed["links"]["content"], headers={"Range": "bytes=44-1043"})
-    assert part.status_code == 206 and part.content == whole.content[44:1044]
-    assert part.headers["content-range"] == f"bytes 44-1043/{len(whole.content)}"
+    end = 44 + (len(whole.content) - 44) // 2  # inside the audio, however short the machine made the recording
+    part = api.get(listed["links"]["content"], headers={"Range": f"bytes=44-{end}"})
+    assert part.status_code == 206 and part.content == whole.content[44:end + 1]
+    assert part.headers["content-range"] == f"bytes 44-{end}/{len(whole.content)}"
     head = api.get(listed["links"]["content"], headers={"Range": "bytes=0-43"})
     assert head.status_code == 206 and _wav(head.content).getnframes() == audio.getnframes()
     assert api.get(listed["links"]["content"], headers={"Range": "bytes=-100"}).content == whole.content[-100:]
@@ -183,10 +193,7 @@ def test_a_scheduled_run_links_the_files_of_its_recording(
 def test_the_python_client_lists_downloads_and_deletes_a_recordings_files(stack: httpx.Client, simulator: ThreadServer,
                                                                           api_server: ThreadServer) -> None:
     api = stack
-    cc = _connected(api, simulator)
-    rid = _done(api, f"/v1/calls/{cc}/recordings", RECORD)["recording_id"]
-    _done(api, f"/v1/recordings/{rid}/stop")
-    [listed] = _files(api, rid)
+    rid, listed = _recorded(api, simulator, RECORD)
     with Client(api_server.url, TEST_API_KEY) as callq:
         assert callq.recording_files(rid)["items"] == [listed]
         assert callq.get_recording(rid)["files"] == [listed]
@@ -243,10 +250,7 @@ def test_an_mp3_or_mp4_recording_is_downloaded_as_that_format(stack: httpx.Clien
                                                               suffix: str) -> None:
     """The simulator encodes the file with ffmpeg; callq serves it with its Content-Type, whole and by Range."""
     api = stack
-    cc = _connected(api, simulator)
-    rid = _done(api, f"/v1/calls/{cc}/recordings", body)["recording_id"]
-    _done(api, f"/v1/recordings/{rid}/stop")
-    [listed] = _files(api, rid)
+    rid, listed = _recorded(api, simulator, body)
     assert listed["content_type"] == media_type
     whole = api.get(listed["links"]["content"])
     assert whole.status_code == 200 and whole.headers["content-type"] == media_type, whole.text
