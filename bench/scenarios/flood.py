@@ -373,7 +373,7 @@ def _ms(samples: list[Sample]) -> dict[str, float]:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    flood_s, interval_s, play_s = ctx.pick(30, 3), ctx.pick(2, 0.5), ctx.pick(0.2, 0.05)
+    flood_s, interval_s, play_s = ctx.pick(30, 2), ctx.pick(2, 0.5), ctx.pick(0.2, 0.05)
     n = math.ceil(flood_s / interval_s) - 1  # B's samples that start inside the flood, after its first interval
     # Quick mode lowers the door's per-call limit: every call fills to it, and a backlog of 100 plays per call can
     # take minutes to drain, far over quick mode's budget.

@@ -139,7 +139,7 @@ def _note(n: int, delay_ms: int, callq: dict[str, float], base: dict[str, float]
 
 
 def run(ctx: Context) -> ScenarioResult:
-    n, delay_ms, window_s = int(ctx.pick(5000, 200)), int(ctx.pick(5000, 500)), ctx.pick(20, 2)
+    n, delay_ms, window_s = int(ctx.pick(5000, 100)), int(ctx.pick(5000, 500)), ctx.pick(20, 2)
     with ctx.children("pending") as ch:
         callq = _callq(ch, n, delay_ms)
     with ctx.children("pending-naive") as ch:

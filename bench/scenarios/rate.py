@@ -68,7 +68,7 @@ def _overall(times: list[float]) -> float:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    n = int(ctx.pick(600, 60))
+    n = int(ctx.pick(600, 40))
     with ctx.children("rate") as ch:
         started = time.monotonic()
         callq = _callq_times(ch, n)

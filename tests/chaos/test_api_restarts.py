@@ -55,7 +55,7 @@ class Plan:
     timeout_s: int
 
 
-PLAN = pick(bounded=Plan(calls=8, commands_per_call=15, clients=4, restarts=4, timeout_s=150),
+PLAN = pick(bounded=Plan(calls=6, commands_per_call=15, clients=3, restarts=4, timeout_s=150),
             long=Plan(calls=20, commands_per_call=50, clients=5, restarts=12, timeout_s=600))
 ENV = {"CALLQ_ACS_RATE_PER_SECOND": "500", "CALLQ_ACS_RATE_BURST": "50",
        "CALLQ_OUTCOME_TIMEOUT_SECONDS": "3"}  # callbacks lost while the API is down are given up on quickly

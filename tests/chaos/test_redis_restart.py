@@ -46,7 +46,7 @@ class Plan:
     timeout_s: int
 
 
-PLAN = pick(bounded=Plan(calls=6, commands=60, restarts=1, timeout_s=240),
+PLAN = pick(bounded=Plan(calls=4, commands=40, restarts=1, timeout_s=240),
             long=Plan(calls=30, commands=600, restarts=3, timeout_s=600))
 
 

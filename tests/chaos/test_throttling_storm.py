@@ -35,7 +35,7 @@ class Plan:
     timeout_s: int
 
 
-PLAN = pick(bounded=Plan(commands=60, timeout_s=180), long=Plan(commands=300, timeout_s=400))
+PLAN = pick(bounded=Plan(commands=40, timeout_s=180), long=Plan(commands=300, timeout_s=400))
 
 
 @pytest.mark.timeout(PLAN.timeout_s)
