@@ -5,6 +5,7 @@ Every check compares callq's records in Redis with the simulator's execution log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -238,10 +239,8 @@ class RetryingClient:
 def settle(clients: Sequence[Future[Any]], *, timeout_s: float, what: str) -> tuple[int, list[BaseException]]:
     """Wait for client threads to finish; how many are still sending at the deadline, and what the finished ones
     raised. A deadline is not a failure here: the scenario records its figures first, then asserts on these."""
-    try:
+    with contextlib.suppress(AssertionError):
         wait_until(lambda: all(f.done() for f in clients), timeout_s=timeout_s, what=what, interval_s=0.1)
-    except AssertionError:
-        pass
     failed = [exc for f in clients if f.done() and (exc := f.exception()) is not None]
     return sum(1 for f in clients if not f.done()), failed
 

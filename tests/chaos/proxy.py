@@ -146,7 +146,7 @@ class TcpProxy:
                     continue
                 due, data = link.line[0]
                 # The injected lag itself (not synchronisation): hold the oldest chunk until it is due.
-                await asyncio.sleep(max(0.0, due - loop.time()))
+                await asyncio.sleep(max(0.0, due - loop.time()))  # sleep-ok: the lag this proxy injects
                 if link.closed or not link.line:
                     return
                 link.line.popleft()

@@ -53,7 +53,7 @@ class _QuickServer(uvicorn.Server):
         should_exit = await self.on_tick(counter)
         while not should_exit:
             counter = (counter + 1) % 864000
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # sleep-ok: the server's own tick, as uvicorn's (0.1 s there)
             should_exit = await self.on_tick(counter)
 
 
