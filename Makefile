@@ -28,7 +28,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: up test lint typecheck lint-lua lock bench chaos clean setup redis-server docker-compose chromium luacheck ffmpeg
+.PHONY: up test lint typecheck lint-lua lock bench bench-smoke chaos clean setup redis-server docker-compose chromium luacheck ffmpeg
 
 up: setup
 	$(VENV)/bin/callq up --demo
@@ -38,7 +38,7 @@ test: setup docker-compose chromium ffmpeg
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory typecheck
 	$(MAKE) --no-print-directory lint-lua
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not bench_smoke"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -59,8 +59,12 @@ lock: $(STAMP)
 	$(PIP_COMPILE) --extra dev -o $(LOCK) pyproject.toml
 	$(PIP_COMPILE) -o $(RUNTIME_LOCK) pyproject.toml
 
-bench: setup
+# The full benchmark suite, after a smoke run of every scenario in quick mode (left out of make test for time).
+bench: bench-smoke
 	$(VENV)/bin/callq bench
+
+bench-smoke: setup
+	$(VENV)/bin/pytest -m bench_smoke tests/bench
 
 # The chaos scenarios at long scale (minutes); writes tests/chaos/report.md.
 chaos: setup

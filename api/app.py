@@ -267,6 +267,7 @@ def _acknowledged(routes: list[BaseRoute]) -> list[BaseRoute]:
             wrapped.append(route)
             continue
 
+        @functools.wraps(route.endpoint)  # its name and docstring, which the OpenAPI document reads
         async def confirmed(request: Request, endpoint: Any = route.endpoint) -> Response:
             response: Response = await endpoint(request)
             if response.status_code < 400:

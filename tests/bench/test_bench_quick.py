@@ -1,5 +1,8 @@
 """`callq bench --quick` runs every scenario to a figure or a recorded error, and leaves no process behind.
 
+Marked ``bench_smoke``: ``make bench`` runs it first (``make bench-smoke`` alone); ``make test`` leaves it out, as
+its minute and more of running every scenario would take the suite past its 15-minute budget on a 2-core machine.
+
 Never a timing: the figures depend on the machine; only their presence and shape are checked here.
 """
 
@@ -54,6 +57,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
 
 
 @pytest.mark.integration
+@pytest.mark.bench_smoke
 @pytest.mark.timeout(300)
 def test_quick_suite_reports_every_scenario_as_figures_or_an_error(
         quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
@@ -78,6 +82,7 @@ def test_quick_suite_reports_every_scenario_as_figures_or_an_error(
 
 
 @pytest.mark.integration
+@pytest.mark.bench_smoke
 @pytest.mark.timeout(300)
 def test_quick_suite_leaves_no_process_behind(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     done, out = quick_run
