@@ -32,7 +32,8 @@ from api.automations import automation_routes
 from api.callbacks import AcsTokenVerifier, acs_events
 from api.eventgrid import eventgrid_routes
 from api.eventgrid_auth import EventGridVerifier
-from api.metrics import RequestMetrics, flushing, metrics_routes, record_error
+from api.intake import ClientIntake
+from api.metrics import CALLBACK_PATH, EVENTGRID_PATH, RequestMetrics, flushing, metrics_routes, record_error
 from api.notify import Notifier
 from api.reads import read_routes
 from api.recordings import recording_routes
@@ -304,7 +305,10 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
     return Starlette(
         routes=_merged(_acknowledged(routes) if settings.redis_min_replicas else routes),
         lifespan=functools.partial(lifespan, settings=settings, redis=redis, rooms=rooms),
-        middleware=[Middleware(RequestMetrics)],
+        # Metrics outside: a request's recorded time includes its wait for a turn at the intake.
+        middleware=[Middleware(RequestMetrics),
+                    Middleware(ClientIntake, limit=settings.client_max_in_flight,
+                               exempt_paths=frozenset({CALLBACK_PATH, EVENTGRID_PATH}))],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,
                             aioredis.ResponseError: redis_refused, NotReplicated: not_replicated,

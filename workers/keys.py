@@ -35,6 +35,8 @@ CALL_COMMANDS_SUFFIX = ":commands"
 # A call's lane: its commands not yet ended, in acceptance order (what per-call order looks at; the commands list
 # keeps every command, for reads).
 CALL_LANE_SUFFIX = ":lane"
+# The interrupts among them (a set): what lets a kick stop at the head of a long lane (lib.lua's kick_lane).
+CALL_INTERRUPTS_SUFFIX = ":interrupts"
 
 
 PENDING_SUFFIX = ":pending"  # the set of a call's (or a client's) commands accepted and not yet ended
@@ -154,6 +156,10 @@ def call_commands_key(call_connection_id: str) -> str:
 
 def call_lane_key(call_connection_id: str) -> str:
     return f"{CALL_PREFIX}{call_connection_id}{CALL_LANE_SUFFIX}"
+
+
+def call_interrupts_key(call_connection_id: str) -> str:
+    return f"{CALL_PREFIX}{call_connection_id}{CALL_INTERRUPTS_SUFFIX}"
 
 
 CALL_EVENTS_SUFFIX = ":events"

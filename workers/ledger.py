@@ -110,7 +110,8 @@ def accept(
         [idempotency_key, keys.command_key(cid), keys.queue_key(queue),
          keys.call_commands_key(cc) if cc else "", keys.recording_commands_key(rec) if rec else "",
          keys.call_pending_key(cc) if cc else "", keys.client_pending_key(client),
-         keys.client_accept_budget_key(client) if rate > 0 else "", keys.call_lane_key(cc) if cc else ""],
+         keys.client_accept_budget_key(client) if rate > 0 else "", keys.call_lane_key(cc) if cc else "",
+         keys.call_interrupts_key(cc) if cc and type_ in _interrupt_types() else ""],
         [fingerprint, cid, idempotency_ttl_s, command_ttl_s, message, response_json, SWEEP_GRACE_MS,
          limits.per_call, limits.per_client, 1000 / rate if rate > 0 else 0, max(limits.accept_burst, 1),
          window, client, type_, *lane_args(now_ms), now_iso(), *_cuts(type_, cid), *flatten(command)],
@@ -201,6 +202,11 @@ def lane_args(now_ms: int) -> list[str | int]:
     """What the ordering rules need from the Operation table: now, then the non-blocking, media, interrupt and
     overtaking types (lib.lua's ``blocks``)."""
     return [now_ms, *_lane_types()]
+
+
+@functools.cache
+def _interrupt_types() -> frozenset[str]:
+    return frozenset(op.type for op in OPERATIONS.values() if op.interrupts)
 
 
 @functools.cache

@@ -219,6 +219,9 @@ class Settings:
     client_max_pending: int = 10_000
     client_accept_rate_per_s: int = 0
     client_accept_burst: int = 0
+    # Fair intake (api/intake.py): write requests of one client handled at once by one API process; the rest
+    # wait their turn before any work is done for them, so one client's burst cannot crowd the event loop.
+    client_max_in_flight: int = 4
     # Fair dispatch: the most runnable commands the broker's command queue holds at once; the rest wait their
     # client's turn (lib.lua's dispatch). Small keeps a newcomer close to the front; at least the workers' slots
     # keeps them busy.
@@ -346,6 +349,8 @@ class Settings:
                                           low=0, high=1_000_000),
             client_accept_burst=_int(env, "CALLQ_CLIENT_ACCEPT_BURST", cls.client_accept_burst, low=0,
                                      high=1_000_000),
+            client_max_in_flight=_int(env, "CALLQ_CLIENT_MAX_IN_FLIGHT", cls.client_max_in_flight, low=0,
+                                      high=100_000),
             dispatch_window=_int(env, "CALLQ_DISPATCH_WINDOW", cls.dispatch_window, high=100_000),
             stale_call_s=_int(env, "CALLQ_STALE_CALL_SECONDS", cls.stale_call_s),
             schedule_grace_s=_int(env, "CALLQ_SCHEDULE_GRACE_SECONDS", cls.schedule_grace_s, high=86_400),

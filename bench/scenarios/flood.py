@@ -79,6 +79,7 @@ class Sample:
     server_ms: float | None  # the command's own created_at → resolved_at
     to_sent_ms: float | None = None  # created_at → sent_at: waiting for its turn, and ACS's answer to the request
     to_event_ms: float | None = None  # sent_at → resolved_at: ACS's event reaching callq
+    accept_ms: float | None = None  # POST sent → its 202 read
 
 
 def _epoch(iso: str) -> float:
@@ -95,6 +96,7 @@ def _connect_once(api_url: str, room: str) -> Sample:
             **auth, "Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())})
         resp = conn.getresponse()
         raw = resp.read()
+        accepted = time.monotonic()
         if resp.status != 202:
             raise BenchError(f"client B's connect was not accepted: HTTP {resp.status} {raw[:200]!r}")
         command_id = json.loads(raw)["id"]
@@ -118,7 +120,7 @@ def _connect_once(api_url: str, room: str) -> Sample:
         return (_epoch(done[b]) - _epoch(done[a])) * 1000 if done.get(a) and done.get(b) else None
 
     return Sample(started, finished - started, between("created_at", "resolved_at"),
-                  between("created_at", "sent_at"), between("sent_at", "resolved_at"))
+                  between("created_at", "sent_at"), between("sent_at", "resolved_at"), (accepted - started) * 1000)
 
 
 def _sleep_until(moment: float) -> None:
@@ -368,6 +370,11 @@ def _start(ch: Children, play_s: float, per_call: int) -> stack.Stack:
     return st
 
 
+def _split(s: Sample) -> dict[str, float]:
+    parts = (("accept", s.accept_ms), ("to_sent", s.to_sent_ms), ("to_event", s.to_event_ms))
+    return {"ms": round(s.seconds * 1000, 1), **{k: round(v, 1) for k, v in parts if v is not None}}
+
+
 def _ms(samples: list[Sample]) -> dict[str, float]:
     return summary_ms([s.seconds for s in samples])
 
@@ -454,7 +461,10 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         "resent": sum(f["resent"] for f in calls), "plays": plays, "all_ended": ended, "drain_s": round(drain_s, 2),
         "b_idle_ms": idle_ms, "b_flood_ms": flood_ms, "b_idle_server_ms": idle_server,
         "b_flood_server_ms": flood_server,
-        "b_flood_samples": [{"at_s": round(s.started - began, 2), "ms": round(s.seconds * 1000, 1)} for s in flooded],
+        # Each of B's connects, and where its time went (ms): POST → 202, the record's created_at → sent_at and
+        # sent_at → resolved_at; what is left of "ms" is the long-poll's answer reaching B.
+        "b_idle_samples": [_split(s) for s in idle],
+        "b_flood_samples": [{"at_s": round(s.started - began, 2), **_split(s)} for s in flooded],
     }
     res.notes = [
         f"Two clients of one stack ({WORKERS} worker processes × {THREADS} threads), the door's "

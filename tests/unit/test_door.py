@@ -161,3 +161,14 @@ def test_members_that_ended_without_leaving_are_dropped_when_the_limit_is_met(r:
     assert accept(r, "c3", limits=limits).command_id == "c3"
     assert r.smembers(keys.call_pending_key("cc-1")) == {"c3"}
     assert r.smembers(keys.client_pending_key("alice")) == {"c3"}
+
+
+def test_a_full_call_first_drops_members_that_ended_without_leaving_its_pending_set(r: redis.Redis) -> None:
+    limits = DoorLimits(per_call=2)
+    accept(r, "c1", limits=limits)
+    accept(r, "c2", limits=limits)
+    # c1 ended without leaving the set (a worker of a release before the door), and c2's record is gone.
+    r.hset(keys.command_key("c1"), "status", "succeeded")
+    r.delete(keys.command_key("c2"))
+    assert accept(r, "c3", limits=limits).command_id == "c3"
+    assert r.smembers(keys.call_pending_key("cc-1")) == {"c3"}

@@ -261,3 +261,43 @@ def test_a_calls_lane_holds_its_commands_not_yet_ended_in_order(r: redis.Redis) 
     # What per-call order walks shrinks as commands end; the call's list keeps them all for reads.
     assert r.lrange(keys.call_lane_key("cc-1"), 0, -1) == ["p3"]
     assert r.lrange(keys.call_commands_key("cc-1"), 0, -1) == ["p1", "p2", "p3"]
+
+
+def _calls(r: redis.Redis, command: str) -> int:
+    """How many times Redis ran ``command`` since the last CONFIG RESETSTAT (scripts' calls included)."""
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_kick_or_an_accept_reads_only_the_head_of_a_call_with_a_backlog_of_plays(redis_url: str) -> None:
+    # On the real server only: fakeredis keeps no command statistics.
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    accept(r, "p0", type_="play", call="cc-1")
+    set_status(r, "p0", "waiting", wait_deadline=int(time.time() * 1000) + 60_000)  # playing
+    for i in range(1, 51):
+        accept(r, f"p{i}", type_="play", call="cc-1")  # parked behind it
+    r.config_resetstat()
+    assert kick(r, "cc-1") == []
+    # p0, p1 and p1's check against p0: not the 50 parked plays behind them.
+    assert _calls(r, "hmget") <= 4
+    r.config_resetstat()
+    accept(r, "p51", type_="play", call="cc-1")
+    assert r.hget(keys.command_key("p51"), "parked") == "1"
+    assert _calls(r, "smembers") == 0 and _calls(r, "hmget") <= 2  # held back by p50, the one accepted before it
+
+
+def test_a_cancel_behind_a_backlog_is_still_found_by_the_kick_and_overtakes_the_parked_plays(r: redis.Redis) -> None:
+    accept(r, "add", type_="add_participant", call="cc-1")
+    for i in range(1, 31):
+        accept(r, f"p{i}", type_="play", call="cc-1")
+    accept(r, "cancel", type_="cancel_add_participant", call="cc-1")
+    # The add's message is still on the broker's queue (not sent): the cancel waits for it to be sent.
+    assert r.hget(keys.command_key("cancel"), "parked") == "1"
+    assert r.smembers(keys.call_interrupts_key("cc-1")) == {"cancel"}
+    r.rpop(keys.queue_key(QUEUE))
+    set_status(r, "add", "waiting", wait_deadline=int(time.time() * 1000) + 60_000)  # sent: ringing
+    kick(r, "cc-1")
+    # Past p1 (unsent, held back by the add) only interrupts can go, and the call has one pending: the walk goes on
+    # to the end of the lane for it.
+    assert queued(r) == ["cancel"] and r.hget(keys.command_key("p30"), "parked") == "1"
+    scripts.run(r, ledger.transition("cancel", Status.SUCCEEDED, {}))
+    assert r.smembers(keys.call_interrupts_key("cc-1")) == set()

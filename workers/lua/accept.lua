@@ -13,7 +13,8 @@
 -- KEYS: 1 idempotency hash, 2 command hash, 3 broker queue list, 4 the call's command list, 5 the recording's
 --       command list (4 and 5 '' when the command has no call / recording yet), 6 the call's pending set ('' when
 --       no call), 7 the client's pending set, 8 the client's accept budget ('' when it has none), 9 the call's lane
---       (its commands not ended, in order; '' when no call)
+--       (its commands not ended, in order; '' when no call), 10 the call's pending interrupts ('' unless this is
+--       an interrupt on a call)
 -- ARGV: 1 fingerprint, 2 command id, 3 idempotency ttl s, 4 command ttl s, 5 broker message, 6 response json
 --       ('' when the caller keeps none), 7 sweep grace ms, 8 most pending per call (0: no limit), 9 most pending
 --       per client (0: no limit), 10 the accept budget's emission interval ms, 11 its burst, 12 the dispatch
@@ -23,15 +24,15 @@
 --       field/value pairs
 -- Returns: {'new' | 'replay', command id, fingerprint, response json, the record of each command it cut...}
 --          (a replay's are the stored ones), or {'refused', code, retry after ms, limit}
-local bad = check_types({'hash', 'hash', 'list', 'list', 'list', 'set', 'set', 'string', 'list'})
+local bad = check_types({'hash', 'hash', 'list', 'list', 'list', 'set', 'set', 'string', 'list', 'set'})
 if bad then return bad end
 local existing = redis.call('HMGET', KEYS[1], 'command_id', 'fingerprint', 'response')
 if existing[1] then
   return {'replay', existing[1], existing[2] or '', existing[3] or ''}
 end
 -- A set at its limit first drops members that ended without leaving it (finished by a worker of a release
--- before the door, or a record gone): all of a call's, a sample of a client's (their many would cost too much
--- on every refusal; each refusal drops a few more).
+-- before the door, or a record gone), from a sample of 16: reading them all would cost every refusal the whole
+-- set (a flooded call refuses many), and each refusal drops a few more.
 local function pending_after_pruning(key, members)
   for _, id in ipairs(members) do
     local status = redis.call('HGET', COMMAND_PREFIX .. id, 'status')
@@ -44,7 +45,7 @@ local per_call, per_client = tonumber(ARGV[8]), tonumber(ARGV[9])
 if KEYS[6] ~= '' then
   local pending = redis.call('SCARD', KEYS[6])
   if per_call > 0 and pending >= per_call
-      and pending_after_pruning(KEYS[6], redis.call('SMEMBERS', KEYS[6])) >= per_call then
+      and pending_after_pruning(KEYS[6], redis.call('SRANDMEMBER', KEYS[6], 16)) >= per_call then
     return {'refused', 'too_many_pending', 1000, 'call'}
   end
 end
@@ -61,7 +62,7 @@ redis.call('HSET', KEYS[1], 'command_id', ARGV[2], 'fingerprint', ARGV[1], 'resp
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('HSET', KEYS[2], unpack(ARGV, 23))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
-for i = 4, 9 do
+for i = 4, 10 do
   if KEYS[i] ~= '' and i ~= 8 then
     redis.call((i < 6 or i == 9) and 'RPUSH' or 'SADD', KEYS[i], ARGV[2])
     redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4]))
@@ -72,7 +73,7 @@ local now, lanes = tonumber(ARGV[15]), {nonblocking = ARGV[16], media = ARGV[17]
                                        overtaking = ARGV[19]}
 if KEYS[6] ~= '' then
   -- The call's pending commands are exactly the earlier ones that may still hold this one back.
-  local earlier = redis.call('SMEMBERS', KEYS[6])
+  local earlier = ARGV[21] ~= '' and redis.call('SMEMBERS', KEYS[6]) or nil
   local cuts = ARGV[21] == 'all'
   if ARGV[21] == 'held' then
     for _, id in ipairs(earlier) do
@@ -97,10 +98,17 @@ if KEYS[6] ~= '' then
     -- and so is ahead of this command.
     if #cut > 0 then kick_lane(KEYS[9], now, lanes) end
   end
-  for _, id in ipairs(earlier) do
-    if id ~= ARGV[2] and blocks(id, ARGV[14], now, lanes) then
-      held = true
-      break
+  -- The command accepted just before this one (the lane's last but this) is the one that holds it back most
+  -- often: looked at first, it spares a call with a backlog reading every pending command on each accept.
+  local last = redis.call('LINDEX', KEYS[9], -2)
+  if last and last ~= ARGV[2] and blocks(last, ARGV[14], now, lanes) then
+    held = true
+  else
+    for _, id in ipairs(earlier or redis.call('SMEMBERS', KEYS[6])) do
+      if id ~= ARGV[2] and blocks(id, ARGV[14], now, lanes) then
+        held = true
+        break
+      end
     end
   end
 end

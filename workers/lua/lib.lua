@@ -154,6 +154,7 @@ local function transition(id, to, allowed, now, fields, attempts_by)
   if record['call_connection_id'] and record['call_connection_id'] ~= '' then
     redis.call('SREM', CALL_PREFIX .. record['call_connection_id'] .. PENDING_SUFFIX, id)
     redis.call('LREM', CALL_PREFIX .. record['call_connection_id'] .. CALL_LANE_SUFFIX, 1, id)
+    redis.call('SREM', CALL_PREFIX .. record['call_connection_id'] .. CALL_INTERRUPTS_SUFFIX, id)
   end
   if record['client'] then redis.call('SREM', CLIENT_PREFIX .. record['client'] .. PENDING_SUFFIX, id) end
   local doc = cjson.encode(record)
@@ -268,13 +269,23 @@ end
 -- Hand the call's parked commands their turn: each one that nothing earlier holds back any more (blocks) is
 -- unparked and its kept message joins its client's ready list. Past the first unsent command that is not an
 -- interrupt, only interrupts can be runnable (an unsent command holds back every later one but interrupts), so
--- the walk then looks at nothing else.
+-- the walk then looks at nothing else, and it stops once it has passed every interrupt the call has pending
+-- (CALL_INTERRUPTS_SUFFIX, kept by accept.lua and transition). A call with a backlog of plays and no interrupt
+-- costs a kick the head of its lane, not the backlog: kicks come with every send and every outcome.
 -- Returns {command id, command type, client, ...} of the unparked commands that kept no message (they parked
 -- after their message ran): the caller publishes those.
 local function kick_lane(list_key, now, lanes)
   local before, no_message, only_interrupts = {}, {}, false
+  local interrupts_left = redis.call('SCARD',
+    string.sub(list_key, 1, #list_key - #CALL_LANE_SUFFIX) .. CALL_INTERRUPTS_SUFFIX)
+  -- An entry of the set whose record is gone or ended is never met on the way: the walk then goes to the end of the
+  -- lane, as it always did.
   for _, id in ipairs(redis.call('LRANGE', list_key, 0, -1)) do
+    if only_interrupts and interrupts_left <= 0 then break end
     local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'parked', 'type', 'client')
+    if st[1] and not is_terminal(st[1]) and listed(lanes.interrupts, st[3] or '') then
+      interrupts_left = interrupts_left - 1
+    end
     local unsent = st[1] == 'queued' or st[1] == 'running'
     if unsent and st[2] == '1' and (not only_interrupts or listed(lanes.interrupts, st[3])) then
       local free = true

@@ -1,0 +1,108 @@
+"""Fair intake (api/intake.py): one client's burst of writes waits its turn before any work is done for it, and
+never holds back another client's request, a read, or ACS's deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from api.intake import ClientIntake
+
+EXEMPT = "/v1/acs/events"
+
+
+class Recorder:
+    """An ASGI app whose requests block until released, recording which are running."""
+
+    def __init__(self) -> None:
+        self.running: list[str] = []
+        self.started: list[str] = []
+        self.most_at_once: dict[bytes, int] = {}
+        self.release: dict[str, asyncio.Event] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope["name"]
+        self.started.append(name)
+        self.running.append(name)
+        token = dict(scope["headers"]).get(b"authorization", b"")
+        at_once = sum(1 for n in self.running if n.startswith(name[0]))
+        self.most_at_once[token] = max(self.most_at_once.get(token, 0), at_once)
+        await self.release.setdefault(name, asyncio.Event()).wait()
+        self.running.remove(name)
+
+
+def scope(name: str, *, token: str | None, method: str = "POST", path: str = "/v1/calls/cc/play") -> dict[str, Any]:
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    return {"type": "http", "method": method, "path": path, "headers": headers, "name": name}
+
+
+async def settle() -> None:
+    for _ in range(10):  # let every runnable task reach its next wait (no clock involved)
+        await asyncio.sleep(0)
+
+
+async def _noop_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+async def _noop_send(message: Any) -> None:
+    return None
+
+
+def start(intake: ClientIntake, s: dict[str, Any]) -> asyncio.Task[None]:
+    return asyncio.ensure_future(intake(s, _noop_receive, _noop_send))
+
+
+def test_a_clients_burst_runs_at_most_the_limit_at_once_in_arrival_order_and_another_client_goes_at_once() -> None:
+    async def main() -> None:
+        app = Recorder()
+        intake = ClientIntake(app, limit=2, exempt_paths=frozenset({EXEMPT}))
+        tasks = [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
+        await settle()
+        assert app.started == ["a0", "a1"] and intake.waiting() == 4
+        tasks.append(start(intake, scope("b0", token="key-b")))
+        await settle()
+        assert app.started == ["a0", "a1", "b0"]  # b's request did not wait behind a's four
+        for name in ("a0", "b0", "a1", "a2", "a3", "a4", "a5"):
+            app.release.setdefault(name, asyncio.Event()).set()
+            await settle()
+        await asyncio.gather(*tasks)
+        assert app.started == ["a0", "a1", "b0", "a2", "a3", "a4", "a5"]
+        assert app.most_at_once[b"Bearer key-a"] == 2
+        assert intake.waiting() == 0 and intake._clients == {}  # nothing kept once a client has nothing here
+
+    asyncio.run(main())
+
+
+def test_reads_acs_deliveries_and_requests_without_a_key_are_not_held_back() -> None:
+    async def main() -> None:
+        app = Recorder()
+        intake = ClientIntake(app, limit=1, exempt_paths=frozenset({EXEMPT}))
+        tasks = [start(intake, scope("a0", token="key-a")),
+                 start(intake, scope("r1", token="key-a", method="GET", path="/v1/commands/x")),
+                 start(intake, scope("e2", token="jwt", path=EXEMPT)),
+                 start(intake, scope("e3", token="jwt", path=EXEMPT)),
+                 start(intake, scope("n4", token=None))]
+        await settle()
+        assert sorted(app.started) == ["a0", "e2", "e3", "n4", "r1"]
+        for event in app.release.values():
+            event.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+
+
+def test_a_limit_of_zero_holds_nothing_back() -> None:
+    async def main() -> None:
+        app = Recorder()
+        intake = ClientIntake(app, limit=0)
+        tasks = [start(intake, scope(f"a{i}", token="key-a")) for i in range(5)]
+        await settle()
+        assert len(app.started) == 5
+        for event in app.release.values():
+            event.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
