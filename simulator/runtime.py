@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 
-from .delivery import Dispatcher
+from .delivery import Dispatcher, aiohttp_poster
 from .entra import EntraSigner
 from .eventgrid import EventGrid
 from .faults import Faults
@@ -29,6 +30,7 @@ class Runtime:
     log: RequestLog
     cache: ResponseCache
     client: httpx.AsyncClient
+    callbacks: aiohttp.ClientSession  # Call Automation callbacks
     entra: EntraSigner
     eventgrid: EventGrid
     rooms_cache: ResponseCache  # first responses of repeatable Rooms creates
@@ -47,16 +49,20 @@ class Runtime:
         # each callback URL has its own lane, and a connection re-opened per POST costs more than the POST.
         limits = httpx.Limits(max_connections=CALLBACK_CONNECTIONS, max_keepalive_connections=CALLBACK_CONNECTIONS)
         client = httpx.AsyncClient(timeout=settings.callback_timeout_s, trust_env=False, limits=limits)
-        dispatcher = Dispatcher(
-            client, signer, faults, attempts=settings.callback_attempts, backoff_s=settings.callback_backoff_s
-        )
+        # Call Automation's callbacks, the simulator's busiest traffic, on aiohttp (see delivery.aiohttp_poster);
+        # trust_env off as above.
+        callbacks = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.callback_timeout_s), trust_env=False,
+            connector=aiohttp.TCPConnector(limit=CALLBACK_CONNECTIONS, limit_per_host=0))
+        dispatcher = Dispatcher(aiohttp_poster(callbacks), signer, faults, attempts=settings.callback_attempts,
+                                backoff_s=settings.callback_backoff_s)
         entra = EntraSigner(settings.public_url)
         eventgrid = EventGrid(settings, client, entra, faults)
         sim = Sim(dispatcher, faults, eventgrid, public_url=settings.public_url, resource_id=settings.resource_id,
                   recording_file_delay_s=settings.recording_file_delay_s, ffmpeg=settings.ffmpeg)
         eventgrid.start()
-        return cls(settings, signer, faults, sim, RequestLog(), ResponseCache(), client, entra, eventgrid,
-                   ResponseCache())
+        return cls(settings, signer, faults, sim, RequestLog(), ResponseCache(), client, callbacks, entra,
+                   eventgrid, ResponseCache())
 
     async def reset(self) -> None:
         """``POST /_sim/reset``: rooms, calls, logs, repeatability, faults and runtime Event Grid subscriptions all
@@ -73,3 +79,4 @@ class Runtime:
         await self.sim.reset()
         await self.eventgrid.close()
         await self.client.aclose()
+        await self.callbacks.close()

@@ -20,7 +20,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from tasks.app import RECONCILE_TASK, app, task_name
 from tasks.publish import task_message
-from workers import keys, redis_clients
+from workers import heap, keys, redis_clients
 from workers.operations import OPERATIONS
 from workers.runtime import RetryLater, Runtime
 from workers.settings import Settings
@@ -151,6 +151,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=_heartbeat, args=(app.conf.callq_settings, name),
                      name="callq-heartbeat", daemon=True).start()
     threading.Thread(target=_check_deadlines, name="callq-deadlines", daemon=True).start()
+    heap.freeze_startup_heap()  # the worker is ready: all it imported and built lives as long as it does
 
 
 @worker_shutdown.connect
