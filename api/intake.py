@@ -1,24 +1,27 @@
-"""Fair intake: one client's burst of requests cannot fill an API process's event loop.
+"""Fair intake: one client's burst of requests cannot fill an API process's event loop while others wait.
 
-An API process serves every open connection side by side. A client keeping 20 requests in flight (a retry storm,
-a flood of plays) would have 20 handlers taking turns on the event loop, and another client's single request
-would take its turn behind all of them at every step (read, parse, the Redis round trip, the answer), so its
-latency would grow with the flooder's concurrency. Here each client has at most ``CALLQ_CLIENT_MAX_IN_FLIGHT``
-write requests being handled at once in this process; the rest of its requests wait, in arrival order, before any
-work is done for them (waiting costs the loop nothing). A client with one request never waits.
+An API process serves every open connection side by side. A client keeping 50 requests in flight (a retry storm,
+a flood of plays) has 50 handlers taking turns on the event loop, and another client's single request takes its
+turn behind all of them at every step (read, parse, the Redis round trip, the answer), so its latency grows with
+the flooder's concurrency. Here, while more than one client has write requests in this process, each client has
+at most ``CALLQ_CLIENT_MAX_IN_FLIGHT`` of them being handled at once; its other requests wait, in arrival order,
+before any work is done for them (waiting costs the loop nothing), and the clients held back take turns as places
+free up. A client alone is never held back: its concurrency is what lets the accept script's pipeline batch its
+requests, and limiting it would only cut its throughput with nobody to gain.
 
 What counts: writes (POST, PUT, PATCH, DELETE) carrying ``Authorization: Bearer`` — the API's clients. Reads are
 not held back (a long-poll or an event stream may stay open a minute, and must not take a write's place), nor are
 ACS's and Event Grid's deliveries, which are not a client's and have their own bearer tokens.
 
-The limit is per process: with N uvicorn workers a client may have N × the limit in flight. It shapes concurrency,
-not rate: ``CALLQ_CLIENT_ACCEPT_RATE_PER_SECOND`` and the pending limits refuse work; this only orders it.
+The limit is per process. It shapes concurrency, not rate: ``CALLQ_CLIENT_ACCEPT_RATE_PER_SECOND`` and the
+pending limits refuse work; this only orders it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,13 +30,14 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
-class _Slots:
-    free: asyncio.Semaphore
-    users: int = field(default=0)  # requests holding or waiting for a slot; at 0 the entry is dropped
+class _Client:
+    running: int = 0
+    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
 
 
 class ClientIntake:
-    """Pure ASGI middleware: at most ``limit`` write requests of one client handled at once (0: no limit)."""
+    """Pure ASGI middleware: while clients compete, at most ``limit`` write requests of each handled at once (0: no
+    limit)."""
 
     def __init__(self, app: ASGIApp, *, limit: int, exempt_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
@@ -41,29 +45,62 @@ class ClientIntake:
         self.exempt_paths = exempt_paths
         # By a digest of the bearer token, so no key sits in memory in the clear (as in auth.ApiKeys); an entry
         # lives while its client has a request here, so unknown tokens cannot grow the table.
-        self._clients: dict[bytes, _Slots] = {}
+        self._clients: dict[bytes, _Client] = {}
 
     def waiting(self) -> int:
-        """Requests waiting for a slot now, over all clients (tests, and a future gauge)."""
-        return sum(max(0, s.users - self.limit) for s in self._clients.values())
+        """Requests waiting for their turn now, over all clients."""
+        return sum(len(c.waiting) for c in self._clients.values())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self._bearer(scope) if self.limit > 0 else None
         if token is None:
             await self.app(scope, receive, send)
             return
-        client = hashlib.sha256(token).digest()
-        slots = self._clients.get(client)
-        if slots is None:
-            slots = self._clients[client] = _Slots(asyncio.Semaphore(self.limit))
-        slots.users += 1
+        key = hashlib.sha256(token).digest()
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = _Client()
+        if client.waiting or self._held(key, client):
+            turn = asyncio.get_running_loop().create_future()
+            client.waiting.append(turn)
+            try:
+                await turn
+            except BaseException:
+                if not turn.cancelled() and turn.done():  # given its turn as it was cancelled: pass it on
+                    client.running -= 1
+                    self._release()
+                elif turn in client.waiting:
+                    client.waiting.remove(turn)
+                self._forget(key, client)
+                raise
+        else:
+            client.running += 1
         try:
-            async with slots.free:
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
         finally:
-            slots.users -= 1
-            if slots.users == 0:
-                del self._clients[client]
+            client.running -= 1
+            self._forget(key, client)
+            self._release()
+
+    def _held(self, key: bytes, client: _Client) -> bool:
+        """At its limit while another client has a request here (running or waiting)."""
+        return client.running >= self.limit and any(k != key for k in self._clients)
+
+    def _release(self) -> None:
+        # Clients held back take turns: one request each per round while any may go.
+        moved = True
+        while moved:
+            moved = False
+            for key, client in list(self._clients.items()):
+                if client.waiting and not self._held(key, client):
+                    turn = client.waiting.popleft()
+                    client.running += 1  # counted as it is handed its turn, so the next check sees it
+                    turn.set_result(None)
+                    moved = True
+
+    def _forget(self, key: bytes, client: _Client) -> None:
+        if client.running == 0 and not client.waiting and self._clients.get(key) is client:
+            del self._clients[key]
 
     def _bearer(self, scope: Scope) -> bytes | None:
         if scope["type"] != "http" or scope["method"] not in WRITE_METHODS or scope["path"] in self.exempt_paths:

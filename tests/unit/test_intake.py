@@ -14,7 +14,8 @@ EXEMPT = "/v1/acs/events"
 
 
 class Recorder:
-    """An ASGI app whose requests block until released, recording which are running."""
+    """An ASGI app whose requests block until released, recording which started and how many of a client's ran at
+    once."""
 
     def __init__(self) -> None:
         self.running: list[str] = []
@@ -55,23 +56,65 @@ def start(intake: ClientIntake, s: dict[str, Any]) -> asyncio.Task[None]:
     return asyncio.ensure_future(intake(s, _noop_receive, _noop_send))
 
 
-def test_a_clients_burst_runs_at_most_the_limit_at_once_in_arrival_order_and_another_client_goes_at_once() -> None:
+def release(app: Recorder, *names: str) -> None:
+    for name in names:
+        app.release.setdefault(name, asyncio.Event()).set()
+
+
+def test_a_client_alone_is_never_held_back() -> None:
+    async def main() -> None:
+        app = Recorder()
+        intake = ClientIntake(app, limit=2)
+        tasks = [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
+        await settle()
+        assert len(app.started) == 6 and intake.waiting() == 0  # nobody to be fair to: batching beats waiting
+        release(app, *app.started)
+        await asyncio.gather(*tasks)
+        assert intake._clients == {}
+
+    asyncio.run(main())
+
+
+def test_while_another_client_is_here_a_burst_runs_at_most_the_limit_at_once_in_arrival_order() -> None:
     async def main() -> None:
         app = Recorder()
         intake = ClientIntake(app, limit=2, exempt_paths=frozenset({EXEMPT}))
-        tasks = [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
+        tasks = [start(intake, scope("b0", token="key-b"))]
         await settle()
-        assert app.started == ["a0", "a1"] and intake.waiting() == 4
-        tasks.append(start(intake, scope("b0", token="key-b")))
+        tasks += [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
         await settle()
-        assert app.started == ["a0", "a1", "b0"]  # b's request did not wait behind a's four
-        for name in ("a0", "b0", "a1", "a2", "a3", "a4", "a5"):
-            app.release.setdefault(name, asyncio.Event()).set()
-            await settle()
+        assert app.started == ["b0", "a0", "a1"] and intake.waiting() == 4
+        tasks.append(start(intake, scope("b1", token="key-b")))
+        await settle()
+        assert app.started[-1] == "b1"  # b's next request did not wait behind a's four
+        release(app, "a0")
+        await settle()
+        assert app.started[-1] == "a2" and app.most_at_once[b"Bearer key-a"] == 2
+        release(app, "b0", "b1")  # b is gone: a is alone, and all it has waiting goes at once
+        await settle()
+        assert app.started[-3:] == ["a3", "a4", "a5"] and intake.waiting() == 0
+        release(app, "a1", "a2", "a3", "a4", "a5")
         await asyncio.gather(*tasks)
-        assert app.started == ["a0", "a1", "b0", "a2", "a3", "a4", "a5"]
-        assert app.most_at_once[b"Bearer key-a"] == 2
-        assert intake.waiting() == 0 and intake._clients == {}  # nothing kept once a client has nothing here
+        assert intake._clients == {}  # nothing kept once a client has nothing here
+
+    asyncio.run(main())
+
+
+def test_a_waiting_request_that_is_cancelled_leaves_no_trace_and_holds_nothing() -> None:
+    async def main() -> None:
+        app = Recorder()
+        intake = ClientIntake(app, limit=1)
+        b0 = start(intake, scope("b0", token="key-b"))
+        a0 = start(intake, scope("a0", token="key-a"))
+        a1 = start(intake, scope("a1", token="key-a"))
+        await settle()
+        assert app.started == ["b0", "a0"] and intake.waiting() == 1
+        a1.cancel()  # its client hung up while it waited
+        await settle()
+        assert intake.waiting() == 0
+        release(app, "a0", "b0")
+        await asyncio.gather(a0, b0)
+        assert app.started == ["b0", "a0"] and intake._clients == {}
 
     asyncio.run(main())
 
@@ -80,13 +123,14 @@ def test_reads_acs_deliveries_and_requests_without_a_key_are_not_held_back() -> 
     async def main() -> None:
         app = Recorder()
         intake = ClientIntake(app, limit=1, exempt_paths=frozenset({EXEMPT}))
-        tasks = [start(intake, scope("a0", token="key-a")),
+        tasks = [start(intake, scope("b0", token="key-b")),  # another client: a is held to its limit
+                 start(intake, scope("a0", token="key-a")),
                  start(intake, scope("r1", token="key-a", method="GET", path="/v1/commands/x")),
                  start(intake, scope("e2", token="jwt", path=EXEMPT)),
                  start(intake, scope("e3", token="jwt", path=EXEMPT)),
                  start(intake, scope("n4", token=None))]
         await settle()
-        assert sorted(app.started) == ["a0", "e2", "e3", "n4", "r1"]
+        assert sorted(app.started) == ["a0", "b0", "e2", "e3", "n4", "r1"]
         for event in app.release.values():
             event.set()
         await asyncio.gather(*tasks)
