@@ -3,11 +3,14 @@
 An API process serves every open connection side by side. A client keeping 50 requests in flight (a retry storm,
 a flood of plays) has 50 handlers taking turns on the event loop, and another client's single request takes its
 turn behind all of them at every step (read, parse, the Redis round trip, the answer), so its latency grows with
-the flooder's concurrency. Here, while more than one client has write requests in this process, each client has
-at most ``CALLQ_CLIENT_MAX_IN_FLIGHT`` of them being handled at once; its other requests wait, in arrival order,
-before any work is done for them (waiting costs the loop nothing), and the clients held back take turns as places
-free up. A client alone is never held back: its concurrency is what lets the accept script's pipeline batch its
-requests, and limiting it would only cut its throughput with nobody to gain.
+the flooder's concurrency. Here, while other clients are active in this process (a write request of theirs is
+here, or arrived within the last ``ACTIVE_S``), each client has at most ``CALLQ_CLIENT_MAX_IN_FLIGHT`` write
+requests being handled at once; its other requests wait, in arrival order, before any work is done for them
+(waiting costs the loop nothing), and the clients held back take turns as places free up. The window matters: a
+client that connects a call every few seconds has a request here only now and then, and a flooder let loose in
+between would have the event loop full again by its next one. A client alone is never held back: its concurrency
+is what lets the accept script's pipeline batch its requests, and limiting it would only cut its throughput with
+nobody to gain.
 
 What counts: writes (POST, PUT, PATCH, DELETE) carrying ``Authorization: Bearer`` — the API's clients. Reads are
 not held back (a long-poll or an event stream may stay open a minute, and must not take a write's place), nor are
@@ -21,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ACTIVE_S = 5.0  # a client that sent a write this recently still counts as active
 
 
 @dataclass
@@ -39,10 +45,14 @@ class ClientIntake:
     """Pure ASGI middleware: while clients compete, at most ``limit`` write requests of each handled at once (0: no
     limit)."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, exempt_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, exempt_paths: frozenset[str] = frozenset(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.limit = limit
         self.exempt_paths = exempt_paths
+        self._clock = clock
+        # When each client's last write arrived, for the clients seen within ACTIVE_S (pruned as writes arrive).
+        self._seen: dict[bytes, float] = {}
         # By a digest of the bearer token, so no key sits in memory in the clear (as in auth.ApiKeys); an entry
         # lives while its client has a request here, so unknown tokens cannot grow the table.
         self._clients: dict[bytes, _Client] = {}
@@ -57,6 +67,7 @@ class ClientIntake:
             await self.app(scope, receive, send)
             return
         key = hashlib.sha256(token).digest()
+        self._saw(key)
         client = self._clients.get(key)
         if client is None:
             client = self._clients[key] = _Client()
@@ -83,8 +94,19 @@ class ClientIntake:
             self._release()
 
     def _held(self, key: bytes, client: _Client) -> bool:
-        """At its limit while another client has a request here (running or waiting)."""
-        return client.running >= self.limit and any(k != key for k in self._clients)
+        """At its limit while another client is active: has a request here, or sent one within ACTIVE_S."""
+        if client.running < self.limit:
+            return False
+        if any(k != key for k in self._clients):
+            return True
+        since = self._clock() - ACTIVE_S
+        return any(k != key and at >= since for k, at in self._seen.items())
+
+    def _saw(self, key: bytes) -> None:
+        now = self._clock()
+        if key not in self._seen and len(self._seen) >= 64:  # prune only when it has grown: most arrivals are known
+            self._seen = {k: at for k, at in self._seen.items() if at >= now - ACTIVE_S}
+        self._seen[key] = now
 
     def _release(self) -> None:
         # Clients held back take turns: one request each per round while any may go.

@@ -219,8 +219,8 @@ class Settings:
     client_max_pending: int = 10_000
     client_accept_rate_per_s: int = 0
     client_accept_burst: int = 0
-    # Fair intake (api/intake.py): while clients compete in one API process, the write requests of each handled
-    # at once; the rest wait their turn before any work is done for them. A client alone is not held back.
+    # Fair intake (api/intake.py): while other clients are active in one API process, the write requests of each
+    # handled at once; the rest wait their turn before any work is done for them. A client alone is not held back.
     client_max_in_flight: int = 4
     # Fair dispatch: the most runnable commands the broker's command queue holds at once; the rest wait their
     # client's turn (lib.lua's dispatch). Small keeps a newcomer close to the front; at least the workers' slots

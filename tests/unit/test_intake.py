@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from api.intake import ClientIntake
+from api.intake import ACTIVE_S, ClientIntake
 
 EXEMPT = "/v1/acs/events"
 
@@ -56,6 +56,16 @@ def start(intake: ClientIntake, s: dict[str, Any]) -> asyncio.Task[None]:
     return asyncio.ensure_future(intake(s, _noop_receive, _noop_send))
 
 
+class Clock:
+    """The intake's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def release(app: Recorder, *names: str) -> None:
     for name in names:
         app.release.setdefault(name, asyncio.Event()).set()
@@ -77,8 +87,8 @@ def test_a_client_alone_is_never_held_back() -> None:
 
 def test_while_another_client_is_here_a_burst_runs_at_most_the_limit_at_once_in_arrival_order() -> None:
     async def main() -> None:
-        app = Recorder()
-        intake = ClientIntake(app, limit=2, exempt_paths=frozenset({EXEMPT}))
+        app, clock = Recorder(), Clock()
+        intake = ClientIntake(app, limit=2, exempt_paths=frozenset({EXEMPT}), clock=clock)
         tasks = [start(intake, scope("b0", token="key-b"))]
         await settle()
         tasks += [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
@@ -90,12 +100,39 @@ def test_while_another_client_is_here_a_burst_runs_at_most_the_limit_at_once_in_
         release(app, "a0")
         await settle()
         assert app.started[-1] == "a2" and app.most_at_once[b"Bearer key-a"] == 2
-        release(app, "b0", "b1")  # b is gone: a is alone, and all it has waiting goes at once
+        release(app, "b0", "b1")  # b's requests are done, but b was here a moment ago: a is still held
+        await settle()
+        assert app.started[-1] == "a2" and intake.waiting() == 3
+        clock.now += ACTIVE_S + 0.1  # b has been quiet for the window: a is alone, and all it has waiting goes
+        release(app, "a1")
         await settle()
         assert app.started[-3:] == ["a3", "a4", "a5"] and intake.waiting() == 0
-        release(app, "a1", "a2", "a3", "a4", "a5")
+        release(app, "a2", "a3", "a4", "a5")
         await asyncio.gather(*tasks)
         assert intake._clients == {}  # nothing kept once a client has nothing here
+
+    asyncio.run(main())
+
+
+def test_a_client_seen_moments_ago_still_holds_a_burst_to_the_limit_and_one_gone_quiet_does_not() -> None:
+    async def main() -> None:
+        app, clock = Recorder(), Clock()
+        intake = ClientIntake(app, limit=2, clock=clock)
+        b0 = start(intake, scope("b0", token="key-b"))
+        await settle()
+        release(app, "b0")
+        await b0  # b has nothing here now, but connected a call just now: it will be back
+        first = [start(intake, scope(f"a{i}", token="key-a")) for i in range(4)]
+        await settle()
+        assert app.started == ["b0", "a0", "a1"] and intake.waiting() == 2
+        release(app, "a0", "a1", "a2", "a3")
+        await asyncio.gather(*first)
+        clock.now += ACTIVE_S + 0.1
+        later = [start(intake, scope(f"c{i}", token="key-a")) for i in range(4)]
+        await settle()
+        assert app.started[-4:] == ["c0", "c1", "c2", "c3"] and intake.waiting() == 0
+        release(app, "c0", "c1", "c2", "c3")
+        await asyncio.gather(*later)
 
     asyncio.run(main())
 
