@@ -310,6 +310,7 @@ def create_app(settings: Settings | None = None, *, redis: aioredis.Redis | None
         # Metrics outside: a request's recorded time includes its wait for a turn at the intake.
         middleware=[Middleware(RequestMetrics),
                     Middleware(ClientIntake, limit=settings.client_max_in_flight,
+                               api_keys=settings.api_keys.values(),
                                exempt_paths=frozenset({CALLBACK_PATH, EVENTGRID_PATH}))],
         exception_handlers={CallqError: callq_error, HTTPException: http_error,
                             aioredis.ConnectionError: redis_down, aioredis.TimeoutError: redis_down,

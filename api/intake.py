@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,17 +45,18 @@ class ClientIntake:
     """Pure ASGI middleware: while clients compete, at most ``limit`` write requests of each handled at once (0: no
     limit)."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, exempt_paths: frozenset[str] = frozenset(),
+    def __init__(self, app: ASGIApp, *, limit: int, api_keys: Iterable[str], exempt_paths: frozenset[str] = frozenset(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.limit = limit
         self.exempt_paths = exempt_paths
         self._clock = clock
-        # When each client's last write arrived, for the clients seen within ACTIVE_S (pruned as writes arrive).
-        self._seen: dict[bytes, float] = {}
-        # By a digest of the bearer token, so no key sits in memory in the clear (as in auth.ApiKeys); an entry
-        # lives while its client has a request here, so unknown tokens cannot grow the table.
-        self._clients: dict[bytes, _Client] = {}
+        # Clients are known by a digest of their key, so no key sits in memory in the clear (as in auth.ApiKeys).
+        # Only the configured keys count: a request with any other token is refused by the route at once, and must
+        # not make a real client look crowded (nor grow these tables).
+        self._known = frozenset(hashlib.sha256(key.encode()).digest() for key in api_keys)
+        self._seen: dict[bytes, float] = {}  # when each client's last write arrived
+        self._clients: dict[bytes, _Client] = {}  # the clients with a write here now
 
     def waiting(self) -> int:
         """Requests waiting for their turn now, over all clients."""
@@ -67,7 +68,10 @@ class ClientIntake:
             await self.app(scope, receive, send)
             return
         key = hashlib.sha256(token).digest()
-        self._saw(key)
+        if key not in self._known:
+            await self.app(scope, receive, send)
+            return
+        self._seen[key] = self._clock()
         client = self._clients.get(key)
         if client is None:
             client = self._clients[key] = _Client()
@@ -101,12 +105,6 @@ class ClientIntake:
             return True
         since = self._clock() - ACTIVE_S
         return any(k != key and at >= since for k, at in self._seen.items())
-
-    def _saw(self, key: bytes) -> None:
-        now = self._clock()
-        if key not in self._seen and len(self._seen) >= 64:  # prune only when it has grown: most arrivals are known
-            self._seen = {k: at for k, at in self._seen.items() if at >= now - ACTIVE_S}
-        self._seen[key] = now
 
     def _release(self) -> None:
         # Clients held back take turns: one request each per round while any may go.

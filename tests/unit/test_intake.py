@@ -4,6 +4,7 @@ never holds back another client's request, a read, or ACS's deliveries."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -11,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 from api.intake import ACTIVE_S, ClientIntake
 
 EXEMPT = "/v1/acs/events"
+KEYS = ("key-a", "key-b")
 
 
 class Recorder:
@@ -74,7 +76,7 @@ def release(app: Recorder, *names: str) -> None:
 def test_a_client_alone_is_never_held_back() -> None:
     async def main() -> None:
         app = Recorder()
-        intake = ClientIntake(app, limit=2)
+        intake = ClientIntake(app, api_keys=KEYS, limit=2)
         tasks = [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
         await settle()
         assert len(app.started) == 6 and intake.waiting() == 0  # nobody to be fair to: batching beats waiting
@@ -85,10 +87,25 @@ def test_a_client_alone_is_never_held_back() -> None:
     asyncio.run(main())
 
 
+def test_a_token_that_is_no_api_key_is_not_held_and_does_not_make_a_real_client_look_crowded() -> None:
+    async def main() -> None:
+        app = Recorder()
+        intake = ClientIntake(app, api_keys=KEYS, limit=2)
+        tasks = [start(intake, scope(f"x{i}", token=f"forged-{i}")) for i in range(3)]
+        tasks += [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
+        await settle()
+        assert len(app.started) == 9 and intake.waiting() == 0
+        assert set(intake._clients) == {hashlib.sha256(b"key-a").digest()}  # nothing kept for the forged ones
+        release(app, *app.started)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+
+
 def test_while_another_client_is_here_a_burst_runs_at_most_the_limit_at_once_in_arrival_order() -> None:
     async def main() -> None:
         app, clock = Recorder(), Clock()
-        intake = ClientIntake(app, limit=2, exempt_paths=frozenset({EXEMPT}), clock=clock)
+        intake = ClientIntake(app, api_keys=KEYS, limit=2, exempt_paths=frozenset({EXEMPT}), clock=clock)
         tasks = [start(intake, scope("b0", token="key-b"))]
         await settle()
         tasks += [start(intake, scope(f"a{i}", token="key-a")) for i in range(6)]
@@ -117,7 +134,7 @@ def test_while_another_client_is_here_a_burst_runs_at_most_the_limit_at_once_in_
 def test_a_client_seen_moments_ago_still_holds_a_burst_to_the_limit_and_one_gone_quiet_does_not() -> None:
     async def main() -> None:
         app, clock = Recorder(), Clock()
-        intake = ClientIntake(app, limit=2, clock=clock)
+        intake = ClientIntake(app, api_keys=KEYS, limit=2, clock=clock)
         b0 = start(intake, scope("b0", token="key-b"))
         await settle()
         release(app, "b0")
@@ -140,7 +157,7 @@ def test_a_client_seen_moments_ago_still_holds_a_burst_to_the_limit_and_one_gone
 def test_a_waiting_request_that_is_cancelled_leaves_no_trace_and_holds_nothing() -> None:
     async def main() -> None:
         app = Recorder()
-        intake = ClientIntake(app, limit=1)
+        intake = ClientIntake(app, api_keys=KEYS, limit=1)
         b0 = start(intake, scope("b0", token="key-b"))
         a0 = start(intake, scope("a0", token="key-a"))
         a1 = start(intake, scope("a1", token="key-a"))
@@ -159,7 +176,7 @@ def test_a_waiting_request_that_is_cancelled_leaves_no_trace_and_holds_nothing()
 def test_reads_acs_deliveries_and_requests_without_a_key_are_not_held_back() -> None:
     async def main() -> None:
         app = Recorder()
-        intake = ClientIntake(app, limit=1, exempt_paths=frozenset({EXEMPT}))
+        intake = ClientIntake(app, api_keys=KEYS, limit=1, exempt_paths=frozenset({EXEMPT}))
         tasks = [start(intake, scope("b0", token="key-b")),  # another client: a is held to its limit
                  start(intake, scope("a0", token="key-a")),
                  start(intake, scope("r1", token="key-a", method="GET", path="/v1/commands/x")),
@@ -178,7 +195,7 @@ def test_reads_acs_deliveries_and_requests_without_a_key_are_not_held_back() -> 
 def test_a_limit_of_zero_holds_nothing_back() -> None:
     async def main() -> None:
         app = Recorder()
-        intake = ClientIntake(app, limit=0)
+        intake = ClientIntake(app, api_keys=KEYS, limit=0)
         tasks = [start(intake, scope(f"a{i}", token="key-a")) for i in range(5)]
         await settle()
         assert len(app.started) == 5
