@@ -279,7 +279,8 @@ local function kick_lane(list_key, now, lanes)
   local interrupts_left = redis.call('SCARD',
     string.sub(list_key, 1, #list_key - #CALL_LANE_SUFFIX) .. CALL_INTERRUPTS_SUFFIX)
   -- An entry of the set whose record is gone or ended is never met on the way: the walk then goes to the end of the
-  -- lane, as it always did.
+  -- lane, as it always did. An interrupt missing from the set (accepted by a release before it) is not looked for
+  -- past the head: it goes in its turn, like any command, once the commands before it are sent.
   for _, id in ipairs(redis.call('LRANGE', list_key, 0, -1)) do
     if only_interrupts and interrupts_left <= 0 then break end
     local st = redis.call('HMGET', COMMAND_PREFIX .. id, 'status', 'parked', 'type', 'client')
