@@ -45,12 +45,12 @@ class Runtime:
             jwks_uri=f"{settings.public_url}/calling/keys",
         )
         faults = Faults()
-        # trust_env=False: a proxy from the environment must never carry loopback callbacks. Generous keep-alive:
-        # each callback URL has its own lane, and a connection re-opened per POST costs more than the POST.
+        # Event Grid's deliveries and handshakes. trust_env=False: a proxy from the environment must never carry
+        # loopback deliveries. Generous keep-alive: a connection re-opened per POST costs more than the POST.
         limits = httpx.Limits(max_connections=CALLBACK_CONNECTIONS, max_keepalive_connections=CALLBACK_CONNECTIONS)
         client = httpx.AsyncClient(timeout=settings.callback_timeout_s, trust_env=False, limits=limits)
         # Call Automation's callbacks, the simulator's busiest traffic, on aiohttp (see delivery.aiohttp_poster);
-        # trust_env off as above.
+        # trust_env off and keep-alive as above.
         callbacks = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.callback_timeout_s), trust_env=False,
             connector=aiohttp.TCPConnector(limit=CALLBACK_CONNECTIONS, limit_per_host=0))
