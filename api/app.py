@@ -62,7 +62,7 @@ from workers.errors import (
     Unauthorized,
     WebhookNotFound,
 )
-from workers.heap import freeze_startup_heap, thaw
+from workers.heap import freeze_startup_heap
 from workers.ratelimit import RateLimited, RateLimiter
 from workers.replication import NotReplicated, Replication
 from workers.rooms import RoomsAcs, create_rooms_client
@@ -222,7 +222,6 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
         await notifier.start()
         replication = Replication.from_settings(settings)
         freeze_startup_heap()
-        closing.callback(thaw)
         async with flushing(commands):
             yield State(settings=settings, redis=commands, stream_redis=streams, http=http,
                         api_keys=ApiKeys(settings.api_keys), celery=create_celery(settings),

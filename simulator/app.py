@@ -34,7 +34,6 @@ async def lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict[
     try:
         yield {"runtime": runtime}
     finally:
-        gc.unfreeze()  # a process that starts simulators one after another (the tests) must not keep their garbage
         await runtime.close()
 
 

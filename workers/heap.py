@@ -2,11 +2,10 @@
 
 A process that has imported its world (Celery, kombu, the ACS SDKs, pydantic's schemas, Starlette's routes) holds
 hundreds of thousands of objects that live as long as it does. CPython's full (generation 2) collection walks all
-of them each time it runs, which under load is every second or two: a pause of 20–170 ms under the flood bench on
-this project's test machine, landing on whichever request or command happens to be in flight. ``gc.freeze()``
-moves what exists once start-up is done into a generation the collector no longer walks, so a full pass looks only
-at what was made since. Nothing is leaked by it: frozen objects are still freed by reference counting; only cycles
-among them wait (until ``thaw``).
+of them each time it runs, which under load is every second or two: a pause of 20–100 ms on this project's test
+machine, landing on whichever request or command happens to be in flight. ``gc.freeze()`` moves what exists once
+start-up is done into a generation the collector no longer walks, so a full pass looks only at what was made since.
+Nothing is leaked by it: frozen objects are still freed by reference counting; only cycles among them wait.
 """
 
 from __future__ import annotations
@@ -18,9 +17,3 @@ def freeze_startup_heap() -> None:
     """Collect what start-up left behind, then exempt every surviving object from later full collections."""
     gc.collect()
     gc.freeze()
-
-
-def thaw() -> None:
-    """Hand the frozen objects back to the collector (an app's shutdown): a process that builds apps one after
-    another, as the test suite does, would otherwise keep each one's cyclic garbage for good."""
-    gc.unfreeze()
