@@ -206,7 +206,7 @@ def lane_args(now_ms: int) -> list[str | int]:
 
 @functools.cache
 def _interrupt_types() -> frozenset[str]:
-    return frozenset(op.type for op in OPERATIONS.values() if op.interrupts)
+    return frozenset(_lane_types()[2].split(","))  # the interrupt csv the scripts get
 
 
 @functools.cache
