@@ -423,9 +423,17 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
     not_once = plays["not_started"] + plays["started_twice"] + plays["unknown"] + plays["unlisted_202"] + plays[
         "unreported"]
     idle_ms, flood_ms = _ms(idle), _ms(flooded)
-    def server(samples: list[Sample], part: str) -> dict[str, float]:
-        values = [getattr(s, part) for s in samples]
-        return summary_ms([v / 1000 for v in values if v is not None])
+    def server(samples: list[Sample], part: str) -> dict[str, float] | None:
+        # None when no sample has the part: sent_at is absent from a command whose event resolved it before the
+        # worker recorded the request as sent (ACS may call back before it answers), and in a short run all may be.
+        values = [getattr(s, part) / 1000 for s in samples if getattr(s, part) is not None]
+        return summary_ms(values) if values else None
+
+    def part_row(metric: str, flood: dict[str, float] | None, idle: dict[str, float] | None) -> Row:
+        if flood is None or idle is None:
+            return Row(metric, "ms", flood["p99"] if flood else None, idle["p99"] if idle else None,
+                       "B idle (no flood)")
+        return compare(metric, "ms", flood["p99"], idle["p99"], "B idle (no flood)")
 
     idle_server, flood_server = server(idle, "server_ms"), server(flooded, "server_ms")
     idle_sent, flood_sent = server(idle, "to_sent_ms"), server(flooded, "to_sent_ms")
@@ -438,12 +446,10 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
                 "B idle (no flood)", at_most=2),
         compare("client B's connect → succeeded during A's flood, p50", "ms", flood_ms["p50"], idle_ms["p50"],
                 "B idle (no flood)"),
-        compare("client B's connect, its own created_at → resolved_at during the flood, p99", "ms",
-                flood_server["p99"], idle_server["p99"], "B idle (no flood)"),
-        compare("  of which created_at → sent_at (its turn, then ACS's answer), p99", "ms",
-                flood_sent["p99"], idle_sent["p99"], "B idle (no flood)"),
-        compare("  of which sent_at → resolved_at (ACS's event reaching callq), p99", "ms",
-                flood_event["p99"], idle_event["p99"], "B idle (no flood)"),
+        part_row("client B's connect, its own created_at → resolved_at during the flood, p99", flood_server,
+                 idle_server),
+        part_row("  of which created_at → sent_at (its turn, then ACS's answer), p99", flood_sent, idle_sent),
+        part_row("  of which sent_at → resolved_at (ACS's event reaching callq), p99", flood_event, idle_event),
         Row("client A: plays accepted (202) of those sent", "plays", accepted, sent, "sent",
             accepted / sent if sent else None),
         Row("client A: plays refused 429 too_many_pending", "plays", refused["too_many_pending"], sent, "sent",

@@ -5,7 +5,7 @@ The bench runs it against a live stack where it should find nothing; here each k
 
 from __future__ import annotations
 
-from bench.scenarios.flood import OrderCheck, check_order
+from bench.scenarios.flood import OrderCheck, Sample, _result, check_order
 
 
 def test_plays_started_in_acceptance_order_pass() -> None:
@@ -24,3 +24,22 @@ def test_missing_repeated_and_foreign_plays_are_counted_apart() -> None:
 
 def test_nothing_accepted_nothing_started() -> None:
     assert check_order([], []) == OrderCheck(0, 0, 0, 0, 0)
+
+
+def test_a_report_whose_samples_all_lack_sent_at_keeps_the_p99_and_leaves_that_part_empty() -> None:
+    # ACS may call back before it answers: a connect resolved by its event then has no sent_at. A run where every
+    # one of B's idle connects went that way once raised "no samples" and lost the whole scenario.
+    report = {"started": 0.0, "ended": 30.0,
+              "calls": {"cc": {"accepted": ["p1"], "sent": 1, "refused": {}, "other": {}, "resent": 0}}}
+    plays = {"accepted": 1, "succeeded": 1, "out_of_order": 0, "not_started": 0, "started_twice": 0, "unknown": 0,
+             "unlisted_202": 0, "unreported": 0, "resolved_by": {"PlayCompleted": 1},
+             "started_at_acs_during_flood": 1}
+    idle = [Sample(0.0, 0.010, 8.0, None, None, 2.0), Sample(2.0, 0.012, 9.0, None, None, 3.0)]
+    flooded = [Sample(10.0, 0.015, 12.0, 9.0, 1.0, 4.0), Sample(12.0, 0.018, 14.0, None, None, 5.0)]
+    res = _result(report, plays, idle, flooded, 8.0, ended=True, drain_s=1.0, drain_timeout=60.0, flood_s=30.0,
+                  interval_s=2.0, play_s=0.2, per_call=100)
+    rows = {r.metric.strip(): r for r in res.rows}
+    p99 = rows["client B's connect → succeeded during A's flood, p99"]
+    assert p99.passed is True and p99.ratio is not None and 1.4 < p99.ratio < 1.6
+    to_sent = rows["of which created_at → sent_at (its turn, then ACS's answer), p99"]
+    assert to_sent.baseline is None and to_sent.ratio is None and to_sent.callq == 9.0
