@@ -319,6 +319,8 @@ def _check_plays(st: stack.Stack, report: dict[str, Any]) -> dict[str, Any]:
     # back, more when callq is.
     gaps = sorted(b - a for ts in times.values() for a, b in zip(ts, ts[1:], strict=False))
     during = sum(report["started"] <= t < report["ended"] for ts in times.values() for t in ts)
+    starts = [t for ts in times.values() for t in ts]
+    middle = (report["started"] + report["ended"]) / 2
     totals: Counter[str] = Counter()
     resolved_by: Counter[str] = Counter()
     with httpx.Client(base_url=st.api_url, headers={"Authorization": f"Bearer {FLOODER_KEY}"}, trust_env=False,
@@ -340,7 +342,25 @@ def _check_plays(st: stack.Stack, report: dict[str, Any]) -> dict[str, Any]:
             totals["unreported"] += len({c["id"] for c in plays} - set(flood["accepted"]))
             resolved_by.update((c.get("resolved_by") or {}).get("type", c["status"]) for c in plays)
     return {**totals, "resolved_by": dict(resolved_by), "acs_gaps_ms": summary_ms(gaps) if gaps else None,
-            "started_at_acs_during_flood": during}
+            "started_at_acs_during_flood": during,
+            "acs_play_starts_per_10ms": {"middle_s": starts_per_slot(starts, middle - 0.5),
+                                         "last_s": starts_per_slot(starts, report["ended"] - 1)}}
+
+
+def starts_per_slot(starts: Sequence[float], since: float, *, slots: int = 100, slot_s: float = 0.01) -> str:
+    """How many plays ACS started in each 10 ms of one second from ``since``, one digit per slot (9: nine or more).
+
+    It shows the shape of the load B's connects met. A's calls each start a play as the last one ends, so with
+    ACS's fixed play length they stay in step: the plays of all 20 calls start within a few tens of ms of each
+    other, then nothing for the rest of the play (runs of zeros). A connect of B that lands in such a burst
+    shares the machine with all of them; one between bursts does not.
+    """
+    counts = [0] * slots
+    for t in starts:
+        slot = math.floor((t - since) / slot_s)
+        if 0 <= slot < slots:
+            counts[slot] += 1
+    return "".join(str(min(c, 9)) for c in counts)
 
 
 # --- the scenario ---------------------------------------------------------------------------------------------
@@ -499,6 +519,10 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         "`GET /v1/calls/{cc}/commands` (acceptance order) were compared with the simulator's log of executed "
         "`play` requests (`GET /_sim/log?operation=play`, by `operationContext`): resolved by "
         f"{plays['resolved_by']}.",
+        "ACS's play starts per 10 ms (one digit each) over the flood's middle second: "
+        f"`{plays['acs_play_starts_per_10ms']['middle_s']}`; its last second: "
+        f"`{plays['acs_play_starts_per_10ms']['last_s']}`. A's calls stay in step (each starts a play as its "
+        "last one ends), so the machine is busy in bursts; B's slowest connects are those that landed in one.",
     ]
     return res
 

@@ -5,7 +5,7 @@ The bench runs it against a live stack where it should find nothing; here each k
 
 from __future__ import annotations
 
-from bench.scenarios.flood import OrderCheck, Sample, _result, check_order
+from bench.scenarios.flood import OrderCheck, Sample, _result, check_order, starts_per_slot
 
 
 def test_plays_started_in_acceptance_order_pass() -> None:
@@ -33,7 +33,7 @@ def test_a_report_whose_samples_all_lack_sent_at_keeps_the_p99_and_leaves_that_p
               "calls": {"cc": {"accepted": ["p1"], "sent": 1, "refused": {}, "other": {}, "resent": 0}}}
     plays = {"accepted": 1, "succeeded": 1, "out_of_order": 0, "not_started": 0, "started_twice": 0, "unknown": 0,
              "unlisted_202": 0, "unreported": 0, "resolved_by": {"PlayCompleted": 1},
-             "started_at_acs_during_flood": 1}
+             "started_at_acs_during_flood": 1, "acs_play_starts_per_10ms": {"middle_s": "0" * 100, "last_s": "0" * 100}}
     idle = [Sample(0.0, 0.010, 8.0, None, None, 2.0), Sample(2.0, 0.012, 9.0, None, None, 3.0)]
     flooded = [Sample(10.0, 0.015, 12.0, 9.0, 1.0, 4.0), Sample(12.0, 0.018, 14.0, None, None, 5.0)]
     res = _result(report, plays, idle, flooded, 8.0, ended=True, drain_s=1.0, drain_timeout=60.0, flood_s=30.0,
@@ -43,3 +43,11 @@ def test_a_report_whose_samples_all_lack_sent_at_keeps_the_p99_and_leaves_that_p
     assert p99.passed is True and p99.ratio is not None and 1.4 < p99.ratio < 1.6
     to_sent = rows["of which created_at → sent_at (its turn, then ACS's answer), p99"]
     assert to_sent.baseline is None and to_sent.ratio is None and to_sent.callq == 9.0
+
+
+def test_starts_per_slot_counts_each_10ms_of_the_second_and_caps_at_nine() -> None:
+    starts = [100.0, 100.001, 100.009, 100.015] + [100.5] * 12 + [99.99, 101.0]  # the last two fall outside
+    shape = starts_per_slot(starts, 100.0)
+    assert len(shape) == 100
+    assert shape[0] == "3" and shape[1] == "1" and shape[50] == "9"
+    assert shape.count("0") == 97
