@@ -318,8 +318,8 @@ def _check_plays(st: stack.Stack, report: dict[str, Any]) -> dict[str, Any]:
     # How long each call's plays followed one another at ACS: the play's own length when ACS is what holds them
     # back, more when callq is.
     gaps = sorted(b - a for ts in times.values() for a, b in zip(ts, ts[1:], strict=False))
-    during = sum(report["started"] <= t < report["ended"] for ts in times.values() for t in ts)
     starts = [t for ts in times.values() for t in ts]
+    during = sum(report["started"] <= t < report["ended"] for t in starts)
     middle = (report["started"] + report["ended"]) / 2
     totals: Counter[str] = Counter()
     resolved_by: Counter[str] = Counter()
@@ -522,7 +522,7 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         "ACS's play starts per 10 ms (one digit each) over the flood's middle second: "
         f"`{plays['acs_play_starts_per_10ms']['middle_s']}`; its last second: "
         f"`{plays['acs_play_starts_per_10ms']['last_s']}`. A's calls stay in step (each starts a play as its "
-        "last one ends), so the machine is busy in bursts; B's slowest connects are those that landed in one.",
+        "last one ends), so the machine is busy in bursts, and a connect of B that lands in one shares it with them.",
     ]
     return res
 
