@@ -18,6 +18,7 @@ The simulator's own play lasts 20 ms, so short that the plays never queue at ACS
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import http.client
 import json
@@ -81,6 +82,8 @@ class Sample:
     to_sent_ms: float | None = None  # created_at → sent_at: waiting for its turn, and ACS's answer to the request
     to_event_ms: float | None = None  # sent_at → resolved_at: ACS's event reaching callq
     accept_ms: float | None = None  # POST sent → its 202 read
+    wall_started: float = 0.0  # the same moment as ``started``, on the wall clock (the simulator's log uses it)
+    acs_plays_meanwhile: int | None = None  # plays ACS started while this connect was under way (set afterwards)
 
 
 def _epoch(iso: str) -> float:
@@ -92,7 +95,7 @@ def _connect_once(api_url: str, room: str) -> Sample:
     auth = {"Authorization": f"Bearer {BYSTANDER_KEY}"}
     conn = http.client.HTTPConnection(urlsplit(api_url).netloc, timeout=WAIT_S + 30)
     try:
-        started = time.monotonic()
+        wall_started, started = time.time(), time.monotonic()
         conn.request("POST", f"/v1/rooms/{room}/connect", body=b"{}", headers={
             **auth, "Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())})
         resp = conn.getresponse()
@@ -121,7 +124,8 @@ def _connect_once(api_url: str, room: str) -> Sample:
         return (_epoch(done[b]) - _epoch(done[a])) * 1000 if done.get(a) and done.get(b) else None
 
     return Sample(started, finished - started, between("created_at", "resolved_at"),
-                  between("created_at", "sent_at"), between("sent_at", "resolved_at"), (accepted - started) * 1000)
+                  between("created_at", "sent_at"), between("sent_at", "resolved_at"), (accepted - started) * 1000,
+                  wall_started)
 
 
 def _sleep_until(moment: float) -> None:
@@ -308,8 +312,9 @@ def _wait_until_ended(st: stack.Stack, ids: list[str], timeout_s: float) -> bool
         r.close()
 
 
-def _check_plays(st: stack.Stack, report: dict[str, Any]) -> dict[str, Any]:
-    """Each of A's calls: callq's acceptance order and outcomes, against the plays the simulator executed."""
+def _check_plays(st: stack.Stack, report: dict[str, Any]) -> tuple[dict[str, Any], list[float]]:
+    """Each of A's calls: callq's acceptance order and outcomes, against the plays the simulator executed; and
+    when ACS started each play (wall clock)."""
     executed: dict[str, list[str]] = {}
     times: dict[str, list[float]] = {}
     for entry in stack.sim_admin(st.sim_url, "GET", "/_sim/log?operation=play"):
@@ -344,7 +349,13 @@ def _check_plays(st: stack.Stack, report: dict[str, Any]) -> dict[str, Any]:
     return {**totals, "resolved_by": dict(resolved_by), "acs_gaps_ms": summary_ms(gaps) if gaps else None,
             "started_at_acs_during_flood": during,
             "acs_play_starts_per_10ms": {"middle_s": starts_per_slot(starts, middle - 0.5),
-                                         "last_s": starts_per_slot(starts, report["ended"] - 1)}}
+                                         "last_s": starts_per_slot(starts, report["ended"] - 1)}}, starts
+
+
+def with_plays_meanwhile(samples: Sequence[Sample], starts: Sequence[float]) -> list[Sample]:
+    """Each sample with the number of plays ACS started while it was under way: the load it met."""
+    return [dataclasses.replace(s, acs_plays_meanwhile=sum(
+        s.wall_started <= t < s.wall_started + s.seconds for t in starts)) for s in samples]
 
 
 def starts_per_slot(starts: Sequence[float], since: float, *, slots: int = 100, slot_s: float = 0.01) -> str:
@@ -393,7 +404,10 @@ def _start(ch: Children, play_s: float, per_call: int) -> stack.Stack:
 
 def _split(s: Sample) -> dict[str, float]:
     parts = (("accept", s.accept_ms), ("to_sent", s.to_sent_ms), ("to_event", s.to_event_ms))
-    return {"ms": round(s.seconds * 1000, 1), **{k: round(v, 1) for k, v in parts if v is not None}}
+    split = {"ms": round(s.seconds * 1000, 1), **{k: round(v, 1) for k, v in parts if v is not None}}
+    if s.acs_plays_meanwhile is not None:
+        split["acs_plays_meanwhile"] = s.acs_plays_meanwhile
+    return split
 
 
 def _ms(samples: list[Sample]) -> dict[str, float]:
@@ -424,7 +438,8 @@ def run(ctx: Context) -> ScenarioResult:
         drain_timeout = per_call * (play_s + DRAIN_SLACK_S) + 60
         ended = _wait_until_ended(st, ids, drain_timeout)
         drain_s = time.monotonic() - drained_at
-        plays = _check_plays(st, report)
+        plays, starts = _check_plays(st, report)
+        flooded = with_plays_meanwhile(flooded, starts)
     return _result(report, plays, idle, flooded, began, ended=ended, drain_s=drain_s, drain_timeout=drain_timeout,
                    flood_s=flood_s, interval_s=interval_s, play_s=play_s, per_call=per_call)
 

@@ -5,7 +5,15 @@ The bench runs it against a live stack where it should find nothing; here each k
 
 from __future__ import annotations
 
-from bench.scenarios.flood import OrderCheck, Sample, _result, check_order, starts_per_slot
+from bench.scenarios.flood import (
+    OrderCheck,
+    Sample,
+    _result,
+    _split,
+    check_order,
+    starts_per_slot,
+    with_plays_meanwhile,
+)
 
 
 def test_plays_started_in_acceptance_order_pass() -> None:
@@ -51,3 +59,11 @@ def test_starts_per_slot_counts_each_10ms_of_the_second_and_caps_at_nine() -> No
     assert len(shape) == 100
     assert shape[0] == "3" and shape[1] == "1" and shape[50] == "9"
     assert shape.count("0") == 97
+
+
+def test_each_sample_counts_the_plays_acs_started_while_it_was_under_way() -> None:
+    samples = [Sample(0.0, 0.020, None, wall_started=100.0), Sample(2.0, 0.010, None, wall_started=102.0)]
+    starts = [99.999, 100.0, 100.005, 100.019, 100.021, 102.001, 103.0]
+    counted = with_plays_meanwhile(samples, starts)
+    assert [s.acs_plays_meanwhile for s in counted] == [3, 1]
+    assert _split(counted[0])["acs_plays_meanwhile"] == 3
