@@ -422,9 +422,9 @@ def run(ctx: Context) -> ScenarioResult:
     per_call = int(ctx.pick(Settings().max_pending_per_call, QUICK_MAX_PENDING_PER_CALL))
     with ctx.children("flood") as ch:
         st = _start(ch, play_s, per_call)
-        rooms = stack.create_rooms(st.sim_url, CALLS + WARMUP + 2 * n)
-        a_rooms, warm, idle_rooms, flood_rooms = (rooms[:CALLS], rooms[CALLS:CALLS + WARMUP],
-                                                  rooms[CALLS + WARMUP:CALLS + WARMUP + n], rooms[CALLS + WARMUP + n:])
+        rooms = stack.create_rooms(st.sim_url, CALLS + WARMUP + 3 * n)
+        a_rooms, warm, b_rooms = rooms[:CALLS], rooms[CALLS:CALLS + WARMUP], rooms[CALLS + WARMUP:]
+        idle_rooms, control_rooms, flood_rooms = b_rooms[:n], b_rooms[n:2 * n], b_rooms[2 * n:]
         calls = _connect_calls(st.api_url, a_rooms)
         # B's clock runs in this process: its own full collections (this process has imported the whole bench)
         # would land on B's samples as pauses of tens of ms that are not callq's.
@@ -432,6 +432,9 @@ def run(ctx: Context) -> ScenarioResult:
         gc.freeze()
         _bystander(st.api_url, warm, interval_s, time.monotonic())
         idle = _bystander(st.api_url, idle_rooms, interval_s, time.monotonic())
+        # The control: the same again with nothing else going on. How far its p99 lands from idle's is how far two
+        # p99s of this many samples differ on this machine by chance, which the flood's ratio has to be read against.
+        control = _bystander(st.api_url, control_rooms, interval_s, time.monotonic())
         report, flooded, began = _run_flooder(ch, st.api_url, calls, flood_s, (flood_rooms, interval_s))
         drained_at = time.monotonic()
         ids = [cid for f in report["calls"].values() for cid in f["accepted"]]
@@ -440,13 +443,14 @@ def run(ctx: Context) -> ScenarioResult:
         drain_s = time.monotonic() - drained_at
         plays, starts = _check_plays(st, report)
         flooded = with_plays_meanwhile(flooded, starts)
-    return _result(report, plays, idle, flooded, began, ended=ended, drain_s=drain_s, drain_timeout=drain_timeout,
-                   flood_s=flood_s, interval_s=interval_s, play_s=play_s, per_call=per_call)
+    return _result(report, plays, idle, flooded, began, control=control, ended=ended, drain_s=drain_s,
+                   drain_timeout=drain_timeout, flood_s=flood_s, interval_s=interval_s, play_s=play_s,
+                   per_call=per_call)
 
 
 def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], flooded: list[Sample], began: float,
-            *, ended: bool, drain_s: float, drain_timeout: float, flood_s: float, interval_s: float, play_s: float,
-            per_call: int) -> ScenarioResult:
+            *, control: list[Sample] | None = None, ended: bool, drain_s: float, drain_timeout: float,
+            flood_s: float, interval_s: float, play_s: float, per_call: int) -> ScenarioResult:
     calls = report["calls"].values()
     sent = sum(f["sent"] for f in calls)
     refused: Counter[str] = Counter()
@@ -458,6 +462,7 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
     not_once = plays["not_started"] + plays["started_twice"] + plays["unknown"] + plays["unlisted_202"] + plays[
         "unreported"]
     idle_ms, flood_ms = _ms(idle), _ms(flooded)
+    control_ms = _ms(control) if control else None
     def server(samples: list[Sample], part: str) -> dict[str, float] | None:
         # None when no sample has the part: sent_at is absent from a command whose event resolved it before the
         # worker recorded the request as sent (ACS may call back before it answers), and in a short run all may be.
@@ -479,6 +484,8 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
     res.rows = [
         compare("client B's connect → succeeded during A's flood, p99", "ms", flood_ms["p99"], idle_ms["p99"],
                 "B idle (no flood)", at_most=2),
+        *([compare("control: client B's connect → succeeded with no flood, a second time, p99", "ms",
+                   control_ms["p99"], idle_ms["p99"], "B idle (no flood)")] if control_ms else []),
         compare("client B's connect → succeeded during A's flood, p50", "ms", flood_ms["p50"], idle_ms["p50"],
                 "B idle (no flood)"),
         part_row("client B's connect, its own created_at → resolved_at during the flood, p99", flood_server,
@@ -499,17 +506,20 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
             passed=not_once == 0),
     ]
     res.latency = {"B connect, idle": curve([s.seconds * 1000 for s in idle]),
+                   **({"B connect, idle again (control)": curve([s.seconds * 1000 for s in control])}
+                      if control else {}),
                    "B connect, during A's flood": curve([s.seconds * 1000 for s in flooded])}
     res.details = {
         "calls": len(report["calls"]), "flood_s": round(seconds, 2), "interval_s": interval_s, "play_s": play_s,
         "max_pending_per_call": per_call, "sent": sent, "accepted": accepted, "sent_per_s": round(sent / seconds, 1),
         "refused": dict(refused), "other_answers": dict(other),
         "resent": sum(f["resent"] for f in calls), "plays": plays, "all_ended": ended, "drain_s": round(drain_s, 2),
-        "b_idle_ms": idle_ms, "b_flood_ms": flood_ms, "b_idle_server_ms": idle_server,
+        "b_idle_ms": idle_ms, "b_control_ms": control_ms, "b_flood_ms": flood_ms, "b_idle_server_ms": idle_server,
         "b_flood_server_ms": flood_server,
         # Each of B's connects, and where its time went (ms): POST → 202, the record's created_at → sent_at and
         # sent_at → resolved_at; what is left of "ms" is the long-poll's answer reaching B.
         "b_idle_samples": [_split(s) for s in idle],
+        "b_control_samples": [_split(s) for s in control or []],
         "b_flood_samples": [{"at_s": round(s.started - began, 2), **_split(s)} for s in flooded],
     }
     res.notes = [
@@ -527,7 +537,10 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         "one media operation per call holds them back. Client B connected to a fresh room every "
         f"{interval_s:g} s, timed from sending the POST to `GET /v1/commands/{{id}}?wait=` answering `succeeded` "
         f"(a new `http.client` connection per connect, open loop: a slow one does not delay the next): {len(idle)} "
-        f"connects with no flood (after {WARMUP} warm-up) right before, then {len(flooded)} starting "
+        f"connects with no flood (after {WARMUP} warm-up), then "
+        + (f"{len(control)} more with no flood (the control: the same measurement twice, to show how far two p99s "
+           "of this many samples differ here by chance), then " if control else "")
+        + f"{len(flooded)} starting "
         f"{interval_s:g} s into the flood and every {interval_s:g} s while it lasted. "
         f"Then A's accepted plays were left to end ({'all ended' if ended else 'NOT all ended'} "
         f"{drain_s:.0f} s after the flood, limit {drain_timeout:.0f} s), and for each call the plays listed by "

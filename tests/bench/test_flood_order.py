@@ -53,6 +53,25 @@ def test_a_report_whose_samples_all_lack_sent_at_keeps_the_p99_and_leaves_that_p
     assert to_sent.baseline is None and to_sent.ratio is None and to_sent.callq == 9.0
 
 
+def test_the_control_row_sets_a_second_idle_phase_against_the_first_and_is_not_a_target() -> None:
+    report = {"started": 0.0, "ended": 30.0,
+              "calls": {"cc": {"accepted": ["p1"], "sent": 1, "refused": {}, "other": {}, "resent": 0}}}
+    plays = {"accepted": 1, "succeeded": 1, "out_of_order": 0, "not_started": 0, "started_twice": 0, "unknown": 0,
+             "unlisted_202": 0, "unreported": 0, "resolved_by": {"PlayCompleted": 1},
+             "started_at_acs_during_flood": 1, "acs_play_starts_per_10ms": {"middle_s": "0" * 100, "last_s": "0" * 100}}
+    idle = [Sample(0.0, 0.010, 8.0, 5.0, 1.0, 2.0), Sample(2.0, 0.010, 9.0, 5.0, 1.0, 3.0)]
+    control = [Sample(4.0, 0.013, 8.0, 5.0, 1.0, 2.0), Sample(6.0, 0.013, 9.0, 5.0, 1.0, 3.0)]
+    flooded = [Sample(10.0, 0.015, 12.0, 9.0, 1.0, 4.0), Sample(12.0, 0.015, 14.0, 9.0, 1.0, 5.0)]
+    res = _result(report, plays, idle, flooded, 8.0, control=control, ended=True, drain_s=1.0, drain_timeout=60.0,
+                  flood_s=30.0, interval_s=2.0, play_s=0.2, per_call=100)
+    rows = {r.metric.strip(): r for r in res.rows}
+    row = rows["control: client B's connect → succeeded with no flood, a second time, p99"]
+    assert row.callq == 13.0 and row.baseline == 10.0 and row.ratio is not None and abs(row.ratio - 1.3) < 1e-9
+    assert row.passed is None  # information: only the flood's row has the 2x target
+    assert res.details["b_control_ms"]["p99"] == 13.0 and len(res.details["b_control_samples"]) == 2
+    assert any("the control" in note for note in res.notes)
+
+
 def test_starts_per_slot_counts_each_10ms_of_the_second_and_caps_at_nine() -> None:
     starts = [100.0, 100.001, 100.009, 100.015] + [100.5] * 12 + [99.99, 101.0]  # the last two fall outside
     shape = starts_per_slot(starts, 100.0)
