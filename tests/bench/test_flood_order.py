@@ -5,6 +5,8 @@ The bench runs it against a live stack where it should find nothing; here each k
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.scenarios.flood import (
     OrderCheck,
     Sample,
@@ -34,14 +36,20 @@ def test_nothing_accepted_nothing_started() -> None:
     assert check_order([], []) == OrderCheck(0, 0, 0, 0, 0)
 
 
-def test_a_report_whose_samples_all_lack_sent_at_keeps_the_p99_and_leaves_that_part_empty() -> None:
-    # ACS may call back before it answers: a connect resolved by its event then has no sent_at. A run where every
-    # one of B's idle connects went that way once raised "no samples" and lost the whole scenario.
+def _one_play_report() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A flooder's report and the play check of a flood in which one play was accepted and ran."""
     report = {"started": 0.0, "ended": 30.0,
               "calls": {"cc": {"accepted": ["p1"], "sent": 1, "refused": {}, "other": {}, "resent": 0}}}
     plays = {"accepted": 1, "succeeded": 1, "out_of_order": 0, "not_started": 0, "started_twice": 0, "unknown": 0,
              "unlisted_202": 0, "unreported": 0, "resolved_by": {"PlayCompleted": 1},
              "started_at_acs_during_flood": 1, "acs_play_starts_per_10ms": {"middle_s": "0" * 100, "last_s": "0" * 100}}
+    return report, plays
+
+
+def test_a_report_whose_samples_all_lack_sent_at_keeps_the_p99_and_leaves_that_part_empty() -> None:
+    # ACS may call back before it answers: a connect resolved by its event then has no sent_at. A run where every
+    # one of B's idle connects went that way once raised "no samples" and lost the whole scenario.
+    report, plays = _one_play_report()
     idle = [Sample(0.0, 0.010, 8.0, None, None, 2.0), Sample(2.0, 0.012, 9.0, None, None, 3.0)]
     flooded = [Sample(10.0, 0.015, 12.0, 9.0, 1.0, 4.0), Sample(12.0, 0.018, 14.0, None, None, 5.0)]
     res = _result(report, plays, idle, flooded, 8.0, ended=True, drain_s=1.0, drain_timeout=60.0, flood_s=30.0,
@@ -54,11 +62,7 @@ def test_a_report_whose_samples_all_lack_sent_at_keeps_the_p99_and_leaves_that_p
 
 
 def test_the_control_row_sets_a_second_idle_phase_against_the_first_and_is_not_a_target() -> None:
-    report = {"started": 0.0, "ended": 30.0,
-              "calls": {"cc": {"accepted": ["p1"], "sent": 1, "refused": {}, "other": {}, "resent": 0}}}
-    plays = {"accepted": 1, "succeeded": 1, "out_of_order": 0, "not_started": 0, "started_twice": 0, "unknown": 0,
-             "unlisted_202": 0, "unreported": 0, "resolved_by": {"PlayCompleted": 1},
-             "started_at_acs_during_flood": 1, "acs_play_starts_per_10ms": {"middle_s": "0" * 100, "last_s": "0" * 100}}
+    report, plays = _one_play_report()
     idle = [Sample(0.0, 0.010, 8.0, 5.0, 1.0, 2.0), Sample(2.0, 0.010, 9.0, 5.0, 1.0, 3.0)]
     control = [Sample(4.0, 0.013, 8.0, 5.0, 1.0, 2.0), Sample(6.0, 0.013, 9.0, 5.0, 1.0, 3.0)]
     flooded = [Sample(10.0, 0.015, 12.0, 9.0, 1.0, 4.0), Sample(12.0, 0.015, 14.0, 9.0, 1.0, 5.0)]
