@@ -1,12 +1,19 @@
 """flood: one client floods its calls with plays; another client's connects must not wait behind them (#18).
 
-Two clients of one stack, the door at its defaults (``CALLQ_MAX_PENDING_PER_CALL`` 100). Client A connects to
-its 20 room calls, then for 30 s sends plays to them as fast as the API answers, from a process of its own (one
-keep-alive connection per call; a call answered 429 waits its ``Retry-After`` while the others go on). Client B
-connects to a fresh room every 2 s, timed from its POST to ``GET /v1/commands/{id}?wait=`` saying ``succeeded``:
-first with no flood (the baseline, same stack, just before), then during the flood.
-Target: B's p99 during the flood ≤ 2× its idle p99. Quick mode floods for 6 s, samples B every 0.5 s and lowers
-the per-call limit to 10 (a call's backlog of 100 plays may take minutes to drain).
+Clients of one stack, the door at its defaults (``CALLQ_MAX_PENDING_PER_CALL`` 100). Client A connects to its 20
+room calls, then for 30 s sends plays to them as fast as the API answers, from a process of its own (one keep-alive
+connection per call; a call answered 429 waits its ``Retry-After`` while the others go on). Client B connects to a
+fresh room every 2 s, timed from its POST to ``GET /v1/commands/{id}?wait=`` saying ``succeeded``: first with no
+flood (the baseline, same stack, just before), then during the flood.
+
+Target: B's p99 during the flood ≤ 2× its idle p99. B alone connects 14 times in 30 s, and the p99 of 14 samples
+is their slowest: two such "p99s" of B with no flood at all differ by up to ~1.6× on the bench machine (the
+control row). So B has ``QUIET_CLIENTS - 1`` twins, each a client of its own doing exactly what B does (a fresh
+room every 2 s), their schedules staggered evenly within B's 2 s; the target row is the p99 of all their connects
+(112 per phase), and B's own 14 are an info row. Every quiet client is as quiet as B (one connect per 2 s), so
+each is served as B would be: a sparse flow at the dispatch, an active client at the API's intake.
+Quick mode floods for 6 s, samples each quiet client every 0.5 s and lowers the per-call limit to 10 (a call's
+backlog of 100 plays may take minutes to drain).
 
 Then every play callq accepted must end ``succeeded``, and the simulator's log of what ACS executed must show
 each call's plays started exactly once, in the order callq accepted them (``GET /v1/calls/{cc}/commands``).
@@ -50,9 +57,9 @@ from workers.settings import Settings
 
 CALLS = 20
 FLOODER_KEY = "bench-flooder-0123456789abcdef"
-BYSTANDER_KEY = "bench-bystander-0123456789abcdef"
+QUIET_CLIENTS = 8  # client B and its twins: enough connects per phase (8 × 14) for a p99 that is not the maximum
 WORKERS, THREADS = 2, 8
-WARMUP = 3
+WARMUP = 3  # per quiet client
 WAIT_S = 60  # the API's longest long-poll
 GIVE_UP_S = 300  # a connect of B that takes longer is reported as an error: nothing could be measured
 PLAY_TEXT = "Flood."
@@ -74,6 +81,11 @@ def simulator_app() -> Starlette:
 
 # --- client B: one connect, timed -----------------------------------------------------------------------------
 
+def bystander_key(client: int) -> str:
+    """The API key of quiet client ``client`` (0 is client B itself)."""
+    return f"bench-bystander{client}-0123456789abcdef"
+
+
 @dataclass(frozen=True)
 class Sample:
     started: float  # monotonic, for where it fell in the flood
@@ -84,15 +96,16 @@ class Sample:
     accept_ms: float | None = None  # POST sent → its 202 read
     wall_started: float = 0.0  # the same moment as ``started``, on the wall clock (the simulator's log uses it)
     acs_plays_meanwhile: int | None = None  # plays ACS started while this connect was under way (set afterwards)
+    client: int = 0  # which quiet client connected (0: client B)
 
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def _connect_once(api_url: str, room: str) -> Sample:
-    """B's connect on a connection of its own, so a slow one never delays the next."""
-    auth = {"Authorization": f"Bearer {BYSTANDER_KEY}"}
+def _connect_once(api_url: str, room: str, client: int) -> Sample:
+    """A quiet client's connect on a connection of its own, so a slow one never delays the next."""
+    auth = {"Authorization": f"Bearer {bystander_key(client)}"}
     conn = http.client.HTTPConnection(urlsplit(api_url).netloc, timeout=WAIT_S + 30)
     try:
         wall_started, started = time.time(), time.monotonic()
@@ -102,7 +115,7 @@ def _connect_once(api_url: str, room: str) -> Sample:
         raw = resp.read()
         accepted = time.monotonic()
         if resp.status != 202:
-            raise BenchError(f"client B's connect was not accepted: HTTP {resp.status} {raw[:200]!r}")
+            raise BenchError(f"quiet client {client}'s connect was not accepted: HTTP {resp.status} {raw[:200]!r}")
         command_id = json.loads(raw)["id"]
         while True:
             conn.request("GET", f"/v1/commands/{command_id}?wait={WAIT_S}", headers=auth)
@@ -114,18 +127,18 @@ def _connect_once(api_url: str, room: str) -> Sample:
             if done.get("status") in ("succeeded", "failed"):
                 break
             if time.monotonic() - started > GIVE_UP_S:
-                raise BenchError(f"client B's connect {command_id} had not ended after {GIVE_UP_S} s")
+                raise BenchError(f"quiet client {client}'s connect {command_id} had not ended after {GIVE_UP_S} s")
         finished = time.monotonic()
     finally:
         conn.close()
     if done["status"] != "succeeded":
-        raise BenchError(f"client B's connect failed: {done.get('error')}")
+        raise BenchError(f"quiet client {client}'s connect failed: {done.get('error')}")
     def between(a: str, b: str) -> float | None:
         return (_epoch(done[b]) - _epoch(done[a])) * 1000 if done.get(a) and done.get(b) else None
 
     return Sample(started, finished - started, between("created_at", "resolved_at"),
                   between("created_at", "sent_at"), between("sent_at", "resolved_at"), (accepted - started) * 1000,
-                  wall_started)
+                  wall_started, client=client)
 
 
 def _sleep_until(moment: float) -> None:
@@ -134,16 +147,19 @@ def _sleep_until(moment: float) -> None:
         time.sleep(delay)  # B's schedule (pacing), not synchronisation
 
 
-def _bystander(api_url: str, rooms: Sequence[str], interval_s: float, first_at: float) -> list[Sample]:
-    """B's connects on a fixed schedule, one every ``interval_s`` whether or not the last one has ended.
+def _bystander(api_url: str, rooms: Sequence[str], interval_s: float, first_at: float,
+               clients: int = QUIET_CLIENTS) -> list[Sample]:
+    """The quiet clients' connects on a fixed schedule: each client one every ``interval_s`` whether or not its
+    last one has ended, the clients' schedules staggered evenly (room ``k`` is client ``k % clients``'s, at
+    ``first_at + k * interval_s / clients``).
 
     Open loop: a connect starved for 10 s must not hold back the samples that would show it.
     """
     with ThreadPoolExecutor(max_workers=max(1, len(rooms)), thread_name_prefix="bench-b") as pool:
         futures = []
         for k, room in enumerate(rooms):
-            _sleep_until(first_at + k * interval_s)
-            futures.append(pool.submit(_connect_once, api_url, room))
+            _sleep_until(first_at + k * interval_s / clients)
+            futures.append(pool.submit(_connect_once, api_url, room, k % clients))
         return [f.result() for f in futures]
 
 
@@ -392,7 +408,8 @@ def _connect_calls(api_url: str, rooms: Sequence[str]) -> list[str]:
 
 def _start(ch: Children, play_s: float, per_call: int) -> stack.Stack:
     st = stack.start(ch, sim=False, workers=WORKERS, concurrency=THREADS, extra_env={
-        "CALLQ_API_KEYS": f"flooder:{FLOODER_KEY},bystander:{BYSTANDER_KEY}",
+        "CALLQ_API_KEYS": ",".join([f"flooder:{FLOODER_KEY}",
+                                    *(f"bystander{k}:{bystander_key(k)}" for k in range(QUIET_CLIENTS))]),
         # The door at work (stack.py lifts its limits for the other scenarios): a flood is what it is for.
         "CALLQ_MAX_PENDING_PER_CALL": str(per_call),
         "CALLQ_CLIENT_MAX_PENDING": str(Settings().client_max_pending),
@@ -404,7 +421,8 @@ def _start(ch: Children, play_s: float, per_call: int) -> stack.Stack:
 
 def _split(s: Sample) -> dict[str, float]:
     parts = (("accept", s.accept_ms), ("to_sent", s.to_sent_ms), ("to_event", s.to_event_ms))
-    split = {"ms": round(s.seconds * 1000, 1), **{k: round(v, 1) for k, v in parts if v is not None}}
+    split = {"client": s.client, "ms": round(s.seconds * 1000, 1),
+             **{k: round(v, 1) for k, v in parts if v is not None}}
     if s.acs_plays_meanwhile is not None:
         split["acs_plays_meanwhile"] = s.acs_plays_meanwhile
     return split
@@ -416,15 +434,19 @@ def _ms(samples: list[Sample]) -> dict[str, float]:
 
 def run(ctx: Context) -> ScenarioResult:
     flood_s, interval_s, play_s = ctx.pick(30, 2), ctx.pick(2, 0.5), ctx.pick(0.2, 0.05)
-    n = math.ceil(flood_s / interval_s) - 1  # B's samples that start inside the flood, after its first interval
+    # Each quiet client's samples that start inside the flood, after its first interval (B's first at interval_s).
+    n = math.ceil(flood_s / interval_s) - 1
+    per_phase = n * QUIET_CLIENTS
     # Quick mode lowers the door's per-call limit: every call fills to it, and a backlog of 100 plays per call can
     # take minutes to drain, far over quick mode's budget.
     per_call = int(ctx.pick(Settings().max_pending_per_call, QUICK_MAX_PENDING_PER_CALL))
     with ctx.children("flood") as ch:
         st = _start(ch, play_s, per_call)
-        rooms = stack.create_rooms(st.sim_url, CALLS + WARMUP + 3 * n)
-        a_rooms, warm, b_rooms = rooms[:CALLS], rooms[CALLS:CALLS + WARMUP], rooms[CALLS + WARMUP:]
-        idle_rooms, control_rooms, flood_rooms = b_rooms[:n], b_rooms[n:2 * n], b_rooms[2 * n:]
+        warmup = WARMUP * QUIET_CLIENTS
+        rooms = stack.create_rooms(st.sim_url, CALLS + warmup + 3 * per_phase)
+        a_rooms, warm, b_rooms = rooms[:CALLS], rooms[CALLS:CALLS + warmup], rooms[CALLS + warmup:]
+        idle_rooms, control_rooms = b_rooms[:per_phase], b_rooms[per_phase:2 * per_phase]
+        flood_rooms = b_rooms[2 * per_phase:]
         calls = _connect_calls(st.api_url, a_rooms)
         # B's clock runs in this process: its own full collections (this process has imported the whole bench)
         # would land on B's samples as pauses of tens of ms that are not callq's.
@@ -463,6 +485,9 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         "unreported"]
     idle_ms, flood_ms = _ms(idle), _ms(flooded)
     control_ms = _ms(control) if control else None
+    clients = len({s.client for s in idle})
+    b_idle, b_flood = [s for s in idle if s.client == 0], [s for s in flooded if s.client == 0]
+    b_idle_ms, b_flood_ms = (_ms(b_idle), _ms(b_flood)) if b_idle and b_flood else (None, None)
     def server(samples: list[Sample], part: str) -> dict[str, float] | None:
         # None when no sample has the part: sent_at is absent from a command whose event resolved it before the
         # worker recorded the request as sent (ACS may call back before it answers), and in a short run all may be.
@@ -482,13 +507,16 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
     acs_rate, ceiling = plays["started_at_acs_during_flood"] / seconds, len(report["calls"]) / play_s
     res = ScenarioResult("flood")
     res.rows = [
-        compare("client B's connect → succeeded during A's flood, p99", "ms", flood_ms["p99"], idle_ms["p99"],
-                "B idle (no flood)", at_most=2),
-        *([compare("control: client B's connect → succeeded with no flood, a second time, p99", "ms",
-                   control_ms["p99"], idle_ms["p99"], "B idle (no flood)")] if control_ms else []),
-        compare("client B's connect → succeeded during A's flood, p50", "ms", flood_ms["p50"], idle_ms["p50"],
-                "B idle (no flood)"),
-        part_row("client B's connect, its own created_at → resolved_at during the flood, p99", flood_server,
+        compare(f"quiet clients' connect (B and {clients - 1} like it) → succeeded during A's flood, p99", "ms",
+                flood_ms["p99"], idle_ms["p99"], "the same, idle (no flood)", at_most=2),
+        *([compare("control: quiet clients' connect → succeeded with no flood, a second time, p99", "ms",
+                   control_ms["p99"], idle_ms["p99"], "the same, idle (no flood)")] if control_ms else []),
+        *([compare("client B alone: its connect → succeeded during A's flood, p99 (of its few: its slowest)", "ms",
+                   b_flood_ms["p99"], b_idle_ms["p99"], "B idle (no flood)")]
+          if b_flood_ms and b_idle_ms and clients > 1 else []),
+        compare("quiet clients' connect → succeeded during A's flood, p50", "ms", flood_ms["p50"], idle_ms["p50"],
+                "the same, idle (no flood)"),
+        part_row("quiet clients' connect, its own created_at → resolved_at during the flood, p99", flood_server,
                  idle_server),
         part_row("  of which created_at → sent_at (its turn, then ACS's answer), p99", flood_sent, idle_sent),
         part_row("  of which sent_at → resolved_at (ACS's event reaching callq), p99", flood_event, idle_event),
@@ -505,25 +533,27 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         Row("client A: accepted plays not started exactly once at ACS", "plays", not_once, None, "", target="0",
             passed=not_once == 0),
     ]
-    res.latency = {"B connect, idle": curve([s.seconds * 1000 for s in idle]),
-                   **({"B connect, idle again (control)": curve([s.seconds * 1000 for s in control])}
+    res.latency = {"quiet clients' connect, idle": curve([s.seconds * 1000 for s in idle]),
+                   **({"quiet clients' connect, idle again (control)": curve([s.seconds * 1000 for s in control])}
                       if control else {}),
-                   "B connect, during A's flood": curve([s.seconds * 1000 for s in flooded])}
+                   "quiet clients' connect, during A's flood": curve([s.seconds * 1000 for s in flooded])}
     res.details = {
         "calls": len(report["calls"]), "flood_s": round(seconds, 2), "interval_s": interval_s, "play_s": play_s,
         "max_pending_per_call": per_call, "sent": sent, "accepted": accepted, "sent_per_s": round(sent / seconds, 1),
         "refused": dict(refused), "other_answers": dict(other),
         "resent": sum(f["resent"] for f in calls), "plays": plays, "all_ended": ended, "drain_s": round(drain_s, 2),
-        "b_idle_ms": idle_ms, "b_control_ms": control_ms, "b_flood_ms": flood_ms, "b_idle_server_ms": idle_server,
-        "b_flood_server_ms": flood_server,
-        # Each of B's connects, and where its time went (ms): POST → 202, the record's created_at → sent_at and
-        # sent_at → resolved_at; what is left of "ms" is the long-poll's answer reaching B.
+        # b_*: all the quiet clients' connects (B and its twins); b_alone_*: client B's own.
+        "quiet_clients": clients, "b_idle_ms": idle_ms, "b_control_ms": control_ms, "b_flood_ms": flood_ms,
+        "b_alone_idle_ms": b_idle_ms, "b_alone_flood_ms": b_flood_ms,
+        "b_idle_server_ms": idle_server, "b_flood_server_ms": flood_server,
+        # Each quiet client's connect, and where its time went (ms): POST → 202, the record's created_at → sent_at and
+        # sent_at → resolved_at; what is left of "ms" is the long-poll's answer reaching the client.
         "b_idle_samples": [_split(s) for s in idle],
         "b_control_samples": [_split(s) for s in control or []],
         "b_flood_samples": [{"at_s": round(s.started - began, 2), **_split(s)} for s in flooded],
     }
     res.notes = [
-        f"Two clients of one stack ({WORKERS} worker processes × {THREADS} threads), the door's "
+        f"{1 + clients} clients of one stack ({WORKERS} worker processes × {THREADS} threads), the door's "
         f"CALLQ_MAX_PENDING_PER_CALL {per_call}"
         + (" (its default)" if per_call == Settings().max_pending_per_call else
            f" (quick mode only: with the default {Settings().max_pending_per_call} the backlog takes minutes to drain)")
@@ -534,14 +564,16 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         f"{refused['too_many_pending']:,} refused `too_many_pending`"
         + (f", other answers {dict(other)}" if other else "") + ". "
         f"The simulator's plays last {play_s * 1000:.0f} ms here (its own 20 ms would never queue at ACS), so ACS's "
-        "one media operation per call holds them back. Client B connected to a fresh room every "
-        f"{interval_s:g} s, timed from sending the POST to `GET /v1/commands/{{id}}?wait=` answering `succeeded` "
-        f"(a new `http.client` connection per connect, open loop: a slow one does not delay the next): {len(idle)} "
-        f"connects with no flood (after {WARMUP} warm-up), then "
+        "one media operation per call holds them back. Client B and "
+        f"{clients - 1} quiet clients like it each connected to a fresh room every {interval_s:g} s, their schedules "
+        f"staggered evenly within the {interval_s:g} s (one connect every {interval_s / clients * 1000:.0f} ms in "
+        "all; B alone has 14 connects per phase, and a p99 of 14 is their slowest), each timed from sending the POST "
+        "to `GET /v1/commands/{id}?wait=` answering `succeeded` (a new `http.client` connection per connect, open "
+        f"loop: a slow one does not delay the next): {len(idle)} connects with no flood (after {WARMUP} warm-up "
+        "each), then "
         + (f"{len(control)} more with no flood (the control: the same measurement twice, to show how far two p99s "
            "of this many samples differ here by chance), then " if control else "")
-        + f"{len(flooded)} starting "
-        f"{interval_s:g} s into the flood and every {interval_s:g} s while it lasted. "
+        + f"{len(flooded)} during the flood, B's first {interval_s:g} s into it. "
         f"Then A's accepted plays were left to end ({'all ended' if ended else 'NOT all ended'} "
         f"{drain_s:.0f} s after the flood, limit {drain_timeout:.0f} s), and for each call the plays listed by "
         "`GET /v1/calls/{cc}/commands` (acceptance order) were compared with the simulator's log of executed "
@@ -550,7 +582,8 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         "ACS's play starts per 10 ms (one digit each) over the flood's middle second: "
         f"`{plays['acs_play_starts_per_10ms']['middle_s']}`; its last second: "
         f"`{plays['acs_play_starts_per_10ms']['last_s']}`. A's calls stay in step (each starts a play as its "
-        "last one ends), so the machine is busy in bursts, and a connect of B that lands in one shares it with them.",
+        "last one ends), so the machine is busy in bursts, and a quiet client's connect that lands in one shares it "
+        "with them.",
     ]
     return res
 
