@@ -56,6 +56,15 @@ READY_SUFFIX = ":ready"  # a client's runnable work waiting for its turn in the 
 # ahead of the window (lib.lua's dispatch).
 DISPATCHED_SUFFIX = ":dispatched"
 SPARSE_MS = 1000
+# The quiet window (lib.lua's dispatch, claim.lua): for QUIET_WINDOW_MS after a sparse flow's command is dispatched,
+# workers hold back other clients' sends that they have not claimed yet, so the quiet command runs beside fewer of a
+# flood's; a window opens at most once per QUIET_EVERY_MS (here: at most half the time, whatever the number of quiet
+# clients). QUIET_MARK is the record's field that lets the sparse flow's own command through.
+QUIET_WINDOW = "callq:fair:quiet"
+QUIET_ARMED = "callq:fair:quiet:armed"
+QUIET_WINDOW_MS = 15
+QUIET_EVERY_MS = 30
+QUIET_MARK = "quiet"
 # The clients that have runnable work waiting, each once, served in turn (lib.lua's dispatch).
 FAIR_RING = "callq:fair:ring"
 # A list as long as all clients' ready lists together (one "1" each): the backlog for scalers that read a list's

@@ -221,10 +221,11 @@ def _lane_types() -> tuple[str, ...]:
 class Claim:
     """What the claim found. ``claimed``: ``command`` is this worker's to send (``attempt``; ``crashed`` when the
     last attempt died mid-send); ``done``: already past sending (``status``, ``call``); ``blocked``: an earlier
-    command of the call holds it (it parked); ``throttled``: the ACS budget is short by ``wait_s``;
+    command of the call holds it (it parked); ``throttled``: the ACS budget is short by ``wait_s``; ``yielded``: a
+    quiet window is open for another client's command (lib.lua's dispatch) for ``wait_s`` more;
     ``leased``: another worker holds it; ``missing``: no such command."""
 
-    kind: Literal["claimed", "done", "blocked", "throttled", "leased", "missing"]
+    kind: Literal["claimed", "done", "blocked", "throttled", "yielded", "leased", "missing"]
     command: Command | None = None
     attempt: int = 0
     crashed: bool = False
@@ -243,6 +244,8 @@ class Claim:
             return cls("done", status=_s(reply[1]), call=_s(reply[2]))
         if kind == "throttled":
             return cls("throttled", wait_s=int(reply[1]) / 1000, type=_s(reply[2]))
+        if kind == "yielded":
+            return cls("yielded", wait_s=int(reply[1]) / 1000)
         assert kind in ("blocked", "leased", "missing"), kind
         return cls(kind)  # type: ignore[arg-type]  # narrowed by the assert above
 

@@ -164,6 +164,17 @@ class Runtime:
                 window=self.settings.dispatch_window))
             if claim.kind == "claimed":
                 self._confirm_claim(command_id, claim)
+            if claim.kind == "yielded":
+                # A quiet window: a few ms for another client's sparse command. Nothing was claimed or paid.
+                metrics.RECORDER.inc("callq_quiet_yields")
+                if time.monotonic() + claim.wait_s > deadline:
+                    # Only a window held open by hand (or a clock gone wrong) lasts longer than the dispatch opens
+                    # one for: let the slot go and look again soon, rather than when that window says.
+                    log.info("send of %s held by a quiet window for %.1f s more: trying again later", command_id,
+                             claim.wait_s)
+                    raise RetryLater(self.settings.rate_wait_max_s)
+                time.sleep(claim.wait_s)  # bounded by keys.QUIET_WINDOW_MS: a short, deliberate pause
+                continue
             if claim.kind != "throttled":
                 return claim
             try:

@@ -91,3 +91,35 @@ def test_hang_up_behind_a_looping_play_and_queued_media_goes_at_once(
     assert wait(api, bye)["status"] == "succeeded"
     assert [json.loads(rec["error"])["code"] for rec in _records(r, queued)] == ["interrupted"] * 5
     assert r.hget(keys.command_key(looping), "status") in ("succeeded", "failed")
+
+
+def _quiet_yields(r: redis.Redis) -> float:
+    """The workers' callq_quiet_yields counter, as their metrics flusher wrote it to Redis (about once a second)."""
+    return sum(float(v) for v in r.hgetall(f"{keys.METRICS_PREFIX}callq_quiet_yields").values())
+
+
+def test_a_quiet_window_holds_a_busy_clients_send_while_a_quiet_clients_connect_goes_through(
+        simulator: ThreadServer, start_worker: Callable, redis_url: str,  # type: ignore[type-arg]
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    monkeypatch.setenv("CALLQ_API_KEYS", f"alice:{TEST_API_KEY},bob:{OTHER_API_KEY}")
+    alice: httpx.Client = request.getfixturevalue("api")
+    bob = httpx.Client(base_url=str(alice.base_url), headers={"Authorization": f"Bearer {OTHER_API_KEY}"},
+                       timeout=30)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    # Alice's work was dispatched a moment ago (she is busy, not a sparse flow), and a quiet window is open: held
+    # open here for the whole test, where the dispatch opens one for 15 ms, so what it holds can be looked at.
+    r.set(keys.client_dispatched_key("alice"), "1", px=600_000)
+    r.set(keys.QUIET_WINDOW, "1", px=600_000)
+    r.set(keys.QUIET_ARMED, "1", px=600_000)
+    start_worker()
+    held = post(alice, f"/v1/rooms/{sim_room_call(simulator)}/connect").json()["id"]
+    wait_until(lambda: _quiet_yields(r) >= 1, timeout_s=30, what="the worker to meet the window with alice's send")
+    mine = post(bob, f"/v1/rooms/{sim_room_call(simulator)}/connect").json()["id"]  # bob: a sparse flow
+    assert wait(bob, mine)["status"] == "succeeded"
+    # Bob's connect went through the window; alice's was not sent, nor paid for.
+    record = r.hgetall(keys.command_key(held))
+    assert (record["status"], record.get("attempts", "0"), record.get("paid_ms")) == ("queued", "0", None)
+    assert held not in [e["operation_context"] for e in sim_log(simulator)]
+    r.delete(keys.QUIET_WINDOW)  # the window over: alice's send goes
+    assert wait(alice, held)["status"] == "succeeded"
+    bob.close()

@@ -301,3 +301,45 @@ def test_a_cancel_behind_a_backlog_is_still_found_by_the_kick_and_overtakes_the_
     assert queued(r) == ["cancel"] and r.hget(keys.command_key("p30"), "parked") == "1"
     scripts.run(r, ledger.transition("cancel", Status.SUCCEEDED, {}))
     assert r.smembers(keys.call_interrupts_key("cc-1")) == set()
+
+
+def claim(r: redis.Redis, cid: str) -> ledger.Claim:
+    return scripts.run(r, ledger.claim(cid, lease_ms=1000, budget_keys=["tat", "pause"], budget_args=[1, 1000],
+                                       now_ms=int(time.time() * 1000), queue=QUEUE, window=WINDOW))
+
+
+def test_a_quiet_clients_command_opens_a_window_in_which_only_sparse_commands_are_claimed(r: redis.Redis) -> None:
+    for i in range(1, 4):
+        accept(r, f"a{i}", client="flood", window=4)
+    r.delete(keys.QUIET_WINDOW, keys.QUIET_ARMED)  # the flood's own first command was sparse too: start afresh
+    accept(r, "b1", client="quiet", window=4)
+    assert 0 < r.pttl(keys.QUIET_WINDOW) <= keys.QUIET_WINDOW_MS or not r.exists(keys.QUIET_WINDOW)  # short-lived
+    r.pexpire(keys.QUIET_WINDOW, 60_000)  # held open for the rest of the test, however slow the machine
+    assert r.hget(keys.command_key("b1"), keys.QUIET_MARK) == "1"
+    held = claim(r, "a2")
+    assert held.kind == "yielded" and 0 < held.wait_s <= 60
+    assert r.get("tat") is None  # a yielded claim pays nothing
+    assert r.hget(keys.command_key("a2"), "status") == "queued"
+    went = claim(r, "b1")
+    assert went.kind == "claimed" and r.hget(keys.command_key("b1"), keys.QUIET_MARK) is None
+    r.delete(keys.QUIET_WINDOW)  # the window over, the flood goes on
+    assert claim(r, "a2").kind == "claimed"
+
+
+def test_a_quiet_window_opens_at_most_once_per_interval_however_many_quiet_clients_come(r: redis.Redis) -> None:
+    accept(r, "x1", client="quiet-x")
+    r.delete(keys.QUIET_WINDOW)
+    r.set(keys.QUIET_ARMED, "1", px=60_000)  # a window opened a moment ago
+    accept(r, "y1", client="quiet-y")
+    assert not r.exists(keys.QUIET_WINDOW)  # no new one yet: the others keep at least the rest of the time
+    assert r.hget(keys.command_key("y1"), keys.QUIET_MARK) == "1"  # y1 still goes through any open window
+    assert 0 < keys.QUIET_WINDOW_MS <= keys.QUIET_EVERY_MS // 2
+
+
+def test_a_flooding_clients_commands_are_not_marked_quiet_and_open_no_window(r: redis.Redis) -> None:
+    accept(r, "a1", client="flood", window=8)
+    r.delete(keys.QUIET_WINDOW, keys.QUIET_ARMED)
+    for i in range(2, 6):
+        accept(r, f"a{i}", client="flood", window=8)  # dispatched within SPARSE_MS of a1: not a sparse flow
+    assert not r.exists(keys.QUIET_WINDOW) and not r.exists(keys.QUIET_ARMED)
+    assert [r.hget(keys.command_key(f"a{i}"), keys.QUIET_MARK) for i in range(1, 6)] == ["1", None, None, None, None]

@@ -204,3 +204,32 @@ def test_a_start_whose_failure_beat_its_answer_fails_once_the_answer_names_the_r
                                         "acs_subcode": 8589}
     assert json.loads(cmd["resolved_by"])["type"] == "StartRecordingFailed"
     assert cmd["recording_id"] == "rec-1" and r.zscore(keys.WAIT_DEADLINES, "s1") is None
+
+
+def test_a_send_waits_in_place_through_a_quiet_window_then_goes_having_paid_once(
+        r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    put(r, "c1")
+    r.set(keys.QUIET_WINDOW, "1", px=60_000)  # another client's sparse command went first (lib.lua's dispatch)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the window ends while the send waits for it
+        waits.append(seconds)
+        r.delete(keys.QUIET_WINDOW)
+        assert r.get(keys.rate_tat_key("acs.test")) is None  # a yielded claim pays nothing
+
+    monkeypatch.setattr("workers.runtime.time.sleep", sleep)
+    rt = runtime(r, acs := Acs(), outcome_timeout_s=60, rate_wait_max_s=120)
+    assert rt.run("c1") == "waiting"
+    assert acs.connects == ["c1"] and len(waits) == 1 and 0 < waits[0] <= 60
+    assert r.hget(keys.command_key("c1"), "attempts") == "1"
+
+
+def test_a_send_held_longer_than_its_wait_allows_is_put_back_unclaimed(r: redis.Redis) -> None:
+    put(r, "c1")
+    r.set(keys.QUIET_WINDOW, "1", px=60_000)  # held open by hand: no dispatch opens one this long
+    rt = runtime(r, acs := Acs(), outcome_timeout_s=60, rate_wait_max_s=0.5)
+    with pytest.raises(RetryLater):
+        rt.run("c1")
+    assert acs.connects == []
+    cmd = r.hgetall(keys.command_key("c1"))
+    assert (cmd["status"], cmd.get("attempts", "0")) == ("queued", "0")

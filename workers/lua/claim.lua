@@ -5,12 +5,15 @@
 -- A worker took this command's message off the broker's queue: the same round trip refills the queue from the
 -- fair dispatch (lib.lua's dispatch), so the queue stays full without a step of its own.
 -- A command that finds its turn not come parks (kick.lua hands it its turn; it needs no message meanwhile).
+-- While a quiet window is open (lib.lua's dispatch), only a sparse flow's command (marked QUIET_MARK) is claimed;
+-- any other yields for what is left of the window, before it pays the budget (the worker waits in place).
 -- KEYS: 1 command hash, 2 the budget's theoretical-arrival-time key, 3 the budget's pause key, 4 the broker's
 --       command queue
 -- ARGV: 1 lease ms, 2 now iso, 3 the budget's emission interval ms, 4 its burst, 5 now ms,
 --       6 non-blocking types csv, 7 media types csv, 8 interrupt types csv, 9 overtaking types csv,
 --       10 the dispatch window
 -- Returns: {'missing'}, {'done', status, call}, {'leased'}, {'blocked'}, {'throttled', wait ms, type},
+--          {'yielded', wait ms},
 --          or {'claimed', attempts, status before, the record as field/value...}
 dispatch(KEYS[4], tonumber(ARGV[10]))
 local now = tonumber(ARGV[5])
@@ -31,12 +34,16 @@ if call ~= '' then
     end
   end
 end
+if f[QUIET_MARK] ~= '1' then
+  local quiet_ms = redis.call('PTTL', QUIET_WINDOW)
+  if quiet_ms > 0 then return {'yielded', quiet_ms} end
+end
 local wait = gcra(KEYS[2], KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]))
 if wait > 0 then return {'throttled', wait, f['type']} end
 -- paid_ms: when the budget granted this send, on Redis's clock (the one the budget runs on): one clock for
 -- every worker, so what was granted can be checked against the budget exactly.
 redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', tostring(now + tonumber(ARGV[1])),
            'updated_at', ARGV[2], 'parked', '', 'paid_ms', tostring(now_ms()))
-redis.call('HDEL', KEYS[1], 'msg')
+redis.call('HDEL', KEYS[1], 'msg', QUIET_MARK)
 -- The status before this claim: 'running' means an earlier attempt died while sending.
 return {'claimed', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1)), status, rec}

@@ -230,6 +230,13 @@ end
 -- up to `window` messages of a client that floods. It stays sparse only while it stays quiet: a client whose
 -- messages keep coming has them dispatched within SPARSE_MS of each other and queues like everyone else, so a
 -- flood cannot jump the queue by calling itself new.
+--
+-- A sparse flow's command also opens the quiet window (QUIET_WINDOW, for QUIET_WINDOW_MS): its place in the queue
+-- gets it a worker first, but on a machine a flood keeps busy it would then share the CPUs with every send of the
+-- flood that workers start meanwhile (and with their callbacks). While the window is open, claim.lua holds back the
+-- sends of commands that are not marked QUIET_MARK; the marked command, and any other sparse flow's, go through. A
+-- window opens at most once per QUIET_EVERY_MS (QUIET_ARMED), so however many quiet clients come, the flood keeps
+-- at least the rest of the time.
 -- Returns how many moved.
 local function dispatch(queue, window)
   local moved = 0
@@ -245,6 +252,12 @@ local function dispatch(queue, window)
       local recent = CLIENT_PREFIX .. client .. DISPATCHED_SUFFIX
       local push = redis.call('EXISTS', recent) == 1 and 'LPUSH' or 'RPUSH'
       redis.call('SET', recent, '1', 'PX', SPARSE_MS)
+      if push == 'RPUSH' and id ~= '' then
+        redis.call('HSET', COMMAND_PREFIX .. id, QUIET_MARK, '1')
+        if redis.call('SET', QUIET_ARMED, '1', 'PX', QUIET_EVERY_MS, 'NX') then
+          redis.call('SET', QUIET_WINDOW, '1', 'PX', QUIET_WINDOW_MS)
+        end
+      end
       redis.call(push, queue, string.sub(entry, space + 1))
       redis.call('LPOP', FAIR_BACKLOG)
       moved = moved + 1
