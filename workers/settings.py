@@ -221,7 +221,9 @@ class Settings:
     client_accept_burst: int = 0
     # Fair intake (api/intake.py): while other clients are active in one API process, the write requests of each
     # handled at once; the rest wait their turn before any work is done for them. A client alone is not held back.
-    client_max_in_flight: int = 4
+    # 2, not 4: in the flood bench a flooder's fill burst (hundreds of accepts a second) slowed a quiet client's POST
+    # twice as much with 4 of its writes beside it, and 2 still accept far more per second than ACS's budget sends.
+    client_max_in_flight: int = 2
     # Fair dispatch: the most runnable commands the broker's command queue holds at once; the rest wait their
     # client's turn (lib.lua's dispatch). Small keeps a newcomer close to the front; at least the workers' slots
     # keeps them busy.
