@@ -67,11 +67,11 @@ SPECS = {s.name: s for s in (
     Spec("callq_commands_throttled", "counter", "Sends put back in the queue because the shared ACS budget was spent.",
          ("type",)),
     Spec("callq_rate_limit_waits", "counter", "ACS requests that waited in place for the shared budget."),
-    Spec("callq_quiet_yields", "counter", "Sends that waited in place for a quiet window: a few ms while a sparse "
-         "client's command went first."),
     Spec("callq_rate_limit_wait_seconds", "counter", "Seconds ACS requests spent waiting in place for the budget."),
     Spec("callq_rate_limit_deferrals", "counter", "ACS requests refused by the shared budget (re-queued, or 429 to "
          "an API reader)."),
+    Spec("callq_quiet_yields", "counter", "Sends that waited in place for a quiet window: a few ms while a sparse "
+         "client's command went first."),
     Spec("callq_acs_responses", "counter", "ACS HTTP responses by status code (429: ACS is throttling callq).",
          ("status",)),
     Spec("callq_callback_events", "counter", "ACS callback events stored, by event type.", ("type",)),

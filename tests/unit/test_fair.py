@@ -343,3 +343,12 @@ def test_a_flooding_clients_commands_are_not_marked_quiet_and_open_no_window(r: 
         accept(r, f"a{i}", client="flood", window=8)  # dispatched within SPARSE_MS of a1: not a sparse flow
     assert not r.exists(keys.QUIET_WINDOW) and not r.exists(keys.QUIET_ARMED)
     assert [r.hget(keys.command_key(f"a{i}"), keys.QUIET_MARK) for i in range(1, 6)] == ["1", None, None, None, None]
+
+
+def test_a_quiet_command_that_parks_at_its_claim_loses_its_mark(r: redis.Redis) -> None:
+    accept(r, "a1", client="quiet", call="cc")
+    accept(r, "a2", client="quiet", call="cc")  # parked behind a1
+    r.hset(keys.command_key("a2"), keys.QUIET_MARK, "1")  # as if its message had gone out as a sparse flow's
+    assert claim(r, "a2").kind == "blocked"
+    # When its turn comes it is dispatched again, and marked only if its client is still quiet then.
+    assert r.hget(keys.command_key("a2"), keys.QUIET_MARK) is None

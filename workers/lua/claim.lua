@@ -29,7 +29,9 @@ if call ~= '' then
   for _, id in ipairs(redis.call('LRANGE', CALL_PREFIX .. call .. CALL_LANE_SUFFIX, 0, -1)) do
     if id == f['id'] then break end
     if blocks(id, f['type'], now, lanes) then
+      -- Parked: when its turn comes it is dispatched again, and is quiet only if its client still is.
       redis.call('HSET', KEYS[1], 'parked', '1')
+      redis.call('HDEL', KEYS[1], QUIET_MARK)
       return {'blocked'}
     end
   end
