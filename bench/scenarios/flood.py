@@ -497,8 +497,8 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
     def part_row(metric: str, flood: dict[str, float] | None, idle: dict[str, float] | None) -> Row:
         if flood is None or idle is None:
             return Row(metric, "ms", flood["p99"] if flood else None, idle["p99"] if idle else None,
-                       "B idle (no flood)")
-        return compare(metric, "ms", flood["p99"], idle["p99"], "B idle (no flood)")
+                       "the same, idle (no flood)")
+        return compare(metric, "ms", flood["p99"], idle["p99"], "the same, idle (no flood)")
 
     idle_server, flood_server = server(idle, "server_ms"), server(flooded, "server_ms")
     idle_sent, flood_sent = server(idle, "to_sent_ms"), server(flooded, "to_sent_ms")
@@ -567,7 +567,8 @@ def _result(report: dict[str, Any], plays: dict[str, Any], idle: list[Sample], f
         "one media operation per call holds them back. Client B and "
         f"{clients - 1} quiet clients like it each connected to a fresh room every {interval_s:g} s, their schedules "
         f"staggered evenly within the {interval_s:g} s (one connect every {interval_s / clients * 1000:.0f} ms in "
-        "all; B alone has 14 connects per phase, and a p99 of 14 is their slowest), each timed from sending the POST "
+        f"all; B alone has {len(b_idle)} connects per phase, and a p99 of so few is their slowest), each timed from "
+        "sending the POST "
         "to `GET /v1/commands/{id}?wait=` answering `succeeded` (a new `http.client` connection per connect, open "
         f"loop: a slow one does not delay the next): {len(idle)} connects with no flood (after {WARMUP} warm-up "
         "each), then "
