@@ -139,8 +139,9 @@ class Deliverer:
         """One attempt of the claimed message; the lane's next claim when it moved straight on.
 
         Two Redis round trips per message at most, one when a lane's messages follow each other: the claim (or the
-        previous message's result) brings the message, its command and the endpoint; the result script records the
-        answer, stores the body made at the first attempt, and claims the lane's next message.
+        previous message's result) brings the message, the snapshot of its command its body is made from, and the
+        endpoint; the result script records the answer, stores the body made at the first attempt, and claims the
+        lane's next message.
         """
         message, endpoint = c.message, c.endpoint
         if not message or not endpoint.get("secret"):  # expired, or the endpoint was deleted meanwhile

@@ -167,8 +167,9 @@ def requeue(*, client: str, endpoint_id: str, message_ids: Sequence[str], now_ms
 @dataclass(frozen=True)
 class Claim:
     """A lane a deliverer holds: its head message goes out now, under ``token``. The claim brings what sending it
-    needs (lib.lua's ``webhook_load``): the message, the command it tells of until its body is made, and the
-    endpoint's url and secrets."""
+    needs (lib.lua's ``webhook_load``): the message, the command it tells of as the message's snapshot holds it
+    (taken at its first claim, kept until its body is stored; empty for other messages, or once the body is
+    stored), and the endpoint's url and secrets."""
 
     endpoint_id: str
     lane: str
@@ -184,8 +185,9 @@ def _flat(items: list[Any]) -> dict[str, str]:
 
 
 def _loaded(ep: str, lane: str, message_id: str, token: str, loaded: list[Any]) -> Claim:
-    message, command, endpoint = loaded
-    return Claim(ep, lane, message_id, token, _flat(message), _flat(command), _flat(endpoint))
+    message, endpoint = _flat(loaded[0]), _flat(loaded[1])
+    command = json.loads(message["snapshot"]) if message.get("snapshot") else {}
+    return Claim(ep, lane, message_id, token, message, command, endpoint)
 
 
 def claim(*, now_ms: int, lease_ms: int, most: int, token: str) -> scripts.ScriptCall[list[Claim]]:
@@ -245,9 +247,14 @@ def verdict(status: int | None, retry_after_s: float | None, *, round_: int, sch
 
 
 def body(message: Mapping[str, str], command: Mapping[str, str] | None) -> bytes:
-    """The message's body, ``{"type", "timestamp", "data"}``: made once, at its first attempt, and stored, so
-    every attempt sends the same bytes. ``data`` holds the lane's ``seq``, the call and room, and the command
-    resource (``command.*``) or the event as callq stored it (``call.event``, ``room.event``)."""
+    """The message's body, ``{"type", "timestamp", "data"}``, stored at its first attempt. ``data`` holds the
+    lane's ``seq``, the call and room, and the command resource (``command.*``) or the event as callq stored it
+    (``call.event``, ``room.event``).
+
+    ``command`` is the record the message's snapshot holds (:class:`Claim`), not the command as it is now: so
+    every attempt sends the same bytes, even after an attempt that went out but was never recorded (its deliverer
+    killed, or its claim lapsed) while the command gained fields (an ACS answer that came after its event).
+    """
     kind = message["type"]
     data: dict[str, Any] = {"seq": int(message["seq"]),
                             "call_connection_id": message.get("call_connection_id") or None,

@@ -51,9 +51,10 @@ def claim(r: redis.Redis, now_ms: int | None = None) -> list[webhooks.Claim]:
 
 
 def result(r: redis.Redis, c: webhooks.Claim, outcome: webhooks.Outcome, *, next_ms: int = 0,
-           status: int | None = 200) -> webhooks.Moved:
+           status: int | None = 200, body: bytes = b"") -> webhooks.Moved:
     return scripts.run(r, webhooks.record_result(c, outcome=outcome, now_ms=int(time.time() * 1000), next_ms=next_ms,
-                                                 status=status, error="", lease_ms=60_000, next_token="next-token"))
+                                                 status=status, error="", lease_ms=60_000, next_token="next-token",
+                                                 body=body))
 
 
 def test_a_terminal_command_makes_one_message_per_subscribed_endpoint_in_its_calls_lane(
@@ -194,6 +195,25 @@ def test_the_body_carries_the_command_resource_and_the_lanes_seq(fake_and_real_r
     assert body["data"]["seq"] == 1 and body["data"]["call_connection_id"] == "call-1"
     assert body["data"]["command"]["id"] == "cmd_1" and body["data"]["command"]["status"] == "succeeded"
     assert body["data"]["command"]["result"] == {"ok": True}
+
+
+def test_a_commands_message_snapshots_it_at_the_first_claim_and_keeps_that_until_its_body_is_stored(
+        fake_and_real_redis: redis.Redis) -> None:
+    r = fake_and_real_redis
+    endpoint(r)
+    finish(r, command(r, "cmd_1"))
+    r.hset(keys.command_key("cmd_1"), "sent_at", "2026-12-05T05:00:00Z")  # before the first claim: it is told
+    [c] = claim(r)
+    assert c.command["sent_at"] == "2026-12-05T05:00:00Z" and c.command["status"] == "succeeded"
+    r.hset(keys.command_key("cmd_1"), "sent_at", "2026-12-05T05:00:09Z")  # after it: not told
+    [again] = claim(r, now_ms=int(time.time() * 1000) + 60_001)  # the first claim lapsed, unrecorded
+    assert again.message_id == c.message_id and again.command == c.command
+    result(r, again, "retry", body=webhooks.body(again.message, again.command), next_ms=0)
+    stored = message(r, c.message_id)
+    assert "snapshot" not in stored and json.loads(stored["body"])["data"]["command"]["sent_at"] == \
+        "2026-12-05T05:00:00Z"
+    [third] = claim(r, now_ms=int(time.time() * 1000) + 60_002)
+    assert third.command == {} and third.message["body"] == stored["body"]
 
 
 def test_the_verdict_follows_the_standard_webhooks_rules() -> None:

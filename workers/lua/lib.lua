@@ -47,18 +47,32 @@ local function webhook_head(lane_key)
 end
 
 -- What a deliverer needs to send message `id` of endpoint `ep`, handed over with its claim (no round trip of its own):
--- {the message (flat), the command it tells of (flat; only until the message's body is made, else empty), the
--- endpoint's url and secrets (flat)}.
+-- {the message (flat), the endpoint's url and secrets (flat)}. A command's message takes a snapshot of the command
+-- at its first claim and keeps it until its body is stored (webhook_result.lua): every attempt's body is made from
+-- that one record, so an attempt that went out unrecorded (its deliverer killed mid-POST, or its claim lapsed) is
+-- sent again with the same bytes, though the command may have gained fields since (an ACS answer that came after
+-- the event that ended it, sent.lua). Taken at the claim, not when the message is made, so it holds what the
+-- command gained in the meantime (usually that answer).
 local function webhook_load(ep, id)
-  local m = redis.call('HGETALL', WEBHOOK_MSG_PREFIX .. id)
-  local command, has_body = nil, false
+  local mkey = WEBHOOK_MSG_PREFIX .. id
+  local m = redis.call('HGETALL', mkey)
+  local command, made = nil, false
   for i = 1, #m - 1, 2 do
-    if m[i] == 'body' then has_body = true elseif m[i] == 'command' then command = m[i + 1] end
+    if m[i] == 'body' or m[i] == 'snapshot' then made = true elseif m[i] == 'command' then command = m[i + 1] end
   end
-  local cmd = {}
-  if command and not has_body then cmd = redis.call('HGETALL', COMMAND_PREFIX .. command) end
+  if command and not made then
+    local flat = redis.call('HGETALL', COMMAND_PREFIX .. command)
+    if #flat > 0 then
+      local record = {}
+      for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+      local snapshot = cjson.encode(record)
+      redis.call('HSET', mkey, 'snapshot', snapshot)
+      m[#m + 1] = 'snapshot'
+      m[#m + 1] = snapshot
+    end
+  end
   local e = redis.call('HMGET', WEBHOOK_PREFIX .. ep, 'url', 'secret', 'old_secret', 'old_secret_until_ms')
-  return {m, cmd, {'url', e[1] or '', 'secret', e[2] or '', 'old_secret', e[3] or '', 'old_secret_until_ms', e[4] or ''}}
+  return {m, {'url', e[1] or '', 'secret', e[2] or '', 'old_secret', e[3] or '', 'old_secret_until_ms', e[4] or ''}}
 end
 
 -- Put message `id` (already stored) at the end of its lane; a lane that was empty is due now.

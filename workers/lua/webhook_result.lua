@@ -13,7 +13,10 @@
 local ep, lane, id, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local mkey = WEBHOOK_MSG_PREFIX .. id
 if redis.call('HGET', mkey, 'claim') ~= ARGV[4] then return {'stale'} end
-if ARGV[14] ~= '' then redis.call('HSETNX', mkey, 'body', ARGV[14]) end
+if ARGV[14] ~= '' then
+  redis.call('HSETNX', mkey, 'body', ARGV[14])
+  redis.call('HDEL', mkey, 'snapshot')  -- the body was made from it: the body is what every later attempt sends
+end
 local ekey = WEBHOOK_PREFIX .. ep
 local member = ep .. ' ' .. lane
 local lane_key = ekey .. ':lane:' .. lane
