@@ -168,8 +168,7 @@ def requeue(*, client: str, endpoint_id: str, message_ids: Sequence[str], now_ms
 class Claim:
     """A lane a deliverer holds: its head message goes out now, under ``token``. The claim brings what sending it
     needs (lib.lua's ``webhook_load``): the message, the command it tells of as the message's snapshot holds it
-    (taken at its first claim, kept until its body is stored; empty for other messages, or once the body is
-    stored), and the endpoint's url and secrets."""
+    (taken at its first claim; empty once the message's body is stored), and the endpoint's url and secrets."""
 
     endpoint_id: str
     lane: str
@@ -186,8 +185,8 @@ def _flat(items: list[Any]) -> dict[str, str]:
 
 def _loaded(ep: str, lane: str, message_id: str, token: str, loaded: list[Any]) -> Claim:
     message, endpoint = _flat(loaded[0]), _flat(loaded[1])
-    command = json.loads(message["snapshot"]) if message.get("snapshot") else {}
-    return Claim(ep, lane, message_id, token, message, command, endpoint)
+    snapshot = message.pop("snapshot", "")
+    return Claim(ep, lane, message_id, token, message, _flat(json.loads(snapshot)) if snapshot else {}, endpoint)
 
 
 def claim(*, now_ms: int, lease_ms: int, most: int, token: str) -> scripts.ScriptCall[list[Claim]]:

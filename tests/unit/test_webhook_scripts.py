@@ -205,13 +205,14 @@ def test_a_commands_message_snapshots_it_at_the_first_claim_and_keeps_that_until
     r.hset(keys.command_key("cmd_1"), "sent_at", "2026-12-05T05:00:00Z")  # before the first claim: it is told
     [c] = claim(r)
     assert c.command["sent_at"] == "2026-12-05T05:00:00Z" and c.command["status"] == "succeeded"
+    assert "snapshot" not in c.message  # the claim hands it over as the command
     r.hset(keys.command_key("cmd_1"), "sent_at", "2026-12-05T05:00:09Z")  # after it: not told
     [again] = claim(r, now_ms=int(time.time() * 1000) + 60_001)  # the first claim lapsed, unrecorded
     assert again.message_id == c.message_id and again.command == c.command
     result(r, again, "retry", body=webhooks.body(again.message, again.command), next_ms=0)
     stored = message(r, c.message_id)
-    assert "snapshot" not in stored and json.loads(stored["body"])["data"]["command"]["sent_at"] == \
-        "2026-12-05T05:00:00Z"
+    assert "snapshot" not in stored
+    assert json.loads(stored["body"])["data"]["command"]["sent_at"] == "2026-12-05T05:00:00Z"
     [third] = claim(r, now_ms=int(time.time() * 1000) + 60_002)
     assert third.command == {} and third.message["body"] == stored["body"]
 

@@ -47,12 +47,13 @@ local function webhook_head(lane_key)
 end
 
 -- What a deliverer needs to send message `id` of endpoint `ep`, handed over with its claim (no round trip of its own):
--- {the message (flat), the endpoint's url and secrets (flat)}. A command's message takes a snapshot of the command
--- at its first claim and keeps it until its body is stored (webhook_result.lua): every attempt's body is made from
--- that one record, so an attempt that went out unrecorded (its deliverer killed mid-POST, or its claim lapsed) is
--- sent again with the same bytes, though the command may have gained fields since (an ACS answer that came after
--- the event that ended it, sent.lua). Taken at the claim, not when the message is made, so it holds what the
--- command gained in the meantime (usually that answer).
+-- {the message (flat), the endpoint's url and secrets (flat)}. A command's message keeps a snapshot of the command
+-- from its first claim until its body is stored (webhook_result.lua): its field 'snapshot', the command's hash as a
+-- JSON array of its fields and values in HGETALL's order. Every attempt's body is made from that one record, not
+-- the command as it is now: so it is the same bytes even after an attempt that went out unrecorded (its deliverer
+-- killed mid-POST, or its claim lapsed) while the command gained fields (an ACS answer that came after the event
+-- that ended it, sent.lua). Taken at the claim, not when the message is made, so it holds what the command gained
+-- meanwhile.
 local function webhook_load(ep, id)
   local mkey = WEBHOOK_MSG_PREFIX .. id
   local m = redis.call('HGETALL', mkey)
@@ -63,9 +64,7 @@ local function webhook_load(ep, id)
   if command and not made then
     local flat = redis.call('HGETALL', COMMAND_PREFIX .. command)
     if #flat > 0 then
-      local record = {}
-      for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-      local snapshot = cjson.encode(record)
+      local snapshot = cjson.encode(flat)
       redis.call('HSET', mkey, 'snapshot', snapshot)
       m[#m + 1] = 'snapshot'
       m[#m + 1] = snapshot

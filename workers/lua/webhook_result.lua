@@ -15,7 +15,7 @@ local mkey = WEBHOOK_MSG_PREFIX .. id
 if redis.call('HGET', mkey, 'claim') ~= ARGV[4] then return {'stale'} end
 if ARGV[14] ~= '' then
   redis.call('HSETNX', mkey, 'body', ARGV[14])
-  redis.call('HDEL', mkey, 'snapshot')  -- the body was made from it: the body is what every later attempt sends
+  redis.call('HDEL', mkey, 'snapshot')  -- the body was made from it and is what later attempts send
 end
 local ekey = WEBHOOK_PREFIX .. ep
 local member = ep .. ' ' .. lane
