@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -104,10 +105,8 @@ def test_an_attempt_lost_mid_post_is_sent_again_with_the_same_bytes_though_the_c
             now = int(time.time() * 1000)
             [first] = await Deliverer(Settings(), async_redis, killed)._scripts.run(  # type: ignore[arg-type]
                 webhooks.claim(now_ms=now, lease_ms=1_000, most=5, token="t1"))
-            try:
+            with pytest.raises(asyncio.CancelledError):
                 await Deliverer(Settings(), async_redis, killed).attempt(first)  # type: ignore[arg-type]
-            except asyncio.CancelledError:
-                pass
             # ACS's answer to the request lands now: the ended command gains its fields (sent.lua merges them).
             cmd = Command.from_hash(r.hgetall(keys.command_key("cmd_1")))
             scripts.run(r, ledger.sent(cmd, Status.WAITING, {"sent_at": "2026-12-05T05:00:00Z",
