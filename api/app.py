@@ -33,7 +33,7 @@ from api.callbacks import AcsTokenVerifier, acs_events
 from api.eventgrid import eventgrid_routes
 from api.eventgrid_auth import EventGridVerifier
 from api.intake import ClientIntake
-from api.metrics import CALLBACK_PATH, EVENTGRID_PATH, RequestMetrics, flushing, metrics_routes, record_error
+from api.metrics import CALLBACK_PATH, EVENTGRID_PATH, Flusher, RequestMetrics, flushing, metrics_routes, record_error
 from api.notify import Notifier
 from api.reads import read_routes
 from api.recordings import recording_routes
@@ -181,6 +181,7 @@ class State(TypedDict):
     verifier: AcsTokenVerifier
     eventgrid: EventGridVerifier
     notifier: Notifier
+    metrics: Flusher  # the one way this process writes its metrics to Redis (a scrape waits for a write in flight)
 
 
 def _redis_pool(settings: Settings, max_connections: int) -> aioredis.Redis:
@@ -222,13 +223,13 @@ async def lifespan(app: Starlette, *, settings: Settings, redis: aioredis.Redis 
         await notifier.start()
         replication = Replication.from_settings(settings)
         freeze_startup_heap()
-        async with flushing(commands):
+        async with flushing(commands) as flusher:
             yield State(settings=settings, redis=commands, stream_redis=streams, http=http,
                         api_keys=ApiKeys(settings.api_keys), celery=create_celery(settings),
                         # every hot-path script call: accept, ingest, kick (it WAITs in the same round trip)
                         scripts=AutoPipeline(commands, replication), replication=replication,
                         acs=acs, rooms=rooms, verifier=AcsTokenVerifier(settings, http),
-                        eventgrid=EventGridVerifier(settings, http), notifier=notifier)
+                        eventgrid=EventGridVerifier(settings, http), notifier=notifier, metrics=flusher)
 
 
 def _merged(routes: list[BaseRoute]) -> list[BaseRoute]:

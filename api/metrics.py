@@ -112,16 +112,36 @@ def callbacks_ingested(report: IngestReport) -> None:
         metrics.RECORDER.inc("callq_callback_duplicates", by=report.duplicates)
 
 
+class Flusher:
+    """Writes this process's buffered metrics to Redis, one write at a time.
+
+    A scrape flushes before it reads Redis. Without the lock, a scrape that came while the periodic flush was on the
+    wire found the buffer already drained and read Redis before that write landed: the figures were in neither
+    place, and the scrape missed them (the CI saw an accepted command uncounted). With it, the scrape waits for the
+    write in flight.
+    """
+
+    def __init__(self, r: aioredis.Redis, recorder: metrics.Recorder = metrics.RECORDER) -> None:
+        self._r = r
+        self._recorder = recorder
+        self._lock = asyncio.Lock()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await metrics.flush_async(self._r, self._recorder)
+
+
 @contextlib.asynccontextmanager
-async def flushing(r: aioredis.Redis, every_s: float = FLUSH_EVERY_S) -> AsyncIterator[None]:
+async def flushing(r: aioredis.Redis, every_s: float = FLUSH_EVERY_S) -> AsyncIterator[Flusher]:
     """Write this process's buffered metrics to Redis every ``every_s`` while the app runs, and once at the end."""
+    flusher = Flusher(r)
 
     async def loop() -> None:
         failing = False
         while True:
             await asyncio.sleep(every_s)  # sleep-ok: the flush period, not synchronisation
             try:
-                await metrics.flush_async(r)
+                await flusher.flush()
                 failing = False
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 if not failing:
@@ -130,13 +150,13 @@ async def flushing(r: aioredis.Redis, every_s: float = FLUSH_EVERY_S) -> AsyncIt
 
     task = asyncio.create_task(loop())
     try:
-        yield
+        yield flusher
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError):
-            await metrics.flush_async(r)
+            await flusher.flush()
 
 
 class _Snapshot(Collector):
@@ -201,9 +221,10 @@ async def webhook_states(r: aioredis.Redis, clients: Sequence[str]) -> dict[str,
     return counts
 
 
-async def snapshot(r: aioredis.Redis, *, queue: str, acs_endpoint: str, clients: Sequence[str] = ()) -> list[Metric]:
+async def snapshot(r: aioredis.Redis, flusher: Flusher, *, queue: str, acs_endpoint: str,
+                   clients: Sequence[str] = ()) -> list[Metric]:
     """Every metric family (including this process's own unflushed figures); ``clients``: whose pending to show."""
-    await metrics.flush_async(r)
+    await flusher.flush()
     names = list(metrics.SPECS)
     pipe = r.pipeline(transaction=False)
     for name in names:
@@ -246,8 +267,8 @@ async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition of every callq figure."""
     _authorize(request)
     state = request.state
-    families = await snapshot(state.redis, queue=state.settings.queue, acs_endpoint=state.settings.acs_endpoint,
-                              clients=sorted(state.settings.api_keys))
+    families = await snapshot(state.redis, state.metrics, queue=state.settings.queue,
+                              acs_endpoint=state.settings.acs_endpoint, clients=sorted(state.settings.api_keys))
     return Response(generate_latest(_Snapshot(families)), media_type=CONTENT_TYPE_LATEST)
 
 

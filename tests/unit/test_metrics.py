@@ -15,6 +15,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from api import metrics as metrics_api
 from api import prometheus
 from api.app import create_app
 from tests.conftest import TEST_API_KEY
@@ -216,3 +217,46 @@ def test_webhook_endpoints_are_counted_by_state(client: TestClient, sync_redis: 
     found = samples(client)
     assert {s: found[("callq_webhook_endpoints", (("state", s),))] for s in ("healthy", "failing", "disabled")} == {
         "healthy": 1, "failing": 2, "disabled": 1}
+
+
+def test_a_scrape_during_a_flush_in_flight_waits_for_it_and_counts_what_it_carries() -> None:
+    """The CI flake: the periodic flush had drained the buffer and its write was on the wire when a scrape came; the
+    scrape's own flush found nothing to write and read Redis before that write landed, missing the figures."""
+    store = fakeredis.aioredis.FakeRedis(decode_responses=True)
+    on_the_wire, land = asyncio.Event(), asyncio.Event()
+
+    class _SlowPipeline:  # the periodic flush's write, held on the wire until the test lets it land
+        def __init__(self) -> None:
+            self._inner = store.pipeline(transaction=False)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        async def execute(self) -> Any:
+            on_the_wire.set()
+            await land.wait()
+            return await self._inner.execute()
+
+    class _Redis:
+        def pipeline(self, transaction: bool = False) -> _SlowPipeline:
+            return _SlowPipeline()
+
+    recorder = metrics.Recorder()
+    flusher = metrics_api.Flusher(_Redis(), recorder)  # type: ignore[arg-type]
+
+    async def scrape() -> dict[str, str]:
+        await flusher.flush()
+        return dict(await store.hgetall(metrics.PREFIX + "callq_commands_accepted"))
+
+    async def go() -> dict[str, str]:
+        recorder.inc("callq_commands_accepted", "connect")
+        periodic = asyncio.create_task(flusher.flush())
+        await on_the_wire.wait()
+        scraped = asyncio.create_task(scrape())
+        done, _ = await asyncio.wait({scraped}, timeout=1.0)
+        assert not done, "the scrape read Redis while the periodic flush's write was still on the wire"
+        land.set()
+        await periodic
+        return await scraped
+
+    assert asyncio.run(go()) == {'["connect"]': "1"}
